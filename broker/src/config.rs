@@ -344,11 +344,14 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                let table: toml::Table =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                        path: p.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                // Deserialising the text itself first gives errors with
+                // their line; the merged table below has no positions.
+                let parse_error = |e: toml::de::Error| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                };
+                toml::from_str::<Config>(&text).map_err(parse_error)?;
+                let table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
                 (p.display().to_string(), table)
             }
             None => ("(defaults)".to_string(), toml::Table::new()),
@@ -361,7 +364,7 @@ impl Config {
         }
         let config: Config =
             Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                path: origin.clone(),
+                path: format!("{origin} with RAFTMQ_* overrides"),
                 message: e.to_string(),
             })?;
         config.validate(&origin)?;

@@ -1,0 +1,817 @@
+//! One client's connection: CONNECT, then a loop that reads packets, wakes
+//! for outgoing messages and watches the keep alive, batching everything it
+//! has to write into one buffer per turn.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::broker::{Broker, Departure, SessionCell, SessionRequest};
+use crate::codec::{
+    self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
+    Properties, Protocol, PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::message::Message;
+use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
+use crate::state::Command;
+use crate::stats::Stats;
+use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
+
+/// What a listener tells each of its connections.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub label: String,
+    pub max_packet_size: u32,
+}
+
+/// Why the main loop stopped.
+enum Exit {
+    /// DISCONNECT from the client (reason code as sent).
+    ClientDisconnect(u8),
+    /// The socket closed or failed.
+    SocketLost,
+    /// We close the connection, sending this MQTT 5 reason first.
+    Close(u8, &'static str),
+    /// Another connection took the session (or an admin kicked it).
+    Kicked(u8),
+}
+
+/// A packet handler's verdict.
+type Flow = Result<(), Exit>;
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<S>(broker: Arc<Broker>, listener: Arc<ListenerInfo>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = tracing::debug_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
+    run(broker, listener, stream, peer).instrument(span).await
+}
+
+async fn run<S>(broker: Arc<Broker>, listener: Arc<ListenerInfo>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::new();
+    let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout);
+    let connect = match tokio::time::timeout(
+        timeout,
+        read_connect(&broker, &mut stream, &mut rbuf, listener.max_packet_size),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "connection refused before CONNECT: {e}");
+            if let Some(DecodeError::UnsupportedProtocol { .. }) = e.decode_error() {
+                // We cannot know which format the client reads: 3.1.1's
+                // "unacceptable protocol version" is the one all accept.
+                let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            }
+            Stats::add(&broker.stats.connects_refused, 1);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {timeout:?}");
+            return;
+        }
+    };
+    let mut wbuf = BytesMut::new();
+    let Some(mut conn) = Connection::accept(broker, listener, *connect, &mut wbuf) else {
+        let _ = stream.write_all(&wbuf).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    tracing::Span::current().record("client_id", tracing::field::display(&conn.client_id));
+    let exit = conn.run(&mut stream, &mut rbuf, &mut wbuf).await;
+    conn.finish(&mut stream, &mut wbuf, exit).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Decode(DecodeError),
+    #[error("first packet was {0}, not CONNECT")]
+    NotConnect(&'static str),
+    #[error("socket closed")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ConnectError {
+    fn decode_error(&self) -> Option<&DecodeError> {
+        match self {
+            ConnectError::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max_packet_size: u32,
+) -> Result<Box<Connect>, ConnectError> {
+    loop {
+        match codec::decode(rbuf, None, max_packet_size) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => return Err(ConnectError::NotConnect(other.name())),
+            Ok(None) => {}
+            Err(e) => {
+                Stats::add(&broker.stats.protocol_errors, 1);
+                return Err(ConnectError::Decode(e));
+            }
+        }
+        rbuf.reserve(256);
+        let n = stream.read_buf(rbuf).await?;
+        if n == 0 {
+            return Err(ConnectError::Closed);
+        }
+        Stats::add(&broker.stats.bytes_received, n as u64);
+    }
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    listener: Arc<ListenerInfo>,
+    cell: Arc<SessionCell>,
+    conn_id: u64,
+    kicked: oneshot::Receiver<u8>,
+    protocol: Protocol,
+    client_id: ByteStr,
+    /// 1.5 x keep alive; zero = no timeout.
+    keepalive: Duration,
+    /// Largest packet the client accepts (MQTT 5 Maximum Packet Size).
+    client_max_packet: u32,
+    /// Client -> server topic aliases (ours to bound).
+    aliases_in: HashMap<u16, ByteStr>,
+    /// Server -> client topic aliases (the client's to bound).
+    aliases_out: HashMap<ByteStr, u16>,
+    client_alias_max: u16,
+    /// Send reason strings (the client did not turn them off).
+    problem_info: bool,
+    will: Option<LastWill>,
+    /// The session ended at DISCONNECT was 0 at connect (MQTT 5 forbids
+    /// raising it from 0 at DISCONNECT).
+    connect_expiry: u32,
+}
+
+impl Connection {
+    /// Validates CONNECT and opens the session; writes CONNACK to `wbuf`.
+    /// `None`: refused (the CONNACK says why).
+    fn accept(
+        broker: Arc<Broker>,
+        listener: Arc<ListenerInfo>,
+        c: Connect,
+        wbuf: &mut BytesMut,
+    ) -> Option<Connection> {
+        let cfg = &broker.config.mqtt;
+        let v5 = c.protocol.is_v5();
+        let refuse = |wbuf: &mut BytesMut, v5_code: u8, v3_code: u8, why: &str| {
+            tracing::debug!(client_id = %c.client_id, "CONNECT refused: {why}");
+            Stats::add(&broker.stats.connects_refused, 1);
+            let mut properties = Properties::default();
+            if v5 && c.properties.request_problem_information != Some(0) {
+                properties.reason_string = Some(ByteStr::from(why));
+            }
+            let ack = ConnAck {
+                session_present: false,
+                code: if v5 { v5_code } else { v3_code },
+                properties,
+            };
+            let _ = codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf);
+        };
+
+        let mut client_id = c.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            let allowed = cfg.allow_zero_length_clientid
+                && (v5 || (c.protocol == Protocol::V311 && c.clean_start));
+            if !allowed {
+                refuse(
+                    wbuf,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    reason::v3::IDENTIFIER_REJECTED,
+                    "a zero-length client id needs clean session",
+                );
+                return None;
+            }
+            client_id = ByteStr::from(format!("raftmq-{:016x}", rand::random::<u64>()));
+            assigned = v5.then(|| client_id.clone());
+        }
+        if let Some(will) = &c.will {
+            let bad = if validate_topic_name(&will.topic, broker.topic_limits).is_err() {
+                Some((reason::TOPIC_NAME_INVALID, "invalid will topic"))
+            } else if will.qos as u8 > cfg.max_qos {
+                Some((reason::QOS_NOT_SUPPORTED, "will QoS above the maximum"))
+            } else if will.retain && !cfg.retain_available {
+                Some((reason::RETAIN_NOT_SUPPORTED, "retained wills are off"))
+            } else {
+                None
+            };
+            if let Some((code, why)) = bad {
+                refuse(wbuf, code, reason::v3::NOT_AUTHORIZED, why);
+                return None;
+            }
+        }
+
+        let requested_expiry = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(cfg.max_session_expiry);
+        let receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        let opened = broker.open_session(
+            SessionRequest {
+                client_id: client_id.clone(),
+                clean_start: c.clean_start,
+                expiry,
+                receive_maximum,
+            },
+            Instant::now(),
+        );
+        broker.stats.connected();
+
+        let mut keep_alive = c.keep_alive;
+        let mut server_keep_alive = None;
+        if keep_alive > cfg.max_keepalive || (keep_alive == 0 && cfg.max_keepalive < u16::MAX && v5)
+        {
+            keep_alive = cfg.max_keepalive;
+            server_keep_alive = Some(keep_alive);
+        }
+        let mut properties = Properties::default();
+        if v5 {
+            let p = &mut properties;
+            if expiry != requested_expiry {
+                p.session_expiry_interval = Some(expiry);
+            }
+            if cfg.receive_maximum != u16::MAX {
+                p.receive_maximum = Some(cfg.receive_maximum);
+            }
+            if cfg.max_qos < 2 {
+                p.maximum_qos = Some(cfg.max_qos);
+            }
+            if !cfg.retain_available {
+                p.retain_available = Some(0);
+            }
+            p.maximum_packet_size = Some(listener.max_packet_size);
+            p.assigned_client_identifier = assigned;
+            if cfg.topic_alias_maximum > 0 {
+                p.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            }
+            p.server_keep_alive = server_keep_alive;
+            if c.properties.request_response_information == Some(1) {
+                p.response_information = Some(ByteStr::from(format!("response/{client_id}")));
+            }
+        }
+        let ack = ConnAck {
+            session_present: opened.session_present,
+            code: reason::SUCCESS,
+            properties,
+        };
+        let _ = codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf);
+        tracing::debug!(%client_id, protocol = ?c.protocol, clean = c.clean_start, "connected");
+
+        Some(Connection {
+            broker,
+            listener,
+            cell: opened.cell,
+            conn_id: opened.conn_id,
+            kicked: opened.kicked,
+            protocol: c.protocol,
+            client_id,
+            keepalive: Duration::from_millis(u64::from(keep_alive) * 1500),
+            client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+            problem_info: c.properties.request_problem_information != Some(0),
+            will: c.will,
+            connect_expiry: requested_expiry,
+        })
+    }
+
+    async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Exit
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut last_heard = Instant::now();
+        let keepalive = tokio::time::sleep(self.keepalive.max(Duration::from_secs(1)));
+        tokio::pin!(keepalive);
+        loop {
+            self.drain_outbox(wbuf);
+            if !wbuf.is_empty() {
+                if let Err(e) = stream.write_all(wbuf).await {
+                    tracing::debug!("write failed: {e}");
+                    return Exit::SocketLost;
+                }
+                Stats::add(&self.broker.stats.bytes_sent, wbuf.len() as u64);
+                wbuf.clear();
+            }
+            let wake = self.cell.wake.notified();
+            if rbuf.capacity() - rbuf.len() < 512 {
+                rbuf.reserve(4096);
+            }
+            tokio::select! {
+                biased;
+                code = &mut self.kicked => {
+                    return Exit::Kicked(code.unwrap_or(reason::SESSION_TAKEN_OVER));
+                }
+                read = stream.read_buf(rbuf) => {
+                    match read {
+                        Ok(0) => return Exit::SocketLost,
+                        Err(e) => {
+                            tracing::debug!("read failed: {e}");
+                            return Exit::SocketLost;
+                        }
+                        Ok(n) => {
+                            Stats::add(&self.broker.stats.bytes_received, n as u64);
+                            last_heard = Instant::now();
+                        }
+                    }
+                    if let Err(exit) = self.handle_input(rbuf, wbuf).await {
+                        return exit;
+                    }
+                }
+                () = wake => {}
+                () = &mut keepalive, if !self.keepalive.is_zero() => {
+                    let deadline = last_heard + self.keepalive;
+                    if Instant::now() >= deadline {
+                        Stats::add(&self.broker.stats.keepalive_timeouts, 1);
+                        return Exit::Close(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    }
+                    keepalive.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                }
+            }
+            // Drop the buffer of a connection gone quiet, so idle clients
+            // cost little memory.
+            if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
+                *rbuf = BytesMut::new();
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in `rbuf`.
+    async fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Flow {
+        loop {
+            let packet = match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size)
+            {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    Stats::add(&self.broker.stats.protocol_errors, 1);
+                    tracing::debug!("bad packet: {e}");
+                    return Err(Exit::Close(e.reason_code(), decode_reason(&e)));
+                }
+            };
+            Stats::add(&self.broker.stats.messages_received, 1);
+            self.handle(packet, wbuf).await?;
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Flow {
+        let now = Instant::now();
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, wbuf).await,
+            Packet::PubAck(r) => {
+                let (acked, expired) = self.cell.session.lock().on_puback(r.packet_id, now);
+                self.persist_acks(acked.into_iter().chain(expired));
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                let outcome =
+                    self.cell
+                        .session
+                        .lock()
+                        .on_pubrec(r.packet_id, r.code >= 0x80, now);
+                match outcome {
+                    PubRecOutcome::Unknown => {
+                        let code = if self.protocol.is_v5() {
+                            reason::PACKET_IDENTIFIER_NOT_FOUND
+                        } else {
+                            reason::SUCCESS
+                        };
+                        self.write(wbuf, Packet::PubRel(PubResp::new(r.packet_id, code)));
+                    }
+                    PubRecOutcome::Released { seq } => {
+                        if self.cell.session.lock().is_persistent() {
+                            self.broker.submit(vec![Command::Release {
+                                client_id: self.client_id.clone(),
+                                seq,
+                            }]);
+                        }
+                    }
+                    PubRecOutcome::Ended { seq, expired } => {
+                        self.persist_acks(seq.into_iter().chain(expired));
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let known = self.cell.session.lock().end_inbound_qos2(r.packet_id);
+                let code = if known || !self.protocol.is_v5() {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.write(wbuf, Packet::PubComp(PubResp::new(r.packet_id, code)));
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                let (done, expired) = self.cell.session.lock().on_pubcomp(r.packet_id, now);
+                self.persist_acks(done.into_iter().chain(expired));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s, wbuf),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, wbuf),
+            Packet::PingReq => {
+                self.write(wbuf, Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.connect_expiry == 0 && expiry != 0 {
+                        return Err(Exit::Close(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry cannot be set at DISCONNECT when it was 0",
+                        ));
+                    }
+                    let expiry = expiry.min(self.broker.config.mqtt.max_session_expiry);
+                    self.broker.set_expiry(&self.cell, expiry);
+                }
+                Err(Exit::ClientDisconnect(d.code))
+            }
+            Packet::Connect(_) => Err(Exit::Close(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => Err(Exit::Close(
+                reason::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
+            other => {
+                tracing::debug!("client sent a server packet: {}", other.name());
+                Err(Exit::Close(reason::PROTOCOL_ERROR, "packet not allowed from a client"))
+            }
+        }
+    }
+
+    fn persist_acks(&self, seqs: impl Iterator<Item = u64>) {
+        if !self.cell.session.lock().is_persistent() {
+            return;
+        }
+        let commands: Vec<Command> = seqs
+            .map(|seq| Command::Ack {
+                client_id: self.client_id.clone(),
+                seq,
+            })
+            .collect();
+        self.broker.submit(commands);
+    }
+
+    async fn on_publish(&mut self, mut p: Publish, wbuf: &mut BytesMut) -> Flow {
+        Stats::add(&self.broker.stats.publish_received, 1);
+        let cfg = &self.broker.config.mqtt;
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > cfg.topic_alias_maximum {
+                return Err(Exit::Close(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Err(Exit::Close(reason::PROTOCOL_ERROR, "unknown topic alias"))
+                    }
+                }
+            } else {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
+            p.properties.topic_alias = None;
+        }
+        if let Err(e) = validate_topic_name(&p.topic, self.broker.topic_limits) {
+            let why = match e {
+                TopicError::Empty => "empty topic",
+                TopicError::TooLong(_) => "topic too long",
+                TopicError::TooManyLevels(_) => "too many topic levels",
+                _ => "invalid topic name",
+            };
+            return Err(Exit::Close(reason::TOPIC_NAME_INVALID, why));
+        }
+        if p.qos as u8 > cfg.max_qos {
+            return Err(Exit::Close(reason::QOS_NOT_SUPPORTED, "QoS above the maximum"));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Exit::Close(reason::RETAIN_NOT_SUPPORTED, "retain is not available"));
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let limit = usize::from(cfg.receive_maximum);
+            let state = self.cell.session.lock().begin_inbound_qos2(p.packet_id, limit);
+            match state {
+                InboundQos2::New => {}
+                InboundQos2::Duplicate => {
+                    self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, reason::SUCCESS)));
+                    return Ok(());
+                }
+                InboundQos2::OverLimit => {
+                    return Err(Exit::Close(
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unacknowledged QoS 2 publishes than Receive Maximum",
+                    ))
+                }
+            }
+        }
+        let message = Arc::new(Message::from_publish(&p, self.client_id.clone(), Instant::now()));
+        let retained = message
+            .retain
+            .then(|| self.broker.retain(message.clone()));
+        let routed = self.broker.publish(message);
+        let mut committed = routed.committed.wait().await;
+        if let Some(r) = retained {
+            committed = committed.and(r.wait().await);
+        }
+        let code = match committed {
+            Err(e) => {
+                tracing::debug!("publish not committed: {e}");
+                reason::SERVER_UNAVAILABLE
+            }
+            Ok(()) if routed.matched == 0 => reason::NO_MATCHING_SUBSCRIBERS,
+            Ok(()) => reason::SUCCESS,
+        };
+        let code = if self.protocol.is_v5() { code } else { reason::SUCCESS };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code))),
+            QoS::ExactlyOnce => self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code))),
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, wbuf: &mut BytesMut) -> Flow {
+        let cfg = &self.broker.config.mqtt;
+        let v5 = self.protocol.is_v5();
+        let identifier = s.properties.subscription_identifiers.first().copied();
+        let max_subs = cfg.max_subscriptions_per_client;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let now = Instant::now();
+        for (raw, mut options) in s.filters {
+            let parsed = match parse_filter(&raw, self.broker.topic_limits) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(filter = %raw, "subscription refused: {e}");
+                    codes.push(if v5 {
+                        reason::TOPIC_FILTER_INVALID
+                    } else {
+                        reason::v3::SUBACK_FAILURE
+                    });
+                    continue;
+                }
+            };
+            if parsed.group.is_some() && options.no_local {
+                return Err(Exit::Close(
+                    reason::PROTOCOL_ERROR,
+                    "no local on a shared subscription",
+                ));
+            }
+            if max_subs > 0 {
+                let s = self.cell.session.lock();
+                if !s.subscriptions.contains_key(&raw) && s.subscriptions.len() >= max_subs {
+                    drop(s);
+                    codes.push(if v5 {
+                        reason::QUOTA_EXCEEDED
+                    } else {
+                        reason::v3::SUBACK_FAILURE
+                    });
+                    continue;
+                }
+            }
+            if options.qos as u8 > cfg.max_qos {
+                options.qos = QoS::from_u8(cfg.max_qos).unwrap_or(QoS::AtMostOnce);
+            }
+            let existed = self
+                .broker
+                .subscribe(&self.cell, &raw, &parsed, options, identifier);
+            codes.push(options.qos as u8);
+            let wanted = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            // Shared subscriptions get no retained messages (MQTT 5 4.8.2).
+            if wanted && parsed.group.is_none() {
+                let messages = self.broker.retained_matching(parsed.filter, now);
+                if !messages.is_empty() {
+                    retained.push((messages, options.qos));
+                }
+            }
+        }
+        self.write(
+            wbuf,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                codes,
+                properties: Properties::default(),
+            }),
+        );
+        for (messages, qos) in retained {
+            self.broker
+                .deliver_retained(&self.cell, messages, qos, identifier);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe, wbuf: &mut BytesMut) -> Flow {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in u.filters {
+            let code = match parse_filter(&raw, self.broker.topic_limits) {
+                Err(_) => reason::TOPIC_FILTER_INVALID,
+                Ok(parsed) => {
+                    if self.broker.unsubscribe(&self.cell, &raw, &parsed) {
+                        reason::SUCCESS
+                    } else {
+                        reason::NO_SUBSCRIPTION_EXISTED
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        self.write(
+            wbuf,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                codes,
+                properties: Properties::default(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Encodes a control packet into the write buffer.
+    fn write(&self, wbuf: &mut BytesMut, packet: Packet) {
+        if let Err(e) = codec::encode(&packet, self.protocol, wbuf) {
+            tracing::warn!("cannot encode {}: {e}", packet.name());
+            return;
+        }
+        Stats::add(&self.broker.stats.messages_sent, 1);
+    }
+
+    /// Moves what the session has for the client into the write buffer.
+    fn drain_outbox(&mut self, wbuf: &mut BytesMut) {
+        let outbox = self.cell.session.lock().take_outbox();
+        if outbox.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut discarded = Vec::new();
+        for out in outbox {
+            match out {
+                Outgoing::PubRel { packet_id } => {
+                    self.write(wbuf, Packet::PubRel(PubResp::new(packet_id, reason::SUCCESS)));
+                }
+                Outgoing::Publish {
+                    packet_id,
+                    dup,
+                    delivery: d,
+                } => {
+                    let Some(packet) = self.outgoing_publish(packet_id, dup, &d, now) else {
+                        Stats::add(&self.broker.stats.publish_dropped, 1);
+                        if packet_id != 0 {
+                            discarded.push(packet_id);
+                        }
+                        continue;
+                    };
+                    match codec::encode(&Packet::Publish(packet), self.protocol, wbuf) {
+                        Ok(()) => {
+                            Stats::add(&self.broker.stats.publish_sent, 1);
+                            Stats::add(&self.broker.stats.messages_sent, 1);
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot encode PUBLISH: {e}");
+                            if packet_id != 0 {
+                                discarded.push(packet_id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !discarded.is_empty() {
+            let mut acks = Vec::new();
+            {
+                let mut s = self.cell.session.lock();
+                for id in discarded {
+                    let (gone, expired) = s.discard(id, now);
+                    acks.extend(gone);
+                    acks.extend(expired);
+                }
+            }
+            self.persist_acks(acks.into_iter());
+            // Discarding may have released queued copies into the window.
+            if self.cell.session.lock().has_outbox() {
+                self.cell.wake.notify_one();
+            }
+        }
+    }
+
+    /// The PUBLISH for one copy, or `None` if it must not be sent (expired,
+    /// or larger than the client accepts).
+    fn outgoing_publish(
+        &mut self,
+        packet_id: u16,
+        dup: bool,
+        d: &crate::session::Delivery,
+        now: Instant,
+    ) -> Option<Publish> {
+        let m = &d.message;
+        let remaining = m.remaining_expiry(now).ok()?;
+        let mut properties = Properties::default();
+        if self.protocol.is_v5() {
+            if let Some(f) = &m.properties {
+                f.write_into(&mut properties);
+            }
+            properties.message_expiry_interval = remaining;
+            properties.subscription_identifiers = d.subscription_ids.to_vec();
+        }
+        let mut publish = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        };
+        let size = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
+        if size > self.client_max_packet as usize {
+            tracing::debug!(size, max = self.client_max_packet, "message larger than the client accepts: dropped");
+            return None;
+        }
+        if self.client_alias_max > 0 {
+            if let Some(&alias) = self.aliases_out.get(&m.topic) {
+                publish.topic = ByteStr::default();
+                publish.properties.topic_alias = Some(alias);
+            } else if self.aliases_out.len() < usize::from(self.client_alias_max) {
+                let alias = self.aliases_out.len() as u16 + 1;
+                self.aliases_out.insert(m.topic.clone(), alias);
+                publish.properties.topic_alias = Some(alias);
+            }
+        }
+        Some(publish)
+    }
+
+    /// Says goodbye as `exit` requires, handles the will, frees the session.
+    async fn finish<S>(mut self, stream: &mut S, wbuf: &mut BytesMut, exit: Exit)
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let departure = match exit {
+            Exit::ClientDisconnect(reason::DISCONNECT_WITH_WILL) => Departure::Unclean,
+            Exit::ClientDisconnect(_) => Departure::Clean,
+            Exit::Kicked(reason::SESSION_TAKEN_OVER) => Departure::TakenOver,
+            Exit::SocketLost | Exit::Close(..) | Exit::Kicked(_) => Departure::Unclean,
+        };
+        let goodbye = match exit {
+            Exit::Close(code, why) => Some((code, why)),
+            Exit::Kicked(code) => Some((code, "session taken over")),
+            _ => None,
+        };
+        if let Some((code, why)) = goodbye {
+            tracing::debug!(code, "closing connection: {why}");
+            if self.protocol.is_v5() {
+                let mut properties = Properties::default();
+                if self.problem_info {
+                    properties.reason_string = Some(ByteStr::from(why));
+                }
+                self.write(wbuf, Packet::Disconnect(Disconnect { code, properties }));
+            }
+        } else {
+            tracing::debug!("disconnected");
+        }
+        if !wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(wbuf)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        self.broker.stats.disconnected();
+        let will = self.will.take();
+        self.broker
+            .close_session(&self.cell, self.conn_id, departure, will);
+    }
+}
+
+fn decode_reason(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::Malformed(why) | DecodeError::Protocol(why) => why,
+        DecodeError::TooLarge { .. } => "packet too large",
+        DecodeError::UnsupportedProtocol { .. } => "unsupported protocol",
+        DecodeError::TopicNameInvalid => "invalid topic name",
+        DecodeError::PayloadFormatInvalid => "payload is not UTF-8",
+    }
+}

@@ -1,0 +1,21 @@
+//! raftmq: a clustered MQTT 3.1 / 3.1.1 / 5.0 broker.
+//!
+//! A PUBLISH walks one way through the modules: `listener` accepts the
+//! socket, `connection` reads and decodes it (`codec`), `router` matches it
+//! in the `topic_tree` and hands copies to each `session`, recording in the
+//! `state` seam what must be replicated; the subscriber's `connection`
+//! drains its session into its socket.
+
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod retained;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod stats;
+pub mod topic_tree;

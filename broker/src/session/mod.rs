@@ -1,0 +1,492 @@
+//! One client's session: subscriptions, outbound QoS 1/2 state, the offline
+//! queue and inbound QoS 2 packet ids. Pure state, no I/O: the connection
+//! task drains [`Session::take_outbox`] into its socket, the router feeds
+//! [`Session::deliver`]. Everything here is bounded by configuration.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::codec::{ByteStr, QoS, SubOptions};
+use crate::config::QueueOverflow;
+use crate::message::SharedMessage;
+
+#[cfg(test)]
+mod tests;
+
+/// Limits a session works within (from `[mqtt]`).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub overflow: QueueOverflow,
+    pub queue_qos0: bool,
+}
+
+/// The shared subscription a copy came through, so that it can be handed to
+/// another member if this one leaves without acknowledging it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRef {
+    pub group: ByteStr,
+    pub filter: ByteStr,
+}
+
+/// One copy of a message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: SharedMessage,
+    pub qos: QoS,
+    /// The RETAIN flag as it goes out.
+    pub retain: bool,
+    pub subscription_ids: SmallVec<[u32; 1]>,
+    pub share: Option<ShareRef>,
+    /// Sequence number within the session (names the copy in the seam).
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// PUBREL sent; waiting for PUBCOMP.
+    AwaitComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: u16,
+    stage: Stage,
+    delivery: Delivery,
+}
+
+/// What the connection writes next, in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish {
+        packet_id: u16,
+        dup: bool,
+        delivery: Delivery,
+    },
+    PubRel {
+        packet_id: u16,
+    },
+}
+
+#[derive(Debug)]
+struct Binding {
+    conn_id: u64,
+    window: usize,
+    outbox: Vec<Outgoing>,
+    /// QoS 0 copies waiting in `outbox` (bounded so a slow reader cannot
+    /// make us hold unbounded memory).
+    outbox_qos0: usize,
+}
+
+/// How [`Session::deliver`] disposed of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handed to the connection (outbox) — it must be woken.
+    Sent,
+    /// Kept in the queue (offline, or the window is full).
+    Queued,
+    /// Refused by a limit; counted.
+    Dropped,
+    /// QoS 0 for an offline client that does not queue QoS 0: not an error.
+    Discarded,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubOptions,
+    pub identifier: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteStr,
+    /// Seconds the session outlives its connection; 0 = it ends with it,
+    /// `u32::MAX` = never expires.
+    pub expiry: u32,
+    pub subscriptions: HashMap<ByteStr, SubscriptionRecord>,
+    limits: SessionLimits,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    next_packet_id: u16,
+    next_seq: u64,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
+    inbound_qos2: HashSet<u16>,
+    binding: Option<Binding>,
+    /// Increases on every attach, so that timers armed at a disconnect can
+    /// tell whether the client has been back since.
+    pub generation: u64,
+    /// Copies refused by limits over the session's life.
+    pub dropped: u64,
+    /// Copies that expired before delivery.
+    pub expired: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ByteStr, expiry: u32, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            expiry,
+            subscriptions: HashMap::new(),
+            limits,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            next_packet_id: 1,
+            next_seq: 1,
+            inbound_qos2: HashSet::new(),
+            binding: None,
+            generation: 0,
+            dropped: 0,
+            expired: 0,
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry > 0
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.binding.is_some()
+    }
+
+    pub fn conn_id(&self) -> Option<u64> {
+        self.binding.as_ref().map(|b| b.conn_id)
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Binds a connection. Unacknowledged copies are resent (PUBLISH with
+    /// DUP, or PUBREL), then the queue fills the window. `window` is the
+    /// smaller of our in-flight limit and the client's Receive Maximum.
+    pub fn attach(&mut self, conn_id: u64, receive_maximum: u16, now: Instant) {
+        self.generation += 1;
+        let window = usize::from(self.limits.max_inflight.min(receive_maximum)).max(1);
+        let mut outbox = Vec::with_capacity(self.inflight.len());
+        for f in &self.inflight {
+            outbox.push(match f.stage {
+                Stage::AwaitAck => Outgoing::Publish {
+                    packet_id: f.packet_id,
+                    dup: true,
+                    delivery: f.delivery.clone(),
+                },
+                Stage::AwaitComp => Outgoing::PubRel {
+                    packet_id: f.packet_id,
+                },
+            });
+        }
+        self.binding = Some(Binding {
+            conn_id,
+            window,
+            outbox,
+            outbox_qos0: 0,
+        });
+        self.fill_window(now);
+    }
+
+    /// Unbinds connection `conn_id` (no-op if another one has taken over).
+    /// Returns the copies that came through shared subscriptions and were
+    /// not yet acknowledged, for the router to hand to another member.
+    pub fn detach(&mut self, conn_id: u64) -> Vec<Delivery> {
+        if self.conn_id() != Some(conn_id) {
+            return Vec::new();
+        }
+        self.binding = None;
+        let mut handed_over = Vec::new();
+        // Copies still awaiting their first ack (not PUBREL: a QoS 2
+        // message past PUBREC has been received by this member).
+        self.inflight.retain(|f| {
+            if f.delivery.share.is_some() && f.stage == Stage::AwaitAck {
+                handed_over.push(f.delivery.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if d.share.is_some() {
+                self.queued_bytes -= d.message.payload.len();
+                handed_over.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        handed_over
+    }
+
+    /// Takes one copy for the client. Assigns its sequence number.
+    pub fn deliver(&mut self, mut d: Delivery) -> (Disposition, u64) {
+        d.seq = self.next_seq;
+        self.next_seq += 1;
+        let seq = d.seq;
+        let Some(b) = self.binding.as_mut() else {
+            if d.qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
+                return (Disposition::Discarded, seq);
+            }
+            return (self.enqueue(d), seq);
+        };
+        if d.qos == QoS::AtMostOnce {
+            if b.outbox_qos0 >= self.limits.max_queued_messages.max(1) {
+                self.dropped += 1;
+                return (Disposition::Dropped, seq);
+            }
+            b.outbox_qos0 += 1;
+            b.outbox.push(Outgoing::Publish {
+                packet_id: 0,
+                dup: false,
+                delivery: d,
+            });
+            return (Disposition::Sent, seq);
+        }
+        if self.queue.is_empty() && self.inflight.len() < b.window {
+            self.send_inflight(d);
+            return (Disposition::Sent, seq);
+        }
+        (self.enqueue(d), seq)
+    }
+
+    fn enqueue(&mut self, d: Delivery) -> Disposition {
+        let size = d.message.payload.len();
+        let over = |s: &Self| {
+            s.queue.len() >= s.limits.max_queued_messages
+                || (s.limits.max_queued_bytes > 0
+                    && s.queued_bytes + size > s.limits.max_queued_bytes)
+        };
+        if over(self) {
+            match self.limits.overflow {
+                QueueOverflow::DropNew => {
+                    self.dropped += 1;
+                    return Disposition::Dropped;
+                }
+                QueueOverflow::DropOldest => {
+                    while over(self) {
+                        let Some(old) = self.queue.pop_front() else {
+                            // Larger than the whole byte budget on its own.
+                            self.dropped += 1;
+                            return Disposition::Dropped;
+                        };
+                        self.queued_bytes -= old.message.payload.len();
+                        self.dropped += 1;
+                    }
+                }
+            }
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(d);
+        Disposition::Queued
+    }
+
+    fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn send_inflight(&mut self, d: Delivery) {
+        let packet_id = self.alloc_packet_id();
+        self.inflight.push_back(Inflight {
+            packet_id,
+            stage: Stage::AwaitAck,
+            delivery: d.clone(),
+        });
+        if let Some(b) = self.binding.as_mut() {
+            b.outbox.push(Outgoing::Publish {
+                packet_id,
+                dup: false,
+                delivery: d,
+            });
+        }
+    }
+
+    /// Moves queued copies into the window while there is room. Returns
+    /// the sequence numbers of copies dropped because they expired.
+    fn fill_window(&mut self, now: Instant) -> Vec<u64> {
+        let mut expired = Vec::new();
+        let Some(window) = self.binding.as_ref().map(|b| b.window) else {
+            return expired;
+        };
+        while let Some(front) = self.queue.front() {
+            let dead = front.message.is_expired(now);
+            // Queued QoS 0 (queue_qos0_messages) takes no window slot.
+            if !dead && front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= d.message.payload.len();
+            if dead {
+                expired.push(d.seq);
+                self.expired += 1;
+            } else if d.qos == QoS::AtMostOnce {
+                if let Some(b) = self.binding.as_mut() {
+                    b.outbox.push(Outgoing::Publish {
+                        packet_id: 0,
+                        dup: false,
+                        delivery: d,
+                    });
+                }
+            } else {
+                self.send_inflight(d);
+            }
+        }
+        expired
+    }
+
+    fn position(&self, packet_id: u16, stage: Stage) -> Option<usize> {
+        // Acks mostly arrive in order: the front is the usual answer.
+        self.inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.stage == stage)
+    }
+
+    /// PUBACK from the client. Returns the acknowledged copy's sequence
+    /// number (None for an unknown id) and the sequence numbers of copies
+    /// that expired while the window refilled.
+    pub fn on_puback(&mut self, packet_id: u16, now: Instant) -> (Option<u64>, Vec<u64>) {
+        let acked = self
+            .position(packet_id, Stage::AwaitAck)
+            .filter(|&i| self.inflight[i].delivery.qos == QoS::AtLeastOnce)
+            .and_then(|i| self.inflight.remove(i))
+            .map(|f| f.delivery.seq);
+        (acked, self.fill_window(now))
+    }
+
+    /// PUBREC from the client: answer PUBREL (queued in the outbox). A
+    /// failure reason code ends the exchange like an ack. Returns the
+    /// copy's sequence number and whether it was released (vs ended).
+    pub fn on_pubrec(&mut self, packet_id: u16, failed: bool, now: Instant) -> PubRecOutcome {
+        let Some(i) = self
+            .position(packet_id, Stage::AwaitAck)
+            .filter(|&i| self.inflight[i].delivery.qos == QoS::ExactlyOnce)
+        else {
+            return PubRecOutcome::Unknown;
+        };
+        if failed {
+            let seq = self.inflight.remove(i).map(|f| f.delivery.seq);
+            let expired = self.fill_window(now);
+            return PubRecOutcome::Ended { seq, expired };
+        }
+        self.inflight[i].stage = Stage::AwaitComp;
+        let seq = self.inflight[i].delivery.seq;
+        if let Some(b) = self.binding.as_mut() {
+            b.outbox.push(Outgoing::PubRel { packet_id });
+        }
+        PubRecOutcome::Released { seq }
+    }
+
+    /// PUBCOMP from the client.
+    pub fn on_pubcomp(&mut self, packet_id: u16, now: Instant) -> (Option<u64>, Vec<u64>) {
+        let done = self
+            .position(packet_id, Stage::AwaitComp)
+            .and_then(|i| self.inflight.remove(i))
+            .map(|f| f.delivery.seq);
+        (done, self.fill_window(now))
+    }
+
+    /// Forgets an in-flight copy the connection could not send (larger than
+    /// the client's Maximum Packet Size).
+    pub fn discard(&mut self, packet_id: u16, now: Instant) -> (Option<u64>, Vec<u64>) {
+        let gone = self
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id)
+            .and_then(|i| self.inflight.remove(i))
+            .map(|f| f.delivery.seq);
+        (gone, self.fill_window(now))
+    }
+
+    /// Everything the connection should write now, in order.
+    pub fn take_outbox(&mut self) -> Vec<Outgoing> {
+        match self.binding.as_mut() {
+            Some(b) => {
+                b.outbox_qos0 = 0;
+                std::mem::take(&mut b.outbox)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    pub fn has_outbox(&self) -> bool {
+        self.binding.as_ref().is_some_and(|b| !b.outbox.is_empty())
+    }
+
+    /// Inbound QoS 2: records `packet_id` between PUBREC and PUBREL, at
+    /// most `limit` at a time (our Receive Maximum).
+    pub fn begin_inbound_qos2(&mut self, packet_id: u16, limit: usize) -> InboundQos2 {
+        if self.inbound_qos2.contains(&packet_id) {
+            return InboundQos2::Duplicate;
+        }
+        if self.inbound_qos2.len() >= limit {
+            return InboundQos2::OverLimit;
+        }
+        self.inbound_qos2.insert(packet_id);
+        InboundQos2::New
+    }
+
+    /// Inbound PUBREL: true if the id was open.
+    pub fn end_inbound_qos2(&mut self, packet_id: u16) -> bool {
+        self.inbound_qos2.remove(&packet_id)
+    }
+
+    /// Restores an owed copy from persisted state (after a restart).
+    pub fn restore(&mut self, d: Delivery, released: bool) {
+        self.next_seq = self.next_seq.max(d.seq + 1);
+        if released || d.qos != QoS::AtMostOnce {
+            let packet_id = self.alloc_packet_id();
+            self.inflight.push_back(Inflight {
+                packet_id,
+                stage: if released {
+                    Stage::AwaitComp
+                } else {
+                    Stage::AwaitAck
+                },
+                delivery: d,
+            });
+        } else {
+            self.queued_bytes += d.message.payload.len();
+            self.queue.push_back(d);
+        }
+    }
+}
+
+/// What an inbound QoS 2 PUBLISH is to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundQos2 {
+    /// A new packet id: route the message.
+    New,
+    /// A resend of one we have (before PUBREL): acknowledge, don't route.
+    Duplicate,
+    /// More open ids than our Receive Maximum allows.
+    OverLimit,
+}
+
+/// What a PUBREC did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// No QoS 2 copy awaits PUBREC under that id.
+    Unknown,
+    /// PUBREL queued; the copy now awaits PUBCOMP.
+    Released { seq: u64 },
+    /// The client refused it with a failure code; the copy is gone.
+    Ended { seq: Option<u64>, expired: Vec<u64> },
+}

@@ -1,0 +1,226 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::message::Message;
+
+fn limits(max_inflight: u16, max_queued: usize) -> SessionLimits {
+    SessionLimits {
+        max_inflight,
+        max_queued_messages: max_queued,
+        max_queued_bytes: 0,
+        overflow: QueueOverflow::DropNew,
+        queue_qos0: false,
+    }
+}
+
+fn delivery(n: u8, qos: QoS) -> Delivery {
+    Delivery {
+        message: Arc::new(Message {
+            topic: ByteStr::from("t"),
+            payload: bytes::Bytes::from(vec![n]),
+            qos,
+            retain: false,
+            origin: ByteStr::default(),
+            expires_at: None,
+            properties: None,
+        }),
+        qos,
+        retain: false,
+        subscription_ids: SmallVec::new(),
+        share: None,
+        seq: 0,
+    }
+}
+
+fn sent(out: &[Outgoing]) -> Vec<(u16, bool, u8)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish {
+                packet_id,
+                dup,
+                delivery,
+            } => Some((*packet_id, *dup, delivery.message.payload[0])),
+            Outgoing::PubRel { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn window_limits_inflight_and_acks_refill_it() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(2, 10));
+    s.attach(1, 65535, now);
+    for n in 0..5 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    assert_eq!(sent(&s.take_outbox()), vec![(1, false, 0), (2, false, 1)]);
+    assert_eq!(s.queued_len(), 3);
+    let (acked, _) = s.on_puback(1, now);
+    assert_eq!(acked, Some(1));
+    assert_eq!(sent(&s.take_outbox()), vec![(3, false, 2)]);
+    // Unknown or repeated ids change nothing.
+    assert_eq!(s.on_puback(1, now).0, None);
+    assert!(s.take_outbox().is_empty());
+}
+
+#[test]
+fn receive_maximum_of_the_client_narrows_the_window() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(20, 10));
+    s.attach(1, 1, now);
+    s.deliver(delivery(0, QoS::AtLeastOnce));
+    s.deliver(delivery(1, QoS::AtLeastOnce));
+    assert_eq!(s.take_outbox().len(), 1);
+}
+
+#[test]
+fn reconnect_resends_unacked_with_dup() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 60, limits(10, 10));
+    s.attach(1, 65535, now);
+    s.deliver(delivery(7, QoS::AtLeastOnce));
+    s.deliver(delivery(8, QoS::ExactlyOnce));
+    s.take_outbox();
+    assert!(matches!(s.on_pubrec(2, false, now), PubRecOutcome::Released { seq: 2 }));
+    s.take_outbox();
+    assert!(s.detach(1).is_empty());
+    s.attach(2, 65535, now);
+    let out = s.take_outbox();
+    assert_eq!(sent(&out), vec![(1, true, 7)]);
+    assert!(matches!(out[1], Outgoing::PubRel { packet_id: 2 }));
+    assert_eq!(s.on_pubcomp(2, now).0, Some(2));
+}
+
+#[test]
+fn offline_queue_is_bounded_drop_new() {
+    let mut s = Session::new("c".into(), 60, limits(10, 3));
+    for n in 0..5 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    assert_eq!(s.dropped, 2);
+    s.attach(1, 65535, Instant::now());
+    assert_eq!(
+        sent(&s.take_outbox())
+            .iter()
+            .map(|x| x.2)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+}
+
+#[test]
+fn offline_queue_drop_oldest_keeps_the_newest() {
+    let mut l = limits(10, 3);
+    l.overflow = QueueOverflow::DropOldest;
+    let mut s = Session::new("c".into(), 60, l);
+    for n in 0..5 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    assert_eq!(s.dropped, 2);
+    s.attach(1, 65535, Instant::now());
+    assert_eq!(
+        sent(&s.take_outbox())
+            .iter()
+            .map(|x| x.2)
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+}
+
+#[test]
+fn byte_limit_counts_payloads() {
+    let mut l = limits(10, 100);
+    l.max_queued_bytes = 2;
+    let mut s = Session::new("c".into(), 60, l);
+    for n in 0..4 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    assert_eq!(s.queued_len(), 2);
+    assert_eq!(s.dropped, 2);
+}
+
+#[test]
+fn qos0_offline_is_discarded_unless_configured() {
+    let mut s = Session::new("c".into(), 60, limits(10, 10));
+    assert_eq!(s.deliver(delivery(0, QoS::AtMostOnce)).0, Disposition::Discarded);
+    let mut l = limits(10, 10);
+    l.queue_qos0 = true;
+    let mut s = Session::new("c".into(), 60, l);
+    assert_eq!(s.deliver(delivery(0, QoS::AtMostOnce)).0, Disposition::Queued);
+}
+
+#[test]
+fn expired_messages_are_not_delivered() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 60, limits(10, 10));
+    let mut d = delivery(1, QoS::AtLeastOnce);
+    let mut m = (*d.message).clone();
+    m.expires_at = Some(now + Duration::from_secs(1));
+    d.message = Arc::new(m);
+    s.deliver(d);
+    s.deliver(delivery(2, QoS::AtLeastOnce));
+    s.attach(1, 65535, now + Duration::from_secs(2));
+    assert_eq!(
+        sent(&s.take_outbox())
+            .iter()
+            .map(|x| x.2)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(s.expired, 1);
+}
+
+#[test]
+fn shared_copies_are_handed_over_on_detach() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 60, limits(1, 10));
+    s.attach(1, 65535, now);
+    for n in 0..3 {
+        let mut d = delivery(n, QoS::AtLeastOnce);
+        d.share = Some(ShareRef {
+            group: "g".into(),
+            filter: "t".into(),
+        });
+        s.deliver(d);
+    }
+    s.deliver(delivery(9, QoS::AtLeastOnce));
+    let handed = s.detach(1);
+    assert_eq!(
+        handed
+            .iter()
+            .map(|d| d.message.payload[0])
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(s.queued_len(), 1);
+    assert_eq!(s.inflight_len(), 0);
+    // A stale detach from an old connection is ignored.
+    s.attach(2, 65535, now);
+    assert!(s.detach(1).is_empty());
+    assert!(s.is_connected());
+}
+
+#[test]
+fn inbound_qos2_ids_are_bounded_and_deduplicated() {
+    let mut s = Session::new("c".into(), 0, limits(10, 10));
+    assert_eq!(s.begin_inbound_qos2(1, 2), InboundQos2::New);
+    assert_eq!(s.begin_inbound_qos2(1, 2), InboundQos2::Duplicate);
+    assert_eq!(s.begin_inbound_qos2(2, 2), InboundQos2::New);
+    assert_eq!(s.begin_inbound_qos2(3, 2), InboundQos2::OverLimit);
+    assert!(s.end_inbound_qos2(1));
+    assert!(!s.end_inbound_qos2(1));
+    assert_eq!(s.begin_inbound_qos2(3, 2), InboundQos2::New);
+}
+
+#[test]
+fn packet_ids_skip_those_in_flight_and_wrap() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(3, 10));
+    s.attach(1, 65535, now);
+    s.next_packet_id = 65535;
+    s.deliver(delivery(0, QoS::AtLeastOnce));
+    s.deliver(delivery(1, QoS::AtLeastOnce));
+    let ids: Vec<u16> = sent(&s.take_outbox()).iter().map(|x| x.0).collect();
+    assert_eq!(ids, vec![65535, 1]);
+}
