@@ -6,6 +6,7 @@
 //! `state` seam what must be replicated; the subscriber's `connection`
 //! drains its session into its socket.
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -1,0 +1,338 @@
+//! mosquitto ACL files.
+//!
+//! ```text
+//! # comments
+//! topic read public/#          <- before any `user`: anonymous clients
+//! user alice
+//! topic readwrite alice/#      <- alice only
+//! topic deny alice/secret/#
+//! pattern write devices/%c/up  <- everyone; %c client id, %u username
+//! ```
+//!
+//! As in mosquitto, explicit denials win over grants, and anything not
+//! granted is denied. A subscription is allowed when a read grant covers
+//! every topic it can match and no denial does; a wildcard subscription that
+//! merely overlaps a denied area is allowed, and each message is checked on
+//! delivery instead.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::AuthFileError;
+use crate::topic_tree::{filter_matches, validate_filter, TopicLimits};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl Access {
+    fn grants(self, wanted: Action) -> bool {
+        matches!(
+            (self, wanted),
+            (Access::ReadWrite, _)
+                | (Access::Read, Action::Read)
+                | (Access::Write, Action::Write)
+        )
+    }
+}
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Receive messages (subscribe, delivery, retained at subscribe).
+    Read,
+    /// Publish (including its will).
+    Write,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    access: Access,
+    filter: String,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    pub username: Option<&'a str>,
+    pub client_id: &'a str,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct AclFile {
+    anonymous: Vec<Rule>,
+    users: HashMap<String, Vec<Rule>>,
+    patterns: Vec<Rule>,
+}
+
+const LIMITS: TopicLimits = TopicLimits {
+    max_levels: usize::MAX,
+    max_length: 65535,
+};
+
+impl AclFile {
+    pub fn load(path: &Path) -> Result<AclFile, AuthFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AclFile, AuthFileError> {
+        let mut acl = AclFile::default();
+        let mut current: Option<String> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: String| AuthFileError::Line {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message,
+            };
+            let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim_start();
+            match keyword {
+                "user" => {
+                    if rest.is_empty() {
+                        return Err(err("`user` needs a username".into()));
+                    }
+                    acl.users.entry(rest.to_string()).or_default();
+                    current = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    let rule = parse_rule(rest).map_err(err)?;
+                    if keyword == "pattern" {
+                        acl.patterns.push(rule);
+                    } else {
+                        match &current {
+                            Some(u) => acl.users.entry(u.clone()).or_default().push(rule),
+                            None => acl.anonymous.push(rule),
+                        }
+                    }
+                }
+                other => return Err(err(format!("unknown keyword `{other}`"))),
+            }
+        }
+        Ok(acl)
+    }
+
+    /// Rules that apply to `who`, with `%c`/`%u` filled in. A pattern whose
+    /// substitution would carry a wildcard (a client id `+`) applies to
+    /// nobody, so that an identity cannot widen its own grant.
+    fn rules<'a>(&'a self, who: Principal<'_>) -> impl Iterator<Item = Rule> + 'a {
+        let own: &'a [Rule] = match who.username {
+            Some(u) => self.users.get(u).map_or(&[], Vec::as_slice),
+            None => &self.anonymous,
+        };
+        let username = who.username.map(str::to_string);
+        let client_id = who.client_id.to_string();
+        let patterns = self.patterns.iter().filter_map(move |r| {
+            let mut filter = r.filter.clone();
+            if filter.contains("%c") {
+                if client_id.contains(['+', '#', '/']) {
+                    return None;
+                }
+                filter = filter.replace("%c", &client_id);
+            }
+            if filter.contains("%u") {
+                let u = username.as_deref()?;
+                if u.contains(['+', '#', '/']) {
+                    return None;
+                }
+                filter = filter.replace("%u", u);
+            }
+            Some(Rule {
+                access: r.access,
+                filter,
+            })
+        });
+        own.iter().cloned().chain(patterns)
+    }
+
+    /// May `who` do `action` on the topic name `topic`?
+    pub fn check_topic(&self, who: Principal<'_>, topic: &str, action: Action) -> bool {
+        let rules: Vec<Rule> = self.rules(who).collect();
+        if rules
+            .iter()
+            .any(|r| r.access == Access::Deny && filter_matches(&r.filter, topic))
+        {
+            return false;
+        }
+        rules
+            .iter()
+            .any(|r| r.access.grants(action) && filter_matches(&r.filter, topic))
+    }
+
+    /// May `who` subscribe to `filter` (the underlying filter of a shared
+    /// subscription)?
+    pub fn check_subscribe(&self, who: Principal<'_>, filter: &str) -> bool {
+        let rules: Vec<Rule> = self.rules(who).collect();
+        if rules
+            .iter()
+            .any(|r| r.access == Access::Deny && filter_covers(&r.filter, filter))
+        {
+            return false;
+        }
+        rules
+            .iter()
+            .any(|r| r.access.grants(Action::Read) && filter_covers(&r.filter, filter))
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.anonymous.len()
+            + self.patterns.len()
+            + self.users.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+fn parse_rule(rest: &str) -> Result<Rule, String> {
+    let (first, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let (access, filter) = match first {
+        "read" => (Access::Read, tail.trim_start()),
+        "write" => (Access::Write, tail.trim_start()),
+        "readwrite" => (Access::ReadWrite, tail.trim_start()),
+        "deny" => (Access::Deny, tail.trim_start()),
+        // No access word: the whole rest is the topic, read and write.
+        _ => (Access::ReadWrite, rest),
+    };
+    if filter.is_empty() {
+        return Err("missing topic filter".into());
+    }
+    // %c / %u stand for whole levels; check the shape with a placeholder.
+    let shape = filter.replace("%c", "c").replace("%u", "u");
+    validate_filter(&shape, LIMITS).map_err(|e| format!("invalid topic filter `{filter}`: {e}"))?;
+    Ok(Rule {
+        access,
+        filter: filter.to_string(),
+    })
+}
+
+/// Does `outer` match every topic that `inner` can match?
+pub fn filter_covers(outer: &str, inner: &str) -> bool {
+    if inner.starts_with('$') && (outer.starts_with('+') || outer.starts_with('#')) {
+        // A leading wildcard never reaches `$` topics.
+        return false;
+    }
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(a), Some(b)) if a == b && a != "+" && a != "#" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who<'a>(u: Option<&'a str>, c: &'a str) -> Principal<'a> {
+        Principal {
+            username: u,
+            client_id: c,
+        }
+    }
+
+    const FILE: &str = "\
+# anonymous section
+topic read public/#
+
+user cassiamqtt
+topic write cassia/#
+topic read cassia/#
+
+user alice
+topic readwrite alice/#
+topic deny alice/secret/#
+topic read #
+
+pattern readwrite devices/%c/#
+pattern read users/%u/inbox
+";
+
+    fn acl() -> AclFile {
+        AclFile::parse(FILE, Path::new("acl")).unwrap()
+    }
+
+    #[test]
+    fn the_seed_example() {
+        let a = acl();
+        let c = who(Some("cassiamqtt"), "gw1");
+        assert!(a.check_topic(c, "cassia/x/y", Action::Write));
+        assert!(a.check_topic(c, "cassia/x/y", Action::Read));
+        assert!(!a.check_topic(c, "other/x", Action::Write));
+        assert!(a.check_subscribe(c, "cassia/#"));
+        assert!(!a.check_subscribe(c, "#"));
+        assert!(!a.check_subscribe(c, "+/#"));
+    }
+
+    #[test]
+    fn anonymous_section_and_patterns() {
+        let a = acl();
+        let anon = who(None, "dev7");
+        assert!(a.check_topic(anon, "public/a", Action::Read));
+        assert!(!a.check_topic(anon, "public/a", Action::Write));
+        assert!(a.check_topic(anon, "devices/dev7/up", Action::Write));
+        assert!(!a.check_topic(anon, "devices/dev8/up", Action::Write));
+        // %u needs a username.
+        assert!(!a.check_topic(anon, "users/dev7/inbox", Action::Read));
+        let bob = who(Some("bob"), "b1");
+        assert!(a.check_topic(bob, "users/bob/inbox", Action::Read));
+        assert!(!a.check_topic(bob, "public/a", Action::Read));
+    }
+
+    #[test]
+    fn wildcard_identities_do_not_widen_patterns() {
+        let a = acl();
+        assert!(!a.check_topic(who(None, "+"), "devices/x/up", Action::Write));
+        assert!(!a.check_subscribe(who(None, "#"), "devices/#"));
+    }
+
+    #[test]
+    fn denials_win_and_overlapping_wildcards_filter_per_message() {
+        let a = acl();
+        let al = who(Some("alice"), "a");
+        assert!(a.check_subscribe(al, "#"));
+        assert!(a.check_topic(al, "alice/x", Action::Write));
+        assert!(!a.check_topic(al, "alice/secret/k", Action::Read));
+        assert!(!a.check_topic(al, "alice/secret/k", Action::Write));
+        assert!(!a.check_subscribe(al, "alice/secret/#"));
+        assert!(a.check_subscribe(al, "alice/+"));
+        // `#` does not reach $SYS unless granted explicitly.
+        assert!(!a.check_topic(al, "$SYS/broker/uptime", Action::Read));
+        assert!(!a.check_subscribe(al, "$SYS/#"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = AclFile::parse("user a\ntopic read a/#/b\n", Path::new("/x/acl")).unwrap_err();
+        assert!(e.to_string().starts_with("/x/acl:2: invalid topic filter"), "{e}");
+        let e = AclFile::parse("\nfrobnicate x\n", Path::new("acl")).unwrap_err();
+        assert!(e.to_string().contains("acl:2: unknown keyword"), "{e}");
+        let e = AclFile::parse("topic read\n", Path::new("acl")).unwrap_err();
+        assert!(e.to_string().contains("missing topic filter"), "{e}");
+    }
+
+    #[test]
+    fn covers() {
+        assert!(filter_covers("a/#", "a/b/+"));
+        assert!(filter_covers("a/+", "a/b"));
+        assert!(!filter_covers("a/+", "a/#"));
+        assert!(!filter_covers("a/b", "a/+"));
+        assert!(filter_covers("#", "x/#"));
+        assert!(!filter_covers("#", "$SYS/#"));
+        assert!(filter_covers("$SYS/#", "$SYS/broker/+"));
+    }
+}
