@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
+use crate::auth::Auth;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::config::Config;
 use crate::message::{ForwardedProperties, Message};
@@ -58,6 +59,7 @@ pub struct OpenedSession {
 /// Parameters of a CONNECT that shape the session.
 pub struct SessionRequest {
     pub client_id: ByteStr,
+    pub username: Option<ByteStr>,
     pub clean_start: bool,
     pub expiry: u32,
     pub receive_maximum: u16,
@@ -83,12 +85,18 @@ pub struct Broker {
     pub(crate) subscriptions: RwLock<Subscriptions>,
     pub(crate) retained: RwLock<RetainedStore>,
     pub(crate) seam: Arc<dyn StateSeam>,
+    pub auth: Auth,
     pub stats: Stats,
     next_conn_id: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>, node_id: u64, seam: Arc<dyn StateSeam>) -> Arc<Broker> {
+    pub fn new(
+        config: Arc<Config>,
+        node_id: u64,
+        seam: Arc<dyn StateSeam>,
+        auth: Auth,
+    ) -> Arc<Broker> {
         let m = &config.mqtt;
         Arc::new(Broker {
             session_limits: SessionLimits {
@@ -108,6 +116,7 @@ impl Broker {
             subscriptions: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedStore::default()),
             seam,
+            auth,
             stats: Stats::default(),
             next_conn_id: AtomicU64::new(1),
         })
@@ -196,9 +205,11 @@ impl Broker {
         };
         let (tx, kicked) = oneshot::channel();
         *cell.kick.lock() = Some((conn_id, tx));
-        cell.session
-            .lock()
-            .attach(conn_id, req.receive_maximum, now);
+        {
+            let mut s = cell.session.lock();
+            s.username = req.username;
+            s.attach(conn_id, req.receive_maximum, now);
+        }
         cell.connected.store(true, Ordering::Release);
         drop(sessions);
         self.submit(commands);

@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use crate::auth::acl::{Action, Principal};
+use crate::auth::Login;
 use crate::broker::{Broker, Departure, SessionCell, SessionRequest};
 use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -28,6 +30,9 @@ use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
 pub struct ListenerInfo {
     pub label: String,
     pub max_packet_size: u32,
+    /// The transport's identity (TLS certificate CN, PSK identity) replaces
+    /// the CONNECT username.
+    pub use_identity_as_username: bool,
 }
 
 /// Why the main loop stopped.
@@ -45,17 +50,30 @@ enum Exit {
 /// A packet handler's verdict.
 type Flow = Result<(), Exit>;
 
-/// Serves one accepted socket until it closes.
-pub async fn serve<S>(broker: Arc<Broker>, listener: Arc<ListenerInfo>, stream: S, peer: SocketAddr)
-where
+/// Serves one accepted socket until it closes. `identity` is what the
+/// transport proved about the client (certificate CN, PSK identity).
+pub async fn serve<S>(
+    broker: Arc<Broker>,
+    listener: Arc<ListenerInfo>,
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let span = tracing::debug_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
-    run(broker, listener, stream, peer).instrument(span).await
+    run(broker, listener, stream, peer, identity)
+        .instrument(span)
+        .await
 }
 
-async fn run<S>(broker: Arc<Broker>, listener: Arc<ListenerInfo>, mut stream: S, peer: SocketAddr)
-where
+async fn run<S>(
+    broker: Arc<Broker>,
+    listener: Arc<ListenerInfo>,
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut rbuf = BytesMut::new();
@@ -83,7 +101,9 @@ where
         }
     };
     let mut wbuf = BytesMut::new();
-    let Some(mut conn) = Connection::accept(broker, listener, *connect, &mut wbuf) else {
+    let Some(mut conn) =
+        Connection::accept(broker, listener, *connect, identity, peer, &mut wbuf).await
+    else {
         let _ = stream.write_all(&wbuf).await;
         let _ = stream.shutdown().await;
         return;
@@ -147,6 +167,7 @@ struct Connection {
     kicked: oneshot::Receiver<u8>,
     protocol: Protocol,
     client_id: ByteStr,
+    username: Option<ByteStr>,
     /// 1.5 x keep alive; zero = no timeout.
     keepalive: Duration,
     /// Largest packet the client accepts (MQTT 5 Maximum Packet Size).
@@ -167,10 +188,12 @@ struct Connection {
 impl Connection {
     /// Validates CONNECT and opens the session; writes CONNACK to `wbuf`.
     /// `None`: refused (the CONNACK says why).
-    fn accept(
+    async fn accept(
         broker: Arc<Broker>,
         listener: Arc<ListenerInfo>,
         c: Connect,
+        identity: Option<String>,
+        peer: SocketAddr,
         wbuf: &mut BytesMut,
     ) -> Option<Connection> {
         let cfg = &broker.config.mqtt;
@@ -207,8 +230,44 @@ impl Connection {
             client_id = ByteStr::from(format!("raftmq-{:016x}", rand::random::<u64>()));
             assigned = v5.then(|| client_id.clone());
         }
+        let username = match identity.filter(|_| listener.use_identity_as_username) {
+            Some(id) => Some(ByteStr::from(id)),
+            None => c.username.clone(),
+        };
+        let policy = broker.auth.policy();
+        // A transport identity was proven by the handshake; the password
+        // plays no part then (mosquitto's use_identity_as_username).
+        let login = if listener.use_identity_as_username {
+            if username.is_some() {
+                Login::Accepted
+            } else {
+                Login::NotAuthorized
+            }
+        } else {
+            policy.login(username.as_deref(), c.password.as_deref())
+        };
+        if login != Login::Accepted {
+            Stats::add(&broker.stats.auth_failures, 1);
+            tracing::info!(client_id = %c.client_id, %peer, username = ?username.as_deref(), "authentication failed");
+            // Slow down guessing: every failure costs the guesser time.
+            let delay = broker.config.auth.auth_fail_delay_ms;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let (v5_code, v3_code) = if login == Login::BadCredentials {
+                (reason::BAD_USERNAME_OR_PASSWORD, reason::v3::BAD_USERNAME_OR_PASSWORD)
+            } else {
+                (reason::NOT_AUTHORIZED, reason::v3::NOT_AUTHORIZED)
+            };
+            refuse(wbuf, v5_code, v3_code, "not authorized");
+            return None;
+        }
         if let Some(will) = &c.will {
-            let bad = if validate_topic_name(&will.topic, broker.topic_limits).is_err() {
+            let who = Principal {
+                username: username.as_deref(),
+                client_id: &client_id,
+            };
+            let bad = if !policy.may(who, &will.topic, Action::Write) {
+                Some((reason::NOT_AUTHORIZED, "will topic not allowed"))
+            } else if validate_topic_name(&will.topic, broker.topic_limits).is_err() {
                 Some((reason::TOPIC_NAME_INVALID, "invalid will topic"))
             } else if will.qos as u8 > cfg.max_qos {
                 Some((reason::QOS_NOT_SUPPORTED, "will QoS above the maximum"))
@@ -235,6 +294,7 @@ impl Connection {
         let opened = broker.open_session(
             SessionRequest {
                 client_id: client_id.clone(),
+                username: username.clone(),
                 clean_start: c.clean_start,
                 expiry,
                 receive_maximum,
@@ -291,6 +351,7 @@ impl Connection {
             kicked: opened.kicked,
             protocol: c.protocol,
             client_id,
+            username,
             keepalive: Duration::from_millis(u64::from(keep_alive) * 1500),
             client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
             aliases_in: HashMap::new(),
@@ -511,6 +572,29 @@ impl Connection {
         if p.retain && !cfg.retain_available {
             return Err(Exit::Close(reason::RETAIN_NOT_SUPPORTED, "retain is not available"));
         }
+        let allowed = self.broker.auth.policy().may(
+            Principal {
+                username: self.username.as_deref(),
+                client_id: &self.client_id,
+            },
+            &p.topic,
+            Action::Write,
+        );
+        if !allowed {
+            tracing::debug!(topic = %p.topic, "publish denied by ACL");
+            // 3.x has no way to say no: acknowledge and drop, as mosquitto.
+            let code = if self.protocol.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code))),
+                QoS::ExactlyOnce => self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code))),
+            }
+            return Ok(());
+        }
         if p.qos == QoS::ExactlyOnce {
             let limit = usize::from(cfg.receive_maximum);
             let state = self.cell.session.lock().begin_inbound_qos2(p.packet_id, limit);
@@ -580,6 +664,19 @@ impl Connection {
                     reason::PROTOCOL_ERROR,
                     "no local on a shared subscription",
                 ));
+            }
+            let who = Principal {
+                username: self.username.as_deref(),
+                client_id: &self.client_id,
+            };
+            if !self.broker.auth.policy().may_subscribe(who, parsed.filter) {
+                tracing::debug!(filter = %raw, "subscription denied by ACL");
+                codes.push(if v5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::v3::SUBACK_FAILURE
+                });
+                continue;
             }
             if max_subs > 0 {
                 let s = self.cell.session.lock();

@@ -64,7 +64,11 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), node_id = server.broker.node_id, "raftmq running");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = server.broker.node_id,
+        "raftmq running"
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop();

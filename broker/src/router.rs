@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use crate::auth::acl::{Action, Principal};
+use crate::auth::Policy;
 use crate::broker::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
@@ -74,6 +76,8 @@ impl Broker {
         }
         let mut commands = Vec::new();
         let matched = targets.len() + shared.len();
+        let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         for t in targets.into_iter().chain(shared) {
             let d = Delivery {
                 retain: t.retain_as_published && message.retain,
@@ -83,7 +87,7 @@ impl Broker {
                 share: t.share,
                 seq: 0,
             };
-            self.deliver_to(t.cell, d, &mut commands);
+            self.deliver_to(t.cell, d, acl, &mut commands);
         }
         drop(tree);
         let committed = if commands.is_empty() {
@@ -94,12 +98,28 @@ impl Broker {
         Routed { matched, committed }
     }
 
-    /// Puts one copy into a session; records what the seam must persist.
-    pub(crate) fn deliver_to(&self, cell: &SessionCell, d: Delivery, commands: &mut Vec<Command>) {
+    /// Puts one copy into a session, if the ACL (when there is one) lets
+    /// its client read the topic; records what the seam must persist.
+    pub(crate) fn deliver_to(
+        &self,
+        cell: &SessionCell,
+        d: Delivery,
+        acl: Option<&Policy>,
+        commands: &mut Vec<Command>,
+    ) {
         let qos = d.qos;
         let retain = d.retain;
         let message = d.message.clone();
         let mut s = cell.session.lock();
+        if let Some(policy) = acl {
+            let who = Principal {
+                username: s.username.as_deref(),
+                client_id: &cell.client_id,
+            };
+            if !policy.may(who, &message.topic, Action::Read) {
+                return;
+            }
+        }
         let (disposition, seq) = s.deliver(d);
         let persistent = s.is_persistent();
         drop(s);
@@ -129,6 +149,8 @@ impl Broker {
             return;
         }
         let tree = self.subscriptions.read();
+        let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         let mut commands = Vec::new();
         for mut d in deliveries {
             let Some(share) = d.share.clone() else {
@@ -144,7 +166,7 @@ impl Broker {
                 Some(m) => {
                     d.qos = m.options.qos.min(d.message.qos);
                     d.subscription_ids = m.identifier.into_iter().collect();
-                    self.deliver_to(&m.value, d, &mut commands);
+                    self.deliver_to(&m.value, d, acl, &mut commands);
                 }
                 None => Stats::add(&self.stats.publish_dropped, 1),
             }
@@ -259,6 +281,8 @@ impl Broker {
         granted: QoS,
         identifier: Option<u32>,
     ) {
+        let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         let mut commands = Vec::new();
         for message in messages {
             let d = Delivery {
@@ -269,7 +293,7 @@ impl Broker {
                 share: None,
                 seq: 0,
             };
-            self.deliver_to(cell, d, &mut commands);
+            self.deliver_to(cell, d, acl, &mut commands);
         }
         self.submit(commands);
     }

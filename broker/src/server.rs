@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Auth, Policy};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerKind};
 use crate::connection::ListenerInfo;
@@ -27,7 +28,13 @@ impl Server {
         let hostname = std::env::var("HOSTNAME").ok();
         let node_id = config.node_id(hostname.as_deref());
         let config = Arc::new(config);
-        let broker = Broker::new(config.clone(), node_id, Arc::new(MemoryState::default()));
+        let policy = Policy::load(&config.auth).context("authentication files")?;
+        let broker = Broker::new(
+            config.clone(),
+            node_id,
+            Arc::new(MemoryState::default()),
+            Auth::new(policy),
+        );
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
@@ -36,6 +43,7 @@ impl Server {
             let info = Arc::new(ListenerInfo {
                 label: label.clone(),
                 max_packet_size: l.max_packet_size.unwrap_or(config.mqtt.max_packet_size),
+                use_identity_as_username: l.use_identity_as_username,
             });
             match l.kind {
                 ListenerKind::Tcp => {

@@ -42,6 +42,8 @@ counters! {
     /// Connections closed for malformed or protocol-violating input.
     protocol_errors,
     sessions_expired,
+    /// CONNECTs refused for bad or missing credentials.
+    auth_failures,
     keepalive_timeouts,
 }
 

@@ -42,7 +42,7 @@ pub fn spawn_tcp(
             let broker = Arc::clone(&broker);
             let info = Arc::clone(&info);
             tokio::spawn(async move {
-                connection::serve(broker, info, socket, peer).await;
+                connection::serve(broker, info, socket, peer, None).await;
                 drop((g, l));
             });
         }

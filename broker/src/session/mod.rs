@@ -107,6 +107,8 @@ pub struct SubscriptionRecord {
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ByteStr,
+    /// The username of the connection bound last (ACL checks on delivery).
+    pub username: Option<ByteStr>,
     /// Seconds the session outlives its connection; 0 = it ends with it,
     /// `u32::MAX` = never expires.
     pub expiry: u32,
@@ -133,6 +135,7 @@ impl Session {
     pub fn new(client_id: ByteStr, expiry: u32, limits: SessionLimits) -> Self {
         Session {
             client_id,
+            username: None,
             expiry,
             subscriptions: HashMap::new(),
             limits,
