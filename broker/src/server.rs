@@ -65,6 +65,10 @@ impl Server {
                 ),
             }
         }
+        tasks.push(crate::auth::reload::spawn(
+            broker.clone(),
+            std::time::Duration::from_secs(2),
+        ));
         Ok(Server {
             broker,
             local_addrs,

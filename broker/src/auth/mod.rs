@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod password;
+pub mod reload;
 
 use std::path::PathBuf;
 
