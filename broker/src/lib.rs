@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod passwd;
 pub mod retained;
 pub mod router;
 pub mod server;

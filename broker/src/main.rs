@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmq::config::{Config, LogFormat};
+use raftmq::passwd;
 use raftmq::server::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -29,6 +30,32 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Manage a mosquitto-format password file (mosquitto_passwd's
+    /// options). Writes $7$ PBKDF2-SHA512 hashes that mosquitto 2 reads too.
+    ///
+    ///   raftmq passwd -c FILE USER        create FILE with USER (prompts)
+    ///   raftmq passwd FILE USER           add or change USER (prompts)
+    ///   raftmq passwd -b FILE USER PASS   password on the command line
+    ///   raftmq passwd -D FILE USER        delete USER
+    ///   raftmq passwd -U FILE             hash every plaintext line
+    #[command(verbatim_doc_comment)]
+    Passwd {
+        /// Create a new file, overwriting an existing one.
+        #[arg(short = 'c', conflicts_with_all = ["delete", "upgrade"])]
+        create: bool,
+        /// Batch mode: take the password from the command line.
+        #[arg(short = 'b', conflicts_with_all = ["delete", "upgrade"])]
+        batch: bool,
+        /// Delete the user.
+        #[arg(short = 'D', conflicts_with = "upgrade")]
+        delete: bool,
+        /// Upgrade a file of plaintext `user:password` lines to hashes.
+        #[arg(short = 'U')]
+        upgrade: bool,
+        file: PathBuf,
+        username: Option<String>,
+        password: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +73,52 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(config))
         }
+        Command::Passwd {
+            create,
+            batch,
+            delete,
+            upgrade,
+            file,
+            username,
+            password,
+        } => {
+            let edit = passwd_edit(create, batch, delete, upgrade, username, password)?;
+            passwd::edit_file(&file, &edit)?;
+            Ok(())
+        }
     }
+}
+
+fn passwd_edit(
+    create: bool,
+    batch: bool,
+    delete: bool,
+    upgrade: bool,
+    username: Option<String>,
+    password: Option<String>,
+) -> anyhow::Result<passwd::Edit> {
+    if upgrade {
+        anyhow::ensure!(username.is_none(), "-U takes only the file");
+        return Ok(passwd::Edit::Upgrade);
+    }
+    let user = username.context("a username is needed")?;
+    if delete {
+        return Ok(passwd::Edit::Delete { user });
+    }
+    let password = if batch {
+        password.context("-b needs the password after the username")?
+    } else {
+        anyhow::ensure!(password.is_none(), "a password on the command line needs -b");
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Reenter password: ")?;
+        anyhow::ensure!(first == again, "passwords do not match");
+        first
+    };
+    Ok(passwd::Edit::Set {
+        user,
+        password,
+        create,
+    })
 }
 
 fn init_logging(config: &Config) {
