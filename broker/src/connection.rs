@@ -105,6 +105,7 @@ async fn run<S>(
         Connection::accept(broker, listener, *connect, identity, peer, &mut wbuf).await
     else {
         let _ = stream.write_all(&wbuf).await;
+        let _ = stream.flush().await;
         let _ = stream.shutdown().await;
         return;
     };
@@ -373,7 +374,12 @@ impl Connection {
         loop {
             self.drain_outbox(wbuf);
             if !wbuf.is_empty() {
-                if let Err(e) = stream.write_all(wbuf).await {
+                // Flush too: TLS and WebSocket streams buffer until told.
+                let written = async {
+                    stream.write_all(wbuf).await?;
+                    stream.flush().await
+                };
+                if let Err(e) = written.await {
                     tracing::debug!("write failed: {e}");
                     return Exit::SocketLost;
                 }
@@ -893,7 +899,11 @@ impl Connection {
             tracing::debug!("disconnected");
         }
         if !wbuf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(wbuf)).await;
+            let bye = async {
+                stream.write_all(wbuf).await?;
+                stream.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         self.broker.stats.disconnected();

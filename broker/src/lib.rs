@@ -14,6 +14,7 @@ pub mod connection;
 pub mod listener;
 pub mod message;
 pub mod passwd;
+pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod server;

@@ -1,7 +1,8 @@
-//! Starts a broker from its configuration: state, listeners, and the
-//! orderly stop.
+//! Starts a broker from its configuration: state, listeners, reloaders, and
+//! the orderly stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -9,9 +10,11 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
 use crate::broker::Broker;
-use crate::config::{Config, ListenerKind};
+use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;
-use crate::listener::{spawn_tcp, ConnectionLimit};
+use crate::listener::tls::{ReloadableTls, TlsFiles};
+use crate::listener::{accept, ConnectionLimit, Transport};
+use crate::reload::FileWatch;
 use crate::state::MemoryState;
 
 /// A running broker.
@@ -21,9 +24,13 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How often mounted files are checked for a new version.
+const WATCH_PERIOD: Duration = Duration::from_secs(2);
+
 impl Server {
     /// Binds every listener; fails (naming the listener) if one cannot be
-    /// bound, so a half-started broker never reports ready.
+    /// bound or its files cannot be read, so a half-started broker never
+    /// reports ready.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let hostname = std::env::var("HOSTNAME").ok();
         let node_id = config.node_id(hostname.as_deref());
@@ -38,37 +45,42 @@ impl Server {
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
+        let mut watch = FileWatch::default();
+        {
+            let broker = broker.clone();
+            let files = config
+                .auth
+                .password_file
+                .iter()
+                .chain(config.auth.acl_file.iter())
+                .cloned()
+                .collect();
+            watch.add(files, move |why| crate::auth::reload::reload(&broker, why));
+        }
         for l in config.effective_listeners() {
             let label = l.label();
+            let transport = transport(&l, &mut watch)
+                .with_context(|| format!("listener {label}"))?;
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .with_context(|| format!("listener {label}: cannot bind {}", l.bind))?;
+            local_addrs.push(socket.local_addr()?);
+            tracing::info!(listener = %label, addr = %l.bind, kind = ?l.kind, "listening");
             let info = Arc::new(ListenerInfo {
-                label: label.clone(),
+                label,
                 max_packet_size: l.max_packet_size.unwrap_or(config.mqtt.max_packet_size),
                 use_identity_as_username: l.use_identity_as_username,
             });
-            match l.kind {
-                ListenerKind::Tcp => {
-                    let socket = TcpListener::bind(l.bind)
-                        .await
-                        .with_context(|| format!("listener {label}: cannot bind {}", l.bind))?;
-                    local_addrs.push(socket.local_addr()?);
-                    tracing::info!(listener = %label, addr = %l.bind, "listening (mqtt/tcp)");
-                    tasks.push(spawn_tcp(
-                        broker.clone(),
-                        socket,
-                        info,
-                        global.clone(),
-                        ConnectionLimit::new(l.max_connections),
-                    ));
-                }
-                other => anyhow::bail!(
-                    "listener {label}: kind {other:?} is not available in this build yet"
-                ),
-            }
+            tasks.push(accept::spawn(
+                broker.clone(),
+                socket,
+                info,
+                Arc::new(transport),
+                global.clone(),
+                ConnectionLimit::new(l.max_connections),
+            ));
         }
-        tasks.push(crate::auth::reload::spawn(
-            broker.clone(),
-            std::time::Duration::from_secs(2),
-        ));
+        tasks.push(watch.spawn(WATCH_PERIOD));
         Ok(Server {
             broker,
             local_addrs,
@@ -82,4 +94,51 @@ impl Server {
             t.abort();
         }
     }
+}
+
+/// Builds a listener's transport and registers its files for reload.
+fn transport(l: &ListenerConfig, watch: &mut FileWatch) -> anyhow::Result<Transport> {
+    let tls = || -> anyhow::Result<Arc<ReloadableTls>> {
+        let files = TlsFiles::from_listener(l).context("certfile and keyfile are required")?;
+        Ok(ReloadableTls::new(files, Vec::new())?)
+    };
+    let watch_tls = |watch: &mut FileWatch, tls: &Arc<ReloadableTls>| {
+        let t = tls.clone();
+        watch.add(tls.files().paths(), move |why| match t.reload() {
+            Ok(()) => tracing::info!("certificates reloaded ({why})"),
+            Err(e) => tracing::error!("certificates not reloaded ({why}), old ones stay: {e}"),
+        });
+    };
+    Ok(match l.kind {
+        ListenerKind::Tcp => Transport::Tcp,
+        ListenerKind::Ws => Transport::Ws {
+            path: l.path.clone(),
+        },
+        ListenerKind::Tls => {
+            let t = tls()?;
+            watch_tls(watch, &t);
+            Transport::Tls(t)
+        }
+        ListenerKind::Wss => {
+            let t = tls()?;
+            watch_tls(watch, &t);
+            Transport::Wss {
+                tls: t,
+                path: l.path.clone(),
+            }
+        }
+        #[cfg(feature = "psk")]
+        ListenerKind::Psk => {
+            let path = l.psk_file.clone().context("psk_file is required")?;
+            let psk = crate::listener::psk::PskAcceptor::new(path, l.psk_hint.as_deref())?;
+            let p = psk.clone();
+            watch.add(vec![psk.path().to_path_buf()], move |why| match p.reload() {
+                Ok(()) => tracing::info!("PSK file reloaded ({why})"),
+                Err(e) => tracing::error!("PSK file not reloaded ({why}), old keys stay: {e}"),
+            });
+            Transport::Psk(psk)
+        }
+        #[cfg(not(feature = "psk"))]
+        ListenerKind::Psk => anyhow::bail!("this build has no TLS-PSK support (feature `psk`)"),
+    })
 }

@@ -27,6 +27,8 @@ counters! {
     clients_total,
     /// Sockets refused at accept because a connection limit was reached.
     connections_refused,
+    /// TLS / WebSocket handshakes that failed or timed out.
+    handshake_failures,
     /// CONNECTs refused (bad protocol, id, auth...).
     connects_refused,
     /// Every packet received / sent.

@@ -1,12 +1,29 @@
 //! Listeners: sockets in, connections out. Each kind turns its transport
 //! into a byte stream and hands it to [`crate::connection::serve`].
 
-mod tcp;
+pub mod accept;
+#[cfg(feature = "psk")]
+pub mod psk;
+pub mod tls;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use tcp::spawn_tcp;
+/// How a listener's sockets become byte streams.
+pub enum Transport {
+    Tcp,
+    Tls(Arc<tls::ReloadableTls>),
+    Ws {
+        path: String,
+    },
+    Wss {
+        tls: Arc<tls::ReloadableTls>,
+        path: String,
+    },
+    #[cfg(feature = "psk")]
+    Psk(Arc<psk::PskAcceptor>),
+}
 
 /// Counts connections against a limit; a slot is held for the life of a
 /// connection and given back when dropped.

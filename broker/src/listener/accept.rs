@@ -1,0 +1,104 @@
+//! The accept loop every listener shares: limits, then the transport's
+//! handshake (bounded by the connect timeout), then the MQTT connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{websocket, ConnectionLimit, Transport};
+use crate::broker::Broker;
+use crate::connection::{self, ListenerInfo};
+use crate::stats::Stats;
+
+/// Accepts on `listener` until the task is aborted. A connection over
+/// either limit is closed at accept, before anything is allocated for it.
+pub fn spawn(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    transport: Arc<Transport>,
+    global: Arc<ConnectionLimit>,
+    local: Arc<ConnectionLimit>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a
+                    // little rather than spin.
+                    tracing::warn!(listener = %info.label, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (Some(g), Some(l)) = (global.acquire(), local.acquire()) else {
+                Stats::add(&broker.stats.connections_refused, 1);
+                tracing::debug!(%peer, listener = %info.label, "connection limit reached: refused");
+                drop(socket);
+                continue;
+            };
+            // We batch writes ourselves; Nagle would only add latency.
+            let _ = socket.set_nodelay(true);
+            let broker = Arc::clone(&broker);
+            let info = Arc::clone(&info);
+            let transport = Arc::clone(&transport);
+            tokio::spawn(async move {
+                handle(broker, info, &transport, socket, peer).await;
+                drop((g, l));
+            });
+        }
+    })
+}
+
+async fn handle(
+    broker: Arc<Broker>,
+    info: Arc<ListenerInfo>,
+    transport: &Transport,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let limit = Duration::from_secs(broker.config.mqtt.connect_timeout);
+    let max = info.max_packet_size;
+    macro_rules! handshake {
+        ($fut:expr) => {
+            match tokio::time::timeout(limit, $fut).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, listener = %info.label, "handshake failed: {e}");
+                    Stats::add(&broker.stats.handshake_failures, 1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, listener = %info.label, "handshake timed out");
+                    Stats::add(&broker.stats.handshake_failures, 1);
+                    return;
+                }
+            }
+        };
+    }
+    match transport {
+        Transport::Tcp => connection::serve(broker, info, socket, peer, None).await,
+        Transport::Tls(tls) => {
+            let (stream, cn) = handshake!(tls.accept(socket));
+            connection::serve(broker, info, stream, peer, cn).await
+        }
+        Transport::Ws { path } => {
+            let ws = handshake!(websocket::accept(socket, path, max));
+            connection::serve(broker, info, ws, peer, None).await
+        }
+        Transport::Wss { tls, path } => {
+            let (stream, cn) = handshake!(tls.accept(socket));
+            let ws = handshake!(websocket::accept(stream, path, max));
+            connection::serve(broker, info, ws, peer, cn).await
+        }
+        #[cfg(feature = "psk")]
+        Transport::Psk(psk) => {
+            let (stream, identity) = handshake!(psk.accept(socket));
+            connection::serve(broker, info, stream, peer, identity).await
+        }
+    }
+}
