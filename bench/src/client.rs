@@ -1,0 +1,137 @@
+//! A minimal MQTT client on raw sockets with raftmq's codec: the generator
+//! must cost less than the broker it measures, so it batches writes and
+//! decodes in place.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use raftmq::codec::{self, ByteStr, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, SubOptions, Subscribe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub struct Client {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+pub struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+pub struct Writer {
+    half: OwnedWriteHalf,
+    pub buf: BytesMut,
+}
+
+const PROTOCOL: Protocol = Protocol::V311;
+const MAX_PACKET: u32 = 268_435_455;
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let mut c = Client {
+            reader: Reader {
+                half: r,
+                buf: BytesMut::with_capacity(64 * 1024),
+            },
+            writer: Writer {
+                half: w,
+                buf: BytesMut::with_capacity(64 * 1024),
+            },
+        };
+        c.writer.push(&Packet::Connect(Box::new(Connect {
+            protocol: PROTOCOL,
+            clean_start: clean,
+            keep_alive: 0,
+            client_id: ByteStr::from(client_id),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })))?;
+        c.writer.flush().await?;
+        match c.reader.next().await? {
+            Packet::ConnAck(a) if a.code == 0 => Ok(c),
+            other => bail!("CONNECT refused: {other:?}"),
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
+        self.writer.push(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                ByteStr::from(filter),
+                SubOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+            properties: Properties::default(),
+        }))?;
+        self.writer.flush().await?;
+        match self.reader.next().await? {
+            Packet::SubAck(_) => Ok(()),
+            other => bail!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+impl Reader {
+    /// Bytes received and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next packet (reads from the socket as needed).
+    pub async fn next(&mut self) -> anyhow::Result<Packet> {
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, Some(PROTOCOL), MAX_PACKET)? {
+                return Ok(p);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                bail!("connection closed by the broker");
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub fn push(&mut self, p: &Packet) -> anyhow::Result<()> {
+        codec::encode(p, PROTOCOL, &mut self.buf)?;
+        Ok(())
+    }
+
+    pub fn publish(&mut self, topic: &ByteStr, payload: &Bytes, qos: QoS, packet_id: u16) -> anyhow::Result<()> {
+        self.push(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload: payload.clone(),
+        }))
+    }
+
+    pub fn puback(&mut self, packet_id: u16) -> anyhow::Result<()> {
+        self.push(&Packet::PubAck(PubResp::new(packet_id, 0)))
+    }
+
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.buf.is_empty() {
+            self.half.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
