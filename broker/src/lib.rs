@@ -22,3 +22,6 @@ pub mod session;
 pub mod state;
 pub mod stats;
 pub mod topic_tree;
+
+#[cfg(test)]
+mod engine_tests;

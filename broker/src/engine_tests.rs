@@ -1,0 +1,231 @@
+//! The engine without sockets: sessions, router, retained store and state
+//! seam driven through the same calls the connection makes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::auth::{Auth, Policy};
+use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
+use crate::codec::{ByteStr, QoS, SubOptions};
+use crate::config::Config;
+use crate::message::Message;
+use crate::session::Outgoing;
+use crate::state::{MemoryState, StateSeam};
+use crate::topic_tree::parse_filter;
+
+fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
+    let seam = Arc::new(MemoryState::default());
+    let b = Broker::new(
+        Arc::new(Config::default()),
+        1,
+        seam.clone(),
+        Auth::new(Policy {
+            allow_anonymous: true,
+            ..Default::default()
+        }),
+    );
+    (b, seam)
+}
+
+fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
+    b.open_session(
+        SessionRequest {
+            client_id: ByteStr::from(id),
+            username: None,
+            clean_start: clean,
+            expiry,
+            receive_maximum: u16::MAX,
+        },
+        Instant::now(),
+    )
+}
+
+fn sub(b: &Broker, s: &OpenedSession, filter: &str, qos: QoS) {
+    sub_opts(
+        b,
+        s,
+        filter,
+        SubOptions {
+            qos,
+            ..Default::default()
+        },
+        None,
+    );
+}
+
+fn sub_opts(b: &Broker, s: &OpenedSession, filter: &str, o: SubOptions, id: Option<u32>) {
+    let parsed = parse_filter(filter, b.topic_limits).unwrap();
+    b.subscribe(&s.cell, &ByteStr::from(filter), &parsed, o, id);
+}
+
+fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::from_static(b"m"),
+        qos,
+        retain: false,
+        origin: ByteStr::from(origin),
+        expires_at: None,
+        properties: None,
+    })
+}
+
+/// (qos, subscription ids, retain) of each PUBLISH in the outbox.
+fn drained(s: &OpenedSession) -> Vec<(QoS, Vec<u32>, bool)> {
+    s.cell
+        .session
+        .lock()
+        .take_outbox()
+        .into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish { delivery, .. } => Some((
+                delivery.qos,
+                delivery.subscription_ids.to_vec(),
+                delivery.retain,
+            )),
+            Outgoing::PubRel { .. } => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
+    let (b, _) = broker();
+    let s = open(&b, "s", true, 0);
+    let o = |qos| SubOptions {
+        qos,
+        ..Default::default()
+    };
+    sub_opts(&b, &s, "a/+", o(QoS::AtMostOnce), Some(1));
+    sub_opts(&b, &s, "a/#", o(QoS::AtLeastOnce), Some(2));
+    let routed = b.publish(msg("a/b", QoS::ExactlyOnce, "p"));
+    assert_eq!(routed.matched, 1);
+    let out = drained(&s);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, QoS::AtLeastOnce);
+    let mut ids = out[0].1.clone();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn no_local_skips_the_publisher_only() {
+    let (b, _) = broker();
+    let me = open(&b, "me", true, 0);
+    let other = open(&b, "other", true, 0);
+    let nl = SubOptions {
+        qos: QoS::AtMostOnce,
+        no_local: true,
+        ..Default::default()
+    };
+    sub_opts(&b, &me, "t", nl, None);
+    sub_opts(&b, &other, "t", nl, None);
+    b.publish(msg("t", QoS::AtMostOnce, "me"));
+    assert!(drained(&me).is_empty());
+    assert_eq!(drained(&other).len(), 1);
+}
+
+#[tokio::test]
+async fn shared_group_round_robins_live_members() {
+    let (b, _) = broker();
+    let members: Vec<_> = (0..3).map(|i| open(&b, &format!("m{i}"), true, 0)).collect();
+    for m in &members {
+        sub(&b, m, "$share/g/jobs/#", QoS::AtLeastOnce);
+    }
+    for _ in 0..9 {
+        assert_eq!(b.publish(msg("jobs/x", QoS::AtLeastOnce, "p")).matched, 1);
+    }
+    let counts: Vec<usize> = members.iter().map(|m| drained(m).len()).collect();
+    assert_eq!(counts, vec![3, 3, 3]);
+}
+
+#[tokio::test]
+async fn unacked_shared_copies_move_to_another_member_on_disconnect() {
+    let (b, _) = broker();
+    let a = open(&b, "a", true, 0);
+    let c = open(&b, "c", true, 0);
+    sub(&b, &a, "$share/g/t", QoS::AtLeastOnce);
+    sub(&b, &c, "$share/g/t", QoS::AtLeastOnce);
+    for _ in 0..4 {
+        b.publish(msg("t", QoS::AtLeastOnce, "p"));
+    }
+    assert_eq!(drained(&a).len(), 2);
+    assert_eq!(drained(&c).len(), 2);
+    b.close_session(&a.cell, a.conn_id, Departure::Unclean, None);
+    // c now holds all four: its own two in flight, a's two handed over.
+    assert_eq!(drained(&c).len(), 2);
+    assert_eq!(c.cell.session.lock().inflight_len(), 4);
+}
+
+#[tokio::test]
+async fn retained_set_clear_and_seam_agree() {
+    let (b, seam) = broker();
+    let mut m = (*msg("r/1", QoS::AtLeastOnce, "p")).clone();
+    m.retain = true;
+    b.retain(Arc::new(m.clone())).wait().await.unwrap();
+    assert_eq!(b.retained_count(), 1);
+    assert_eq!(seam.snapshot().retained.len(), 1);
+    let s = open(&b, "s", true, 0);
+    let found = b.retained_matching("r/#", Instant::now());
+    assert_eq!(found.len(), 1);
+    b.deliver_retained(&s.cell, found, QoS::AtMostOnce, None);
+    assert_eq!(drained(&s), vec![(QoS::AtMostOnce, vec![], true)]);
+    m.payload = Bytes::new();
+    b.retain(Arc::new(m)).wait().await.unwrap();
+    assert_eq!(b.retained_count(), 0);
+    assert!(seam.snapshot().retained.is_empty());
+}
+
+#[tokio::test]
+async fn persistent_sessions_resume_and_the_seam_tracks_owed_copies() {
+    let (b, seam) = broker();
+    let s = open(&b, "p", false, 3600);
+    sub(&b, &s, "q/#", QoS::AtLeastOnce);
+    b.close_session(&s.cell, s.conn_id, Departure::Clean, None);
+    for _ in 0..3 {
+        b.publish(msg("q/1", QoS::AtLeastOnce, "x"));
+    }
+    let snap = seam.snapshot();
+    let persisted = &snap.sessions[&ByteStr::from("p")];
+    assert_eq!(persisted.messages.len(), 3);
+    assert_eq!(persisted.subscriptions.len(), 1);
+
+    let again = open(&b, "p", false, 3600);
+    assert!(again.session_present);
+    assert_eq!(drained(&again).len(), 3);
+    let (acked, _) = again.cell.session.lock().on_puback(1, Instant::now());
+    assert!(acked.is_some());
+
+    // A clean start ends the old session: subscriptions and owed copies go.
+    let fresh = open(&b, "p", true, 0);
+    assert!(!fresh.session_present);
+    assert_eq!(b.publish(msg("q/1", QoS::AtLeastOnce, "x")).matched, 0);
+    assert!(!seam.snapshot().sessions.contains_key("p"));
+}
+
+#[tokio::test]
+async fn takeover_kicks_the_old_connection_and_keeps_the_session() {
+    let (b, _) = broker();
+    let first = open(&b, "dup", false, 60);
+    sub(&b, &first, "t", QoS::AtLeastOnce);
+    let second = open(&b, "dup", false, 60);
+    assert!(second.session_present);
+    assert_eq!(first.kicked.await.ok(), Some(crate::codec::reason::SESSION_TAKEN_OVER));
+    // The old connection's close must not tear down the session it lost.
+    b.close_session(&first.cell, first.conn_id, Departure::TakenOver, None);
+    b.publish(msg("t", QoS::AtLeastOnce, "x"));
+    assert_eq!(drained(&second).len(), 1);
+}
+
+#[tokio::test]
+async fn clean_sessions_vanish_on_disconnect() {
+    let (b, _) = broker();
+    let s = open(&b, "gone", true, 0);
+    sub(&b, &s, "t", QoS::AtMostOnce);
+    assert_eq!(b.subscription_count(), 1);
+    b.close_session(&s.cell, s.conn_id, Departure::Clean, None);
+    assert_eq!(b.subscription_count(), 0);
+    assert_eq!(b.session_count(), 0);
+}
