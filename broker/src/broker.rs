@@ -134,6 +134,35 @@ impl Broker {
         self.retained.read().len()
     }
 
+    /// Brings the gauges that are counted rather than tracked up to date
+    /// (for a scrape or a `$SYS` round).
+    pub fn refresh_gauges(&self) {
+        let cells: Vec<Arc<SessionCell>> = self.sessions.lock().values().cloned().collect();
+        let (mut inflight, mut queued) = (0usize, 0usize);
+        for c in &cells {
+            let s = c.session.lock();
+            inflight += s.inflight_len();
+            queued += s.queued_len();
+        }
+        let st = &self.stats;
+        st.sessions.set(cells.len() as i64);
+        st.messages_inflight.set(inflight as i64);
+        st.messages_queued.set(queued as i64);
+        st.subscriptions.set(self.subscription_count() as i64);
+        st.retained_messages.set(self.retained_count() as i64);
+    }
+
+    /// A snapshot of every session for the admin API.
+    pub fn sessions_snapshot(&self) -> Vec<Arc<SessionCell>> {
+        let mut v: Vec<Arc<SessionCell>> = self.sessions.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Arc<SessionCell>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
     /// Binds a new connection to the session of `req.client_id`: resumes
     /// it, or starts a new one (clean start, or none existed). A connection
     /// already bound to it is told to leave with 0x8E.
@@ -324,7 +353,7 @@ impl Broker {
         let mut commands = Vec::new();
         self.end_session_locked(&mut sessions, cell, &mut commands);
         drop(sessions);
-        self.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
+        self.stats.sessions_expired.inc();
         tracing::debug!(client_id = %cell.client_id, "session expired");
         self.submit(commands);
     }
@@ -360,6 +389,7 @@ impl Broker {
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             properties: ForwardedProperties::from_properties(&will.properties),
+            received_at: now,
         });
         tracing::debug!(%client_id, topic = %will.topic, "publishing will");
         if message.retain && self.config.mqtt.retain_available {

@@ -22,13 +22,15 @@ use crate::codec::{
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
 use crate::state::Command;
-use crate::stats::Stats;
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
 
 /// What a listener tells each of its connections.
 #[derive(Debug, Clone)]
 pub struct ListenerInfo {
     pub label: String,
+    /// This listener's share of the connection metrics.
+    pub connections: prometheus::IntCounter,
+    pub clients: prometheus::IntGauge,
     pub max_packet_size: u32,
     /// The transport's identity (TLS certificate CN, PSK identity) replaces
     /// the CONNECT username.
@@ -92,7 +94,7 @@ async fn run<S>(
                 // "unacceptable protocol version" is the one all accept.
                 let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
             }
-            Stats::add(&broker.stats.connects_refused, 1);
+            broker.stats.connects_refused.inc();
             return;
         }
         Err(_) => {
@@ -147,7 +149,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
             Ok(Some(other)) => return Err(ConnectError::NotConnect(other.name())),
             Ok(None) => {}
             Err(e) => {
-                Stats::add(&broker.stats.protocol_errors, 1);
+                broker.stats.protocol_errors.inc();
                 return Err(ConnectError::Decode(e));
             }
         }
@@ -156,7 +158,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
         if n == 0 {
             return Err(ConnectError::Closed);
         }
-        Stats::add(&broker.stats.bytes_received, n as u64);
+        broker.stats.bytes_received.inc_by(n as u64);
     }
 }
 
@@ -201,7 +203,7 @@ impl Connection {
         let v5 = c.protocol.is_v5();
         let refuse = |wbuf: &mut BytesMut, v5_code: u8, v3_code: u8, why: &str| {
             tracing::debug!(client_id = %c.client_id, "CONNECT refused: {why}");
-            Stats::add(&broker.stats.connects_refused, 1);
+            broker.stats.connects_refused.inc();
             let mut properties = Properties::default();
             if v5 && c.properties.request_problem_information != Some(0) {
                 properties.reason_string = Some(ByteStr::from(why));
@@ -248,7 +250,7 @@ impl Connection {
             policy.login(username.as_deref(), c.password.as_deref())
         };
         if login != Login::Accepted {
-            Stats::add(&broker.stats.auth_failures, 1);
+            broker.stats.auth_failures.inc();
             tracing::info!(client_id = %c.client_id, %peer, username = ?username.as_deref(), "authentication failed");
             // Slow down guessing: every failure costs the guesser time.
             let delay = broker.config.auth.auth_fail_delay_ms;
@@ -303,6 +305,8 @@ impl Connection {
             Instant::now(),
         );
         broker.stats.connected();
+        listener.connections.inc();
+        listener.clients.inc();
 
         let mut keep_alive = c.keep_alive;
         let mut server_keep_alive = None;
@@ -383,7 +387,7 @@ impl Connection {
                     tracing::debug!("write failed: {e}");
                     return Exit::SocketLost;
                 }
-                Stats::add(&self.broker.stats.bytes_sent, wbuf.len() as u64);
+                self.broker.stats.bytes_sent.inc_by(wbuf.len() as u64);
                 wbuf.clear();
             }
             let wake = self.cell.wake.notified();
@@ -403,7 +407,7 @@ impl Connection {
                             return Exit::SocketLost;
                         }
                         Ok(n) => {
-                            Stats::add(&self.broker.stats.bytes_received, n as u64);
+                            self.broker.stats.bytes_received.inc_by(n as u64);
                             last_heard = Instant::now();
                         }
                     }
@@ -415,7 +419,7 @@ impl Connection {
                 () = &mut keepalive, if !self.keepalive.is_zero() => {
                     let deadline = last_heard + self.keepalive;
                     if Instant::now() >= deadline {
-                        Stats::add(&self.broker.stats.keepalive_timeouts, 1);
+                        self.broker.stats.keepalive_timeouts.inc();
                         return Exit::Close(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                     }
                     keepalive.as_mut().reset(tokio::time::Instant::from_std(deadline));
@@ -437,12 +441,12 @@ impl Connection {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    Stats::add(&self.broker.stats.protocol_errors, 1);
+                    self.broker.stats.protocol_errors.inc();
                     tracing::debug!("bad packet: {e}");
                     return Err(Exit::Close(e.reason_code(), decode_reason(&e)));
                 }
             };
-            Stats::add(&self.broker.stats.messages_received, 1);
+            self.broker.stats.messages_received.inc();
             self.handle(packet, wbuf).await?;
         }
     }
@@ -545,7 +549,12 @@ impl Connection {
     }
 
     async fn on_publish(&mut self, mut p: Publish, wbuf: &mut BytesMut) -> Flow {
-        Stats::add(&self.broker.stats.publish_received, 1);
+        self.broker.stats.publish_received.inc();
+        self.broker
+            .stats
+            .packet_size
+            .with_label_values(&["in"])
+            .observe(p.payload.len() as f64 + p.topic.len() as f64);
         let cfg = &self.broker.config.mqtt;
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > cfg.topic_alias_maximum {
@@ -763,7 +772,7 @@ impl Connection {
             tracing::warn!("cannot encode {}: {e}", packet.name());
             return;
         }
-        Stats::add(&self.broker.stats.messages_sent, 1);
+        self.broker.stats.messages_sent.inc();
     }
 
     /// Moves what the session has for the client into the write buffer.
@@ -785,16 +794,20 @@ impl Connection {
                     delivery: d,
                 } => {
                     let Some(packet) = self.outgoing_publish(packet_id, dup, &d, now) else {
-                        Stats::add(&self.broker.stats.publish_dropped, 1);
+                        self.broker.stats.publish_dropped.inc();
                         if packet_id != 0 {
                             discarded.push(packet_id);
                         }
                         continue;
                     };
+                    let before = wbuf.len();
                     match codec::encode(&Packet::Publish(packet), self.protocol, wbuf) {
                         Ok(()) => {
-                            Stats::add(&self.broker.stats.publish_sent, 1);
-                            Stats::add(&self.broker.stats.messages_sent, 1);
+                            let stats = &self.broker.stats;
+                            stats.publish_sent.inc();
+                            stats.messages_sent.inc();
+                            stats.packet_size.with_label_values(&["out"]).observe((wbuf.len() - before) as f64);
+                            stats.publish_latency.observe(now.duration_since(d.message.received_at).as_secs_f64());
                         }
                         Err(e) => {
                             tracing::warn!("cannot encode PUBLISH: {e}");
@@ -852,10 +865,13 @@ impl Connection {
             properties,
             payload: m.payload.clone(),
         };
-        let size = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
-        if size > self.client_max_packet as usize {
-            tracing::debug!(size, max = self.client_max_packet, "message larger than the client accepts: dropped");
-            return None;
+        // Only a client that set a Maximum Packet Size makes us measure.
+        if self.client_max_packet < u32::MAX {
+            let size = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
+            if size > self.client_max_packet as usize {
+                tracing::debug!(size, max = self.client_max_packet, "message larger than the client accepts: dropped");
+                return None;
+            }
         }
         if self.client_alias_max > 0 {
             if let Some(&alias) = self.aliases_out.get(&m.topic) {
@@ -907,6 +923,7 @@ impl Connection {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         self.broker.stats.disconnected();
+        self.listener.clients.dec();
         let will = self.will.take();
         self.broker
             .close_session(&self.cell, self.conn_id, departure, will);

@@ -69,6 +69,7 @@ fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
         origin: ByteStr::from(origin),
         expires_at: None,
         properties: None,
+        received_at: std::time::Instant::now(),
     })
 }
 

@@ -57,6 +57,8 @@ pub struct Message {
     /// When the message expires (MQTT 5 Message Expiry Interval).
     pub expires_at: Option<Instant>,
     pub properties: Option<Box<ForwardedProperties>>,
+    /// When the broker received it (publish-to-delivery latency).
+    pub received_at: Instant,
 }
 
 pub type SharedMessage = Arc<Message>;
@@ -74,6 +76,7 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             properties: ForwardedProperties::from_properties(&p.properties),
+            received_at: now,
         }
     }
 

@@ -15,7 +15,6 @@ use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
-use crate::stats::Stats;
 use crate::topic_tree::{Hit, ParsedFilter, Subscriber};
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -125,7 +124,7 @@ impl Broker {
         drop(s);
         match disposition {
             Disposition::Sent => cell.wake.notify_one(),
-            Disposition::Dropped => Stats::add(&self.stats.publish_dropped, 1),
+            Disposition::Dropped => self.stats.publish_dropped.inc(),
             Disposition::Queued | Disposition::Discarded => {}
         }
         if persistent
@@ -168,7 +167,7 @@ impl Broker {
                     d.subscription_ids = m.identifier.into_iter().collect();
                     self.deliver_to(&m.value, d, acl, &mut commands);
                 }
-                None => Stats::add(&self.stats.publish_dropped, 1),
+                None => self.stats.publish_dropped.inc(),
             }
         }
         drop(tree);

@@ -67,6 +67,8 @@ impl Server {
             local_addrs.push(socket.local_addr()?);
             tracing::info!(listener = %label, addr = %l.bind, kind = ?l.kind, "listening");
             let info = Arc::new(ListenerInfo {
+                connections: broker.stats.listener_connections.with_label_values(&[&label]),
+                clients: broker.stats.listener_clients.with_label_values(&[&label]),
                 label,
                 max_packet_size: l.max_packet_size.unwrap_or(config.mqtt.max_packet_size),
                 use_identity_as_username: l.use_identity_as_username,

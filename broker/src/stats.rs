@@ -1,66 +1,138 @@
-//! Counters the broker keeps as it works; `$SYS` and `/metrics` read them.
+//! The broker's figures, kept as Prometheus metrics from the start so that
+//! `/metrics` and `$SYS` read the very same numbers. Counters are single
+//! relaxed atomics on the hot path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        #[derive(Debug, Default)]
+macro_rules! metrics {
+    (
+        counters { $($c:ident => $ch:literal,)* }
+        gauges { $($g:ident => $gh:literal,)* }
+    ) => {
         pub struct Stats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            pub registry: Registry,
+            $(#[doc = $ch] pub $c: IntCounter,)*
+            $(#[doc = $gh] pub $g: IntGauge,)*
+            /// Seconds from a PUBLISH arriving to its copy being written.
+            pub publish_latency: Histogram,
+            /// Sizes of PUBLISH packets received and sent.
+            pub packet_size: prometheus::HistogramVec,
+            /// Connections accepted per listener.
+            pub listener_connections: IntCounterVec,
+            /// Clients connected now per listener.
+            pub listener_clients: IntGaugeVec,
         }
 
-        impl Stats {
-            /// Name and value of every counter, for exporters.
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+        impl Default for Stats {
+            fn default() -> Self {
+                let registry = Registry::new();
+                $(let $c = IntCounter::with_opts(Opts::new(concat!("raftmq_", stringify!($c), "_total"), $ch))
+                    .expect("static metric definition");
+                  registry.register(Box::new($c.clone())).expect("unique metric name");)*
+                $(let $g = IntGauge::with_opts(Opts::new(concat!("raftmq_", stringify!($g)), $gh))
+                    .expect("static metric definition");
+                  registry.register(Box::new($g.clone())).expect("unique metric name");)*
+                let publish_latency = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "raftmq_publish_latency_seconds",
+                        "Seconds from a PUBLISH arriving to its copy being written to a subscriber",
+                    )
+                    .buckets(vec![
+                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                        0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(publish_latency.clone())).expect("unique metric name");
+                let packet_size = prometheus::HistogramVec::new(
+                    HistogramOpts::new("raftmq_publish_size_bytes", "Sizes of PUBLISH packets")
+                        .buckets(prometheus::exponential_buckets(16.0, 4.0, 10).expect("static buckets")),
+                    &["direction"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(packet_size.clone())).expect("unique metric name");
+                let listener_connections = IntCounterVec::new(
+                    Opts::new("raftmq_listener_connections_total", "Connections accepted per listener"),
+                    &["listener"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(listener_connections.clone())).expect("unique metric name");
+                let listener_clients = IntGaugeVec::new(
+                    Opts::new("raftmq_listener_clients_connected", "Clients connected now per listener"),
+                    &["listener"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(listener_clients.clone())).expect("unique metric name");
+                #[cfg(target_os = "linux")]
+                {
+                    let process = prometheus::process_collector::ProcessCollector::for_self();
+                    let _ = registry.register(Box::new(process));
+                }
+                Stats {
+                    registry,
+                    $($c,)*
+                    $($g,)*
+                    publish_latency,
+                    packet_size,
+                    listener_connections,
+                    listener_clients,
+                }
             }
         }
     };
 }
 
-counters! {
-    /// Clients connected now.
-    clients_connected,
-    /// Highest `clients_connected` seen.
-    clients_maximum,
-    /// Connections accepted (CONNACK success) since start.
-    clients_total,
-    /// Sockets refused at accept because a connection limit was reached.
-    connections_refused,
-    /// TLS / WebSocket handshakes that failed or timed out.
-    handshake_failures,
-    /// CONNECTs refused (bad protocol, id, auth...).
-    connects_refused,
-    /// Every packet received / sent.
-    messages_received,
-    messages_sent,
-    /// PUBLISH packets received / sent.
-    publish_received,
-    publish_sent,
-    /// Copies refused by a queue limit, or not sendable (too large, expired).
-    publish_dropped,
-    bytes_received,
-    bytes_sent,
-    /// Connections closed for malformed or protocol-violating input.
-    protocol_errors,
-    sessions_expired,
-    /// CONNECTs refused for bad or missing credentials.
-    auth_failures,
-    keepalive_timeouts,
+metrics! {
+    counters {
+        connections => "MQTT connections accepted (CONNACK success)",
+        sockets => "Sockets accepted by the listeners",
+        connections_refused => "Sockets refused at accept because a connection limit was reached",
+        connects_refused => "CONNECTs refused (protocol, client id, authentication)",
+        auth_failures => "CONNECTs refused for bad or missing credentials",
+        handshake_failures => "TLS or WebSocket handshakes that failed or timed out",
+        messages_received => "MQTT packets received",
+        messages_sent => "MQTT packets sent",
+        publish_received => "PUBLISH packets received",
+        publish_sent => "PUBLISH packets sent",
+        publish_dropped => "Message copies dropped by a queue limit, expiry or the client's maximum packet size",
+        bytes_received => "Bytes received from clients",
+        bytes_sent => "Bytes sent to clients",
+        protocol_errors => "Connections closed for malformed or protocol-violating input",
+        sessions_expired => "Persistent sessions that expired",
+        keepalive_timeouts => "Connections closed because the keep alive elapsed",
+    }
+    gauges {
+        clients_connected => "Clients connected now",
+        clients_maximum => "Most clients connected at once since start",
+        sessions => "Sessions, connected or not",
+        subscriptions => "Subscriptions",
+        retained_messages => "Retained messages",
+        messages_inflight => "QoS 1/2 copies sent and not yet acknowledged",
+        messages_queued => "Copies queued for sessions beyond their in-flight window",
+    }
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     pub fn connected(&self) {
-        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
-        self.clients_maximum.fetch_max(now, Ordering::Relaxed);
-        self.clients_total.fetch_add(1, Ordering::Relaxed);
+        self.clients_connected.inc();
+        let now = self.clients_connected.get();
+        if now > self.clients_maximum.get() {
+            self.clients_maximum.set(now);
+        }
+        self.connections.inc();
     }
 
     pub fn disconnected(&self) {
-        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        self.clients_connected.dec();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
     }
 }

@@ -11,7 +11,6 @@ use tokio::task::JoinHandle;
 use super::{websocket, ConnectionLimit, Transport};
 use crate::broker::Broker;
 use crate::connection::{self, ListenerInfo};
-use crate::stats::Stats;
 
 /// Accepts on `listener` until the task is aborted. A connection over
 /// either limit is closed at accept, before anything is allocated for it.
@@ -36,11 +35,12 @@ pub fn spawn(
                 }
             };
             let (Some(g), Some(l)) = (global.acquire(), local.acquire()) else {
-                Stats::add(&broker.stats.connections_refused, 1);
+                broker.stats.connections_refused.inc();
                 tracing::debug!(%peer, listener = %info.label, "connection limit reached: refused");
                 drop(socket);
                 continue;
             };
+            broker.stats.sockets.inc();
             // We batch writes ourselves; Nagle would only add latency.
             let _ = socket.set_nodelay(true);
             let broker = Arc::clone(&broker);
@@ -69,12 +69,12 @@ async fn handle(
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, listener = %info.label, "handshake failed: {e}");
-                    Stats::add(&broker.stats.handshake_failures, 1);
+                    broker.stats.handshake_failures.inc();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, listener = %info.label, "handshake timed out");
-                    Stats::add(&broker.stats.handshake_failures, 1);
+                    broker.stats.handshake_failures.inc();
                     return;
                 }
             }

@@ -24,6 +24,7 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
             origin: ByteStr::default(),
             expires_at: None,
             properties: None,
+            received_at: std::time::Instant::now(),
         }),
         qos,
         retain: false,

@@ -133,6 +133,7 @@ mod tests {
             origin: ByteStr::default(),
             expires_at: None,
             properties: None,
+            received_at: std::time::Instant::now(),
         })
     }
 
