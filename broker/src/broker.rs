@@ -88,6 +88,8 @@ pub struct Broker {
     pub auth: Auth,
     pub stats: Stats,
     next_conn_id: AtomicU64,
+    /// Set once every listener is bound.
+    pub ready: AtomicBool,
 }
 
 impl Broker {
@@ -119,6 +121,7 @@ impl Broker {
             auth,
             stats: Stats::default(),
             next_conn_id: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
         })
     }
 
@@ -132,6 +135,15 @@ impl Broker {
 
     pub fn retained_count(&self) -> usize {
         self.retained.read().len()
+    }
+
+    /// Whether this node should receive traffic, and if not why.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("listeners are not bound yet")
+        }
     }
 
     /// Brings the gauges that are counted rather than tracked up to date

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod listener;
 pub mod message;
 pub mod passwd;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod stats;
+pub mod sys;
 pub mod topic_tree;
 
 #[cfg(test)]

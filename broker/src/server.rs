@@ -21,6 +21,7 @@ use crate::state::MemoryState;
 pub struct Server {
     pub broker: Arc<Broker>,
     pub local_addrs: Vec<std::net::SocketAddr>,
+    pub http_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -83,9 +84,21 @@ impl Server {
             ));
         }
         tasks.push(watch.spawn(WATCH_PERIOD));
+        broker.ready.store(true, std::sync::atomic::Ordering::Release);
+        let mut http_addr = None;
+        if let Some(bind) = config.http.bind {
+            let (addr, task) = crate::http::spawn(broker.clone(), bind)
+                .await
+                .with_context(|| format!("HTTP: cannot bind {bind}"))?;
+            tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz, /api/v1)");
+            http_addr = Some(addr);
+            tasks.push(task);
+        }
+        tasks.extend(crate::sys::spawn(broker.clone()));
         Ok(Server {
             broker,
             local_addrs,
+            http_addr,
             tasks,
         })
     }

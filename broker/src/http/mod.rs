@@ -1,0 +1,56 @@
+//! HTTP on 9100: `/metrics` (Prometheus), `/healthz` (the process is
+//! alive), `/readyz` (listeners bound; later cluster state), and the admin
+//! API under `/api/v1` (off unless a token or a user is configured).
+
+mod admin;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+
+/// Binds the HTTP listener (so a port clash fails the start) and serves it.
+pub async fn spawn(broker: Arc<Broker>, bind: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let app = router(broker);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    Ok((addr, task))
+}
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", admin::routes(broker.clone()))
+        .with_state(broker)
+}
+
+async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    // The HTTP server starts only after every listener is bound.
+    match broker.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    broker.refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        broker.stats.render(),
+    )
+}
