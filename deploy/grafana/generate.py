@@ -18,7 +18,7 @@ ROWS = [
         ("Publishes in /s", 'sum by (pod) (rate(raftmq_publish_received_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))', "ops", "timeseries"),
         ("Publishes out /s", 'sum by (pod) (rate(raftmq_publish_sent_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))', "ops", "timeseries"),
         ("Dropped /s", 'sum by (pod) (rate(raftmq_publish_dropped_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))', "ops", "timeseries"),
-        ("Bytes in / out /s", 'sum(rate(raftmq_bytes_received_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval])) or vector(0)\n---\nsum(rate(raftmq_bytes_sent_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))', "Bps", "timeseries"),
+        ("Bytes in / out /s", 'sum(rate(raftmq_bytes_received_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))\n---\nsum(rate(raftmq_bytes_sent_total{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval]))', "Bps", "timeseries"),
         ("Publish-to-delivery latency", 'histogram_quantile(0.5, sum by (le) (rate(raftmq_publish_latency_seconds_bucket{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval])))\n---\nhistogram_quantile(0.99, sum by (le) (rate(raftmq_publish_latency_seconds_bucket{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval])))\n---\nhistogram_quantile(0.999, sum by (le) (rate(raftmq_publish_latency_seconds_bucket{namespace=~"$namespace", pod=~"$pod"}[$__rate_interval])))', "s", "timeseries"),
         ("In flight / queued", 'sum by (pod) (raftmq_messages_inflight{namespace=~"$namespace", pod=~"$pod"})\n---\nsum by (pod) (raftmq_messages_queued{namespace=~"$namespace", pod=~"$pod"})', "short", "timeseries"),
     ]),
