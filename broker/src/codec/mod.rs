@@ -10,6 +10,8 @@ mod bytestr;
 mod decode;
 mod encode;
 pub mod reason;
+#[cfg(test)]
+mod tests;
 
 pub use bytestr::ByteStr;
 pub use decode::{decode, DecodeError};
