@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
-use raftmq::codec::{self, ByteStr, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, SubOptions, Subscribe};
+use raftmq::codec::{
+    self, ByteStr, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, SubOptions,
+    Subscribe,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -111,7 +114,13 @@ impl Writer {
         Ok(())
     }
 
-    pub fn publish(&mut self, topic: &ByteStr, payload: &Bytes, qos: QoS, packet_id: u16) -> anyhow::Result<()> {
+    pub fn publish(
+        &mut self,
+        topic: &ByteStr,
+        payload: &Bytes,
+        qos: QoS,
+        packet_id: u16,
+    ) -> anyhow::Result<()> {
         self.push(&Packet::Publish(Publish {
             dup: false,
             qos,

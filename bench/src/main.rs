@@ -87,19 +87,57 @@ impl Outcome {
 }
 
 fn qos(q: u8) -> anyhow::Result<QoS> {
-    QoS::from_u8(q).filter(|q| *q != QoS::ExactlyOnce).context("--qos must be 0 or 1")
+    QoS::from_u8(q)
+        .filter(|q| *q != QoS::ExactlyOnce)
+        .context("--qos must be 0 or 1")
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let outcome = rt.block_on(async {
         match cli.scenario {
-            Scenario::FanIn { publishers, messages, qos: q, payload, window } => {
-                run(cli.addr, "fan-in", publishers, 1, messages, qos(q)?, payload, window, cli.idle_timeout).await
+            Scenario::FanIn {
+                publishers,
+                messages,
+                qos: q,
+                payload,
+                window,
+            } => {
+                run(
+                    cli.addr,
+                    "fan-in",
+                    publishers,
+                    1,
+                    messages,
+                    qos(q)?,
+                    payload,
+                    window,
+                    cli.idle_timeout,
+                )
+                .await
             }
-            Scenario::FanOut { subscribers, messages, qos: q, payload, window } => {
-                run(cli.addr, "fan-out", 1, subscribers, messages, qos(q)?, payload, window, cli.idle_timeout).await
+            Scenario::FanOut {
+                subscribers,
+                messages,
+                qos: q,
+                payload,
+                window,
+            } => {
+                run(
+                    cli.addr,
+                    "fan-out",
+                    1,
+                    subscribers,
+                    messages,
+                    qos(q)?,
+                    payload,
+                    window,
+                    cli.idle_timeout,
+                )
+                .await
             }
         }
     })?;
@@ -131,10 +169,15 @@ async fn run(
         c.subscribe("bench/#", qos).await?;
         let received = received.clone();
         subs.push(tokio::spawn(async move {
-            let Client { mut reader, mut writer } = c;
+            let Client {
+                mut reader,
+                mut writer,
+            } = c;
             let mut mine = 0u64;
             loop {
-                let p = match tokio::time::timeout(Duration::from_secs(idle_timeout), reader.next()).await {
+                let p = match tokio::time::timeout(Duration::from_secs(idle_timeout), reader.next())
+                    .await
+                {
                     Ok(Ok(p)) => p,
                     _ => break,
                 };
@@ -175,7 +218,11 @@ async fn run(
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(Outcome {
-        scenario: format!("{name} pubs={publishers} subs={subscribers} qos={} payload={}", qos as u8, payload.len()),
+        scenario: format!(
+            "{name} pubs={publishers} subs={subscribers} qos={} payload={}",
+            qos as u8,
+            payload.len()
+        ),
         sent,
         received: received.load(Ordering::Relaxed),
         expected,
@@ -185,7 +232,14 @@ async fn run(
 
 /// Sends `messages` as fast as the broker takes them: QoS 0 in write
 /// batches, QoS 1 with at most `window` unacknowledged.
-async fn publish(mut c: Client, index: usize, messages: u64, qos: QoS, payload: Bytes, window: u16) -> anyhow::Result<u64> {
+async fn publish(
+    mut c: Client,
+    index: usize,
+    messages: u64,
+    qos: QoS,
+    payload: Bytes,
+    window: u16,
+) -> anyhow::Result<u64> {
     let topic = ByteStr::from(format!("bench/{index}"));
     let mut sent = 0u64;
     let mut inflight = 0u16;
@@ -201,7 +255,12 @@ async fn publish(mut c: Client, index: usize, messages: u64, qos: QoS, payload: 
             next_id = next_id.checked_add(1).unwrap_or(1);
             inflight += 1;
         }
-        c.writer.publish(&topic, &payload, qos, if qos == QoS::AtMostOnce { 0 } else { next_id })?;
+        c.writer.publish(
+            &topic,
+            &payload,
+            qos,
+            if qos == QoS::AtMostOnce { 0 } else { next_id },
+        )?;
         sent += 1;
         if c.writer.buf.len() >= 32 * 1024 {
             c.writer.flush().await?;

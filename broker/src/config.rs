@@ -193,8 +193,7 @@ impl Default for AuthConfig {
 
 impl AuthConfig {
     pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous
-            .unwrap_or(self.password_file.is_none())
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 }
 
@@ -434,8 +433,7 @@ impl Config {
                 }
                 ListenerKind::Tcp | ListenerKind::Ws => {}
             }
-            if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/')
-            {
+            if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/') {
                 return Err(invalid(&key("path"), "must start with '/'"));
             }
         }

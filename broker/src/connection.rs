@@ -16,8 +16,8 @@ use crate::auth::acl::{Action, Principal};
 use crate::auth::Login;
 use crate::broker::{Broker, Departure, SessionCell, SessionRequest};
 use crate::codec::{
-    self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
-    Properties, Protocol, PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
+    Protocol, PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
@@ -256,7 +256,10 @@ impl Connection {
             let delay = broker.config.auth.auth_fail_delay_ms;
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let (v5_code, v3_code) = if login == Login::BadCredentials {
-                (reason::BAD_USERNAME_OR_PASSWORD, reason::v3::BAD_USERNAME_OR_PASSWORD)
+                (
+                    reason::BAD_USERNAME_OR_PASSWORD,
+                    reason::v3::BAD_USERNAME_OR_PASSWORD,
+                )
             } else {
                 (reason::NOT_AUTHORIZED, reason::v3::NOT_AUTHORIZED)
             };
@@ -436,16 +439,16 @@ impl Connection {
     /// Decodes and handles every whole packet in `rbuf`.
     async fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Flow {
         loop {
-            let packet = match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size)
-            {
-                Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    self.broker.stats.protocol_errors.inc();
-                    tracing::debug!("bad packet: {e}");
-                    return Err(Exit::Close(e.reason_code(), decode_reason(&e)));
-                }
-            };
+            let packet =
+                match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        self.broker.stats.protocol_errors.inc();
+                        tracing::debug!("bad packet: {e}");
+                        return Err(Exit::Close(e.reason_code(), decode_reason(&e)));
+                    }
+                };
             self.broker.stats.messages_received.inc();
             self.handle(packet, wbuf).await?;
         }
@@ -461,11 +464,11 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRec(r) => {
-                let outcome =
-                    self.cell
-                        .session
-                        .lock()
-                        .on_pubrec(r.packet_id, r.code >= 0x80, now);
+                let outcome = self
+                    .cell
+                    .session
+                    .lock()
+                    .on_pubrec(r.packet_id, r.code >= 0x80, now);
                 match outcome {
                     PubRecOutcome::Unknown => {
                         let code = if self.protocol.is_v5() {
@@ -530,7 +533,10 @@ impl Connection {
             )),
             other => {
                 tracing::debug!("client sent a server packet: {}", other.name());
-                Err(Exit::Close(reason::PROTOCOL_ERROR, "packet not allowed from a client"))
+                Err(Exit::Close(
+                    reason::PROTOCOL_ERROR,
+                    "packet not allowed from a client",
+                ))
             }
         }
     }
@@ -558,14 +564,15 @@ impl Connection {
         let cfg = &self.broker.config.mqtt;
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > cfg.topic_alias_maximum {
-                return Err(Exit::Close(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+                return Err(Exit::Close(
+                    reason::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
             }
             if p.topic.is_empty() {
                 match self.aliases_in.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => {
-                        return Err(Exit::Close(reason::PROTOCOL_ERROR, "unknown topic alias"))
-                    }
+                    None => return Err(Exit::Close(reason::PROTOCOL_ERROR, "unknown topic alias")),
                 }
             } else {
                 self.aliases_in.insert(alias, p.topic.clone());
@@ -582,10 +589,16 @@ impl Connection {
             return Err(Exit::Close(reason::TOPIC_NAME_INVALID, why));
         }
         if p.qos as u8 > cfg.max_qos {
-            return Err(Exit::Close(reason::QOS_NOT_SUPPORTED, "QoS above the maximum"));
+            return Err(Exit::Close(
+                reason::QOS_NOT_SUPPORTED,
+                "QoS above the maximum",
+            ));
         }
         if p.retain && !cfg.retain_available {
-            return Err(Exit::Close(reason::RETAIN_NOT_SUPPORTED, "retain is not available"));
+            return Err(Exit::Close(
+                reason::RETAIN_NOT_SUPPORTED,
+                "retain is not available",
+            ));
         }
         let allowed = self.broker.auth.policy().may(
             Principal {
@@ -605,18 +618,46 @@ impl Connection {
             };
             match p.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code))),
-                QoS::ExactlyOnce => self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code))),
+                QoS::AtLeastOnce => {
+                    self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code)))
+                }
+                QoS::ExactlyOnce => {
+                    self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code)))
+                }
             }
+            return Ok(());
+        }
+        if p.qos == QoS::AtLeastOnce
+            && self.cell.session.lock().inbound_qos2_pending(p.packet_id)
+        {
+            // The id still belongs to an unreleased QoS 2 exchange: routing
+            // this publish would break that exchange's exactly-once promise.
+            if !self.protocol.is_v5() {
+                return Err(Exit::Close(
+                    reason::PROTOCOL_ERROR,
+                    "packet identifier in use",
+                ));
+            }
+            self.write(
+                wbuf,
+                Packet::PubAck(PubResp::new(p.packet_id, reason::PACKET_IDENTIFIER_IN_USE)),
+            );
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce {
             let limit = usize::from(cfg.receive_maximum);
-            let state = self.cell.session.lock().begin_inbound_qos2(p.packet_id, limit);
+            let state = self
+                .cell
+                .session
+                .lock()
+                .begin_inbound_qos2(p.packet_id, limit);
             match state {
                 InboundQos2::New => {}
                 InboundQos2::Duplicate => {
-                    self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, reason::SUCCESS)));
+                    self.write(
+                        wbuf,
+                        Packet::PubRec(PubResp::new(p.packet_id, reason::SUCCESS)),
+                    );
                     return Ok(());
                 }
                 InboundQos2::OverLimit => {
@@ -627,10 +668,12 @@ impl Connection {
                 }
             }
         }
-        let message = Arc::new(Message::from_publish(&p, self.client_id.clone(), Instant::now()));
-        let retained = message
-            .retain
-            .then(|| self.broker.retain(message.clone()));
+        let message = Arc::new(Message::from_publish(
+            &p,
+            self.client_id.clone(),
+            Instant::now(),
+        ));
+        let retained = message.retain.then(|| self.broker.retain(message.clone()));
         let routed = self.broker.publish(message);
         let mut committed = routed.committed.wait().await;
         if let Some(r) = retained {
@@ -644,7 +687,15 @@ impl Connection {
             Ok(()) if routed.matched == 0 => reason::NO_MATCHING_SUBSCRIBERS,
             Ok(()) => reason::SUCCESS,
         };
-        let code = if self.protocol.is_v5() { code } else { reason::SUCCESS };
+        let code = if self.protocol.is_v5() {
+            code
+        } else {
+            reason::SUCCESS
+        };
+        if p.qos == QoS::ExactlyOnce && code >= 0x80 {
+            // A failed PUBREC ends the exchange (MQTT 5 §4.3.3): the id is free.
+            self.cell.session.lock().end_inbound_qos2(p.packet_id);
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code))),
@@ -786,7 +837,10 @@ impl Connection {
         for out in outbox {
             match out {
                 Outgoing::PubRel { packet_id } => {
-                    self.write(wbuf, Packet::PubRel(PubResp::new(packet_id, reason::SUCCESS)));
+                    self.write(
+                        wbuf,
+                        Packet::PubRel(PubResp::new(packet_id, reason::SUCCESS)),
+                    );
                 }
                 Outgoing::Publish {
                     packet_id,
@@ -806,8 +860,13 @@ impl Connection {
                             let stats = &self.broker.stats;
                             stats.publish_sent.inc();
                             stats.messages_sent.inc();
-                            stats.packet_size.with_label_values(&["out"]).observe((wbuf.len() - before) as f64);
-                            stats.publish_latency.observe(now.duration_since(d.message.received_at).as_secs_f64());
+                            stats
+                                .packet_size
+                                .with_label_values(&["out"])
+                                .observe((wbuf.len() - before) as f64);
+                            stats
+                                .publish_latency
+                                .observe(now.duration_since(d.message.received_at).as_secs_f64());
                         }
                         Err(e) => {
                             tracing::warn!("cannot encode PUBLISH: {e}");
@@ -869,7 +928,11 @@ impl Connection {
         if self.client_max_packet < u32::MAX {
             let size = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
             if size > self.client_max_packet as usize {
-                tracing::debug!(size, max = self.client_max_packet, "message larger than the client accepts: dropped");
+                tracing::debug!(
+                    size,
+                    max = self.client_max_packet,
+                    "message larger than the client accepts: dropped"
+                );
                 return None;
             }
         }

@@ -131,7 +131,9 @@ async fn no_local_skips_the_publisher_only() {
 #[tokio::test]
 async fn shared_group_round_robins_live_members() {
     let (b, _) = broker();
-    let members: Vec<_> = (0..3).map(|i| open(&b, &format!("m{i}"), true, 0)).collect();
+    let members: Vec<_> = (0..3)
+        .map(|i| open(&b, &format!("m{i}"), true, 0))
+        .collect();
     for m in &members {
         sub(&b, m, "$share/g/jobs/#", QoS::AtLeastOnce);
     }
@@ -213,7 +215,10 @@ async fn takeover_kicks_the_old_connection_and_keeps_the_session() {
     sub(&b, &first, "t", QoS::AtLeastOnce);
     let second = open(&b, "dup", false, 60);
     assert!(second.session_present);
-    assert_eq!(first.kicked.await.ok(), Some(crate::codec::reason::SESSION_TAKEN_OVER));
+    assert_eq!(
+        first.kicked.await.ok(),
+        Some(crate::codec::reason::SESSION_TAKEN_OVER)
+    );
     // The old connection's close must not tear down the session it lost.
     b.close_session(&first.cell, first.conn_id, Departure::TakenOver, None);
     b.publish(msg("t", QoS::AtLeastOnce, "x"));

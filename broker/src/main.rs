@@ -108,7 +108,10 @@ fn passwd_edit(
     let password = if batch {
         password.context("-b needs the password after the username")?
     } else {
-        anyhow::ensure!(password.is_none(), "a password on the command line needs -b");
+        anyhow::ensure!(
+            password.is_none(),
+            "a password on the command line needs -b"
+        );
         let first = rpassword::prompt_password("Password: ")?;
         let again = rpassword::prompt_password("Reenter password: ")?;
         anyhow::ensure!(first == again, "passwords do not match");

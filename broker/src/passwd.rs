@@ -119,7 +119,9 @@ mod tests {
     use crate::auth::password::PasswordFile;
 
     fn verify(text: &str, user: &str, pw: &str) -> bool {
-        PasswordFile::parse(text, Path::new("t")).unwrap().verify(user, pw)
+        PasswordFile::parse(text, Path::new("t"))
+            .unwrap()
+            .verify(user, pw)
     }
 
     #[test]
@@ -142,7 +144,15 @@ mod tests {
 
     #[test]
     fn upgrade_hashes_only_plaintext() {
-        let hashed = apply("", &Edit::Set { user: "h".into(), password: "k".into(), create: true }).unwrap();
+        let hashed = apply(
+            "",
+            &Edit::Set {
+                user: "h".into(),
+                password: "k".into(),
+                create: true,
+            },
+        )
+        .unwrap();
         let text = format!("# users\n{hashed}p:plain\n");
         let t = apply(&text, &Edit::Upgrade).unwrap();
         assert!(t.contains(hashed.trim()));

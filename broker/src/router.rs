@@ -221,7 +221,12 @@ impl Broker {
     }
 
     /// Removes a subscription; true if it existed.
-    pub fn unsubscribe(&self, cell: &SessionCell, raw: &ByteStr, parsed: &ParsedFilter<'_>) -> bool {
+    pub fn unsubscribe(
+        &self,
+        cell: &SessionCell,
+        raw: &ByteStr,
+        parsed: &ParsedFilter<'_>,
+    ) -> bool {
         let removed_from_tree =
             self.subscriptions
                 .write()

@@ -60,15 +60,18 @@ impl Server {
         }
         for l in config.effective_listeners() {
             let label = l.label();
-            let transport = transport(&l, &mut watch)
-                .with_context(|| format!("listener {label}"))?;
+            let transport =
+                transport(&l, &mut watch).with_context(|| format!("listener {label}"))?;
             let socket = TcpListener::bind(l.bind)
                 .await
                 .with_context(|| format!("listener {label}: cannot bind {}", l.bind))?;
             local_addrs.push(socket.local_addr()?);
             tracing::info!(listener = %label, addr = %l.bind, kind = ?l.kind, "listening");
             let info = Arc::new(ListenerInfo {
-                connections: broker.stats.listener_connections.with_label_values(&[&label]),
+                connections: broker
+                    .stats
+                    .listener_connections
+                    .with_label_values(&[&label]),
                 clients: broker.stats.listener_clients.with_label_values(&[&label]),
                 label,
                 max_packet_size: l.max_packet_size.unwrap_or(config.mqtt.max_packet_size),
@@ -84,7 +87,9 @@ impl Server {
             ));
         }
         tasks.push(watch.spawn(WATCH_PERIOD));
-        broker.ready.store(true, std::sync::atomic::Ordering::Release);
+        broker
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut http_addr = None;
         if let Some(bind) = config.http.bind {
             let (addr, task) = crate::http::spawn(broker.clone(), bind)
@@ -147,9 +152,11 @@ fn transport(l: &ListenerConfig, watch: &mut FileWatch) -> anyhow::Result<Transp
             let path = l.psk_file.clone().context("psk_file is required")?;
             let psk = crate::listener::psk::PskAcceptor::new(path, l.psk_hint.as_deref())?;
             let p = psk.clone();
-            watch.add(vec![psk.path().to_path_buf()], move |why| match p.reload() {
-                Ok(()) => tracing::info!("PSK file reloaded ({why})"),
-                Err(e) => tracing::error!("PSK file not reloaded ({why}), old keys stay: {e}"),
+            watch.add(vec![psk.path().to_path_buf()], move |why| {
+                match p.reload() {
+                    Ok(()) => tracing::info!("PSK file reloaded ({why})"),
+                    Err(e) => tracing::error!("PSK file not reloaded ({why}), old keys stay: {e}"),
+                }
             });
             Transport::Psk(psk)
         }

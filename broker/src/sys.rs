@@ -47,7 +47,11 @@ pub fn spawn(broker: Arc<Broker>) -> Option<tokio::task::JoinHandle<()>> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        publish(&broker, "version", format!("raftmq version {}", env!("CARGO_PKG_VERSION")));
+        publish(
+            &broker,
+            "version",
+            format!("raftmq version {}", env!("CARGO_PKG_VERSION")),
+        );
         publish(&broker, "timestamp", built.to_string());
         let mut last: HashMap<String, String> = HashMap::new();
         let mut loads: HashMap<&'static str, Load> = HashMap::new();
@@ -76,29 +80,70 @@ fn values(
     let connected = s.clients_connected.get();
     let sessions = s.sessions.get();
     let mut v: Vec<(String, String)> = vec![
-        ("uptime".into(), format!("{} seconds", started.elapsed().as_secs())),
+        (
+            "uptime".into(),
+            format!("{} seconds", started.elapsed().as_secs()),
+        ),
         ("clients/connected".into(), connected.to_string()),
         ("clients/active".into(), connected.to_string()),
-        ("clients/disconnected".into(), (sessions - connected).max(0).to_string()),
-        ("clients/inactive".into(), (sessions - connected).max(0).to_string()),
+        (
+            "clients/disconnected".into(),
+            (sessions - connected).max(0).to_string(),
+        ),
+        (
+            "clients/inactive".into(),
+            (sessions - connected).max(0).to_string(),
+        ),
         ("clients/total".into(), sessions.max(connected).to_string()),
-        ("clients/maximum".into(), s.clients_maximum.get().to_string()),
-        ("clients/expired".into(), s.sessions_expired.get().to_string()),
-        ("messages/received".into(), s.messages_received.get().to_string()),
+        (
+            "clients/maximum".into(),
+            s.clients_maximum.get().to_string(),
+        ),
+        (
+            "clients/expired".into(),
+            s.sessions_expired.get().to_string(),
+        ),
+        (
+            "messages/received".into(),
+            s.messages_received.get().to_string(),
+        ),
         ("messages/sent".into(), s.messages_sent.get().to_string()),
         (
             "messages/stored".into(),
-            (s.messages_queued.get() + s.messages_inflight.get() + s.retained_messages.get()).to_string(),
+            (s.messages_queued.get() + s.messages_inflight.get() + s.retained_messages.get())
+                .to_string(),
         ),
-        ("messages/inflight".into(), s.messages_inflight.get().to_string()),
-        ("store/messages/count".into(), (s.messages_queued.get() + s.messages_inflight.get() + s.retained_messages.get()).to_string()),
-        ("publish/messages/received".into(), s.publish_received.get().to_string()),
-        ("publish/messages/sent".into(), s.publish_sent.get().to_string()),
-        ("publish/messages/dropped".into(), s.publish_dropped.get().to_string()),
+        (
+            "messages/inflight".into(),
+            s.messages_inflight.get().to_string(),
+        ),
+        (
+            "store/messages/count".into(),
+            (s.messages_queued.get() + s.messages_inflight.get() + s.retained_messages.get())
+                .to_string(),
+        ),
+        (
+            "publish/messages/received".into(),
+            s.publish_received.get().to_string(),
+        ),
+        (
+            "publish/messages/sent".into(),
+            s.publish_sent.get().to_string(),
+        ),
+        (
+            "publish/messages/dropped".into(),
+            s.publish_dropped.get().to_string(),
+        ),
         ("bytes/received".into(), s.bytes_received.get().to_string()),
         ("bytes/sent".into(), s.bytes_sent.get().to_string()),
-        ("retained messages/count".into(), s.retained_messages.get().to_string()),
-        ("subscriptions/count".into(), s.subscriptions.get().to_string()),
+        (
+            "retained messages/count".into(),
+            s.retained_messages.get().to_string(),
+        ),
+        (
+            "subscriptions/count".into(),
+            s.subscriptions.get().to_string(),
+        ),
     ];
     if let Some((current, maximum)) = heap() {
         v.push(("heap/current".into(), current.to_string()));

@@ -335,7 +335,14 @@ impl<K: PartialEq, V> TopicTree<K, V> {
 
     fn remove_here(node: &mut Node<K, V>, hash: bool, group: Option<&str>, key: &K) -> bool {
         match group {
-            None => remove_key(if hash { &mut node.hash } else { &mut node.exact }, key),
+            None => remove_key(
+                if hash {
+                    &mut node.hash
+                } else {
+                    &mut node.exact
+                },
+                key,
+            ),
             Some(name) => {
                 let groups = if hash {
                     &mut node.hash_shared

@@ -33,9 +33,7 @@ impl Access {
     fn grants(self, wanted: Action) -> bool {
         matches!(
             (self, wanted),
-            (Access::ReadWrite, _)
-                | (Access::Read, Action::Read)
-                | (Access::Write, Action::Write)
+            (Access::ReadWrite, _) | (Access::Read, Action::Read) | (Access::Write, Action::Write)
         )
     }
 }
@@ -318,7 +316,10 @@ pattern read users/%u/inbox
     #[test]
     fn errors_name_the_line() {
         let e = AclFile::parse("user a\ntopic read a/#/b\n", Path::new("/x/acl")).unwrap_err();
-        assert!(e.to_string().starts_with("/x/acl:2: invalid topic filter"), "{e}");
+        assert!(
+            e.to_string().starts_with("/x/acl:2: invalid topic filter"),
+            "{e}"
+        );
         let e = AclFile::parse("\nfrobnicate x\n", Path::new("acl")).unwrap_err();
         assert!(e.to_string().contains("acl:2: unknown keyword"), "{e}");
         let e = AclFile::parse("topic read\n", Path::new("acl")).unwrap_err();

@@ -7,7 +7,9 @@ pub fn reload(broker: &Broker, why: &str) {
     match broker.auth.reload(&broker.config.auth) {
         Ok(()) => tracing::info!("authentication files reloaded ({why})"),
         Err(e) => {
-            tracing::error!("authentication files not reloaded ({why}), old ones stay in force: {e}")
+            tracing::error!(
+                "authentication files not reloaded ({why}), old ones stay in force: {e}"
+            )
         }
     }
 }

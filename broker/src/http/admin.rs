@@ -51,7 +51,11 @@ async fn authorize(State(broker): State<Arc<Broker>>, req: Request, next: Next) 
         _ => None,
     };
     if http.admin_token.is_none() && basic.is_none() {
-        return error(StatusCode::NOT_FOUND, "the admin API is off: set http.admin_token or http.admin_username/admin_password").into_response();
+        return error(
+            StatusCode::NOT_FOUND,
+            "the admin API is off: set http.admin_token or http.admin_username/admin_password",
+        )
+        .into_response();
     }
     let given = req
         .headers()
@@ -59,7 +63,9 @@ async fn authorize(State(broker): State<Arc<Broker>>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let ok = if let Some(token) = given.strip_prefix("Bearer ") {
-        http.admin_token.as_ref().is_some_and(|t| same(t.as_bytes(), token.trim().as_bytes()))
+        http.admin_token
+            .as_ref()
+            .is_some_and(|t| same(t.as_bytes(), token.trim().as_bytes()))
     } else if let Some(b64) = given.strip_prefix("Basic ") {
         let decoded = STANDARD.decode(b64.trim()).unwrap_or_default();
         basic.as_ref().is_some_and(|b| same(b.as_bytes(), &decoded))
@@ -67,7 +73,8 @@ async fn authorize(State(broker): State<Arc<Broker>>, req: Request, next: Next) 
         false
     };
     if !ok {
-        let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials").into_response();
+        let mut resp =
+            error(StatusCode::UNAUTHORIZED, "missing or wrong credentials").into_response();
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer, Basic realm=\"raftmq\""),
@@ -103,21 +110,38 @@ fn describe(cell: &SessionCell, with_subscriptions: bool) -> Value {
 }
 
 async fn list_clients(State(broker): State<Arc<Broker>>) -> Json<Value> {
-    let clients: Vec<Value> = broker.sessions_snapshot().iter().map(|c| describe(c, false)).collect();
+    let clients: Vec<Value> = broker
+        .sessions_snapshot()
+        .iter()
+        .map(|c| describe(c, false))
+        .collect();
     Json(json!({ "clients": clients }))
 }
 
-async fn get_client(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let cell = broker.session(&id).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no session for client {id}")))?;
+async fn get_client(
+    State(broker): State<Arc<Broker>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cell = broker
+        .session(&id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no session for client {id}")))?;
     Ok(Json(describe(&cell, true)))
 }
 
-async fn kick_client(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let cell = broker.session(&id).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no session for client {id}")))?;
+async fn kick_client(
+    State(broker): State<Arc<Broker>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let cell = broker
+        .session(&id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no session for client {id}")))?;
     if cell.kick(reason::ADMINISTRATIVE_ACTION) {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(error(StatusCode::CONFLICT, format!("client {id} is not connected")))
+        Err(error(
+            StatusCode::CONFLICT,
+            format!("client {id} is not connected"),
+        ))
     }
 }
 
@@ -180,34 +204,64 @@ struct PublishProperties {
     user_properties: Vec<(String, String)>,
 }
 
-async fn publish(State(broker): State<Arc<Broker>>, body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+async fn publish(
+    State(broker): State<Arc<Broker>>,
+    body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) =
+        body.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
     validate_topic_name(&req.topic, broker.topic_limits)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("topic: {e}")))?;
-    let qos = QoS::from_u8(req.qos).ok_or_else(|| error(StatusCode::BAD_REQUEST, "qos must be 0, 1 or 2"))?;
+    let qos = QoS::from_u8(req.qos)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "qos must be 0, 1 or 2"))?;
     if req.qos > broker.config.mqtt.max_qos {
-        return Err(error(StatusCode::BAD_REQUEST, "qos above the broker's maximum"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "qos above the broker's maximum",
+        ));
     }
     let payload = match req.encoding.as_deref().unwrap_or("utf8") {
         "utf8" => Bytes::from(req.payload),
-        "base64" => Bytes::from(STANDARD.decode(req.payload.trim()).map_err(|e| error(StatusCode::BAD_REQUEST, format!("payload is not base64: {e}")))?),
-        other => return Err(error(StatusCode::BAD_REQUEST, format!("unknown encoding `{other}` (utf8 or base64)"))),
+        "base64" => Bytes::from(STANDARD.decode(req.payload.trim()).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("payload is not base64: {e}"),
+            )
+        })?),
+        other => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown encoding `{other}` (utf8 or base64)"),
+            ))
+        }
     };
     let p = req.properties;
     if p.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
-        return Err(error(StatusCode::BAD_REQUEST, "payload_format_indicator is 1 but the payload is not UTF-8"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "payload_format_indicator is 1 but the payload is not UTF-8",
+        ));
     }
     let correlation_data = p
         .correlation_data
         .map(|c| STANDARD.decode(c).map(Bytes::from))
         .transpose()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("correlation_data is not base64: {e}")))?;
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("correlation_data is not base64: {e}"),
+            )
+        })?;
     let forwarded = ForwardedProperties {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type.map(ByteStr::from),
         response_topic: p.response_topic.map(ByteStr::from),
         correlation_data,
-        user_properties: p.user_properties.into_iter().map(|(k, v)| (ByteStr::from(k), ByteStr::from(v))).collect(),
+        user_properties: p
+            .user_properties
+            .into_iter()
+            .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
+            .collect(),
     };
     let now = Instant::now();
     let message = Arc::new(Message {
@@ -216,7 +270,9 @@ async fn publish(State(broker): State<Arc<Broker>>, body: Result<Json<PublishReq
         qos,
         retain: req.retain,
         origin: ByteStr::default(),
-        expires_at: p.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+        expires_at: p
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s))),
         properties: (forwarded != ForwardedProperties::default()).then(|| Box::new(forwarded)),
         received_at: now,
     });

@@ -18,7 +18,10 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 
 /// Binds the HTTP listener (so a port clash fails the start) and serves it.
-pub async fn spawn(broker: Arc<Broker>, bind: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+pub async fn spawn(
+    broker: Arc<Broker>,
+    bind: SocketAddr,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let app = router(broker);
@@ -43,14 +46,20 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     // The HTTP server starts only after every listener is bound.
     match broker.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     broker.refresh_gauges();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         broker.stats.render(),
     )
 }

@@ -81,7 +81,8 @@ impl TlsFiles {
                         .add(cert.map_err(|e| file_error(ca, e))?)
                         .map_err(|e| file_error(ca, e))?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let verifier = if self.require_certificate {
                     verifier.build()
                 } else {

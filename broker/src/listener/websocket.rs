@@ -26,7 +26,8 @@ where
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
-            let mut err = ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+            let mut err =
+                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
             *err.status_mut() = StatusCode::NOT_FOUND;
             return Err(err);
         }

@@ -446,6 +446,11 @@ impl Session {
         InboundQos2::New
     }
 
+    /// True while `packet_id` names an inbound QoS 2 publish awaiting PUBREL.
+    pub fn inbound_qos2_pending(&self, packet_id: u16) -> bool {
+        self.inbound_qos2.contains(&packet_id)
+    }
+
     /// Inbound PUBREL: true if the id was open.
     pub fn end_inbound_qos2(&mut self, packet_id: u16) -> bool {
         self.inbound_qos2.remove(&packet_id)

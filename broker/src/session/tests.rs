@@ -83,7 +83,10 @@ fn reconnect_resends_unacked_with_dup() {
     s.deliver(delivery(7, QoS::AtLeastOnce));
     s.deliver(delivery(8, QoS::ExactlyOnce));
     s.take_outbox();
-    assert!(matches!(s.on_pubrec(2, false, now), PubRecOutcome::Released { seq: 2 }));
+    assert!(matches!(
+        s.on_pubrec(2, false, now),
+        PubRecOutcome::Released { seq: 2 }
+    ));
     s.take_outbox();
     assert!(s.detach(1).is_empty());
     s.attach(2, 65535, now);
@@ -144,11 +147,17 @@ fn byte_limit_counts_payloads() {
 #[test]
 fn qos0_offline_is_discarded_unless_configured() {
     let mut s = Session::new("c".into(), 60, limits(10, 10));
-    assert_eq!(s.deliver(delivery(0, QoS::AtMostOnce)).0, Disposition::Discarded);
+    assert_eq!(
+        s.deliver(delivery(0, QoS::AtMostOnce)).0,
+        Disposition::Discarded
+    );
     let mut l = limits(10, 10);
     l.queue_qos0 = true;
     let mut s = Session::new("c".into(), 60, l);
-    assert_eq!(s.deliver(delivery(0, QoS::AtMostOnce)).0, Disposition::Queued);
+    assert_eq!(
+        s.deliver(delivery(0, QoS::AtMostOnce)).0,
+        Disposition::Queued
+    );
 }
 
 #[test]

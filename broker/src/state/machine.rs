@@ -169,13 +169,21 @@ mod tests {
             seq: 1,
         });
         let sess = &s.sessions[&c];
-        assert_eq!(sess.messages.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            sess.messages.keys().copied().collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert!(sess.messages[&2].released);
         assert_eq!(sess.subscriptions.len(), 1);
-        s.apply(&Command::SessionEnd { client_id: c.clone() });
+        s.apply(&Command::SessionEnd {
+            client_id: c.clone(),
+        });
         assert!(s.sessions.is_empty());
         // Late commands about an ended session change nothing.
-        s.apply(&Command::Ack { client_id: c, seq: 3 });
+        s.apply(&Command::Ack {
+            client_id: c,
+            seq: 3,
+        });
         assert!(s.sessions.is_empty());
     }
 

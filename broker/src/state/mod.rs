@@ -27,16 +27,29 @@ pub enum Command {
     /// A retained message set for its topic.
     RetainSet(SharedMessage),
     /// The retained message of a topic cleared (empty retained payload).
-    RetainClear { topic: ByteStr },
+    RetainClear {
+        topic: ByteStr,
+    },
     /// `node` now serves `client_id` (takeover across nodes follows it).
-    ClaimClient { client_id: ByteStr, node: u64 },
+    ClaimClient {
+        client_id: ByteStr,
+        node: u64,
+    },
     /// A persistent session was created (or restarted with clean start).
-    SessionCreate { client_id: ByteStr, expiry: u32 },
+    SessionCreate {
+        client_id: ByteStr,
+        expiry: u32,
+    },
     /// A persistent session's expiry interval changed (reconnect, or a
     /// DISCONNECT with a new Session Expiry Interval).
-    SessionUpdate { client_id: ByteStr, expiry: u32 },
+    SessionUpdate {
+        client_id: ByteStr,
+        expiry: u32,
+    },
     /// A session ended: expired, or replaced by a clean start.
-    SessionEnd { client_id: ByteStr },
+    SessionEnd {
+        client_id: ByteStr,
+    },
     Subscribe {
         client_id: ByteStr,
         /// The filter as the client wrote it (`$share/g/f` included).
@@ -44,7 +57,10 @@ pub enum Command {
         options: SubOptions,
         identifier: Option<u32>,
     },
-    Unsubscribe { client_id: ByteStr, filter: ByteStr },
+    Unsubscribe {
+        client_id: ByteStr,
+        filter: ByteStr,
+    },
     /// A QoS 1/2 message owed to a persistent session, numbered by the
     /// session's sequence.
     Enqueue {
@@ -55,9 +71,15 @@ pub enum Command {
         message: SharedMessage,
     },
     /// A QoS 2 message reached PUBREC: only PUBREL/PUBCOMP remain.
-    Release { client_id: ByteStr, seq: u64 },
+    Release {
+        client_id: ByteStr,
+        seq: u64,
+    },
     /// The session's client acknowledged (or the message was discarded).
-    Ack { client_id: ByteStr, seq: u64 },
+    Ack {
+        client_id: ByteStr,
+        seq: u64,
+    },
 }
 
 /// Why a submission was not committed.
