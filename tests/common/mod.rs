@@ -1,1 +1,364 @@
-//! Shared helpers for the end-to-end tests.
+//! The end-to-end harness: starts the real `raftmq` binary as a child
+//! process on free ports, with a config written to a temporary directory,
+//! and gives tests what they need to talk to it and to hurt it (kill -9,
+//! SIGSTOP). Clients are real: rumqttc, mosquitto_pub/sub, paho (Python),
+//! and raw sockets speaking bytes.
+
+pub mod raw;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The broker binary, built once per test process (a no-op when it is
+/// fresh). `RAFTMQ_BIN` points at a prebuilt one instead.
+pub fn broker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("RAFTMQ_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let release = profile_dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "raftmq", "--bin", "raftmq"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p raftmq failed");
+        profile_dir.join("raftmq")
+    })
+    .clone()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A broker's configuration, built up from TOML text. Placeholders
+/// `{tcp}`, `{http}`, `{tls}`, `{psk}`, `{ws}`, `{wss}`, `{dir}` are replaced
+/// by free ports and the broker's directory.
+pub struct BrokerConfig {
+    toml: String,
+    env: Vec<(String, String)>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BrokerConfig {
+    /// One TCP listener, HTTP on, `$SYS` off, short auth-failure delay.
+    pub fn new() -> Self {
+        BrokerConfig {
+            toml: String::new(),
+            env: Vec::new(),
+        }
+        .top("sys_interval = 0")
+    }
+
+    /// Adds top-level keys (before any table).
+    pub fn top(mut self, line: &str) -> Self {
+        self.toml = format!("{line}\n{}", self.toml);
+        self
+    }
+
+    /// Appends raw TOML (tables, arrays of tables).
+    pub fn raw(mut self, text: &str) -> Self {
+        self.toml.push('\n');
+        self.toml.push_str(text);
+        self.toml.push('\n');
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Ports a broker was given.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub tcp: u16,
+    pub http: u16,
+    pub tls: u16,
+    pub psk: u16,
+    pub ws: u16,
+    pub wss: u16,
+}
+
+/// A running broker process. Killed (SIGKILL) when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    config_path: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Broker {
+    /// Starts a broker with the default config plus `config`'s text and
+    /// waits until its TCP listener accepts.
+    pub fn start(config: BrokerConfig) -> Broker {
+        Self::try_start(config).expect("broker starts")
+    }
+
+    pub fn try_start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        let ports = Ports {
+            tcp: free_port(),
+            http: free_port(),
+            tls: free_port(),
+            psk: free_port(),
+            ws: free_port(),
+            wss: free_port(),
+        };
+        let d = dir.path().display().to_string();
+        let mut text = format!(
+            "data_dir = \"{d}/data\"\n{}\n[http]\nbind = \"127.0.0.1:{{http}}\"\n",
+            config.toml
+        );
+        if !text.contains("[[listeners]]") {
+            text.push_str("\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{tcp}\"\n");
+        }
+        let text = substitute(&text, &ports, &d);
+        let config_path = dir.path().join("raftmq.toml");
+        std::fs::write(&config_path, text)?;
+        let mut broker = Broker {
+            child: None,
+            dir,
+            ports,
+            config_path,
+            env: config.env,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(broker_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn()?);
+        self.wait_listening(Duration::from_secs(20))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// Everything the broker wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.tcp))
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.http)
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!("broker exited with {status}:\n{}", self.logs());
+                }
+            }
+            if TcpStream::connect(self.tcp_addr()).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("broker did not listen in {timeout:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, sockets stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
+    pub fn sighup(&self) {
+        signal(self.pid(), libc::SIGHUP);
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id() as i32, libc::SIGTERM);
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Starts the process again on the same ports, directory and config.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn().expect("broker restarts");
+    }
+
+    /// Rewrites the config file (for reload tests); placeholders allowed.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// GETs an HTTP path and returns (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http_url(path), None)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- broker log ----\n{}", self.logs());
+        }
+    }
+}
+
+fn substitute(text: &str, p: &Ports, dir: &str) -> String {
+    text.replace("{tcp}", &p.tcp.to_string())
+        .replace("{http}", &p.http.to_string())
+        .replace("{tls}", &p.tls.to_string())
+        .replace("{psk}", &p.psk.to_string())
+        .replace("{ws}", &p.ws.to_string())
+        .replace("{wss}", &p.wss.to_string())
+        .replace("{dir}", dir)
+}
+
+fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) with a pid of our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// A plain HTTP GET with an optional `Authorization` header.
+pub fn http_get(url: &str, auth: Option<&str>) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let mut req = agent.get(url);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    match req.call() {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            (status, body)
+        }
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// Runs a command to completion with a timeout; returns (exit code, stdout,
+/// stderr). Used for mosquitto_pub/sub and python clients.
+pub fn run(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child.wait().ok();
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.and_then(|s| s.code()), out, err)
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+/// Whether a system tool exists (the test command installs it; a test that
+/// needs it fails loudly rather than skipping).
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed; run ./scripts/test.sh, which installs it"
+    );
+}
