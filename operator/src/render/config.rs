@@ -1,0 +1,240 @@
+//! The broker's TOML configuration and the mosquitto-format ACL file, both
+//! in one ConfigMap. Only the TOML feeds the checksum that rolls pods: the
+//! broker reloads the ACL file on change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::{
+    meta, Names, Observed, RenderError, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE, DATA_DIR,
+    HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
+};
+use crate::crd::{AclRule, ListenerKind, MqttClusterSpec};
+
+/// Top-level keys a user may override, and the keys within them the
+/// operator owns.
+pub const OVERRIDABLE: &[&str] = &["sys_interval", "log", "mqtt", "auth", "http", "cluster"];
+pub const RESERVED: &[&str] = &[
+    "data_dir",
+    "listeners",
+    "auth.password_file",
+    "auth.acl_file",
+    "http.bind",
+    "cluster.bind",
+    "cluster.advertise",
+    "cluster.node_id",
+    "cluster.certfile",
+    "cluster.keyfile",
+    "cluster.cafile",
+];
+
+pub fn config_path() -> String {
+    format!("{CONFIG_DIR}/{CONFIG_FILE}")
+}
+
+/// Whether the ACL file is configured at all: with no rules and no users the
+/// broker runs without one (everything allowed).
+pub fn has_acl(spec: &MqttClusterSpec) -> bool {
+    !spec.acl.is_empty()
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => toml::Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        serde_json::Value::String(s) => toml::Value::String(s.clone()),
+        serde_json::Value::Array(a) => {
+            toml::Value::Array(a.iter().filter_map(json_to_toml).collect())
+        }
+        serde_json::Value::Object(o) => toml::Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn table(entries: Vec<(&str, toml::Value)>) -> toml::Table {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+fn s(v: impl Into<String>) -> toml::Value {
+    toml::Value::String(v.into())
+}
+
+/// The broker's TOML.
+pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String, RenderError> {
+    let tls = spec.effective_tls();
+    let mut root = toml::Table::new();
+    root.insert("data_dir".into(), s(DATA_DIR));
+    root.insert(
+        "log".into(),
+        toml::Value::Table(table(vec![("level", s("info")), ("format", s("json"))])),
+    );
+
+    let mut auth = toml::Table::new();
+    if observed.password_file.is_some() {
+        auth.insert(
+            "password_file".into(),
+            s(format!("{USERS_DIR}/{PASSWD_FILE}")),
+        );
+    }
+    if has_acl(spec) {
+        auth.insert("acl_file".into(), s(format!("{CONFIG_DIR}/{ACL_FILE}")));
+    }
+    if let Some(a) = spec.auth.allow_anonymous {
+        auth.insert("allow_anonymous".into(), toml::Value::Boolean(a));
+    }
+    root.insert("auth".into(), toml::Value::Table(auth));
+
+    let cert = format!("{TLS_DIR}/tls.crt");
+    let key = format!("{TLS_DIR}/tls.key");
+    let ca = format!("{TLS_DIR}/ca.crt");
+    let mut listeners = Vec::new();
+    for l in spec.listeners.active() {
+        let mut t = table(vec![
+            ("name", s(l.kind.as_str())),
+            ("kind", s(l.kind.as_str())),
+            ("bind", s(format!("0.0.0.0:{}", l.port))),
+        ]);
+        if let Some(m) = l.spec.max_connections {
+            t.insert("max_connections".into(), toml::Value::Integer(m));
+        }
+        match l.kind {
+            ListenerKind::Tls | ListenerKind::Wss => {
+                t.insert("certfile".into(), s(&cert));
+                t.insert("keyfile".into(), s(&key));
+                if observed.tls_has_ca {
+                    t.insert("cafile".into(), s(&ca));
+                }
+                if l.spec.require_client_certificate {
+                    t.insert("require_certificate".into(), toml::Value::Boolean(true));
+                }
+                if l.spec.use_identity_as_username {
+                    t.insert(
+                        "use_identity_as_username".into(),
+                        toml::Value::Boolean(true),
+                    );
+                }
+            }
+            ListenerKind::Psk => {
+                if let Some(psk) = &spec.psk {
+                    t.insert("psk_file".into(), s(format!("{PSK_DIR}/{}", psk.key)));
+                    if let Some(h) = &psk.hint {
+                        t.insert("psk_hint".into(), s(h));
+                    }
+                }
+                if l.spec.use_identity_as_username {
+                    t.insert(
+                        "use_identity_as_username".into(),
+                        toml::Value::Boolean(true),
+                    );
+                }
+            }
+            ListenerKind::Tcp | ListenerKind::Ws => {}
+        }
+        if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) {
+            t.insert(
+                "path".into(),
+                s(l.spec.path.clone().unwrap_or_else(|| "/mqtt".into())),
+            );
+        }
+        listeners.push(toml::Value::Table(t));
+    }
+    root.insert("listeners".into(), toml::Value::Array(listeners));
+    root.insert(
+        "http".into(),
+        toml::Value::Table(table(vec![("bind", s(format!("0.0.0.0:{HTTP_PORT}")))])),
+    );
+
+    let mut cluster = table(vec![("bind", s(format!("0.0.0.0:{CLUSTER_PORT}")))]);
+    if tls.as_ref().is_some_and(|t| t.peer_tls) && observed.tls_has_ca {
+        cluster.insert("certfile".into(), s(&cert));
+        cluster.insert("keyfile".into(), s(&key));
+        cluster.insert("cafile".into(), s(&ca));
+    }
+    root.insert("cluster".into(), toml::Value::Table(cluster));
+
+    if let Some(over) = &spec.config {
+        let over = json_to_toml(&serde_json::Value::Object(over.clone()));
+        if let Some(toml::Value::Table(over)) = over {
+            merge(&mut root, over);
+        }
+    }
+    let body = toml::to_string(&root).map_err(|e| RenderError::Config(e.to_string()))?;
+    Ok(format!(
+        "# Generated by raftmq-operator from the MqttCluster; edit the MqttCluster instead.\n{body}"
+    ))
+}
+
+fn acl_line(r: &AclRule) -> String {
+    let keyword = if r.pattern { "pattern" } else { "topic" };
+    format!("{keyword} {} {}", r.access.as_str(), r.topic)
+}
+
+/// The ACL file in mosquitto's format: pattern rules, then anonymous rules,
+/// then one `user` block per user (in first-mention order).
+pub fn acl_file(spec: &MqttClusterSpec) -> String {
+    let mut out = String::from("# Generated by raftmq-operator from spec.acl.\n");
+    for r in spec.acl.iter().filter(|r| r.pattern) {
+        out.push_str(&acl_line(r));
+        out.push('\n');
+    }
+    for r in spec.acl.iter().filter(|r| !r.pattern && r.user.is_none()) {
+        out.push_str(&acl_line(r));
+        out.push('\n');
+    }
+    let mut users: Vec<&str> = Vec::new();
+    for r in &spec.acl {
+        if let Some(u) = r.user.as_deref() {
+            if !users.contains(&u) {
+                users.push(u);
+            }
+        }
+    }
+    for u in users {
+        out.push_str(&format!("\nuser {u}\n"));
+        for r in spec.acl.iter().filter(|r| r.user.as_deref() == Some(u)) {
+            out.push_str(&acl_line(r));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Hex SHA-256 of the broker TOML.
+pub fn checksum(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn config_map(names: &Names, owner: &OwnerReference, toml: &str, acl: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(names, names.config_map(), owner, &BTreeMap::new()),
+        data: Some(BTreeMap::from([
+            (CONFIG_FILE.to_string(), toml.to_string()),
+            (ACL_FILE.to_string(), acl.to_string()),
+        ])),
+        ..ConfigMap::default()
+    }
+}

@@ -1,0 +1,228 @@
+//! Status: conditions (Ready, Progressing, Degraded) with reasons and
+//! messages a person can act on, endpoints, replica counts.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{Endpoint, MqttCluster, MqttClusterStatus};
+use crate::membership::MembershipView;
+use crate::render::{selector_string, Names, HTTP_PORT};
+use crate::validate::Problem;
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+fn condition(
+    type_: &str,
+    is_true: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let status = if is_true { "True" } else { "False" }.to_string();
+    // The transition time only moves when the status flips.
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// Rollout facts read off the StatefulSet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub desired: i32,
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    /// The StatefulSet controller has not seen the latest template yet, or
+    /// revisions differ.
+    pub in_progress: bool,
+}
+
+impl Rollout {
+    pub fn of(sts: Option<&StatefulSet>, desired: i32) -> Rollout {
+        let Some(sts) = sts else {
+            return Rollout {
+                desired,
+                in_progress: true,
+                ..Rollout::default()
+            };
+        };
+        let s = sts.status.clone().unwrap_or_default();
+        let generation = sts.metadata.generation.unwrap_or(0);
+        let seen = s.observed_generation.unwrap_or(0) >= generation;
+        let revisions_differ = match (&s.current_revision, &s.update_revision) {
+            (Some(a), Some(b)) => a != b,
+            _ => false,
+        };
+        let updated = s.updated_replicas.unwrap_or(0);
+        let ready = s.ready_replicas.unwrap_or(0);
+        Rollout {
+            desired,
+            replicas: s.replicas,
+            ready,
+            updated,
+            in_progress: !seen || revisions_differ || updated < desired || s.replicas != desired,
+        }
+    }
+}
+
+pub fn endpoints(names: &Names, cluster: &MqttCluster) -> Vec<Endpoint> {
+    let host = names.client_host();
+    let mut v: Vec<Endpoint> = cluster
+        .spec
+        .listeners
+        .active()
+        .iter()
+        .map(|l| {
+            let path = match l.kind {
+                crate::crd::ListenerKind::Ws | crate::crd::ListenerKind::Wss => {
+                    l.spec.path.clone().unwrap_or_else(|| "/mqtt".into())
+                }
+                _ => String::new(),
+            };
+            Endpoint {
+                name: l.kind.as_str().to_string(),
+                url: format!("{}://{host}:{}{path}", l.kind.url_scheme(), l.port),
+            }
+        })
+        .collect();
+    v.push(Endpoint {
+        name: "metrics".into(),
+        url: format!(
+            "http://{}.{}.svc:{HTTP_PORT}/metrics",
+            names.headless_service(),
+            names.namespace
+        ),
+    });
+    v
+}
+
+/// The status after a reconcile. `problems` non-empty means Degraded (the
+/// spec could not be applied as written).
+pub fn build(
+    cluster: &MqttCluster,
+    rollout: &Rollout,
+    problems: &[Problem],
+    warnings: &[Problem],
+    membership: &MembershipView,
+    certificate_not_after: Option<String>,
+    now: Timestamp,
+) -> MqttClusterStatus {
+    let names = Names::of(cluster);
+    let previous = cluster.status.clone().unwrap_or_default();
+    let prev = &previous.conditions;
+    let generation = cluster.metadata.generation;
+
+    let degraded = match problems.first() {
+        Some(p) => {
+            let mut msg = p.message.clone();
+            for q in &problems[1..] {
+                msg.push_str("; ");
+                msg.push_str(&q.message);
+            }
+            condition(DEGRADED, true, p.reason, msg, generation, prev, now)
+        }
+        None => {
+            let msg = if warnings.is_empty() {
+                "the spec is applied".to_string()
+            } else {
+                warnings
+                    .iter()
+                    .map(|w| format!("warning: {}", w.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
+        }
+    };
+
+    let progressing = if rollout.in_progress {
+        condition(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!(
+                "{} of {} pods updated, {} ready",
+                rollout.updated, rollout.desired, rollout.ready
+            ),
+            generation,
+            prev,
+            now,
+        )
+    } else {
+        condition(
+            PROGRESSING,
+            false,
+            "Complete",
+            format!("all {} pods run the current spec", rollout.desired),
+            generation,
+            prev,
+            now,
+        )
+    };
+    let all_ready = rollout.ready >= rollout.desired && rollout.desired > 0;
+    let ready = if !problems.is_empty() {
+        condition(
+            READY,
+            all_ready,
+            "SpecNotApplied",
+            format!(
+                "{} of {} pods ready; the latest spec is not applied (see Degraded)",
+                rollout.ready, rollout.desired
+            ),
+            generation,
+            prev,
+            now,
+        )
+    } else if all_ready && !rollout.in_progress {
+        condition(
+            READY,
+            true,
+            "AllPodsReady",
+            format!("all {} pods are ready", rollout.desired),
+            generation,
+            prev,
+            now,
+        )
+    } else {
+        condition(
+            READY,
+            false,
+            if rollout.in_progress {
+                "RollingOut"
+            } else {
+                "PodsNotReady"
+            },
+            format!("{} of {} pods ready", rollout.ready, rollout.desired),
+            generation,
+            prev,
+            now,
+        )
+    };
+
+    MqttClusterStatus {
+        observed_generation: generation,
+        replicas: rollout.replicas,
+        ready_replicas: rollout.ready,
+        leader: membership.leader.clone(),
+        members: membership.members.clone(),
+        selector: Some(selector_string(&names)),
+        conditions: vec![ready, progressing, degraded],
+        endpoints: endpoints(&names, cluster),
+        certificate_not_after: certificate_not_after.or(previous.certificate_not_after.clone()),
+    }
+}

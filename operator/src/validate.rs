@@ -1,0 +1,221 @@
+//! Checks the API server cannot make from the schema alone. Errors stop a
+//! reconcile (existing objects are left as they are) and show up as the
+//! `Degraded` condition and a Warning Event; warnings are only reported.
+
+use std::collections::BTreeSet;
+
+use crate::crd::{ListenerKind, MqttClusterSpec};
+use crate::render::config::{OVERRIDABLE, RESERVED};
+use crate::render::{CLUSTER_PORT, HTTP_PORT};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason for conditions and Events.
+    pub reason: &'static str,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Findings {
+    fn error(&mut self, reason: &'static str, message: String) {
+        self.errors.push(Problem { reason, message });
+    }
+    fn warn(&mut self, reason: &'static str, message: String) {
+        self.warnings.push(Problem { reason, message });
+    }
+}
+
+/// Validates an MQTT topic filter as the broker will (`+` fills a whole
+/// level, `#` is a whole last level). `%c`/`%u` are allowed (patterns).
+pub fn topic_filter_error(filter: &str) -> Option<String> {
+    if filter.is_empty() {
+        return Some("the topic is empty".into());
+    }
+    if filter.contains('\0') {
+        return Some("the topic contains a NUL character".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be a whole level and the last one".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Some("'+' must be a whole level".into());
+        }
+    }
+    None
+}
+
+pub fn validate(spec: &MqttClusterSpec) -> Findings {
+    let mut f = Findings::default();
+    if spec.replicas < 1 {
+        f.error(
+            "InvalidReplicas",
+            format!("replicas is {}; it must be at least 1", spec.replicas),
+        );
+    } else if spec.replicas % 2 == 0 {
+        f.warn(
+            "EvenReplicas",
+            format!(
+                "replicas is {}: an even-sized Raft group tolerates no more failures than {} pods; prefer an odd count",
+                spec.replicas,
+                spec.replicas - 1
+            ),
+        );
+    }
+
+    let active = spec.listeners.active();
+    if active.is_empty() {
+        f.error(
+            "NoListeners",
+            "every listener is disabled; enable at least one".into(),
+        );
+    }
+    let mut seen: Vec<(i32, &str)> = vec![(CLUSTER_PORT, "cluster (gRPC)"), (HTTP_PORT, "http")];
+    for l in &active {
+        if let Some((_, other)) = seen.iter().find(|(p, _)| *p == l.port) {
+            f.error(
+                "PortConflict",
+                format!(
+                    "listener {} uses port {}, which {} already uses",
+                    l.kind.as_str(),
+                    l.port,
+                    other
+                ),
+            );
+        }
+        seen.push((l.port, l.kind.as_str()));
+        if l.kind == ListenerKind::Psk && spec.psk.is_none() {
+            f.error(
+                "MissingPsk",
+                "the psk listener is enabled but spec.psk names no Secret with identities".into(),
+            );
+        }
+        if l.spec.require_client_certificate && !l.kind.needs_certificate() {
+            f.warn(
+                "IgnoredSetting",
+                format!(
+                    "requireClientCertificate only applies to tls and wss listeners, not {}",
+                    l.kind.as_str()
+                ),
+            );
+        }
+    }
+    if let Some(tls) = &spec.tls {
+        use crate::crd::TlsMode;
+        match tls.mode {
+            TlsMode::Secret if tls.secret_name.is_none() => f.error(
+                "InvalidTls",
+                "tls.mode is Secret but tls.secretName is not set".into(),
+            ),
+            TlsMode::CertManager if tls.issuer_ref.is_none() => f.error(
+                "InvalidTls",
+                "tls.mode is CertManager but tls.issuerRef is not set".into(),
+            ),
+            _ => {}
+        }
+    }
+
+    let mut users = BTreeSet::new();
+    for u in &spec.auth.users {
+        if u.username.is_empty() || u.username.contains([':', ' ', '\n']) {
+            f.error(
+                "InvalidUser",
+                format!(
+                    "username {:?} is empty or contains ':' or whitespace",
+                    u.username
+                ),
+            );
+        }
+        if !users.insert(u.username.as_str()) {
+            f.error(
+                "DuplicateUser",
+                format!("user {} is listed twice in auth.users", u.username),
+            );
+        }
+    }
+
+    for (i, r) in spec.acl.iter().enumerate() {
+        if let Some(e) = topic_filter_error(&r.topic) {
+            f.error(
+                "InvalidAclRule",
+                format!("acl[{i}] (topic {:?}): {e}", r.topic),
+            );
+        }
+        if r.topic.contains(['\n', ' ']) {
+            f.error(
+                "InvalidAclRule",
+                format!("acl[{i}] (topic {:?}): a topic in an ACL file cannot contain spaces or newlines", r.topic),
+            );
+        }
+        if r.pattern && r.user.is_some() {
+            f.error(
+                "InvalidAclRule",
+                format!("acl[{i}]: a rule is either for a user or a pattern, not both"),
+            );
+        }
+        if let Some(u) = &r.user {
+            if u.is_empty() || u.contains(char::is_whitespace) {
+                f.error(
+                    "InvalidAclRule",
+                    format!("acl[{i}]: user {u:?} is empty or contains whitespace"),
+                );
+            }
+        }
+    }
+
+    if let Some(cfg) = &spec.config {
+        for (k, v) in cfg {
+            if !OVERRIDABLE.contains(&k.as_str()) {
+                let why = if RESERVED.contains(&k.as_str()) {
+                    "the operator manages it"
+                } else {
+                    "it is not a broker config section"
+                };
+                f.error(
+                    "InvalidConfig",
+                    format!("spec.config.{k} cannot be set: {why}"),
+                );
+                continue;
+            }
+            if let Some(obj) = v.as_object() {
+                for sub in obj.keys() {
+                    let path = format!("{k}.{sub}");
+                    if RESERVED.contains(&path.as_str()) {
+                        f.error(
+                            "InvalidConfig",
+                            format!("spec.config.{path} cannot be set: the operator manages it"),
+                        );
+                    }
+                }
+            } else if k != "sys_interval" {
+                f.error(
+                    "InvalidConfig",
+                    format!("spec.config.{k} must be a table of keys"),
+                );
+            }
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters() {
+        assert_eq!(topic_filter_error("a/+/b/#"), None);
+        assert_eq!(topic_filter_error("devices/%c/up"), None);
+        assert!(topic_filter_error("a/#/b").is_some());
+        assert!(topic_filter_error("a/b#").is_some());
+        assert!(topic_filter_error("a+/b").is_some());
+        assert!(topic_filter_error("").is_some());
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers shared by the operator's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use raftmq_operator::crd::{MqttCluster, TlsMode};
+use raftmq_operator::render::{secrets, Observed, TlsMaterial};
+use raftmq_operator::schema::parse_yaml_stream;
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every document of an example file.
+pub fn example_docs(name: &str) -> Vec<Value> {
+    let path = repo_root().join("deploy/examples").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    parse_yaml_stream(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The MqttCluster of an example file, as the API server would hand it
+/// out: namespace and uid set, spec defaulted.
+pub fn example_cluster(name: &str) -> MqttCluster {
+    let mut doc = example_docs(name)
+        .into_iter()
+        .find(|d| d["kind"] == "MqttCluster")
+        .unwrap_or_else(|| panic!("{name} has no MqttCluster"));
+    let obj = doc.as_object_mut().expect("object");
+    obj.entry("spec").or_insert_with(|| serde_json::json!({}));
+    let meta = obj
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata");
+    meta.insert("namespace".into(), "mqtt".into());
+    meta.insert("uid".into(), "00000000-0000-0000-0000-000000000001".into());
+    meta.insert("generation".into(), 1.into());
+    serde_json::from_value(doc).expect("MqttCluster")
+}
+
+/// Passwords from the example's Secrets (`stringData.password`).
+pub fn example_passwords(name: &str) -> Vec<(String, String)> {
+    let docs = example_docs(name);
+    let cluster = example_cluster(name);
+    cluster
+        .spec
+        .auth
+        .users
+        .iter()
+        .map(|u| {
+            let secret = docs
+                .iter()
+                .find(|d| {
+                    d["kind"] == "Secret"
+                        && d["metadata"]["name"] == u.password_secret_ref.name.as_str()
+                })
+                .expect("the example carries each user's Secret");
+            let pw = secret["stringData"][u.password_secret_ref.key.as_str()]
+                .as_str()
+                .expect("password")
+                .to_string();
+            (u.username.clone(), pw)
+        })
+        .collect()
+}
+
+pub fn fake_tls() -> TlsMaterial {
+    TlsMaterial {
+        ca_crt: "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".into(),
+        ca_key: "-----BEGIN PRIVATE KEY-----\nCAKEY\n-----END PRIVATE KEY-----\n".into(),
+        tls_crt: "-----BEGIN CERTIFICATE-----\nSERVER\n-----END CERTIFICATE-----\n".into(),
+        tls_key: "-----BEGIN PRIVATE KEY-----\nSERVERKEY\n-----END PRIVATE KEY-----\n".into(),
+    }
+}
+
+/// A deterministic observed state for an example: fixed salts and
+/// placeholder certificates, both optional CRDs installed.
+pub fn example_observed(name: &str) -> Observed {
+    let cluster = example_cluster(name);
+    let users = example_passwords(name);
+    let mut n = 0u8;
+    let password_file = (!users.is_empty()).then(|| {
+        secrets::password_file(&users, None, || {
+            n += 1;
+            [n; secrets::SALT_LEN]
+        })
+    });
+    let tls = cluster.spec.effective_tls();
+    Observed {
+        password_file,
+        tls: tls
+            .as_ref()
+            .filter(|t| t.mode == TlsMode::Operator)
+            .map(|_| fake_tls()),
+        tls_has_ca: tls.is_some(),
+        service_monitor_crd: true,
+        cert_manager_crd: true,
+    }
+}
+
+pub const EXAMPLES: &[&str] = &["minimal.yaml", "tls-users-acl.yaml", "cert-manager.yaml"];
