@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run): installs what the tests
+# need on a fresh Debian machine, then runs every check. Test runner last, so
+# its summary closes the output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: mosquitto (interop peer and its clients), libssl-dev and
+# pkg-config (the TLS-PSK listener links OpenSSL).
+missing=()
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet 'paho-mqtt>=2,<3'
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+echo "== format"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -x scripts/fuzz.sh ]; then
+  echo "== fuzz (bounded)"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+if [ -x scripts/operator-checks.sh ]; then
+  echo "== operator: CRD drift, helm lint/template, schema validation"
+  scripts/operator-checks.sh
+fi
+
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast
