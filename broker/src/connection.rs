@@ -627,9 +627,7 @@ impl Connection {
             }
             return Ok(());
         }
-        if p.qos == QoS::AtLeastOnce
-            && self.cell.session.lock().inbound_qos2_pending(p.packet_id)
-        {
+        if p.qos == QoS::AtLeastOnce && self.cell.session.lock().inbound_qos2_pending(p.packet_id) {
             // The id still belongs to an unreleased QoS 2 exchange: routing
             // this publish would break that exchange's exactly-once promise.
             if !self.protocol.is_v5() {
