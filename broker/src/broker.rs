@@ -37,6 +37,17 @@ pub struct SessionCell {
 }
 
 impl SessionCell {
+    /// A cell for `session`, with no connection bound yet.
+    pub fn new(session: Session) -> Arc<SessionCell> {
+        Arc::new(SessionCell {
+            client_id: session.client_id.clone(),
+            session: Mutex::new(session),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            kick: Mutex::new(None),
+        })
+    }
+
     /// Asks connection `conn_id` (if it is still the bound one) to close.
     pub fn kick(&self, reason_code: u8) -> bool {
         match self.kick.lock().take() {
@@ -90,6 +101,8 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    /// Whether the Raft group has a leader (always, without a cluster).
+    pub has_leader: AtomicBool,
 }
 
 impl Broker {
@@ -122,6 +135,7 @@ impl Broker {
             stats: Stats::default(),
             next_conn_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            has_leader: AtomicBool::new(true),
         })
     }
 
@@ -139,10 +153,12 @@ impl Broker {
 
     /// Whether this node should receive traffic, and if not why.
     pub fn readiness(&self) -> Result<(), &'static str> {
-        if self.ready.load(Ordering::Acquire) {
-            Ok(())
-        } else {
+        if !self.ready.load(Ordering::Acquire) {
             Err("listeners are not bound yet")
+        } else if !self.has_leader.load(Ordering::Acquire) {
+            Err("the cluster has no leader")
+        } else {
+            Ok(())
         }
     }
 
@@ -223,17 +239,11 @@ impl Broker {
                     old.connected.store(false, Ordering::Release);
                     self.end_session_locked(&mut sessions, &old, &mut commands);
                 }
-                let cell = Arc::new(SessionCell {
-                    client_id: req.client_id.clone(),
-                    session: Mutex::new(Session::new(
-                        req.client_id.clone(),
-                        req.expiry,
-                        self.session_limits,
-                    )),
-                    wake: Notify::new(),
-                    connected: AtomicBool::new(false),
-                    kick: Mutex::new(None),
-                });
+                let cell = SessionCell::new(Session::new(
+                    req.client_id.clone(),
+                    req.expiry,
+                    self.session_limits,
+                ));
                 if req.expiry > 0 {
                     commands.push(Command::SessionCreate {
                         client_id: req.client_id.clone(),
@@ -354,7 +364,7 @@ impl Broker {
     }
 
     /// Ends `cell` if nobody has reconnected to it since `generation`.
-    fn expire(&self, cell: &Arc<SessionCell>, generation: u64) {
+    pub(crate) fn expire(&self, cell: &Arc<SessionCell>, generation: u64) {
         let mut sessions = self.sessions.lock();
         {
             let s = cell.session.lock();

@@ -311,6 +311,19 @@ pub struct ClusterConfig {
     /// The address other nodes reach this one at (`host:port`); empty =
     /// `<HOSTNAME>:<bind port>`.
     pub advertise: String,
+    /// Raft heartbeat period, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout: a follower that hears no leader for a random
+    /// time between this and twice this starts an election, milliseconds.
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and purge the log before it) after this many
+    /// entries since the last one.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind the last snapshot, so that a briefly
+    /// absent follower catches up from the log instead of a snapshot.
+    pub keep_logs: u64,
+    /// Snapshots travel in chunks of at most this many bytes.
+    pub snapshot_chunk_bytes: u64,
     /// Mutual TLS between nodes when all three are set.
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
@@ -323,6 +336,11 @@ impl Default for ClusterConfig {
             node_id: 0,
             bind: SocketAddr::from(([0, 0, 0, 0], 7100)),
             advertise: String::new(),
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
             certfile: None,
             keyfile: None,
             cafile: None,

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -16,6 +17,7 @@ pub mod listener;
 pub mod message;
 pub mod passwd;
 pub mod reload;
+pub mod restore;
 pub mod retained;
 pub mod router;
 pub mod server;

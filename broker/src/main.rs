@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use raftmq::cluster::cli::ClusterCommand;
 use raftmq::config::{Config, LogFormat};
 use raftmq::passwd;
 use raftmq::server::Server;
@@ -56,6 +57,15 @@ enum Command {
         username: Option<String>,
         password: Option<String>,
     },
+    /// Inspect and change the Raft cluster through a node's gRPC Admin
+    /// service (membership changes go to the leader).
+    Cluster {
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:7100", global = true)]
+        node: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +96,11 @@ fn main() -> anyhow::Result<()> {
             passwd::edit_file(&file, &edit)?;
             Ok(())
         }
+        Command::Cluster { node, command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(raftmq::cluster::cli::run(&node, command)),
     }
 }
 
@@ -147,6 +162,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop();
+    server.cluster.shutdown().await;
     Ok(())
 }
 

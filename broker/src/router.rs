@@ -184,6 +184,28 @@ impl Broker {
         options: SubOptions,
         identifier: Option<u32>,
     ) -> bool {
+        let (existed, persistent) = self.subscribe_local(cell, raw, parsed, options, identifier);
+        if persistent {
+            self.submit(vec![Command::Subscribe {
+                client_id: cell.client_id.clone(),
+                filter: raw.clone(),
+                options,
+                identifier,
+            }]);
+        }
+        existed
+    }
+
+    /// Adds the subscription to the tree and the session only (restore
+    /// from replicated state); returns (existed, session is persistent).
+    pub(crate) fn subscribe_local(
+        &self,
+        cell: &Arc<SessionCell>,
+        raw: &ByteStr,
+        parsed: &ParsedFilter<'_>,
+        options: SubOptions,
+        identifier: Option<u32>,
+    ) -> (bool, bool) {
         let mut tree = self.subscriptions.write();
         tree.insert(
             parsed.group,
@@ -207,17 +229,7 @@ impl Broker {
                 },
             )
             .is_some();
-        let persistent = s.is_persistent();
-        drop(s);
-        if persistent {
-            self.submit(vec![Command::Subscribe {
-                client_id: cell.client_id.clone(),
-                filter: raw.clone(),
-                options,
-                identifier,
-            }]);
-        }
-        existed
+        (existed, s.is_persistent())
     }
 
     /// Removes a subscription; true if it existed.

@@ -10,16 +10,17 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
 use crate::broker::Broker;
+use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;
 use crate::listener::tls::{ReloadableTls, TlsFiles};
 use crate::listener::{accept, ConnectionLimit, Transport};
 use crate::reload::FileWatch;
-use crate::state::MemoryState;
 
 /// A running broker.
 pub struct Server {
     pub broker: Arc<Broker>,
+    pub cluster: Cluster,
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub http_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -37,12 +38,14 @@ impl Server {
         let node_id = config.node_id(hostname.as_deref());
         let config = Arc::new(config);
         let policy = Policy::load(&config.auth).context("authentication files")?;
+        let mut cluster = Cluster::start(&config, node_id).await.context("cluster")?;
         let broker = Broker::new(
             config.clone(),
             node_id,
-            Arc::new(MemoryState::default()),
+            cluster.seam.clone(),
             Auth::new(policy),
         );
+        cluster.attach(&broker)?;
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
@@ -102,6 +105,7 @@ impl Server {
         tasks.extend(crate::sys::spawn(broker.clone()));
         Ok(Server {
             broker,
+            cluster,
             local_addrs,
             http_addr,
             tasks,

@@ -1,5 +1,8 @@
-//! gRPC services between raftmq brokers (Raft, Forward, Admin).
-//!
-//! The `.proto` files and their tonic/prost code generation arrive with the
-//! cluster issue; this crate exists now so that the workspace layout of
-//! DESIGN.md is in place from the start.
+//! gRPC services between raftmq brokers (Raft, Admin, Forward), generated
+//! from `proto/raftmq.proto` by tonic/prost.
+
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+pub mod v1 {
+    tonic::include_proto!("raftmq.v1");
+}

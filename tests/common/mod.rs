@@ -4,6 +4,7 @@
 //! SIGSTOP). Clients are real: rumqttc, mosquitto_pub/sub, paho (Python),
 //! and raw sockets speaking bytes.
 
+pub mod cluster;
 pub mod raw;
 
 use std::io::Read;
@@ -50,7 +51,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A broker's configuration, built up from TOML text. Placeholders
-/// `{tcp}`, `{http}`, `{tls}`, `{psk}`, `{ws}`, `{wss}`, `{dir}` are replaced
+/// `{tcp}`, `{http}`, `{tls}`, `{psk}`, `{ws}`, `{wss}`, `{grpc}`, `{dir}` are replaced
 /// by free ports and the broker's directory.
 pub struct BrokerConfig {
     toml: String,
@@ -102,6 +103,8 @@ pub struct Ports {
     pub psk: u16,
     pub ws: u16,
     pub wss: u16,
+    /// Cluster gRPC (Raft, Admin).
+    pub grpc: u16,
 }
 
 /// A running broker process. Killed (SIGKILL) when dropped.
@@ -129,6 +132,7 @@ impl Broker {
             psk: free_port(),
             ws: free_port(),
             wss: free_port(),
+            grpc: free_port(),
         };
         let d = dir.path().display().to_string();
         let mut text = format!(
@@ -137,6 +141,12 @@ impl Broker {
         );
         if !text.contains("[[listeners]]") {
             text.push_str("\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{tcp}\"\n");
+        }
+        if !text.contains("[cluster]") {
+            // A one-node Raft group on a port of its own.
+            text.push_str(
+                "\n[cluster]\nnode_id = 1\nbind = \"127.0.0.1:{grpc}\"\nadvertise = \"127.0.0.1:{grpc}\"\n",
+            );
         }
         let text = substitute(&text, &ports, &d);
         let config_path = dir.path().join("raftmq.toml");
@@ -274,6 +284,7 @@ fn substitute(text: &str, p: &Ports, dir: &str) -> String {
         .replace("{psk}", &p.psk.to_string())
         .replace("{ws}", &p.ws.to_string())
         .replace("{wss}", &p.wss.to_string())
+        .replace("{grpc}", &p.grpc.to_string())
         .replace("{dir}", dir)
 }
 

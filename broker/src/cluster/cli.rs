@@ -1,0 +1,156 @@
+//! `raftmq cluster ...`: status and membership through a node's `Admin`
+//! service. Membership calls are sent to the leader, found through the
+//! node named on the command line.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use raftmq_proto::v1 as pb;
+use raftmq_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show the node's Raft state, the leader and every member.
+    Status,
+    /// Add a node: as a learner that catches up, then (unless --learner)
+    /// as a voter.
+    Add {
+        /// The new node's id (StatefulSet ordinal + 1).
+        #[arg(long)]
+        id: u64,
+        /// The new node's gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// Leave it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make a learner a voter.
+    Promote {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node from the voters and learners.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Make another node the leader.
+    TransferLeader {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(120))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach node at {addr}"))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// The Admin client of the leader, found through `node`.
+async fn leader(node: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let mut c = connect(node).await?;
+    let s = c.status(pb::StatusRequest {}).await?.into_inner();
+    let leader = s.leader_id.context("the cluster has no leader right now")?;
+    if leader == s.node_id {
+        return Ok(c);
+    }
+    let addr = s
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .map(|n| n.addr.clone())
+        .context("the leader's address is unknown")?;
+    connect(&addr).await
+}
+
+pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let s = connect(node)
+                .await?
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "node {} is {} in term {}; leader: {}",
+                s.node_id,
+                s.state,
+                s.term,
+                s.leader_id.map_or("none".into(), |l| l.to_string())
+            );
+            println!(
+                "log: last {} applied {} snapshot {}",
+                opt(s.last_log_index),
+                opt(s.applied_index),
+                opt(s.snapshot_index)
+            );
+            for n in s.nodes {
+                println!(
+                    "  node {} {} {}{}",
+                    n.id,
+                    n.addr,
+                    if n.voter { "voter" } else { "learner" },
+                    n.matched_index
+                        .map_or(String::new(), |m| format!(" matched {m}"))
+                );
+            }
+        }
+        ClusterCommand::Add { id, addr, learner } => {
+            let mut c = leader(node).await?;
+            let r = c
+                .add_learner(pb::AddLearnerRequest { node_id: id, addr })
+                .await?
+                .into_inner();
+            println!("{}", r.message);
+            if !learner {
+                promote(&mut c, id).await?;
+            }
+        }
+        ClusterCommand::Promote { id } => promote(&mut leader(node).await?, id).await?,
+        ClusterCommand::Remove { id } => {
+            let r = leader(node)
+                .await?
+                .remove_node(pb::RemoveNodeRequest { node_id: id })
+                .await?
+                .into_inner();
+            println!("{}", r.message);
+        }
+        ClusterCommand::TransferLeader { id } => {
+            let r = leader(node)
+                .await?
+                .transfer_leader(pb::TransferLeaderRequest { node_id: id })
+                .await?
+                .into_inner();
+            println!("{}", r.message);
+        }
+    }
+    Ok(())
+}
+
+async fn promote(c: &mut AdminClient<Channel>, id: u64) -> anyhow::Result<()> {
+    let s = c.status(pb::StatusRequest {}).await?.into_inner();
+    anyhow::ensure!(
+        s.nodes.iter().any(|n| n.id == id),
+        "node {id} is not a member; add it first"
+    );
+    let mut voters: Vec<u64> = s.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect();
+    voters.push(id);
+    let r = c
+        .change_membership(pb::ChangeMembershipRequest { voters })
+        .await?
+        .into_inner();
+    println!("{}", r.message);
+    Ok(())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}

@@ -1,0 +1,573 @@
+//! Between openraft's and the broker's types and their protobuf forms.
+//!
+//! Everything a peer sends is checked here: a message that does not decode
+//! into a valid value is an error for that RPC, never a panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openraft::{CommittedLeaderId, EntryPayload};
+use raftmq_proto::v1 as pb;
+
+use super::types::{Batch, Entry, LogId, Membership, Node, SnapshotMeta, StoredMembership, Vote};
+use crate::codec::{ByteStr, QoS, SubOptions};
+use crate::message::{ForwardedProperties, Message, SharedMessage};
+use crate::state::{Command, PersistedMessage, PersistedSession, ReplicatedState};
+
+/// A protobuf message from a peer that is not a valid value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {0} from peer")]
+pub struct Invalid(pub &'static str);
+
+fn need<T>(v: Option<T>, what: &'static str) -> Result<T, Invalid> {
+    v.ok_or(Invalid(what))
+}
+
+// ---- openraft ---------------------------------------------------------------
+
+pub fn log_id_to(l: &LogId) -> pb::LogId {
+    pb::LogId {
+        term: l.leader_id.term,
+        node_id: l.leader_id.node_id,
+        index: l.index,
+    }
+}
+
+pub fn log_id_from(l: pb::LogId) -> LogId {
+    LogId::new(CommittedLeaderId::new(l.term, l.node_id), l.index)
+}
+
+pub fn opt_log_id_to(l: &Option<LogId>) -> Option<pb::LogId> {
+    l.as_ref().map(log_id_to)
+}
+
+pub fn opt_log_id_from(l: Option<pb::LogId>) -> Option<LogId> {
+    l.map(log_id_from)
+}
+
+pub fn vote_to(v: &Vote) -> pb::Vote {
+    pb::Vote {
+        term: v.leader_id.term,
+        node_id: v.leader_id.node_id,
+        committed: v.committed,
+    }
+}
+
+pub fn vote_from(v: Option<pb::Vote>) -> Result<Vote, Invalid> {
+    let v = need(v, "vote")?;
+    Ok(if v.committed {
+        Vote::new_committed(v.term, v.node_id)
+    } else {
+        Vote::new(v.term, v.node_id)
+    })
+}
+
+pub fn membership_to(m: &Membership) -> pb::Membership {
+    pb::Membership {
+        configs: m
+            .get_joint_config()
+            .iter()
+            .map(|c| pb::NodeIdSet {
+                ids: c.iter().copied().collect(),
+            })
+            .collect(),
+        nodes: m
+            .nodes()
+            .map(|(id, n)| {
+                (
+                    *id,
+                    pb::Node {
+                        addr: n.addr.clone(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+pub fn membership_from(m: Option<pb::Membership>) -> Result<Membership, Invalid> {
+    let m = need(m, "membership")?;
+    let configs: Vec<BTreeSet<u64>> = m
+        .configs
+        .into_iter()
+        .map(|c| c.ids.into_iter().collect())
+        .collect();
+    let nodes: BTreeMap<u64, Node> = m
+        .nodes
+        .into_iter()
+        .map(|(id, n)| (id, Node::new(n.addr)))
+        .collect();
+    // Every voter must have an address, or openraft would panic later.
+    if configs.iter().flatten().any(|id| !nodes.contains_key(id)) {
+        return Err(Invalid("membership (voter without node)"));
+    }
+    Ok(Membership::new(configs, nodes))
+}
+
+pub fn stored_membership_to(m: &StoredMembership) -> pb::StoredMembership {
+    pb::StoredMembership {
+        log_id: opt_log_id_to(m.log_id()),
+        membership: Some(membership_to(m.membership())),
+    }
+}
+
+pub fn stored_membership_from(
+    m: Option<pb::StoredMembership>,
+) -> Result<StoredMembership, Invalid> {
+    let m = need(m, "stored membership")?;
+    Ok(StoredMembership::new(
+        opt_log_id_from(m.log_id),
+        membership_from(m.membership)?,
+    ))
+}
+
+pub fn entry_to(e: &Entry) -> pb::Entry {
+    use pb::entry::Payload;
+    pb::Entry {
+        log_id: Some(log_id_to(&e.log_id)),
+        payload: Some(match &e.payload {
+            EntryPayload::Blank => Payload::Blank(pb::Empty {}),
+            EntryPayload::Normal(b) => Payload::Normal(b.0.clone()),
+            EntryPayload::Membership(m) => Payload::Membership(membership_to(m)),
+        }),
+    }
+}
+
+pub fn entry_from(e: pb::Entry) -> Result<Entry, Invalid> {
+    use pb::entry::Payload;
+    let payload = match need(e.payload, "entry payload")? {
+        Payload::Blank(_) => EntryPayload::Blank,
+        Payload::Normal(b) => EntryPayload::Normal(Batch(b)),
+        Payload::Membership(m) => EntryPayload::Membership(membership_from(Some(m))?),
+    };
+    Ok(Entry {
+        log_id: log_id_from(need(e.log_id, "entry log id")?),
+        payload,
+    })
+}
+
+pub fn snapshot_meta_to(m: &SnapshotMeta) -> pb::SnapshotMeta {
+    pb::SnapshotMeta {
+        last_log_id: opt_log_id_to(&m.last_log_id),
+        last_membership: Some(stored_membership_to(&m.last_membership)),
+        snapshot_id: m.snapshot_id.clone(),
+    }
+}
+
+pub fn snapshot_meta_from(m: Option<pb::SnapshotMeta>) -> Result<SnapshotMeta, Invalid> {
+    let m = need(m, "snapshot meta")?;
+    Ok(SnapshotMeta {
+        last_log_id: opt_log_id_from(m.last_log_id),
+        last_membership: stored_membership_from(m.last_membership)?,
+        snapshot_id: m.snapshot_id,
+    })
+}
+
+// ---- broker state -------------------------------------------------------------
+
+fn qos_from(v: u32) -> Result<QoS, Invalid> {
+    u8::try_from(v)
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or(Invalid("qos"))
+}
+
+fn sub_options_to(o: &SubOptions) -> pb::SubOptions {
+    pb::SubOptions {
+        qos: o.qos as u32,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: u32::from(o.retain_handling),
+    }
+}
+
+fn sub_options_from(o: Option<pb::SubOptions>) -> Result<SubOptions, Invalid> {
+    let o = need(o, "subscription options")?;
+    Ok(SubOptions {
+        qos: qos_from(o.qos)?,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: u8::try_from(o.retain_handling)
+            .ok()
+            .filter(|h| *h <= 2)
+            .ok_or(Invalid("retain handling"))?,
+    })
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Messages carry monotonic instants; on the wire and on disk their expiry
+/// is wall-clock time, so it survives restarts and crosses machines.
+pub fn message_to(m: &Message) -> pb::Message {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let p = m.properties.as_deref();
+    pb::Message {
+        topic: m.topic.to_string(),
+        payload: m.payload.clone(),
+        qos: m.qos as u32,
+        retain: m.retain,
+        origin: m.origin.to_string(),
+        expires_at_unix_ms: m
+            .expires_at
+            .map(|e| unix_ms(wall + e.saturating_duration_since(now))),
+        payload_format_indicator: p.and_then(|p| p.payload_format_indicator.map(u32::from)),
+        content_type: p.and_then(|p| p.content_type.as_ref().map(|s| s.to_string())),
+        response_topic: p.and_then(|p| p.response_topic.as_ref().map(|s| s.to_string())),
+        correlation_data: p.and_then(|p| p.correlation_data.clone()),
+        user_properties: p
+            .map(|p| {
+                p.user_properties
+                    .iter()
+                    .map(|(k, v)| pb::UserProperty {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn message_from(m: Option<pb::Message>) -> Result<SharedMessage, Invalid> {
+    let m = need(m, "message")?;
+    let now = Instant::now();
+    let wall_now = unix_ms(SystemTime::now());
+    let properties = ForwardedProperties {
+        payload_format_indicator: m
+            .payload_format_indicator
+            .map(|v| u8::try_from(v).map_err(|_| Invalid("payload format indicator")))
+            .transpose()?,
+        content_type: m.content_type.map(ByteStr::from),
+        response_topic: m.response_topic.map(ByteStr::from),
+        correlation_data: m.correlation_data,
+        user_properties: m
+            .user_properties
+            .into_iter()
+            .map(|u| (ByteStr::from(u.key), ByteStr::from(u.value)))
+            .collect(),
+    };
+    Ok(Arc::new(Message {
+        topic: ByteStr::from(m.topic),
+        payload: m.payload,
+        qos: qos_from(m.qos)?,
+        retain: m.retain,
+        origin: ByteStr::from(m.origin),
+        expires_at: m
+            .expires_at_unix_ms
+            .map(|at| now + Duration::from_millis(at.saturating_sub(wall_now))),
+        properties: (properties != ForwardedProperties::default()).then(|| Box::new(properties)),
+        received_at: now,
+    }))
+}
+
+pub fn command_to(c: &Command) -> pb::Command {
+    use pb::command::Kind;
+    let kind = match c {
+        Command::RetainSet(m) => Kind::RetainSet(pb::RetainSet {
+            message: Some(message_to(m)),
+        }),
+        Command::RetainClear { topic } => Kind::RetainClear(pb::RetainClear {
+            topic: topic.to_string(),
+        }),
+        Command::ClaimClient { client_id, node } => Kind::ClaimClient(pb::ClaimClient {
+            client_id: client_id.to_string(),
+            node: *node,
+        }),
+        Command::SessionCreate { client_id, expiry } => Kind::SessionCreate(pb::SessionCreate {
+            client_id: client_id.to_string(),
+            expiry: *expiry,
+        }),
+        Command::SessionUpdate { client_id, expiry } => Kind::SessionUpdate(pb::SessionUpdate {
+            client_id: client_id.to_string(),
+            expiry: *expiry,
+        }),
+        Command::SessionEnd { client_id } => Kind::SessionEnd(pb::SessionEnd {
+            client_id: client_id.to_string(),
+        }),
+        Command::Subscribe {
+            client_id,
+            filter,
+            options,
+            identifier,
+        } => Kind::Subscribe(pb::Subscribe {
+            client_id: client_id.to_string(),
+            filter: filter.to_string(),
+            options: Some(sub_options_to(options)),
+            identifier: *identifier,
+        }),
+        Command::Unsubscribe { client_id, filter } => Kind::Unsubscribe(pb::Unsubscribe {
+            client_id: client_id.to_string(),
+            filter: filter.to_string(),
+        }),
+        Command::Enqueue {
+            client_id,
+            seq,
+            qos,
+            retain,
+            message,
+        } => Kind::Enqueue(pb::Enqueue {
+            client_id: client_id.to_string(),
+            seq: *seq,
+            qos: *qos as u32,
+            retain: *retain,
+            message: Some(message_to(message)),
+        }),
+        Command::Release { client_id, seq } => Kind::Release(pb::Release {
+            client_id: client_id.to_string(),
+            seq: *seq,
+        }),
+        Command::Ack { client_id, seq } => Kind::Ack(pb::Ack {
+            client_id: client_id.to_string(),
+            seq: *seq,
+        }),
+    };
+    pb::Command { kind: Some(kind) }
+}
+
+pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
+    use pb::command::Kind;
+    Ok(match need(c.kind, "command")? {
+        Kind::RetainSet(r) => Command::RetainSet(message_from(r.message)?),
+        Kind::RetainClear(r) => Command::RetainClear {
+            topic: r.topic.into(),
+        },
+        Kind::ClaimClient(r) => Command::ClaimClient {
+            client_id: r.client_id.into(),
+            node: r.node,
+        },
+        Kind::SessionCreate(r) => Command::SessionCreate {
+            client_id: r.client_id.into(),
+            expiry: r.expiry,
+        },
+        Kind::SessionUpdate(r) => Command::SessionUpdate {
+            client_id: r.client_id.into(),
+            expiry: r.expiry,
+        },
+        Kind::SessionEnd(r) => Command::SessionEnd {
+            client_id: r.client_id.into(),
+        },
+        Kind::Subscribe(r) => Command::Subscribe {
+            client_id: r.client_id.into(),
+            filter: r.filter.into(),
+            options: sub_options_from(r.options)?,
+            identifier: r.identifier,
+        },
+        Kind::Unsubscribe(r) => Command::Unsubscribe {
+            client_id: r.client_id.into(),
+            filter: r.filter.into(),
+        },
+        Kind::Enqueue(r) => Command::Enqueue {
+            client_id: r.client_id.into(),
+            seq: r.seq,
+            qos: qos_from(r.qos)?,
+            retain: r.retain,
+            message: message_from(r.message)?,
+        },
+        Kind::Release(r) => Command::Release {
+            client_id: r.client_id.into(),
+            seq: r.seq,
+        },
+        Kind::Ack(r) => Command::Ack {
+            client_id: r.client_id.into(),
+            seq: r.seq,
+        },
+    })
+}
+
+/// Encodes one group commit as the payload of a Raft entry.
+pub fn batch_to(origin: u64, commands: &[Command]) -> Batch {
+    use prost::Message as _;
+    let b = pb::CommandBatch {
+        origin,
+        commands: commands.iter().map(command_to).collect(),
+    };
+    Batch(Bytes::from(b.encode_to_vec()))
+}
+
+pub fn batch_from(b: &Batch) -> Result<(u64, Vec<Command>), Invalid> {
+    use prost::Message as _;
+    let b = pb::CommandBatch::decode(b.0.clone()).map_err(|_| Invalid("command batch"))?;
+    let commands = b
+        .commands
+        .into_iter()
+        .map(command_from)
+        .collect::<Result<_, _>>()?;
+    Ok((b.origin, commands))
+}
+
+pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
+    pb::StateSnapshot {
+        retained: s.retained.values().map(|m| message_to(m)).collect(),
+        sessions: s
+            .sessions
+            .iter()
+            .map(|(id, sess)| pb::PersistedSession {
+                client_id: id.to_string(),
+                expiry: sess.expiry,
+                subscriptions: sess
+                    .subscriptions
+                    .iter()
+                    .map(|(f, (o, i))| pb::PersistedSubscription {
+                        filter: f.to_string(),
+                        options: Some(sub_options_to(o)),
+                        identifier: *i,
+                    })
+                    .collect(),
+                messages: sess
+                    .messages
+                    .iter()
+                    .map(|(seq, m)| pb::PersistedMessage {
+                        seq: *seq,
+                        qos: m.qos as u32,
+                        retain: m.retain,
+                        released: m.released,
+                        message: Some(message_to(&m.message)),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        owners: s
+            .owners
+            .iter()
+            .map(|(c, n)| pb::Owner {
+                client_id: c.to_string(),
+                node: *n,
+            })
+            .collect(),
+    }
+}
+
+pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
+    let mut state = ReplicatedState::default();
+    for m in s.retained {
+        let m = message_from(Some(m))?;
+        state.retained.insert(m.topic.clone(), m);
+    }
+    for sess in s.sessions {
+        let mut p = PersistedSession {
+            expiry: sess.expiry,
+            ..Default::default()
+        };
+        for sub in sess.subscriptions {
+            p.subscriptions.insert(
+                sub.filter.into(),
+                (sub_options_from(sub.options)?, sub.identifier),
+            );
+        }
+        for m in sess.messages {
+            p.messages.insert(
+                m.seq,
+                PersistedMessage {
+                    qos: qos_from(m.qos)?,
+                    retain: m.retain,
+                    released: m.released,
+                    message: message_from(m.message)?,
+                },
+            );
+        }
+        state.sessions.insert(sess.client_id.into(), p);
+    }
+    for o in s.owners {
+        state.owners.insert(o.client_id.into(), o.node);
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> SharedMessage {
+        Arc::new(Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            origin: "pub1".into(),
+            expires_at: None,
+            properties: Some(Box::new(ForwardedProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Default::default()
+            })),
+            received_at: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let commands = vec![
+            Command::RetainSet(msg()),
+            Command::RetainClear { topic: "t".into() },
+            Command::SessionCreate {
+                client_id: "c".into(),
+                expiry: 60,
+            },
+            Command::Subscribe {
+                client_id: "c".into(),
+                filter: "$share/g/a/#".into(),
+                options: SubOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: 2,
+                },
+                identifier: Some(9),
+            },
+            Command::Enqueue {
+                client_id: "c".into(),
+                seq: 7,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                message: msg(),
+            },
+            Command::Ack {
+                client_id: "c".into(),
+                seq: 7,
+            },
+        ];
+        let b = batch_to(3, &commands);
+        let (origin, back) = batch_from(&b).unwrap();
+        assert_eq!(origin, 3);
+        assert_eq!(back.len(), commands.len());
+        for (a, b) in commands.iter().zip(&back) {
+            match (a, b) {
+                (Command::RetainSet(x), Command::RetainSet(y)) => {
+                    assert_eq!(
+                        (&x.topic, &x.payload, &x.properties),
+                        (&y.topic, &y.payload, &y.properties)
+                    )
+                }
+                (Command::Enqueue { message: x, .. }, Command::Enqueue { message: y, .. }) => {
+                    assert_eq!(x.payload, y.payload)
+                }
+                _ => assert_eq!(a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(batch_from(&Batch(Bytes::from_static(&[0xff, 0xff, 0xff]))).is_err());
+        let bad = pb::Command {
+            kind: Some(pb::command::Kind::Enqueue(pb::Enqueue {
+                qos: 9,
+                message: None,
+                ..Default::default()
+            })),
+        };
+        assert!(command_from(bad).is_err());
+        let voter_without_node = pb::Membership {
+            configs: vec![pb::NodeIdSet { ids: vec![1, 2] }],
+            nodes: [(1, pb::Node { addr: "a".into() })].into(),
+        };
+        assert!(membership_from(Some(voter_without_node)).is_err());
+    }
+}

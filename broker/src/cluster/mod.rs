@@ -1,0 +1,191 @@
+//! The cluster: one Raft group (openraft) over gRPC (tonic) that owns the
+//! broker's replicated state on disk.
+//!
+//! A single node is a one-member group: `raftmq serve` keeps retained
+//! messages and persistent sessions across restarts with no extra setup.
+//! Bootstrap rule (DESIGN.md): node 1 initialises a new cluster when its
+//! store is empty; every other node waits to be added through `Admin`.
+
+#![allow(clippy::result_large_err)]
+// openraft's error types (StorageError, RPCError) are large by design and
+// its traits require them; boxing ours would not shrink openraft's.
+
+pub mod cli;
+mod convert;
+pub mod log_file;
+mod log_store;
+pub mod metrics;
+mod network;
+mod seam;
+mod service;
+mod state_machine;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+use raftmq_proto::v1::admin_server::AdminServer;
+use raftmq_proto::v1::raft_server::RaftServer;
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::config::Config;
+
+pub use metrics::RaftStats;
+pub use seam::RaftSeam;
+pub use state_machine::Applied;
+pub use types::Raft;
+
+/// A started cluster node; [`Cluster::attach`] connects it to the engine.
+pub struct Cluster {
+    pub raft: Raft,
+    pub seam: Arc<RaftSeam>,
+    pub stats: RaftStats,
+    pub node_id: u64,
+    pub grpc_addr: std::net::SocketAddr,
+    applied: Option<mpsc::UnboundedReceiver<Applied>>,
+}
+
+/// The address peers use for this node: configured, or `HOSTNAME:port`.
+fn advertise(config: &Config) -> String {
+    if !config.cluster.advertise.is_empty() {
+        return config.cluster.advertise.clone();
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into());
+    format!("{host}:{}", config.cluster.bind.port())
+}
+
+impl Cluster {
+    /// Opens the node's log and snapshot under the data dir, replays what
+    /// was committed, serves gRPC, and bootstraps a new cluster on node 1.
+    pub async fn start(config: &Config, node_id: u64) -> anyhow::Result<Cluster> {
+        let c = &config.cluster;
+        let dir = config.data_dir.join("raft");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let raft_config = openraft::Config {
+            cluster_name: "raftmq".into(),
+            heartbeat_interval: c.heartbeat_ms,
+            election_timeout_min: c.election_timeout_ms,
+            election_timeout_max: c.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
+            max_in_snapshot_log_to_keep: c.keep_logs,
+            snapshot_max_chunk_size: c.snapshot_chunk_bytes,
+            ..Default::default()
+        }
+        .validate()
+        .context("cluster timing settings")?;
+
+        let stats = RaftStats::default();
+        let log = log_store::LogStore::open(&dir.join("log")).context("raft log")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let machine =
+            state_machine::StateMachine::open(node_id, &dir.join("snapshot"), tx, stats.clone())
+                .context("raft snapshot")?;
+        let net = network::Network::default();
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            net.clone(),
+            log,
+            machine.clone(),
+        )
+        .await
+        .context("raft start")?;
+
+        let listener = tokio::net::TcpListener::bind(c.bind)
+            .await
+            .with_context(|| format!("cluster gRPC: cannot bind {}", c.bind))?;
+        let grpc_addr = listener.local_addr()?;
+        let raft_svc = RaftServer::new(service::RaftService { raft: raft.clone() })
+            .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
+        let admin_svc = AdminServer::new(service::AdminService { raft: raft.clone() });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(raft_svc)
+                .add_service(admin_svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!("cluster gRPC server stopped: {e}");
+            }
+        });
+        tracing::info!(node_id, addr = %grpc_addr, "cluster gRPC listening");
+
+        if node_id == 1 && !raft.is_initialized().await? {
+            let addr = advertise(config);
+            tracing::info!(%addr, "empty store on node 1: initialising a new cluster");
+            raft.initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
+                .await
+                .context("raft initialise")?;
+        }
+
+        let seam = Arc::new(RaftSeam::start(raft.clone(), node_id, net, machine));
+        Ok(Cluster {
+            raft,
+            seam,
+            stats,
+            node_id,
+            grpc_addr,
+            applied: Some(rx),
+        })
+    }
+
+    /// Rebuilds the engine from the replicated state, then keeps it in step
+    /// with what other nodes commit and with the leader's presence.
+    pub fn attach(&mut self, broker: &Arc<Broker>) -> anyhow::Result<()> {
+        self.stats
+            .register(&broker.stats.registry)
+            .context("raft metrics")?;
+        let Some(mut applied) = self.applied.take() else {
+            anyhow::bail!("cluster already attached");
+        };
+        // What was replayed at start is in the snapshot below; the queued
+        // notifications about it are stale.
+        while applied.try_recv().is_ok() {}
+        broker.restore(crate::state::StateSeam::snapshot(self.seam.as_ref()));
+        {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                while let Some(a) = applied.recv().await {
+                    match a {
+                        Applied::Remote(commands) => broker.apply_remote(&commands),
+                        Applied::Reset(state) => broker.restore(*state),
+                    }
+                }
+            });
+        }
+        let mut metrics = self.raft.metrics();
+        let stats = self.stats.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            loop {
+                let has_leader = {
+                    let m = metrics.borrow_and_update();
+                    stats.observe(&m);
+                    m.current_leader.is_some()
+                };
+                broker.has_leader.store(has_leader, Ordering::Release);
+                // Lag gauges move without a metrics change; refresh anyway.
+                let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+                if metrics.has_changed().is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}

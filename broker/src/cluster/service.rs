@@ -1,0 +1,323 @@
+//! The gRPC services a node serves: `Raft` (openraft's RPCs and forwarded
+//! proposals) and `Admin` (status and membership).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use raftmq_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::types::{Batch, NodeId, Raft};
+
+fn bad_request(e: convert::Invalid) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// openraft refused: this node cannot take part right now (shutting down,
+/// storage failure); the peer retries later.
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+pub struct RaftService {
+    pub raft: Raft,
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let r = req.into_inner();
+        let rpc = openraft::raft::AppendEntriesRequest {
+            vote: convert::vote_from(r.vote).map_err(bad_request)?,
+            prev_log_id: convert::opt_log_id_from(r.prev_log_id),
+            entries: r
+                .entries
+                .into_iter()
+                .map(convert::entry_from)
+                .collect::<Result<_, _>>()
+                .map_err(bad_request)?,
+            leader_commit: convert::opt_log_id_from(r.leader_commit),
+        };
+        let resp = self.raft.append_entries(rpc).await.map_err(unavailable)?;
+        use openraft::raft::AppendEntriesResponse as A;
+        use pb::append_entries_response::Result as R;
+        let result = match resp {
+            A::Success => R::Success(pb::Empty {}),
+            A::PartialSuccess(m) => R::PartialSuccess(pb::PartialSuccess {
+                matching: convert::opt_log_id_to(&m),
+            }),
+            A::Conflict => R::Conflict(pb::Empty {}),
+            A::HigherVote(v) => R::HigherVote(convert::vote_to(&v)),
+        };
+        Ok(Response::new(pb::AppendEntriesResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn vote(
+        &self,
+        req: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let r = req.into_inner();
+        let rpc = openraft::raft::VoteRequest {
+            vote: convert::vote_from(r.vote).map_err(bad_request)?,
+            last_log_id: convert::opt_log_id_from(r.last_log_id),
+        };
+        let resp = self.raft.vote(rpc).await.map_err(unavailable)?;
+        Ok(Response::new(pb::VoteResponse {
+            vote: Some(convert::vote_to(&resp.vote)),
+            vote_granted: resp.vote_granted,
+            last_log_id: convert::opt_log_id_to(&resp.last_log_id),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let rpc = openraft::raft::InstallSnapshotRequest {
+            vote: convert::vote_from(r.vote).map_err(bad_request)?,
+            meta: convert::snapshot_meta_from(r.meta).map_err(bad_request)?,
+            offset: r.offset,
+            data: r.data.to_vec(),
+            done: r.done,
+        };
+        let resp = self.raft.install_snapshot(rpc).await.map_err(unavailable)?;
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            vote: Some(convert::vote_to(&resp.vote)),
+        }))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let batch = Batch(req.into_inner().batch);
+        // The proposer's origin and commands are checked when applied; a
+        // batch that does not decode is refused here so it never reaches
+        // the log.
+        let (origin, _) = convert::batch_from(&batch).map_err(bad_request)?;
+        // A node removed from the cluster may not know it yet; its writes
+        // must not commit any more.
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&origin)
+            .is_some();
+        if !member {
+            return Ok(Response::new(pb::ProposeResponse {
+                error: format!("node {origin} is not a member of the cluster"),
+                leader_hint: None,
+            }));
+        }
+        let resp = match self.raft.client_write(batch).await {
+            Ok(_) => pb::ProposeResponse::default(),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => pb::ProposeResponse {
+                error: "not the leader".into(),
+                leader_hint: f.leader_id,
+            },
+            Err(e) => pb::ProposeResponse {
+                error: e.to_string(),
+                leader_hint: None,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+}
+
+pub struct AdminService {
+    pub raft: Raft,
+}
+
+/// A membership call made on a follower names the leader, so that the
+/// caller (the CLI, the operator) can go there.
+fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Status::failed_precondition(format!(
+                "not the leader; leader is {}",
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(n)) => format!("node {id} at {}", n.addr),
+                    _ => "unknown".to_string(),
+                }
+            ))
+        }
+        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
+        RaftError::Fatal(e) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn ok(message: impl Into<String>) -> Result<Response<pb::AdminResponse>, Status> {
+    Ok(Response::new(pb::AdminResponse {
+        message: message.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, n)| pb::NodeStatus {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index),
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(pb::StatusResponse {
+            node_id: m.id,
+            state: state.into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed_index: m.last_applied.map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
+            nodes,
+            snapshot_index: m.snapshot.map(|l| l.index),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 || r.addr.is_empty() {
+            return Err(Status::invalid_argument("node_id and addr are required"));
+        }
+        self.raft
+            .add_learner(r.node_id, BasicNode::new(&r.addr), true)
+            .await
+            .map_err(write_err)?;
+        ok(format!(
+            "node {} at {} added as a learner and caught up",
+            r.node_id, r.addr
+        ))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("at least one voter is required"));
+        }
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+            .await
+            .map_err(write_err)?;
+        ok(format!("voters are now {voters:?}"))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let id = req.into_inner().node_id;
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            let rest: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            if rest.is_empty() {
+                return Err(Status::failed_precondition("cannot remove the last voter"));
+            }
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(rest), false)
+                .await
+                .map_err(write_err)?;
+        } else if membership.get_node(&id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_err)?;
+        } else {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        ok(format!("node {id} removed"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let target = req.into_inner().node_id;
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(target) {
+            return ok(format!("node {target} already leads"));
+        }
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&target)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Status::not_found(format!("node {target} is not a member")))?;
+        // openraft 0.9 has no leader transfer: the target starts an
+        // election, which it wins if its log is up to date.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        pb::admin_client::AdminClient::new(channel)
+            .elect(pb::Empty {})
+            .await?;
+        let mut watch = self.raft.metrics();
+        let moved = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if watch.borrow().current_leader == Some(target) {
+                    return;
+                }
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(()) => ok(format!("node {target} leads")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "node {target} did not win an election"
+            ))),
+        }
+    }
+
+    async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
+        self.raft.trigger().elect().await.map_err(unavailable)?;
+        ok("election started")
+    }
+}

@@ -1,0 +1,277 @@
+//! openraft's state machine: the broker's [`ReplicatedState`], rebuilt from
+//! the last snapshot plus the log on start, and snapshotted to one file.
+//!
+//! Applied batches proposed by *other* nodes are handed to the local engine
+//! (its proposer already holds their effect), so that every node serves
+//! retained messages from its own memory.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
+};
+use parking_lot::Mutex;
+use prost::Message as _;
+use raftmq_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use super::convert;
+use super::metrics::RaftStats;
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::state::{Command, ReplicatedState};
+
+/// What the engine must learn from the replicated log.
+#[derive(Debug)]
+pub enum Applied {
+    /// Commands another node proposed, in log order.
+    Remote(Vec<Command>),
+    /// A snapshot from the leader replaced the whole state.
+    Reset(Box<ReplicatedState>),
+}
+
+#[derive(Default)]
+struct Inner {
+    state: ReplicatedState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// The last snapshot built or installed: (meta, encoded bytes).
+    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    node_id: u64,
+    dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    applied: mpsc::UnboundedSender<Applied>,
+    stats: RaftStats,
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(e)),
+    }
+}
+
+/// The snapshot file: `[u32 LE meta length][meta][state]`.
+fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let meta = convert::snapshot_meta_to(meta).encode_to_vec();
+    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(data);
+    out
+}
+
+fn decode_file(raw: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    let len = raw
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or("snapshot file too short")? as usize;
+    let meta = raw.get(4..4 + len).ok_or("snapshot meta truncated")?;
+    let meta = pb::SnapshotMeta::decode(meta).map_err(|e| e.to_string())?;
+    let meta = convert::snapshot_meta_from(Some(meta)).map_err(|e| e.to_string())?;
+    Ok((meta, raw[4 + len..].to_vec()))
+}
+
+fn decode_state(data: &[u8]) -> Result<ReplicatedState, String> {
+    let s = pb::StateSnapshot::decode(data).map_err(|e| e.to_string())?;
+    convert::state_from(s).map_err(|e| e.to_string())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the
+/// new file, never half of one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl StateMachine {
+    /// Loads the last snapshot in `dir`, if any. Log entries after it are
+    /// re-applied by openraft when the node starts.
+    pub fn open(
+        node_id: u64,
+        dir: &Path,
+        applied: mpsc::UnboundedSender<Applied>,
+        stats: RaftStats,
+    ) -> anyhow::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let mut inner = Inner::default();
+        let path = dir.join("snapshot.bin");
+        if path.exists() {
+            let raw = std::fs::read(&path)?;
+            let (meta, data) =
+                decode_file(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            inner.state =
+                decode_state(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta, Arc::new(data)));
+        }
+        Ok(StateMachine {
+            node_id,
+            dir: dir.to_path_buf(),
+            inner: Arc::new(Mutex::new(inner)),
+            applied,
+            stats,
+        })
+    }
+
+    /// A copy of the replicated state.
+    pub fn state(&self) -> ReplicatedState {
+        self.inner.lock().state.clone()
+    }
+
+    fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        write_atomic(&self.dir.join("snapshot.bin"), &encode_file(meta, data))
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let inner = self.inner.lock();
+            let data = convert::state_to(&inner.state).encode_to_vec();
+            let id = match &inner.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+                None => format!("0-0-{}", rand::random::<u32>()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, data)
+        };
+        self.save(&meta, &data)?;
+        self.stats.snapshot_built(data.len());
+        let data = Arc::new(data);
+        self.inner.lock().snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let inner = self.inner.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let mut inner = self.inner.lock();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => {
+                    // A batch that does not decode was written by a broken
+                    // proposer; applying nothing keeps every node equal.
+                    match convert::batch_from(&batch) {
+                        Ok((origin, commands)) => {
+                            for c in &commands {
+                                inner.state.apply(c);
+                            }
+                            if origin != self.node_id {
+                                // The engine may be gone at shutdown.
+                                let _ = self.applied.send(Applied::Remote(commands));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(index = entry.log_id.index, "raft entry skipped: {e}")
+                        }
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                }
+            }
+            out.push(());
+        }
+        drop(inner);
+        self.stats
+            .apply_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = decode_state(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.save(meta, &data)?;
+        self.stats.snapshot_installed(data.len());
+        {
+            let mut inner = self.inner.lock();
+            inner.state = state.clone();
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta.clone(), Arc::new(data)));
+        }
+        let _ = self.applied.send(Applied::Reset(Box::new(state)));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let inner = self.inner.lock();
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_file_round_trip_and_garbage() {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "x".into(),
+        };
+        let raw = encode_file(&meta, b"state");
+        let (m, d) = decode_file(&raw).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(d, b"state");
+        assert!(decode_file(&raw[..6]).is_err());
+        assert!(decode_file(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
+    }
+}
