@@ -3,6 +3,7 @@
 //! throughput figure always comes with its loss.
 
 mod client;
+mod commit;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,16 @@ enum Scenario {
         /// QoS 1: unacknowledged publishes a publisher keeps in flight.
         #[arg(long, default_value_t = 100)]
         window: u16,
+    },
+    /// W writers, each publishing QoS 1 retained messages one at a time:
+    /// replicated commits per second and their latency.
+    Commit {
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
     },
     /// One publisher -> S subscribers on the same topic.
     FanOut {
@@ -99,49 +110,56 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let outcome = rt.block_on(async {
         match cli.scenario {
+            Scenario::Commit {
+                writers,
+                seconds,
+                payload,
+            } => commit::run(cli.addr, writers, seconds, payload)
+                .await
+                .map(|()| None),
             Scenario::FanIn {
                 publishers,
                 messages,
                 qos: q,
                 payload,
                 window,
-            } => {
-                run(
-                    cli.addr,
-                    "fan-in",
-                    publishers,
-                    1,
-                    messages,
-                    qos(q)?,
-                    payload,
-                    window,
-                    cli.idle_timeout,
-                )
-                .await
-            }
+            } => run(
+                cli.addr,
+                "fan-in",
+                publishers,
+                1,
+                messages,
+                qos(q)?,
+                payload,
+                window,
+                cli.idle_timeout,
+            )
+            .await
+            .map(Some),
             Scenario::FanOut {
                 subscribers,
                 messages,
                 qos: q,
                 payload,
                 window,
-            } => {
-                run(
-                    cli.addr,
-                    "fan-out",
-                    1,
-                    subscribers,
-                    messages,
-                    qos(q)?,
-                    payload,
-                    window,
-                    cli.idle_timeout,
-                )
-                .await
-            }
+            } => run(
+                cli.addr,
+                "fan-out",
+                1,
+                subscribers,
+                messages,
+                qos(q)?,
+                payload,
+                window,
+                cli.idle_timeout,
+            )
+            .await
+            .map(Some),
         }
     })?;
-    outcome.print();
+    if let Some(o) = outcome {
+        o.print();
+    }
     Ok(())
 }
 
