@@ -255,3 +255,27 @@ fn a_torn_log_tail_is_discarded_and_the_node_catches_up() {
     assert!(eventually_retained(&nodes[2], "t/1", b"1"));
     assert!(eventually_retained(&nodes[2], "t/2", b"2"));
 }
+
+#[test]
+fn a_single_node_keeps_its_state_across_kill_9() {
+    let mut b = Broker::start(raftmq_e2e::BrokerConfig::new());
+    retain(&b, "solo/r", b"kept");
+    let (mut sub, _) = RawClient::open(b.tcp_addr(), raw::connect(Protocol::V311, "solo", false));
+    sub.subscribe(1, "solo/q", QoS::ExactlyOnce);
+    sub.disconnect();
+    let (mut p, _) = RawClient::open(b.tcp_addr(), raw::connect(Protocol::V5, "solo-pub", true));
+    for i in 0..3u8 {
+        assert!(p.publish_qos1("solo/q", &[i], false, 1 + u16::from(i)) < 0x80);
+    }
+    p.disconnect();
+    b.restart();
+    assert_eq!(retained_at(&b, "solo/r").as_deref(), Some(&b"kept"[..]));
+    let (mut sub, ack) = RawClient::open(b.tcp_addr(), raw::connect(Protocol::V311, "solo", false));
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while let Some(m) = sub.next_publish(Duration::from_secs(3)) {
+        got.push(m.payload[0]);
+        sub.ack(&m);
+    }
+    assert_eq!(got, vec![0, 1, 2]);
+}
