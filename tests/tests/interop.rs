@@ -369,17 +369,43 @@ fn mosquitto_retained_set_and_clear() {
         true,
         &["-i", "p3", "-q", "1", "-r", "-t", "ret/b", "-m", "other"],
     );
-    let (code, out, err) = run(
-        Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &b.ports.tcp.to_string()])
-            .args(["-V", "mqttv311", "-i", "after", "-q", "1"])
-            .args(["-t", "ret/a", "-t", "ret/b", "-W", "3"])
-            .args(fmt),
-        T,
+    // The retained copies are sent at subscribe time, so a live publish
+    // made after the SUBACK comes after them: the subscriber must print
+    // the retained ret/b and then the live one, and never ret/a.
+    let mut after = mosq_sub(
+        &b,
+        false,
+        &[
+            "-i",
+            "after",
+            "-q",
+            "1",
+            "-t",
+            "ret/a",
+            "-t",
+            "ret/b",
+            "-C",
+            "2",
+            "-W",
+            "40",
+            "-F",
+            "%r %q %t %p",
+        ],
     );
-    // 27: mosquitto_sub's exit code for -W timing out.
-    assert_eq!(code, Some(27), "{out} {err}");
-    assert_eq!(out, "1 1 ret/b other\n");
+    wait_suback(&mut after);
+    mosq_pub(
+        &b,
+        false,
+        &["-i", "p4", "-q", "1", "-t", "ret/b", "-m", "live"],
+    );
+    let (code, lines, err) = after.finish(T);
+    assert_eq!(code, Some(0), "{lines:#?} {err}");
+    let got: Vec<&String> = lines.iter().filter(|l| l.contains(" ret/")).collect();
+    let got: Vec<&String> = got
+        .into_iter()
+        .filter(|l| !l.starts_with("Client "))
+        .collect();
+    assert_eq!(got, ["1 1 ret/b other", "0 1 ret/b live"], "{lines:#?}");
 }
 
 /// `mosquitto_sub` with a will, started and then killed by SIGKILL (the
