@@ -10,7 +10,8 @@
 //!   maximum packet size;
 //! - every decoded packet encodes (`encoded_len` agrees with `encode`) and
 //!   decodes back to an equal packet, consuming exactly the encoded bytes
-//!   (the round trip of `codec/tests.rs`);
+//!   (the round trip of `codec/tests.rs`), to the same bytes again, and
+//!   never to more bytes than the frame it came from;
 //! - feeding the same bytes in chunks gives the same packets and the same
 //!   error as feeding them at once.
 #![no_main]
@@ -33,7 +34,8 @@ fn protocol_of(b: u8) -> Option<Protocol> {
 /// What decoding a stream gave: the packets, then how it stopped.
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    packets: Vec<Packet>,
+    /// Each packet with the number of bytes its frame took.
+    packets: Vec<(Packet, usize)>,
     error: Option<DecodeError>,
 }
 
@@ -58,7 +60,7 @@ fn step(buf: &mut BytesMut, protocol: &mut Option<Protocol>, max: u32, out: &mut
                         *protocol = Some(c.protocol);
                     }
                 }
-                out.packets.push(p);
+                out.packets.push((p, used));
             }
             Err(e) => {
                 let _ = e.reason_code();
@@ -72,7 +74,7 @@ fn step(buf: &mut BytesMut, protocol: &mut Option<Protocol>, max: u32, out: &mut
 
 /// The round trip of `codec/tests.rs`: encode as the connection's protocol
 /// (a CONNECT as its own), decode again (no size limit), get the same.
-fn round_trip(p: &Packet, protocol: Protocol) {
+fn round_trip(p: &Packet, protocol: Protocol, used: usize) {
     let protocol = match p {
         Packet::Connect(c) => c.protocol,
         _ => protocol,
@@ -83,6 +85,14 @@ fn round_trip(p: &Packet, protocol: Protocol) {
     }
     assert_eq!(buf.len(), encoded_len(p, protocol), "encoded_len disagrees");
     let wire = buf.clone();
+    // The encoding is canonical (shortest forms, minimal lengths): never
+    // longer than the frame it was decoded from.
+    assert!(
+        wire.len() <= used,
+        "{} byte frame re-encodes to {} bytes: {p:?}",
+        used,
+        wire.len()
+    );
     let decoder_protocol = match p {
         Packet::Connect(_) => None,
         _ => Some(protocol),
@@ -118,9 +128,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Round trip, in the protocol the connection had when each arrived.
     let mut protocol = start;
-    for p in &whole.packets {
+    for (p, used) in &whole.packets {
         let current = protocol.unwrap_or(Protocol::V5);
-        round_trip(p, current);
+        round_trip(p, current, *used);
         if let Packet::Connect(c) = p {
             if protocol.is_none() {
                 protocol = Some(c.protocol);
