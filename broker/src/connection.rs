@@ -255,14 +255,14 @@ impl Connection {
             // Slow down guessing: every failure costs the guesser time.
             let delay = broker.config.auth.auth_fail_delay_ms;
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let (v5_code, v3_code) = if login == Login::BadCredentials {
-                (
-                    reason::BAD_USERNAME_OR_PASSWORD,
-                    reason::v3::BAD_USERNAME_OR_PASSWORD,
-                )
+            // 3.1.1 gets 5 (not authorized) either way, as from mosquitto:
+            // clients and scripts written against it expect that code.
+            let v5_code = if login == Login::BadCredentials {
+                reason::BAD_USERNAME_OR_PASSWORD
             } else {
-                (reason::NOT_AUTHORIZED, reason::v3::NOT_AUTHORIZED)
+                reason::NOT_AUTHORIZED
             };
+            let v3_code = reason::v3::NOT_AUTHORIZED;
             refuse(wbuf, v5_code, v3_code, "not authorized");
             return None;
         }
