@@ -56,6 +56,9 @@ pub fn free_port() -> u16 {
 pub struct BrokerConfig {
     toml: String,
     env: Vec<(String, String)>,
+    /// Written as the top-level `sys_interval` key; 0 (no `$SYS`) unless a
+    /// test asks for it with [`BrokerConfig::sys_interval`].
+    sys_interval: u64,
 }
 
 impl Default for BrokerConfig {
@@ -70,8 +73,14 @@ impl BrokerConfig {
         BrokerConfig {
             toml: String::new(),
             env: Vec::new(),
+            sys_interval: 0,
         }
-        .top("sys_interval = 0")
+    }
+
+    /// Seconds between `$SYS` updates (the harness default is 0: off).
+    pub fn sys_interval(mut self, seconds: u64) -> Self {
+        self.sys_interval = seconds;
+        self
     }
 
     /// Adds top-level keys (before any table).
@@ -136,8 +145,8 @@ impl Broker {
         };
         let d = dir.path().display().to_string();
         let mut text = format!(
-            "data_dir = \"{d}/data\"\n{}\n[http]\nbind = \"127.0.0.1:{{http}}\"\n",
-            config.toml
+            "data_dir = \"{d}/data\"\nsys_interval = {}\n{}\n[http]\nbind = \"127.0.0.1:{{http}}\"\n",
+            config.sys_interval, config.toml
         );
         if !text.contains("[[listeners]]") {
             text.push_str("\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{tcp}\"\n");
