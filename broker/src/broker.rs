@@ -4,23 +4,28 @@
 //! Lock order, everywhere: `sessions` map, then the topic tree, then one
 //! session cell. Nothing takes them the other way round.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 use crate::auth::Auth;
+use crate::cluster_view::ClusterView;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::config::Config;
-use crate::message::{ForwardedProperties, Message};
 use crate::retained::RetainedStore;
+use crate::router::Forward;
 use crate::session::{Session, SessionLimits};
-use crate::state::{Command, StateSeam};
+use crate::state::{Command, PersistedSession, StateError, StateSeam, Will};
 use crate::stats::Stats;
 use crate::topic_tree::{TopicLimits, TopicTree};
+
+/// How long a CONNECT waits for its claim of the client id to commit
+/// before the client is told the server is unavailable.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A session as the rest of the broker holds it.
 pub struct SessionCell {
@@ -76,6 +81,24 @@ pub struct SessionRequest {
     pub receive_maximum: u16,
 }
 
+/// A connection's claim of its client id (see [`Broker::claim`]).
+pub struct Claim {
+    pub client_id: ByteStr,
+    pub clean_start: bool,
+    /// The session outlives the connection (expiry > 0).
+    pub persistent: bool,
+    /// Names this connection in the log (its will is cleared or fired by
+    /// this name only).
+    pub nonce: u64,
+    pub will: Option<Will>,
+}
+
+/// A connection's will and the claim that registered it.
+pub struct WillHandle {
+    pub will: LastWill,
+    pub nonce: u64,
+}
+
 /// How a connection ended, for will handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
@@ -103,6 +126,26 @@ pub struct Broker {
     pub ready: AtomicBool,
     /// Whether the Raft group has a leader (always, without a cluster).
     pub has_leader: AtomicBool,
+    /// What this node knows of the other nodes (routes, sessions, wills).
+    pub(crate) view: RwLock<ClusterView>,
+    /// `view.has_remote()`, cached for the router's fast path: a single
+    /// node never reads the view.
+    pub(crate) remote: AtomicBool,
+    /// Sequence numbers of copies this node creates: its id in the top 16
+    /// bits, so that every node can number copies for any session.
+    next_seq: AtomicU64,
+    /// CONNECTs waiting for their claim to be committed, by client id.
+    claims: Mutex<HashMap<ByteStr, (u64, oneshot::Sender<()>)>>,
+    /// Local subscriptions per filter as written: a route is announced
+    /// when the first one comes and withdrawn when the last one goes.
+    pub(crate) local_routes: Mutex<HashMap<ByteStr, usize>>,
+    /// Sends publishes to other nodes (set when the cluster starts).
+    pub(crate) forwarder: OnceLock<Arc<dyn Forward>>,
+    /// The log index the indexes were last rebuilt at; committed events at
+    /// or below it are already in.
+    pub(crate) restored_index: AtomicU64,
+    /// Nodes the leader's liveness probe finds unreachable.
+    pub(crate) down_nodes: Mutex<HashSet<u64>>,
 }
 
 impl Broker {
@@ -136,7 +179,138 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             has_leader: AtomicBool::new(true),
+            view: RwLock::new(ClusterView::new(node_id)),
+            remote: AtomicBool::new(false),
+            next_seq: AtomicU64::new(seq_base(node_id)),
+            claims: Mutex::new(HashMap::new()),
+            local_routes: Mutex::new(HashMap::new()),
+            forwarder: OnceLock::new(),
+            restored_index: AtomicU64::new(0),
+            down_nodes: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A sequence number for a new copy, unique in the cluster.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes sure new sequence numbers are above `seq` (one of ours found
+    /// in the replicated state).
+    pub(crate) fn seq_seen(&self, seq: u64) {
+        if seq >> SEQ_NODE_SHIFT == self.node_id {
+            self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Claims `claim.client_id` for this node through the replicated log.
+    /// A persistent session, or one to be resumed that lives on another
+    /// node, waits until the claim is committed and the session's state has
+    /// moved here; a clean session goes on at once (the claim then only
+    /// closes a connection with the same id elsewhere). An error means the
+    /// client must be refused: the cluster cannot serve its session now.
+    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), StateError> {
+        let client_id = claim.client_id.clone();
+        let command = Command::ClaimClient {
+            client_id: client_id.clone(),
+            node: self.node_id,
+            nonce: claim.nonce,
+            clean_start: claim.clean_start,
+            will: claim.will,
+        };
+        let local = self.sessions.lock().contains_key(&client_id);
+        let wait_state = self.seam.follows_log() && !claim.clean_start && !local;
+        if !wait_state {
+            let ticket = self.seam.submit(vec![command]);
+            if !claim.persistent {
+                return Ok(());
+            }
+            return match tokio::time::timeout(CLAIM_TIMEOUT, ticket.wait()).await {
+                Ok(r) => r,
+                Err(_) => Err(StateError::Unavailable(
+                    "claim not committed in time".into(),
+                )),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        self.claims
+            .lock()
+            .insert(client_id.clone(), (claim.nonce, tx));
+        let ticket = self.seam.submit(vec![command]);
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
+            // The commit can fail before the claim is ever applied here.
+            let committed = ticket.wait();
+            tokio::pin!(committed);
+            let mut rx = rx;
+            tokio::select! {
+                state = &mut rx => return state.map_err(|_| StateError::Unavailable("claim superseded".into())),
+                r = &mut committed => r?,
+            }
+            rx.await
+                .map_err(|_| StateError::Unavailable("claim superseded".into()))
+        })
+        .await;
+        let state = match claimed {
+            Ok(r) => r,
+            Err(_) => Err(StateError::Unavailable("claim not applied in time".into())),
+        };
+        if state.is_err() {
+            let mut claims = self.claims.lock();
+            if claims
+                .get(&client_id)
+                .is_some_and(|(n, _)| *n == claim.nonce)
+            {
+                claims.remove(&client_id);
+            }
+        }
+        state
+    }
+
+    /// A claim of `client_id` by this node is committed; `session` is the
+    /// replicated session as of that point of the log. It is installed here
+    /// and now, in log order, so that copies committed after the claim find
+    /// it; then the waiting CONNECT (connection `nonce`) goes on.
+    pub(crate) fn claimed(
+        &self,
+        client_id: &ByteStr,
+        nonce: u64,
+        session: Option<PersistedSession>,
+    ) {
+        if let Some(persisted) = session {
+            if !self.sessions.lock().contains_key(client_id) {
+                self.install_session(client_id.clone(), persisted);
+            }
+        }
+        let mut claims = self.claims.lock();
+        if claims.get(client_id).is_some_and(|(n, _)| *n == nonce) {
+            if let Some((_, tx)) = claims.remove(client_id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Another node has claimed `client_id`: its connection here (if any)
+    /// is closed with 0x8E and the session leaves this node. Nothing is
+    /// ended in the replicated state: the session lives on over there.
+    pub(crate) fn release(self: &Arc<Self>, client_id: &ByteStr) {
+        let mut sessions = self.sessions.lock();
+        let Some(cell) = sessions.remove(client_id) else {
+            return;
+        };
+        if cell.kick(reason::SESSION_TAKEN_OVER) {
+            tracing::debug!(%client_id, "session taken over by another node");
+        }
+        let filters = {
+            let mut s = cell.session.lock();
+            if let Some(id) = s.conn_id() {
+                s.detach(id);
+            }
+            s.subscriptions.keys().cloned().collect::<Vec<_>>()
+        };
+        cell.connected.store(false, Ordering::Release);
+        drop(sessions);
+        let commands = self.remove_from_tree(client_id, &filters);
+        self.submit(commands);
     }
 
     pub fn session_count(&self) -> usize {
@@ -196,10 +370,7 @@ impl Broker {
     /// already bound to it is told to leave with 0x8E.
     pub fn open_session(&self, req: SessionRequest, now: Instant) -> OpenedSession {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let mut commands = vec![Command::ClaimClient {
-            client_id: req.client_id.clone(),
-            node: self.node_id,
-        }];
+        let mut commands = Vec::new();
         let mut sessions = self.sessions.lock();
         let existing = sessions.get(&req.client_id).cloned();
         if let Some(old) = &existing {
@@ -239,11 +410,7 @@ impl Broker {
                     old.connected.store(false, Ordering::Release);
                     self.end_session_locked(&mut sessions, &old, &mut commands);
                 }
-                let cell = SessionCell::new(Session::new(
-                    req.client_id.clone(),
-                    req.expiry,
-                    self.session_limits,
-                ));
+                let cell = SessionCell::new(self.new_session(req.client_id.clone(), req.expiry));
                 if req.expiry > 0 {
                     commands.push(Command::SessionCreate {
                         client_id: req.client_id.clone(),
@@ -272,6 +439,13 @@ impl Broker {
         }
     }
 
+    /// An empty session as this broker makes them.
+    pub(crate) fn new_session(&self, client_id: ByteStr, expiry: u32) -> Session {
+        let mut s = Session::new(client_id, expiry, self.session_limits);
+        s.derive_packet_ids = true;
+        s
+    }
+
     /// Removes `cell`'s subscriptions and forgets it. Caller holds the map.
     fn end_session_locked(
         &self,
@@ -292,12 +466,17 @@ impl Broker {
                 s.is_persistent(),
             )
         };
-        self.remove_from_tree(&cell.client_id, &filters);
-        if persistent {
-            commands.push(Command::SessionEnd {
+        commands.extend(self.remove_from_tree(&cell.client_id, &filters));
+        commands.push(if persistent {
+            Command::SessionEnd {
                 client_id: cell.client_id.clone(),
-            });
-        }
+            }
+        } else {
+            Command::Unclaim {
+                client_id: cell.client_id.clone(),
+                node: self.node_id,
+            }
+        });
     }
 
     /// The connection `conn_id` of `cell` has ended.
@@ -306,7 +485,7 @@ impl Broker {
         cell: &Arc<SessionCell>,
         conn_id: u64,
         departure: Departure,
-        will: Option<LastWill>,
+        will: Option<WillHandle>,
     ) {
         let now = Instant::now();
         let (handed_over, expiry, generation, ours) = {
@@ -324,10 +503,18 @@ impl Broker {
         };
         self.hand_over(handed_over, &cell.client_id, now);
 
-        if let Some(will) = will.filter(|_| departure != Departure::Clean) {
+        if let Some(WillHandle { will, nonce }) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || expiry == 0 {
-                self.publish_will(&will, &cell.client_id, now);
+            if departure == Departure::Clean {
+                self.clear_will(&cell.client_id, nonce);
+            } else if departure == Departure::TakenOver && (delay == 0 || expiry == 0) {
+                // The new connection's claim replaced the will in the log:
+                // this node alone still has it.
+                self.publish_will(Will::from_last_will(&will, &cell.client_id), now);
+            } else if delay == 0 || expiry == 0 {
+                self.fire_will(&cell.client_id, nonce, || {
+                    Will::from_last_will(&will, &cell.client_id)
+                });
             } else if departure == Departure::Unclean && ours {
                 // Sent when the delay or the session ends, whichever is
                 // first, unless the client comes back before.
@@ -338,7 +525,9 @@ impl Broker {
                     tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
                     let back = cell.session.lock().generation != generation;
                     if !back {
-                        broker.publish_will(&will, &cell.client_id, Instant::now());
+                        broker.fire_will(&cell.client_id, nonce, || {
+                            Will::from_last_will(&will, &cell.client_id)
+                        });
                     }
                 });
             }
@@ -399,28 +588,6 @@ impl Broker {
         }]);
     }
 
-    fn publish_will(&self, will: &LastWill, client_id: &ByteStr, now: Instant) {
-        let message = Arc::new(Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            origin: client_id.clone(),
-            expires_at: will
-                .properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
-            properties: ForwardedProperties::from_properties(&will.properties),
-            received_at: now,
-        });
-        tracing::debug!(%client_id, topic = %will.topic, "publishing will");
-        if message.retain && self.config.mqtt.retain_available {
-            // The will is fire-and-forget: nobody waits on its commit.
-            drop(self.retain(message.clone()));
-        }
-        drop(self.publish(message));
-    }
-
     /// Hands `commands` to the seam without waiting for the commit (session
     /// bookkeeping that no client is waiting on).
     pub(crate) fn submit(&self, commands: Vec<Command>) {
@@ -428,4 +595,18 @@ impl Broker {
             drop(self.seam.submit(commands));
         }
     }
+}
+
+/// Sequence numbers: node id above this bit.
+const SEQ_NODE_SHIFT: u32 = 48;
+
+/// Where a node's sequence numbers start: its id on top, then a clock
+/// reading (so that a restarted node never reuses a number still owed in
+/// the log), raised by [`Broker::seq_seen`] past any found in the state.
+fn seq_base(node_id: u64) -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (node_id << SEQ_NODE_SHIFT) | ((ms * 64) & ((1 << SEQ_NODE_SHIFT) - 1))
 }

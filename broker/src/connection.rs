@@ -14,10 +14,10 @@ use tracing::Instrument;
 
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Login;
-use crate::broker::{Broker, Departure, SessionCell, SessionRequest};
+use crate::broker::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
 use crate::codec::{
-    self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
-    Protocol, PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
+    PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
@@ -36,6 +36,13 @@ pub struct ListenerInfo {
     /// the CONNECT username.
     pub use_identity_as_username: bool,
 }
+
+/// How long PUBRELs wait for their releases to commit before the
+/// connection gives up (the client resends PUBREC after reconnecting).
+const RELEASE_COMMIT_WAIT: Duration = Duration::from_secs(6);
+
+/// How long SUBACK waits for the cluster to learn of a subscription.
+const SUBSCRIBE_COMMIT_WAIT: Duration = Duration::from_secs(3);
 
 /// Why the main loop stopped.
 enum Exit {
@@ -182,7 +189,9 @@ struct Connection {
     client_alias_max: u16,
     /// Send reason strings (the client did not turn them off).
     problem_info: bool,
-    will: Option<LastWill>,
+    will: Option<WillHandle>,
+    /// Releases (QoS 2 past PUBREC) whose PUBREL waits for their commit.
+    releases: Vec<crate::state::Ticket>,
     /// The session ended at DISCONNECT was 0 at connect (MQTT 5 forbids
     /// raising it from 0 at DISCONNECT).
     connect_expiry: u32,
@@ -297,6 +306,30 @@ impl Connection {
         };
         let expiry = requested_expiry.min(cfg.max_session_expiry);
         let receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        // The id is claimed through the cluster first: a connection with it
+        // on another node is closed, and a session that lives there moves
+        // here. A persistent session cannot be served without the cluster.
+        let nonce = rand::random::<u64>();
+        let claim = Claim {
+            client_id: client_id.clone(),
+            clean_start: c.clean_start,
+            persistent: expiry > 0,
+            nonce,
+            will: c
+                .will
+                .as_ref()
+                .map(|w| crate::state::Will::from_last_will(w, &client_id)),
+        };
+        if let Err(e) = broker.claim(claim).await {
+            tracing::info!(%client_id, %peer, "CONNECT refused: {e}");
+            refuse(
+                wbuf,
+                reason::SERVER_UNAVAILABLE,
+                reason::v3::SERVER_UNAVAILABLE,
+                "the cluster cannot serve this session now",
+            );
+            return None;
+        }
         let opened = broker.open_session(
             SessionRequest {
                 client_id: client_id.clone(),
@@ -366,7 +399,8 @@ impl Connection {
             aliases_out: HashMap::new(),
             client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
-            will: c.will,
+            will: c.will.map(|will| WillHandle { will, nonce }),
+            releases: Vec::new(),
             connect_expiry: requested_expiry,
         })
     }
@@ -442,7 +476,7 @@ impl Connection {
             let packet =
                 match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size) {
                     Ok(Some(p)) => p,
-                    Ok(None) => return Ok(()),
+                    Ok(None) => return self.commit_releases().await,
                     Err(e) => {
                         self.broker.stats.protocol_errors.inc();
                         tracing::debug!("bad packet: {e}");
@@ -480,10 +514,12 @@ impl Connection {
                     }
                     PubRecOutcome::Released { seq } => {
                         if self.cell.session.lock().is_persistent() {
-                            self.broker.submit(vec![Command::Release {
-                                client_id: self.client_id.clone(),
-                                seq,
-                            }]);
+                            // PUBREL waits for this (see `handle_input`).
+                            self.releases
+                                .push(self.broker.seam.submit(vec![Command::Release {
+                                    client_id: self.client_id.clone(),
+                                    seq,
+                                }]));
                         }
                     }
                     PubRecOutcome::Ended { seq, expired } => {
@@ -507,7 +543,7 @@ impl Connection {
                 self.persist_acks(done.into_iter().chain(expired));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s, wbuf),
+            Packet::Subscribe(s) => self.on_subscribe(s, wbuf).await,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, wbuf),
             Packet::PingReq => {
                 self.write(wbuf, Packet::PingResp);
@@ -538,6 +574,24 @@ impl Connection {
                     "packet not allowed from a client",
                 ))
             }
+        }
+    }
+
+    /// A PUBREL for a persistent session goes out only once its release
+    /// is committed: a client forgets a QoS 2 message when it answers
+    /// PUBREL, so a node that resumes the session must know to send PUBREL
+    /// again, never the PUBLISH (which the client would take as new).
+    async fn commit_releases(&mut self) -> Flow {
+        if self.releases.is_empty() {
+            return Ok(());
+        }
+        let all = futures_util::future::join_all(self.releases.drain(..).map(|t| t.wait()));
+        match tokio::time::timeout(RELEASE_COMMIT_WAIT, all).await {
+            Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
+            _ => Err(Exit::Close(
+                reason::SERVER_UNAVAILABLE,
+                "QoS 2 release not committed",
+            )),
         }
     }
 
@@ -685,6 +739,13 @@ impl Connection {
             Ok(()) if routed.matched == 0 => reason::NO_MATCHING_SUBSCRIBERS,
             Ok(()) => reason::SUCCESS,
         };
+        if code >= 0x80 && !self.protocol.is_v5() {
+            // 3.1.1 has no failure acknowledgement: closing without one
+            // makes the client send the message again, which is the only
+            // honest answer when it may not have been stored.
+            self.cell.session.lock().end_inbound_qos2(p.packet_id);
+            return Err(Exit::Close(code, "publish not committed"));
+        }
         let code = if self.protocol.is_v5() {
             code
         } else {
@@ -702,13 +763,14 @@ impl Connection {
         Ok(())
     }
 
-    fn on_subscribe(&mut self, s: Subscribe, wbuf: &mut BytesMut) -> Flow {
+    async fn on_subscribe(&mut self, s: Subscribe, wbuf: &mut BytesMut) -> Flow {
         let cfg = &self.broker.config.mqtt;
         let v5 = self.protocol.is_v5();
         let identifier = s.properties.subscription_identifiers.first().copied();
         let max_subs = cfg.max_subscriptions_per_client;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut tickets = Vec::new();
         let now = Instant::now();
         for (raw, mut options) in s.filters {
             let parsed = match parse_filter(&raw, self.broker.topic_limits) {
@@ -757,9 +819,10 @@ impl Connection {
             if options.qos as u8 > cfg.max_qos {
                 options.qos = QoS::from_u8(cfg.max_qos).unwrap_or(QoS::AtMostOnce);
             }
-            let existed = self
+            let (existed, ticket) = self
                 .broker
                 .subscribe(&self.cell, &raw, &parsed, options, identifier);
+            tickets.extend(ticket);
             codes.push(options.qos as u8);
             let wanted = match options.retain_handling {
                 0 => true,
@@ -772,6 +835,24 @@ impl Connection {
                 if !messages.is_empty() {
                     retained.push((messages, options.qos));
                 }
+            }
+        }
+        // Other nodes route to this subscription once its route is
+        // committed: SUBACK waits for that, so that a publish made anywhere
+        // after SUBACK reaches it. Without a leader the subscription still
+        // serves this node's own publishers, so nobody waits for a quorum.
+        if !tickets.is_empty()
+            && self
+                .broker
+                .has_leader
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let all = futures_util::future::join_all(tickets.into_iter().map(|t| t.wait()));
+            if tokio::time::timeout(SUBSCRIBE_COMMIT_WAIT, all)
+                .await
+                .is_err()
+            {
+                tracing::debug!("subscription not committed in time; SUBACK anyway");
             }
         }
         self.write(
@@ -975,6 +1056,14 @@ impl Connection {
         } else {
             tracing::debug!("disconnected");
         }
+        // The session lets go of this connection before the client can see
+        // the socket close: what is published after that is queued for it,
+        // never handed to a connection that is going away.
+        self.broker.stats.disconnected();
+        self.listener.clients.dec();
+        let will = self.will.take();
+        self.broker
+            .close_session(&self.cell, self.conn_id, departure, will);
         if !wbuf.is_empty() {
             let bye = async {
                 stream.write_all(wbuf).await?;
@@ -983,11 +1072,6 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        self.broker.stats.disconnected();
-        self.listener.clients.dec();
-        let will = self.will.take();
-        self.broker
-            .close_session(&self.cell, self.conn_id, departure, will);
     }
 }
 

@@ -12,11 +12,11 @@ use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
 use crate::message::Message;
 use crate::session::Outgoing;
-use crate::state::{MemoryState, StateSeam};
+use crate::state::{Command, MemoryState, StateSeam};
 use crate::topic_tree::parse_filter;
 
 fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
-    let seam = Arc::new(MemoryState::default());
+    let seam = Arc::new(MemoryState::new(1));
     let b = Broker::new(
         Arc::new(Config::default()),
         1,
@@ -29,7 +29,15 @@ fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
     (b, seam)
 }
 
+/// What a CONNECT does: claim the id through the seam, then bind.
 fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
+    drop(b.seam.submit(vec![Command::ClaimClient {
+        client_id: ByteStr::from(id),
+        node: b.node_id,
+        nonce: 1,
+        clean_start: clean,
+        will: None,
+    }]));
     b.open_session(
         SessionRequest {
             client_id: ByteStr::from(id),
@@ -197,8 +205,16 @@ async fn persistent_sessions_resume_and_the_seam_tracks_owed_copies() {
 
     let again = open(&b, "p", false, 3600);
     assert!(again.session_present);
-    assert_eq!(drained(&again).len(), 3);
-    let (acked, _) = again.cell.session.lock().on_puback(1, Instant::now());
+    let out = again.cell.session.lock().take_outbox();
+    assert_eq!(out.len(), 3);
+    let Outgoing::Publish { packet_id, .. } = &out[0] else {
+        panic!("a PUBLISH first, not {:?}", out[0]);
+    };
+    let (acked, _) = again
+        .cell
+        .session
+        .lock()
+        .on_puback(*packet_id, Instant::now());
     assert!(acked.is_some());
 
     // A clean start ends the old session: subscriptions and owed copies go.

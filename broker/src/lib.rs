@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod cluster_view;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -26,6 +27,7 @@ pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod topic_tree;
+pub mod will;
 
 #[cfg(test)]
 mod engine_tests;

@@ -1,79 +1,66 @@
 //! Rebuilding the engine's in-memory indexes from replicated state (after a
-//! restart, or when a snapshot replaces the state), and following what
-//! other nodes commit.
+//! restart, when a snapshot replaces the state, when a session moves here
+//! from another node), and following what the cluster commits.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
-use smallvec::SmallVec;
+use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, SessionCell};
+use crate::codec::ByteStr;
 use crate::retained::RetainedStore;
-use crate::session::{Delivery, Session};
-use crate::state::{Command, ReplicatedState};
+use crate::session::Delivery;
+use crate::state::{Command, Committed, PersistedSession, ReplicatedState, WillRecord};
 use crate::topic_tree::parse_filter;
 
 impl Broker {
-    /// Loads retained messages and the persistent sessions this node owns
-    /// (or that nobody owns yet). Sessions already in memory are kept as
-    /// they are: they are newer than any copy in `state`.
-    pub fn restore(self: &Arc<Self>, state: ReplicatedState) {
+    /// Loads retained messages, the cluster view and the persistent
+    /// sessions this node owns. Sessions already in memory are kept as
+    /// they are: they are newer than any copy in `state`. `at_start`: the
+    /// process just started, so its routes are stated afresh and the wills
+    /// of clients it served before it stopped are due.
+    pub fn restore(self: &Arc<Self>, state: ReplicatedState, at_start: bool) {
         {
             let mut retained = self.retained.write();
             *retained = RetainedStore::default();
-            for m in state.retained.into_values() {
-                retained.set(m);
+            for m in state.retained.values() {
+                retained.set(m.clone());
+            }
+        }
+        {
+            let mut view = self.view.write();
+            view.rebuild(&state);
+            self.remote.store(view.has_remote(), Ordering::Release);
+        }
+        for s in state.sessions.values() {
+            for seq in s.messages.keys() {
+                self.seq_seen(*seq);
             }
         }
         let mut restored = 0usize;
         for (client_id, persisted) in state.sessions {
-            if state
-                .owners
-                .get(&client_id)
-                .is_some_and(|n| *n != self.node_id)
-                || self.sessions.lock().contains_key(&client_id)
-            {
+            let ours = state.owners.get(&client_id) == Some(&self.node_id);
+            if !ours || self.sessions.lock().contains_key(&client_id) {
                 continue;
             }
-            let mut session =
-                Session::new(client_id.clone(), persisted.expiry, self.session_limits);
-            for (seq, m) in persisted.messages {
-                session.restore(
-                    Delivery {
-                        message: m.message,
-                        qos: m.qos,
-                        retain: m.retain,
-                        subscription_ids: SmallVec::new(),
-                        share: None,
-                        seq,
-                    },
-                    m.released,
-                );
-            }
-            let cell = SessionCell::new(session);
-            for (raw, (options, identifier)) in persisted.subscriptions {
-                match parse_filter(&raw, self.topic_limits) {
-                    Ok(parsed) => {
-                        self.subscribe_local(&cell, &raw, &parsed, options, identifier);
-                    }
-                    // Limits may have been lowered since; the rest of the
-                    // session still comes back.
-                    Err(e) => {
-                        tracing::warn!(%client_id, filter = %raw, "subscription not restored: {e}")
-                    }
-                }
-            }
+            let cell = self.session_cell(&client_id, persisted);
             self.sessions.lock().insert(client_id, cell.clone());
             restored += 1;
-            if persisted.expiry != u32::MAX {
-                // Its clock restarts now: the time it was offline before the
-                // restart is not known to this node.
-                let broker = Arc::clone(self);
-                let generation = cell.session.lock().generation;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(persisted.expiry))).await;
-                    broker.expire(&cell, generation);
-                });
+            self.arm_expiry(&cell);
+        }
+        self.restored_index
+            .store(state.applied_index, Ordering::Release);
+        if at_start {
+            self.submit(vec![Command::NodeStarted {
+                node: self.node_id,
+                filters: self.local_route_filters(),
+            }]);
+            // Our connections died with the previous process: their wills
+            // are due (unless the leader has fired them already).
+            for (client_id, w) in &state.wills {
+                if w.node == self.node_id {
+                    self.schedule_will(client_id.clone(), w.clone());
+                }
             }
         }
         if restored > 0 || self.retained_count() > 0 {
@@ -85,18 +72,171 @@ impl Broker {
         }
     }
 
-    /// Applies what another node committed to this node's indexes.
-    pub fn apply_remote(&self, commands: &[Command]) {
-        for c in commands {
-            match c {
-                Command::RetainSet(m) => self.retained.write().set(m.clone()),
-                Command::RetainClear { topic } => {
-                    self.retained.write().clear(topic);
+    /// Builds a session from its replicated state and puts its
+    /// subscriptions in the tree (their routes are counted, not announced).
+    fn session_cell(&self, client_id: &ByteStr, persisted: PersistedSession) -> Arc<SessionCell> {
+        let mut session = self.new_session(client_id.clone(), persisted.expiry);
+        for (seq, m) in persisted.messages {
+            session.restore(
+                Delivery {
+                    message: m.message,
+                    qos: m.qos,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids,
+                    share: None,
+                    seq,
+                    redelivery: false,
+                },
+                m.released,
+            );
+        }
+        let cell = SessionCell::new(session);
+        for (raw, (options, identifier)) in persisted.subscriptions {
+            match parse_filter(&raw, self.topic_limits) {
+                Ok(parsed) => {
+                    self.subscribe_local(&cell, &raw, &parsed, options, identifier);
                 }
-                // Sessions follow their clients in the clustered-broker
-                // issue; until then each node serves its own.
-                _ => {}
+                // Limits may have been lowered since; the rest of the
+                // session still comes back.
+                Err(e) => {
+                    tracing::warn!(%client_id, filter = %raw, "subscription not restored: {e}")
+                }
             }
         }
+        cell
+    }
+
+    /// A session whose client just claimed it here, moved from the node
+    /// that served it before (or from a node that is gone).
+    pub(crate) fn install_session(&self, client_id: ByteStr, persisted: PersistedSession) {
+        let filters: Vec<ByteStr> = persisted.subscriptions.keys().cloned().collect();
+        let cell = self.session_cell(&client_id, persisted);
+        if let Some(old) = self.sessions.lock().insert(client_id.clone(), cell) {
+            // A connection here raced the claim; the claimed state wins.
+            old.kick(crate::codec::reason::SESSION_TAKEN_OVER);
+        }
+        // The routes the session's subscriptions need, announced now.
+        let routes: Vec<Command> = filters
+            .into_iter()
+            .map(|filter| Command::RouteAdd {
+                node: self.node_id,
+                filter,
+            })
+            .collect();
+        self.submit(routes);
+    }
+
+    /// Ends an offline persistent session after its expiry interval, unless
+    /// its client comes back first. Its clock restarts here: how long it
+    /// was offline elsewhere is not known to this node.
+    fn arm_expiry(self: &Arc<Self>, cell: &Arc<SessionCell>) {
+        let (expiry, generation) = {
+            let s = cell.session.lock();
+            (s.expiry, s.generation)
+        };
+        if expiry == u32::MAX {
+            return;
+        }
+        let broker = Arc::clone(self);
+        let cell = Arc::clone(cell);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            broker.expire(&cell, generation);
+        });
+    }
+
+    /// Follows one committed log entry.
+    pub fn on_committed(self: &Arc<Self>, index: u64, events: Vec<Committed>) {
+        if index <= self.restored_index.load(Ordering::Acquire) {
+            return;
+        }
+        let mut view_changed = false;
+        for event in events {
+            match event {
+                Committed::Command { origin, command } => {
+                    view_changed |= self.follow(origin, &command);
+                }
+                Committed::Claimed {
+                    client_id,
+                    nonce,
+                    session,
+                } => self.claimed(&client_id, nonce, session),
+                Committed::WillFired { will, .. } => self.publish_will(will, Instant::now()),
+            }
+        }
+        if view_changed {
+            let remote = self.view.read().has_remote();
+            self.remote.store(remote, Ordering::Release);
+        }
+    }
+
+    /// Applies one committed command to the local indexes; true when the
+    /// cluster view changed.
+    fn follow(self: &Arc<Self>, origin: u64, command: &Command) -> bool {
+        let me = self.node_id;
+        match command {
+            Command::RetainSet(m) => {
+                if origin != me {
+                    self.retained.write().set(m.clone());
+                }
+                return false;
+            }
+            Command::RetainClear { topic } => {
+                if origin != me {
+                    self.retained.write().clear(topic);
+                }
+                return false;
+            }
+            Command::Enqueue {
+                client_id,
+                seq,
+                qos,
+                retain,
+                subscription_ids,
+                message,
+                ..
+            } => {
+                let cell = self.sessions.lock().get(client_id).cloned();
+                if let Some(cell) = cell {
+                    self.deliver_committed(
+                        &cell,
+                        Delivery {
+                            message: message.clone(),
+                            qos: *qos,
+                            retain: *retain,
+                            subscription_ids: subscription_ids.clone(),
+                            share: None,
+                            seq: *seq,
+                            redelivery: false,
+                        },
+                    );
+                }
+                return false;
+            }
+            Command::ClaimClient {
+                client_id,
+                node,
+                nonce,
+                will,
+                ..
+            } => {
+                let record = will.clone().map(|will| WillRecord {
+                    node: *node,
+                    nonce: *nonce,
+                    will,
+                });
+                self.view.write().set_will(client_id, record);
+                if *node != me {
+                    self.release(client_id);
+                }
+            }
+            Command::WillClear { client_id, .. } | Command::WillFire { client_id, .. } => {
+                self.view.write().set_will(client_id, None);
+                return false;
+            }
+            _ => {}
+        }
+        self.view.write().apply(command);
+        true
     }
 }

@@ -17,6 +17,47 @@ use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
 use crate::topic_tree::{Hit, ParsedFilter, Subscriber};
 
+/// Sends a publish to another node, which delivers it to its own
+/// subscribers. Never blocks: a peer that cannot keep up loses copies (and
+/// counts them) rather than holding the publisher's memory. Copies owed to
+/// persistent sessions never travel this way; they go through Raft.
+pub trait Forward: Send + Sync {
+    /// `shared`: the shared groups this node was chosen to serve.
+    fn forward(&self, node: u64, message: &SharedMessage, shared: SmallVec<[ShareRef; 1]>);
+}
+
+/// What the cluster view said about one publish.
+#[derive(Default)]
+struct Remote {
+    /// Nodes to forward to, each with the shared groups it serves.
+    nodes: SmallVec<[(u64, SmallVec<[ShareRef; 1]>); 4]>,
+    /// Shared groups the view gave to another node: not ours to serve.
+    elsewhere: SmallVec<[ShareRef; 1]>,
+    /// Shared groups the view gave to this node.
+    here: SmallVec<[ShareRef; 1]>,
+    /// Persistent sessions owned by other nodes that are owed a copy.
+    enqueued: usize,
+}
+
+impl Remote {
+    fn node(&mut self, node: u64) -> &mut SmallVec<[ShareRef; 1]> {
+        let i = match self.nodes.iter().position(|(n, _)| *n == node) {
+            Some(i) => i,
+            None => {
+                self.nodes.push((node, SmallVec::new()));
+                self.nodes.len() - 1
+            }
+        };
+        &mut self.nodes[i].1
+    }
+
+    /// Whether a local shared group may take this publish.
+    fn serves_here(&self, group: &str, filter: &str) -> bool {
+        let is = |s: &ShareRef| &*s.group == group && &*s.filter == filter;
+        self.here.iter().any(is) || !self.elsewhere.iter().any(is)
+    }
+}
+
 /// One session a publish goes to, after merging overlapping subscriptions.
 struct Target<'a> {
     cell: &'a Arc<SessionCell>,
@@ -39,6 +80,12 @@ impl Broker {
     /// subscriptions of one session yield one copy at the highest QoS,
     /// carrying all their subscription identifiers.
     pub fn publish(&self, message: SharedMessage) -> Routed {
+        let mut commands = Vec::new();
+        let remote = if self.remote.load(Ordering::Acquire) {
+            self.route_remote(&message, &mut commands)
+        } else {
+            Remote::default()
+        };
         let tree = self.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         let mut shared: SmallVec<[Target<'_>; 2]> = SmallVec::new();
@@ -56,6 +103,9 @@ impl Broker {
                 });
             }
             Hit::Shared(group) => {
+                if !remote.serves_here(&group.name, &group.filter) {
+                    return;
+                }
                 if let Some(s) = pick_member(group.rotation(), None) {
                     shared.push(Target {
                         cell: &s.value,
@@ -73,8 +123,7 @@ impl Broker {
         if targets.len() > 1 {
             merge_overlaps(&mut targets);
         }
-        let mut commands = Vec::new();
-        let matched = targets.len() + shared.len();
+        let matched = targets.len() + shared.len() + remote.enqueued + remote.nodes.len();
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
         for t in targets.into_iter().chain(shared) {
@@ -85,10 +134,16 @@ impl Broker {
                 subscription_ids: t.ids,
                 share: t.share,
                 seq: 0,
+                redelivery: false,
             };
-            self.deliver_to(t.cell, d, acl, &mut commands);
+            self.deliver_to(t.cell, d, acl, false, &mut commands);
         }
         drop(tree);
+        if let Some(f) = self.forwarder.get() {
+            for (node, groups) in remote.nodes {
+                f.forward(node, &message, groups);
+            }
+        }
         let committed = if commands.is_empty() {
             Ticket::Done(Ok(()))
         } else {
@@ -97,19 +152,156 @@ impl Broker {
         Routed { matched, committed }
     }
 
+    /// The part of a publish that concerns other nodes: a copy through
+    /// Raft for each persistent session another node owns, and the nodes
+    /// whose routes match (each shared group goes to one node).
+    fn route_remote(&self, message: &SharedMessage, commands: &mut Vec<Command>) -> Remote {
+        let mut remote = Remote::default();
+        let view = self.view.read();
+        let mut owed: SmallVec<[(&ByteStr, QoS, bool, SmallVec<[u32; 1]>); 4]> = SmallVec::new();
+        view.remote_sessions(&message.topic, |s| {
+            if s.options.no_local && *s.client_id == message.origin {
+                return;
+            }
+            let qos = s.options.qos.min(message.qos);
+            let rap = s.options.retain_as_published;
+            match owed.iter_mut().find(|o| o.0 == s.client_id) {
+                Some(o) => {
+                    o.1 = max(o.1, qos);
+                    o.2 |= rap;
+                    o.3.extend(s.identifier);
+                }
+                None => owed.push((s.client_id, qos, rap, s.identifier.into_iter().collect())),
+            }
+        });
+        for (client_id, qos, rap, ids) in owed {
+            remote.enqueued += 1;
+            // QoS 0 copies reach connected clients through forwarding.
+            if qos != QoS::AtMostOnce {
+                commands.push(Command::Enqueue {
+                    client_id: client_id.clone(),
+                    seq: self.next_seq(),
+                    qos,
+                    retain: rap && message.retain,
+                    subscription_ids: ids,
+                    local: false,
+                    message: message.clone(),
+                });
+            }
+        }
+        let mut plain: SmallVec<[u64; 4]> = SmallVec::new();
+        let mut groups: SmallVec<[(ShareRef, u64); 2]> = SmallVec::new();
+        view.route(
+            &message.topic,
+            |node| plain.push(node),
+            |group, filter, node| {
+                let share = ShareRef {
+                    group: group.clone(),
+                    filter: filter.clone(),
+                };
+                groups.push((share, node));
+            },
+        );
+        drop(view);
+        for node in plain {
+            remote.node(node);
+        }
+        for (share, node) in groups {
+            if node == self.node_id {
+                remote.here.push(share);
+            } else {
+                remote.elsewhere.push(share.clone());
+                remote.node(node).push(share);
+            }
+        }
+        remote
+    }
+
+    /// Delivers a publish another node forwarded here: to local
+    /// subscribers only, and to the shared groups this node was chosen to
+    /// serve. Copies owed to persistent sessions at QoS 1/2 are skipped:
+    /// they arrive through Raft, committed.
+    pub fn deliver_forwarded(&self, message: SharedMessage, shared: &[ShareRef]) -> usize {
+        let tree = self.subscriptions.read();
+        let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
+        tree.for_each_match(&message.topic, |hit| match hit {
+            Hit::Subscriber(s) => {
+                if s.options.no_local && s.key == message.origin {
+                    return;
+                }
+                targets.push(Target {
+                    cell: &s.value,
+                    qos: s.options.qos.min(message.qos),
+                    retain_as_published: s.options.retain_as_published,
+                    ids: s.identifier.into_iter().collect(),
+                    share: None,
+                });
+            }
+            Hit::Shared(group) => {
+                let chosen = shared
+                    .iter()
+                    .any(|r| r.group == group.name && r.filter == group.filter);
+                if !chosen {
+                    return;
+                }
+                if let Some(s) = pick_member(group.rotation(), None) {
+                    targets.push(Target {
+                        cell: &s.value,
+                        qos: s.options.qos.min(message.qos),
+                        retain_as_published: s.options.retain_as_published,
+                        ids: s.identifier.into_iter().collect(),
+                        share: Some(ShareRef {
+                            group: group.name.clone(),
+                            filter: group.filter.clone(),
+                        }),
+                    });
+                }
+            }
+        });
+        if targets.len() > 1 {
+            merge_overlaps(&mut targets);
+        }
+        let matched = targets.len();
+        let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
+        let mut commands = Vec::new();
+        for t in targets {
+            let durable_elsewhere = t.share.is_none();
+            let d = Delivery {
+                retain: t.retain_as_published && message.retain,
+                message: message.clone(),
+                qos: t.qos,
+                subscription_ids: t.ids,
+                share: t.share,
+                seq: 0,
+                redelivery: false,
+            };
+            self.deliver_to(t.cell, d, acl, durable_elsewhere, &mut commands);
+        }
+        drop(tree);
+        self.submit(commands);
+        matched
+    }
+
     /// Puts one copy into a session, if the ACL (when there is one) lets
     /// its client read the topic; records what the seam must persist.
+    /// `durable_elsewhere`: a copy for a persistent session at QoS 1/2
+    /// was enqueued through Raft by the publisher's node; skip it here.
     pub(crate) fn deliver_to(
         &self,
         cell: &SessionCell,
-        d: Delivery,
+        mut d: Delivery,
         acl: Option<&Policy>,
+        durable_elsewhere: bool,
         commands: &mut Vec<Command>,
     ) {
         let qos = d.qos;
         let retain = d.retain;
         let message = d.message.clone();
         let mut s = cell.session.lock();
+        if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
+            return;
+        }
         if let Some(policy) = acl {
             let who = Principal {
                 username: s.username.as_deref(),
@@ -119,6 +311,10 @@ impl Broker {
                 return;
             }
         }
+        if d.seq == 0 {
+            d.seq = self.next_seq();
+        }
+        let ids = d.subscription_ids.clone();
         let (disposition, seq) = s.deliver(d);
         let persistent = s.is_persistent();
         drop(s);
@@ -136,8 +332,46 @@ impl Broker {
                 seq,
                 qos,
                 retain,
+                subscription_ids: ids,
+                local: true,
                 message,
             });
+        }
+    }
+
+    /// Puts a copy another node enqueued through Raft into the local
+    /// session that owns it (already committed: nothing to record). A copy
+    /// the ACL does not let the client read is acknowledged away.
+    pub(crate) fn deliver_committed(&self, cell: &SessionCell, d: Delivery) {
+        let seq = d.seq;
+        let policy = self.auth.policy();
+        let mut s = cell.session.lock();
+        if policy.has_acl() {
+            let who = Principal {
+                username: s.username.as_deref(),
+                client_id: &cell.client_id,
+            };
+            if !policy.may(who, &d.message.topic, Action::Read) {
+                drop(s);
+                self.submit(vec![Command::Ack {
+                    client_id: cell.client_id.clone(),
+                    seq,
+                }]);
+                return;
+            }
+        }
+        let (disposition, _) = s.deliver(d);
+        drop(s);
+        match disposition {
+            Disposition::Sent => cell.wake.notify_one(),
+            Disposition::Queued => {}
+            Disposition::Dropped | Disposition::Discarded => {
+                self.stats.publish_dropped.inc();
+                self.submit(vec![Command::Ack {
+                    client_id: cell.client_id.clone(),
+                    seq,
+                }]);
+            }
         }
     }
 
@@ -165,7 +399,7 @@ impl Broker {
                 Some(m) => {
                     d.qos = m.options.qos.min(d.message.qos);
                     d.subscription_ids = m.identifier.into_iter().collect();
-                    self.deliver_to(&m.value, d, acl, &mut commands);
+                    self.deliver_to(&m.value, d, acl, false, &mut commands);
                 }
                 None => self.stats.publish_dropped.inc(),
             }
@@ -174,8 +408,10 @@ impl Broker {
         self.submit(commands);
     }
 
-    /// Adds (or replaces) a subscription of `cell`. Returns true if the
-    /// session already had one on this filter.
+    /// Adds (or replaces) a subscription of `cell`. Returns whether the
+    /// session already had one on this filter, and the ticket of what the
+    /// cluster must learn of it (the session's subscription, a new route),
+    /// so that SUBACK can wait until other nodes will route to it.
     pub fn subscribe(
         &self,
         cell: &Arc<SessionCell>,
@@ -183,21 +419,57 @@ impl Broker {
         parsed: &ParsedFilter<'_>,
         options: SubOptions,
         identifier: Option<u32>,
-    ) -> bool {
-        let (existed, persistent) = self.subscribe_local(cell, raw, parsed, options, identifier);
+    ) -> (bool, Option<Ticket>) {
+        let (existed, persistent, route) =
+            self.subscribe_local(cell, raw, parsed, options, identifier);
+        let mut commands = Vec::new();
         if persistent {
-            self.submit(vec![Command::Subscribe {
+            commands.push(Command::Subscribe {
                 client_id: cell.client_id.clone(),
                 filter: raw.clone(),
                 options,
                 identifier,
-            }]);
+            });
         }
-        existed
+        commands.extend(route);
+        let ticket = (!commands.is_empty()).then(|| self.seam.submit(commands));
+        (existed, ticket)
+    }
+
+    /// Counts a local subscription on `raw`; the first announces a route.
+    fn route_added(&self, raw: &ByteStr) -> Option<Command> {
+        let mut routes = self.local_routes.lock();
+        let n = routes.entry(raw.clone()).or_insert(0);
+        *n += 1;
+        (*n == 1).then(|| Command::RouteAdd {
+            node: self.node_id,
+            filter: raw.clone(),
+        })
+    }
+
+    /// Uncounts one; the last withdraws the route.
+    fn route_removed(&self, raw: &ByteStr) -> Option<Command> {
+        let mut routes = self.local_routes.lock();
+        let n = routes.get_mut(raw)?;
+        *n -= 1;
+        if *n > 0 {
+            return None;
+        }
+        routes.remove(raw);
+        Some(Command::RouteRemove {
+            node: self.node_id,
+            filter: raw.clone(),
+        })
+    }
+
+    /// The filters this node has local subscribers on.
+    pub(crate) fn local_route_filters(&self) -> Vec<ByteStr> {
+        self.local_routes.lock().keys().cloned().collect()
     }
 
     /// Adds the subscription to the tree and the session only (restore
-    /// from replicated state); returns (existed, session is persistent).
+    /// from replicated state); returns (existed, session is persistent,
+    /// the route it announces if it is the filter's first here).
     pub(crate) fn subscribe_local(
         &self,
         cell: &Arc<SessionCell>,
@@ -205,9 +477,9 @@ impl Broker {
         parsed: &ParsedFilter<'_>,
         options: SubOptions,
         identifier: Option<u32>,
-    ) -> (bool, bool) {
+    ) -> (bool, bool, Option<Command>) {
         let mut tree = self.subscriptions.write();
-        tree.insert(
+        let added = tree.insert(
             parsed.group,
             parsed.filter,
             Subscriber {
@@ -217,6 +489,7 @@ impl Broker {
                 identifier,
             },
         );
+        let route = if added { self.route_added(raw) } else { None };
         drop(tree);
         let mut s = cell.session.lock();
         let existed = s
@@ -229,7 +502,7 @@ impl Broker {
                 },
             )
             .is_some();
-        (existed, s.is_persistent())
+        (existed, s.is_persistent(), route)
     }
 
     /// Removes a subscription; true if it existed.
@@ -247,25 +520,39 @@ impl Broker {
         let existed = s.subscriptions.remove(raw).is_some();
         let persistent = s.is_persistent();
         drop(s);
+        let mut commands = Vec::new();
         if existed && persistent {
-            self.submit(vec![Command::Unsubscribe {
+            commands.push(Command::Unsubscribe {
                 client_id: cell.client_id.clone(),
                 filter: raw.clone(),
-            }]);
+            });
         }
+        if removed_from_tree {
+            commands.extend(self.route_removed(raw));
+        }
+        self.submit(commands);
         existed || removed_from_tree
     }
 
-    /// Removes `client_id`'s subscriptions on `filters` (as written).
-    pub(crate) fn remove_from_tree(&self, client_id: &ByteStr, filters: &[ByteStr]) {
+    /// Removes `client_id`'s subscriptions on `filters` (as written);
+    /// returns the routes this withdraws.
+    pub(crate) fn remove_from_tree(
+        &self,
+        client_id: &ByteStr,
+        filters: &[ByteStr],
+    ) -> Vec<Command> {
         if filters.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut tree = self.subscriptions.write();
+        let mut commands = Vec::new();
         for raw in filters {
             let (group, filter) = split_share(raw);
-            tree.remove(group, filter, client_id);
+            if tree.remove(group, filter, client_id) {
+                commands.extend(self.route_removed(raw));
+            }
         }
+        commands
     }
 
     /// Stores (or, for an empty payload, clears) the retained message of
@@ -308,8 +595,9 @@ impl Broker {
                 subscription_ids: identifier.into_iter().collect(),
                 share: None,
                 seq: 0,
+                redelivery: false,
             };
-            self.deliver_to(cell, d, acl, &mut commands);
+            self.deliver_to(cell, d, acl, false, &mut commands);
         }
         self.submit(commands);
     }

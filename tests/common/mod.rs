@@ -182,6 +182,9 @@ impl Broker {
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // `E2E_BROKER_LOG=raftmq=debug cargo nextest run ...` shows
+            // more of what the brokers did in a failing test's output.
+            .envs(std::env::var("E2E_BROKER_LOG").map(|l| ("RUST_LOG", l)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -127,6 +127,7 @@ fn delivery(
             filter: ByteStr::from_static("t"),
         }),
         seq: 0,
+        redelivery: false,
     }
 }
 

@@ -14,7 +14,9 @@ use raftmq_proto::v1 as pb;
 use super::types::{Batch, Entry, LogId, Membership, Node, SnapshotMeta, StoredMembership, Vote};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::{ForwardedProperties, Message, SharedMessage};
-use crate::state::{Command, PersistedMessage, PersistedSession, ReplicatedState};
+use crate::state::{
+    Command, PersistedMessage, PersistedSession, ReplicatedState, Will, WillRecord,
+};
 
 /// A protobuf message from a peer that is not a valid value.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +269,22 @@ pub fn message_from(m: Option<pb::Message>) -> Result<SharedMessage, Invalid> {
     }))
 }
 
+fn will_to(w: &Will) -> pb::Will {
+    pb::Will {
+        message: Some(message_to(&w.message)),
+        delay: w.delay,
+        expiry_interval: w.expiry_interval,
+    }
+}
+
+fn will_from(w: pb::Will) -> Result<Will, Invalid> {
+    Ok(Will {
+        message: message_from(w.message)?,
+        delay: w.delay,
+        expiry_interval: w.expiry_interval,
+    })
+}
+
 pub fn command_to(c: &Command) -> pb::Command {
     use pb::command::Kind;
     let kind = match c {
@@ -276,10 +294,44 @@ pub fn command_to(c: &Command) -> pb::Command {
         Command::RetainClear { topic } => Kind::RetainClear(pb::RetainClear {
             topic: topic.to_string(),
         }),
-        Command::ClaimClient { client_id, node } => Kind::ClaimClient(pb::ClaimClient {
+        Command::ClaimClient {
+            client_id,
+            node,
+            nonce,
+            clean_start,
+            will,
+        } => Kind::ClaimClient(pb::ClaimClient {
+            client_id: client_id.to_string(),
+            node: *node,
+            nonce: *nonce,
+            clean_start: *clean_start,
+            will: will.as_ref().map(will_to),
+        }),
+        Command::Unclaim { client_id, node } => Kind::Unclaim(pb::Unclaim {
             client_id: client_id.to_string(),
             node: *node,
         }),
+        Command::WillClear { client_id, nonce } => Kind::WillClear(pb::WillClear {
+            client_id: client_id.to_string(),
+            nonce: *nonce,
+        }),
+        Command::WillFire { client_id, nonce } => Kind::WillFire(pb::WillFire {
+            client_id: client_id.to_string(),
+            nonce: *nonce,
+        }),
+        Command::RouteAdd { node, filter } => Kind::RouteAdd(pb::RouteAdd {
+            node: *node,
+            filter: filter.to_string(),
+        }),
+        Command::RouteRemove { node, filter } => Kind::RouteRemove(pb::RouteRemove {
+            node: *node,
+            filter: filter.to_string(),
+        }),
+        Command::NodeStarted { node, filters } => Kind::NodeStarted(pb::NodeStarted {
+            node: *node,
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        }),
+        Command::NodeGone { node } => Kind::NodeGone(pb::NodeGone { node: *node }),
         Command::SessionCreate { client_id, expiry } => Kind::SessionCreate(pb::SessionCreate {
             client_id: client_id.to_string(),
             expiry: *expiry,
@@ -311,6 +363,8 @@ pub fn command_to(c: &Command) -> pb::Command {
             seq,
             qos,
             retain,
+            subscription_ids,
+            local,
             message,
         } => Kind::Enqueue(pb::Enqueue {
             client_id: client_id.to_string(),
@@ -318,6 +372,8 @@ pub fn command_to(c: &Command) -> pb::Command {
             qos: *qos as u32,
             retain: *retain,
             message: Some(message_to(message)),
+            subscription_ids: subscription_ids.to_vec(),
+            local: *local,
         }),
         Command::Release { client_id, seq } => Kind::Release(pb::Release {
             client_id: client_id.to_string(),
@@ -341,7 +397,35 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
         Kind::ClaimClient(r) => Command::ClaimClient {
             client_id: r.client_id.into(),
             node: r.node,
+            nonce: r.nonce,
+            clean_start: r.clean_start,
+            will: r.will.map(will_from).transpose()?,
         },
+        Kind::Unclaim(r) => Command::Unclaim {
+            client_id: r.client_id.into(),
+            node: r.node,
+        },
+        Kind::WillClear(r) => Command::WillClear {
+            client_id: r.client_id.into(),
+            nonce: r.nonce,
+        },
+        Kind::WillFire(r) => Command::WillFire {
+            client_id: r.client_id.into(),
+            nonce: r.nonce,
+        },
+        Kind::RouteAdd(r) => Command::RouteAdd {
+            node: r.node,
+            filter: r.filter.into(),
+        },
+        Kind::RouteRemove(r) => Command::RouteRemove {
+            node: r.node,
+            filter: r.filter.into(),
+        },
+        Kind::NodeStarted(r) => Command::NodeStarted {
+            node: r.node,
+            filters: r.filters.into_iter().map(ByteStr::from).collect(),
+        },
+        Kind::NodeGone(r) => Command::NodeGone { node: r.node },
         Kind::SessionCreate(r) => Command::SessionCreate {
             client_id: r.client_id.into(),
             expiry: r.expiry,
@@ -368,6 +452,8 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
             seq: r.seq,
             qos: qos_from(r.qos)?,
             retain: r.retain,
+            subscription_ids: r.subscription_ids.into_iter().collect(),
+            local: r.local,
             message: message_from(r.message)?,
         },
         Kind::Release(r) => Command::Release {
@@ -429,6 +515,7 @@ pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
                         retain: m.retain,
                         released: m.released,
                         message: Some(message_to(&m.message)),
+                        subscription_ids: m.subscription_ids.to_vec(),
                     })
                     .collect(),
             })
@@ -439,6 +526,24 @@ pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
             .map(|(c, n)| pb::Owner {
                 client_id: c.to_string(),
                 node: *n,
+            })
+            .collect(),
+        wills: s
+            .wills
+            .iter()
+            .map(|(c, w)| pb::WillEntry {
+                client_id: c.to_string(),
+                node: w.node,
+                nonce: w.nonce,
+                will: Some(will_to(&w.will)),
+            })
+            .collect(),
+        routes: s
+            .routes
+            .iter()
+            .map(|(f, nodes)| pb::Route {
+                filter: f.to_string(),
+                nodes: nodes.iter().copied().collect(),
             })
             .collect(),
     }
@@ -468,6 +573,7 @@ pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
                     qos: qos_from(m.qos)?,
                     retain: m.retain,
                     released: m.released,
+                    subscription_ids: m.subscription_ids.into_iter().collect(),
                     message: message_from(m.message)?,
                 },
             );
@@ -476,6 +582,21 @@ pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
     }
     for o in s.owners {
         state.owners.insert(o.client_id.into(), o.node);
+    }
+    for w in s.wills {
+        state.wills.insert(
+            w.client_id.into(),
+            WillRecord {
+                node: w.node,
+                nonce: w.nonce,
+                will: will_from(need(w.will, "will")?)?,
+            },
+        );
+    }
+    for r in s.routes {
+        state
+            .routes
+            .insert(r.filter.into(), r.nodes.into_iter().collect());
     }
     Ok(state)
 }
@@ -526,7 +647,21 @@ mod tests {
                 seq: 7,
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                subscription_ids: [3, 4].into_iter().collect(),
+                local: true,
                 message: msg(),
+            },
+            Command::RouteAdd {
+                node: 2,
+                filter: "$share/g/a/#".into(),
+            },
+            Command::NodeStarted {
+                node: 2,
+                filters: vec!["x".into(), "y/#".into()],
+            },
+            Command::WillFire {
+                client_id: "c".into(),
+                nonce: 99,
             },
             Command::Ack {
                 client_id: "c".into(),
@@ -545,9 +680,20 @@ mod tests {
                         (&y.topic, &y.payload, &y.properties)
                     )
                 }
-                (Command::Enqueue { message: x, .. }, Command::Enqueue { message: y, .. }) => {
-                    assert_eq!(x.payload, y.payload)
-                }
+                (
+                    Command::Enqueue {
+                        message: x,
+                        subscription_ids: a,
+                        local: la,
+                        ..
+                    },
+                    Command::Enqueue {
+                        message: y,
+                        subscription_ids: b,
+                        local: lb,
+                        ..
+                    },
+                ) => assert_eq!((&x.payload, a, la), (&y.payload, b, lb)),
                 _ => assert_eq!(a, b),
             }
         }

@@ -21,6 +21,11 @@ pub struct RaftStats {
     pub snapshots: IntCounterVec,
     pub snapshot_bytes: IntGauge,
     pub voters: IntGauge,
+    /// Publishes sent to / received from other nodes, by peer.
+    pub forwarded: IntCounterVec,
+    /// Publishes a peer could not take (queue full, peer unreachable).
+    pub forward_dropped: IntCounterVec,
+    pub nodes_down: IntGauge,
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -77,6 +82,26 @@ impl Default for RaftStats {
             .expect("static metric options"),
             snapshot_bytes: gauge("raftmq_raft_snapshot_bytes", "Size of the last snapshot"),
             voters: gauge("raftmq_raft_voters", "Voters in the current membership"),
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "raftmq_forwarded_messages_total",
+                    "Publishes forwarded between nodes",
+                ),
+                &["direction", "peer"],
+            )
+            .expect("static metric options"),
+            forward_dropped: IntCounterVec::new(
+                Opts::new(
+                    "raftmq_forward_dropped_total",
+                    "Publishes not forwarded: the peer's queue was full or it was unreachable",
+                ),
+                &["peer"],
+            )
+            .expect("static metric options"),
+            nodes_down: gauge(
+                "raftmq_cluster_nodes_down",
+                "Members the leader cannot reach (leader only)",
+            ),
         }
     }
 }
@@ -94,6 +119,9 @@ impl RaftStats {
         registry.register(Box::new(self.snapshots.clone()))?;
         registry.register(Box::new(self.snapshot_bytes.clone()))?;
         registry.register(Box::new(self.voters.clone()))?;
+        registry.register(Box::new(self.forwarded.clone()))?;
+        registry.register(Box::new(self.forward_dropped.clone()))?;
+        registry.register(Box::new(self.nodes_down.clone()))?;
         Ok(())
     }
 

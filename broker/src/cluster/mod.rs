@@ -12,6 +12,8 @@
 
 pub mod cli;
 mod convert;
+mod forward;
+pub mod liveness;
 pub mod log_file;
 mod log_store;
 pub mod metrics;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
 use raftmq_proto::v1::admin_server::AdminServer;
+use raftmq_proto::v1::forward_server::ForwardServer;
 use raftmq_proto::v1::raft_server::RaftServer;
 use tokio::sync::mpsc;
 
@@ -48,6 +51,10 @@ pub struct Cluster {
     pub node_id: u64,
     pub grpc_addr: std::net::SocketAddr,
     applied: Option<mpsc::UnboundedReceiver<Applied>>,
+    net: network::Network,
+    /// The engine, for the Forward service (set by `attach`).
+    engine: Arc<std::sync::OnceLock<Arc<Broker>>>,
+    down_after: Duration,
 }
 
 /// The address peers use for this node: configured, or `HOSTNAME:port`.
@@ -105,12 +112,20 @@ impl Cluster {
             .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(service::AdminService { raft: raft.clone() });
+        let engine = Arc::new(std::sync::OnceLock::new());
+        let forward_svc = ForwardServer::new(forward::ForwardService {
+            broker: engine.clone(),
+            stats: stats.clone(),
+        })
+        .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(raft_svc)
                 .add_service(admin_svc)
+                .add_service(forward_svc)
                 .serve_with_incoming(incoming)
                 .await
             {
@@ -127,7 +142,7 @@ impl Cluster {
                 .context("raft initialise")?;
         }
 
-        let seam = Arc::new(RaftSeam::start(raft.clone(), node_id, net, machine));
+        let seam = Arc::new(RaftSeam::start(raft.clone(), node_id, net.clone(), machine));
         Ok(Cluster {
             raft,
             seam,
@@ -135,6 +150,9 @@ impl Cluster {
             node_id,
             grpc_addr,
             applied: Some(rx),
+            net,
+            engine,
+            down_after: liveness::down_after(c.election_timeout_ms),
         })
     }
 
@@ -147,21 +165,41 @@ impl Cluster {
         let Some(mut applied) = self.applied.take() else {
             anyhow::bail!("cluster already attached");
         };
-        // What was replayed at start is in the snapshot below; the queued
-        // notifications about it are stale.
-        while applied.try_recv().is_ok() {}
-        broker.restore(crate::state::StateSeam::snapshot(self.seam.as_ref()));
+        let forwarder = forward::Forwarder::new(
+            self.node_id,
+            self.raft.clone(),
+            self.net.clone(),
+            self.stats.clone(),
+        );
+        if broker
+            .forwarder
+            .set(Arc::new(forward::ForwardHandle(forwarder)))
+            .is_err()
+        {
+            anyhow::bail!("cluster already attached");
+        }
+        // What was replayed at start is in the snapshot below; events up
+        // to its index are skipped as they come.
+        broker.restore(crate::state::StateSeam::snapshot(self.seam.as_ref()), true);
         {
             let broker = broker.clone();
             tokio::spawn(async move {
                 while let Some(a) = applied.recv().await {
                     match a {
-                        Applied::Remote(commands) => broker.apply_remote(&commands),
-                        Applied::Reset(state) => broker.restore(*state),
+                        Applied::Batch { index, events } => broker.on_committed(index, events),
+                        Applied::Reset(state) => broker.restore(*state, false),
                     }
                 }
             });
         }
+        let _ = self.engine.set(broker.clone());
+        liveness::spawn(
+            self.raft.clone(),
+            self.net.clone(),
+            broker.clone(),
+            self.stats.clone(),
+            self.down_after,
+        );
         let mut metrics = self.raft.metrics();
         let stats = self.stats.clone();
         let broker = broker.clone();

@@ -55,6 +55,10 @@ impl StateSeam for RaftSeam {
     fn snapshot(&self) -> ReplicatedState {
         self.machine.state()
     }
+
+    fn follows_log(&self) -> bool {
+        true
+    }
 }
 
 /// Bytes a command adds to an entry, roughly: its message payload.
@@ -111,12 +115,23 @@ async fn writer(raft: Raft, node_id: u64, net: Network, mut rx: mpsc::UnboundedR
 }
 
 /// Proposes on the leader: locally when this node leads, else over gRPC.
+/// A leader that cannot be reached is retried (an election is likely under
+/// way) until the caller's commit timeout: writers see a failover as
+/// latency, not as errors. A batch may then commit twice; every command is
+/// idempotent.
 async fn commit(raft: &Raft, net: &Network, batch: Batch) -> Result<(), StateError> {
     loop {
         match raft.client_write(batch.clone()).await {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(leader) => return forward(net, &leader.addr, batch).await,
+                Some(leader) => match forward(net, &leader.addr, batch.clone()).await {
+                    Forwarded::Committed => return Ok(()),
+                    Forwarded::Refused(e) => return Err(e),
+                    Forwarded::Unreachable(e) => {
+                        tracing::debug!("{e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
                 // An election is under way: wait for its outcome.
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             },
@@ -125,18 +140,34 @@ async fn commit(raft: &Raft, net: &Network, batch: Batch) -> Result<(), StateErr
     }
 }
 
-async fn forward(net: &Network, addr: &str, batch: Batch) -> Result<(), StateError> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| StateError::Unavailable(format!("leader at {addr}: {e}"));
-    let mut client = net.raft_client(addr).map_err(|e| unavailable(&e))?;
-    let resp = client
-        .propose(pb::ProposeRequest { batch: batch.0 })
-        .await
-        .map_err(|e| unavailable(&e))?
-        .into_inner();
-    if resp.error.is_empty() {
-        Ok(())
-    } else {
-        Err(unavailable(&resp.error))
+enum Forwarded {
+    Committed,
+    /// The leader answered no (e.g. this node is no longer a member).
+    Refused(StateError),
+    /// No answer: the leader may be gone, or may have moved.
+    Unreachable(String),
+}
+
+async fn forward(net: &Network, addr: &str, batch: Batch) -> Forwarded {
+    let mut client = match net.raft_client(addr) {
+        Ok(c) => c,
+        Err(e) => return Forwarded::Unreachable(format!("leader at {addr}: {e}")),
+    };
+    match client.propose(pb::ProposeRequest { batch: batch.0 }).await {
+        Err(e) => Forwarded::Unreachable(format!("leader at {addr}: {e}")),
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            if resp.error.is_empty() {
+                Forwarded::Committed
+            } else if resp.retry {
+                // It stepped down since; ask the new one.
+                Forwarded::Unreachable(format!("leader at {addr}: {}", resp.error))
+            } else {
+                Forwarded::Refused(StateError::Unavailable(format!(
+                    "leader at {addr}: {}",
+                    resp.error
+                )))
+            }
+        }
     }
 }

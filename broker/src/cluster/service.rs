@@ -118,6 +118,7 @@ impl pb::raft_server::Raft for RaftService {
             return Ok(Response::new(pb::ProposeResponse {
                 error: format!("node {origin} is not a member of the cluster"),
                 leader_hint: None,
+                retry: false,
             }));
         }
         let resp = match self.raft.client_write(batch).await {
@@ -125,10 +126,12 @@ impl pb::raft_server::Raft for RaftService {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => pb::ProposeResponse {
                 error: "not the leader".into(),
                 leader_hint: f.leader_id,
+                retry: true,
             },
             Err(e) => pb::ProposeResponse {
                 error: e.to_string(),
                 leader_hint: None,
+                retry: false,
             },
         };
         Ok(Response::new(resp))

@@ -22,15 +22,27 @@ use tokio::sync::mpsc;
 use super::convert;
 use super::metrics::RaftStats;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Command, ReplicatedState};
+use crate::state::{Command, Committed, Effect, ReplicatedState};
 
 /// What the engine must learn from the replicated log.
 #[derive(Debug)]
 pub enum Applied {
-    /// Commands another node proposed, in log order.
-    Remote(Vec<Command>),
+    /// What one log entry did, in log order.
+    Batch { index: u64, events: Vec<Committed> },
     /// A snapshot from the leader replaced the whole state.
     Reset(Box<ReplicatedState>),
+}
+
+/// Whether the engine needs to hear of `c`, which took effect. Its own
+/// engine already holds the effect of what it proposed, except for copies
+/// it enqueued for sessions other nodes own; acks concern only the owner.
+fn engine_needs(own: bool, c: &Command) -> bool {
+    match c {
+        Command::Ack { .. } | Command::Release { .. } | Command::SessionUpdate { .. } => false,
+        Command::RetainSet(_) | Command::RetainClear { .. } => !own,
+        Command::Enqueue { local, .. } => !(own && *local),
+        _ => true,
+    }
 }
 
 #[derive(Default)]
@@ -117,6 +129,7 @@ impl StateMachine {
                 decode_file(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             inner.state =
                 decode_state(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            inner.state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.snapshot = Some((meta, Arc::new(data)));
@@ -186,6 +199,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut inner = self.inner.lock();
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
+            inner.state.applied_index = entry.log_id.index;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
@@ -193,12 +207,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // proposer; applying nothing keeps every node equal.
                     match convert::batch_from(&batch) {
                         Ok((origin, commands)) => {
-                            for c in &commands {
-                                inner.state.apply(c);
+                            let own = origin == self.node_id;
+                            let mut events = Vec::new();
+                            for c in commands {
+                                let Ok(effect) = inner.state.apply(origin, &c) else {
+                                    continue;
+                                };
+                                if engine_needs(own, &c) {
+                                    events.push(Committed::Command { origin, command: c });
+                                }
+                                match effect {
+                                    Some(Effect::Claimed {
+                                        client_id,
+                                        node,
+                                        nonce,
+                                    }) if node == self.node_id => {
+                                        let session = inner.state.sessions.get(&client_id).cloned();
+                                        events.push(Committed::Claimed {
+                                            client_id,
+                                            nonce,
+                                            session,
+                                        });
+                                    }
+                                    Some(Effect::WillFired { client_id, will }) if own => {
+                                        events.push(Committed::WillFired { client_id, will });
+                                    }
+                                    _ => {}
+                                }
                             }
-                            if origin != self.node_id {
+                            if !events.is_empty() {
                                 // The engine may be gone at shutdown.
-                                let _ = self.applied.send(Applied::Remote(commands));
+                                let _ = self.applied.send(Applied::Batch {
+                                    index: entry.log_id.index,
+                                    events,
+                                });
                             }
                         }
                         Err(e) => {
@@ -233,7 +275,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state = decode_state(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let mut state = decode_state(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
         self.save(meta, &data)?;
         self.stats.snapshot_installed(data.len());
         {

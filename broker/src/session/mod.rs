@@ -42,8 +42,11 @@ pub struct Delivery {
     pub retain: bool,
     pub subscription_ids: SmallVec<[u32; 1]>,
     pub share: Option<ShareRef>,
-    /// Sequence number within the session (names the copy in the seam).
+    /// Names the copy in the seam; unique within the session.
     pub seq: u64,
+    /// The copy may have reached the client before (restored from the
+    /// replicated state): it goes out with DUP set.
+    pub redelivery: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,11 @@ pub struct Session {
     queued_bytes: usize,
     next_packet_id: u16,
     next_seq: u64,
+    /// Packet ids derived from sequence numbers instead of counted: a node
+    /// that resumes the session after another one sends each copy with the
+    /// packet id the client may already have seen, which is what keeps
+    /// QoS 2 exactly-once across nodes.
+    pub derive_packet_ids: bool,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
     inbound_qos2: HashSet<u16>,
     binding: Option<Binding>,
@@ -144,6 +152,7 @@ impl Session {
             queued_bytes: 0,
             next_packet_id: 1,
             next_seq: 1,
+            derive_packet_ids: false,
             inbound_qos2: HashSet::new(),
             binding: None,
             generation: 0,
@@ -232,10 +241,13 @@ impl Session {
         handed_over
     }
 
-    /// Takes one copy for the client. Assigns its sequence number.
+    /// Takes one copy for the client. A copy without a sequence number
+    /// (0) gets the session's next one.
     pub fn deliver(&mut self, mut d: Delivery) -> (Disposition, u64) {
-        d.seq = self.next_seq;
-        self.next_seq += 1;
+        if d.seq == 0 {
+            d.seq = self.next_seq;
+            self.next_seq += 1;
+        }
         let seq = d.seq;
         let Some(b) = self.binding.as_mut() else {
             if d.qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
@@ -256,11 +268,33 @@ impl Session {
             });
             return (Disposition::Sent, seq);
         }
-        if self.queue.is_empty() && self.inflight.len() < b.window {
+        if self.queue.is_empty() && self.inflight.len() < b.window && self.id_free(seq) {
             self.send_inflight(d);
             return (Disposition::Sent, seq);
         }
         (self.enqueue(d), seq)
+    }
+
+    /// The packet id a derived-id session gives the copy `seq` (never 0).
+    pub fn derived_packet_id(seq: u64) -> u16 {
+        // splitmix64's finaliser: neighbouring sequence numbers spread over
+        // the whole id space, so collisions among a window are rare.
+        let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % 65535) as u16 + 1
+    }
+
+    /// Whether copy `seq` can take a packet id now. With derived ids a copy
+    /// whose id is still in flight waits for it: the id must be the same
+    /// on every node, so it cannot be swapped for a free one.
+    fn id_free(&self, seq: u64) -> bool {
+        if !self.derive_packet_ids {
+            return true;
+        }
+        let id = Self::derived_packet_id(seq);
+        !self.inflight.iter().any(|f| f.packet_id == id)
     }
 
     fn enqueue(&mut self, d: Delivery) -> Disposition {
@@ -305,7 +339,11 @@ impl Session {
     }
 
     fn send_inflight(&mut self, d: Delivery) {
-        let packet_id = self.alloc_packet_id();
+        let packet_id = if self.derive_packet_ids {
+            Self::derived_packet_id(d.seq)
+        } else {
+            self.alloc_packet_id()
+        };
         self.inflight.push_back(Inflight {
             packet_id,
             stage: Stage::AwaitAck,
@@ -314,7 +352,7 @@ impl Session {
         if let Some(b) = self.binding.as_mut() {
             b.outbox.push(Outgoing::Publish {
                 packet_id,
-                dup: false,
+                dup: d.redelivery,
                 delivery: d,
             });
         }
@@ -330,7 +368,10 @@ impl Session {
         while let Some(front) = self.queue.front() {
             let dead = front.message.is_expired(now);
             // Queued QoS 0 (queue_qos0_messages) takes no window slot.
-            if !dead && front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+            if !dead
+                && front.qos != QoS::AtMostOnce
+                && (self.inflight.len() >= window || !self.id_free(front.seq))
+            {
                 break;
             }
             let Some(d) = self.queue.pop_front() else {
@@ -456,21 +497,25 @@ impl Session {
         self.inbound_qos2.remove(&packet_id)
     }
 
-    /// Restores an owed copy from persisted state (after a restart).
-    pub fn restore(&mut self, d: Delivery, released: bool) {
+    /// Restores an owed copy from persisted state (after a restart, or on
+    /// the node that took the session over), oldest first. A copy past
+    /// PUBREC only awaits PUBCOMP; the others are queued, to be sent again
+    /// with DUP within the window once a connection is bound.
+    pub fn restore(&mut self, mut d: Delivery, released: bool) {
         self.next_seq = self.next_seq.max(d.seq + 1);
-        if released || d.qos != QoS::AtMostOnce {
-            let packet_id = self.alloc_packet_id();
+        if released {
+            let packet_id = if self.derive_packet_ids {
+                Self::derived_packet_id(d.seq)
+            } else {
+                self.alloc_packet_id()
+            };
             self.inflight.push_back(Inflight {
                 packet_id,
-                stage: if released {
-                    Stage::AwaitComp
-                } else {
-                    Stage::AwaitAck
-                },
+                stage: Stage::AwaitComp,
                 delivery: d,
             });
         } else {
+            d.redelivery = d.qos != QoS::AtMostOnce;
             self.queued_bytes += d.message.payload.len();
             self.queue.push_back(d);
         }

@@ -31,6 +31,7 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
         subscription_ids: SmallVec::new(),
         share: None,
         seq: 0,
+        redelivery: false,
     }
 }
 

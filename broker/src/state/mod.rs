@@ -12,14 +12,31 @@
 mod machine;
 mod memory;
 
-pub use machine::{PersistedMessage, PersistedSession, ReplicatedState};
+pub use machine::{
+    Effect, Ignored, PersistedMessage, PersistedSession, ReplicatedState, WillRecord,
+};
 pub use memory::MemoryState;
 
 use std::future::Future;
 use std::pin::Pin;
 
+use smallvec::SmallVec;
+
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
+
+/// A client's will as the cluster keeps it, so that another node can
+/// publish it when the client's own node dies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Will {
+    /// Topic, payload, QoS, retain and properties; no expiry instant (the
+    /// clock starts when the will is published).
+    pub message: SharedMessage,
+    /// MQTT 5 Will Delay Interval, seconds.
+    pub delay: u32,
+    /// MQTT 5 Message Expiry Interval of the will, seconds.
+    pub expiry_interval: Option<u32>,
+}
 
 /// A change to replicated state.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,9 +47,53 @@ pub enum Command {
     RetainClear {
         topic: ByteStr,
     },
-    /// `node` now serves `client_id` (takeover across nodes follows it).
+    /// `node` now serves `client_id`: the previous owner lets go of the
+    /// session, `node` resumes it from the replicated state as of this
+    /// command. `nonce` names the connection that claimed; `will` replaces
+    /// the client's will; `clean_start` discards the old session.
     ClaimClient {
         client_id: ByteStr,
+        node: u64,
+        nonce: u64,
+        clean_start: bool,
+        will: Option<Will>,
+    },
+    /// A clean session on `node` ended: the id is nobody's now.
+    Unclaim {
+        client_id: ByteStr,
+        node: u64,
+    },
+    /// The will registered by claim `nonce` is void (normal DISCONNECT,
+    /// or published by its own node).
+    WillClear {
+        client_id: ByteStr,
+        nonce: u64,
+    },
+    /// The proposer will publish the will registered by claim `nonce`, if
+    /// it is still registered: the guard that makes a will go out once even
+    /// when several nodes think it is theirs to publish.
+    WillFire {
+        client_id: ByteStr,
+        nonce: u64,
+    },
+    /// `node` has local subscribers on `filter` (as written, `$share/`
+    /// included): publishes matching it are forwarded there.
+    RouteAdd {
+        node: u64,
+        filter: ByteStr,
+    },
+    RouteRemove {
+        node: u64,
+        filter: ByteStr,
+    },
+    /// `node` (re)started with these routes; clean sessions it served
+    /// before are gone.
+    NodeStarted {
+        node: u64,
+        filters: Vec<ByteStr>,
+    },
+    /// `node` left the cluster: its routes go.
+    NodeGone {
         node: u64,
     },
     /// A persistent session was created (or restarted with clean start).
@@ -61,13 +122,16 @@ pub enum Command {
         client_id: ByteStr,
         filter: ByteStr,
     },
-    /// A QoS 1/2 message owed to a persistent session, numbered by the
-    /// session's sequence.
+    /// A QoS 1/2 message owed to a persistent session. `seq` is unique in
+    /// the cluster (the proposing node's id in the top 16 bits). `local`:
+    /// the proposer's own engine already holds the copy.
     Enqueue {
         client_id: ByteStr,
         seq: u64,
         qos: QoS,
         retain: bool,
+        subscription_ids: SmallVec<[u32; 1]>,
+        local: bool,
         message: SharedMessage,
     },
     /// A QoS 2 message reached PUBREC: only PUBREL/PUBCOMP remain.
@@ -105,6 +169,22 @@ impl Ticket {
     }
 }
 
+/// What the engine learns from the committed log, in log order.
+#[derive(Debug)]
+pub enum Committed {
+    /// A command as committed, with the node that proposed it.
+    Command { origin: u64, command: Command },
+    /// This node's claim of `client_id` is committed; the session's
+    /// replicated state at that point of the log.
+    Claimed {
+        client_id: ByteStr,
+        nonce: u64,
+        session: Option<PersistedSession>,
+    },
+    /// A will this node asked to fire passed its guard: publish it.
+    WillFired { client_id: ByteStr, will: Will },
+}
+
 /// Where replicable changes go. Implementations batch as they see fit; a
 /// ticket resolves once its commands are committed (and applied in order).
 pub trait StateSeam: Send + Sync + 'static {
@@ -112,4 +192,11 @@ pub trait StateSeam: Send + Sync + 'static {
 
     /// A copy of the replicated state, for restore and inspection.
     fn snapshot(&self) -> ReplicatedState;
+
+    /// Whether the engine hears of commits ([`Committed`]) and must wait
+    /// for them where other nodes are involved (claims, wills). The
+    /// in-memory seam commits at once and has nobody else to wait for.
+    fn follows_log(&self) -> bool {
+        false
+    }
 }

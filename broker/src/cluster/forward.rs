@@ -1,0 +1,265 @@
+//! Publishes between nodes: one long-lived bidirectional gRPC stream per
+//! peer (the `Forward` service), fed by a bounded queue and sent in
+//! batches. A peer that is slow or gone makes its queue fill up; further
+//! copies for it are dropped and counted, so a publisher's node never holds
+//! unbounded memory for another node. Only copies that need no durability
+//! travel here (QoS 0, clean sessions); copies owed to persistent sessions
+//! are committed through Raft.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use raftmq_proto::v1 as pb;
+use raftmq_proto::v1::forward_client::ForwardClient;
+use smallvec::SmallVec;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::metrics::RaftStats;
+use super::network::{Network, MAX_MESSAGE_BYTES};
+use super::types::Raft;
+use crate::broker::Broker;
+use crate::message::SharedMessage;
+use crate::router::Forward;
+use crate::session::ShareRef;
+
+/// Copies waiting for one peer before new ones are dropped.
+const PEER_QUEUE: usize = 16 * 1024;
+/// Copies in one batch on the wire.
+const BATCH: usize = 512;
+/// Batches in flight on one stream (HTTP/2 flow control does the rest).
+const STREAM_WINDOW: usize = 8;
+
+struct Item {
+    message: SharedMessage,
+    shared: SmallVec<[ShareRef; 1]>,
+}
+
+/// The sending side: a queue and a stream task per peer.
+pub struct Forwarder {
+    me: u64,
+    raft: Raft,
+    net: Network,
+    stats: RaftStats,
+    peers: Mutex<HashMap<u64, mpsc::Sender<Item>>>,
+}
+
+impl Forwarder {
+    pub fn new(me: u64, raft: Raft, net: Network, stats: RaftStats) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            me,
+            raft,
+            net,
+            stats,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn queue(self: &Arc<Self>, node: u64) -> mpsc::Sender<Item> {
+        let mut peers = self.peers.lock();
+        if let Some(q) = peers.get(&node) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        peers.insert(node, tx.clone());
+        tokio::spawn(peer_stream(self.clone(), node, rx));
+        tx
+    }
+
+    fn address(&self, node: u64) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+    }
+
+    fn dropped(&self, node: u64, n: usize) {
+        if n > 0 {
+            self.stats
+                .forward_dropped
+                .with_label_values(&[&node.to_string()])
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// The engine's handle: `Forward` for an `Arc<Forwarder>`.
+pub struct ForwardHandle(pub Arc<Forwarder>);
+
+impl Forward for ForwardHandle {
+    fn forward(&self, node: u64, message: &SharedMessage, shared: SmallVec<[ShareRef; 1]>) {
+        let item = Item {
+            message: message.clone(),
+            shared,
+        };
+        if self.0.queue(node).try_send(item).is_err() {
+            self.0.dropped(node, 1);
+        }
+    }
+}
+
+/// Keeps one stream to `node` open and feeds it from the queue. While the
+/// peer cannot be reached, what is queued for it is dropped (and counted):
+/// stale QoS 0 copies delivered late would be worse than none.
+async fn peer_stream(f: Arc<Forwarder>, node: u64, mut rx: mpsc::Receiver<Item>) {
+    let mut backoff = Duration::from_millis(50);
+    let label = node.to_string();
+    loop {
+        let stream = match f.address(node) {
+            Some(addr) => open(&f.net, &addr).await,
+            None => Err(Status::not_found("not a member")),
+        };
+        let (tx, acks) = match stream {
+            Ok(s) => {
+                backoff = Duration::from_millis(50);
+                s
+            }
+            Err(e) => {
+                tracing::debug!(node, "forward stream not open: {e}");
+                let wait = tokio::time::sleep(backoff);
+                tokio::pin!(wait);
+                let mut lost = 0;
+                loop {
+                    tokio::select! {
+                        () = &mut wait => break,
+                        item = rx.recv() => match item {
+                            Some(_) => lost += 1,
+                            None => return,
+                        },
+                    }
+                }
+                f.dropped(node, lost);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        // Acks only tell us the stream is alive; reading them keeps the
+        // peer's side from blocking.
+        let reader = tokio::spawn(async move {
+            let mut acks = acks;
+            while let Ok(Some(_)) = acks.message().await {}
+        });
+        loop {
+            let Some(first) = rx.recv().await else {
+                reader.abort();
+                return;
+            };
+            let mut items = vec![first];
+            while items.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(i) => items.push(i),
+                    Err(_) => break,
+                }
+            }
+            let n = items.len();
+            let batch = pb::ForwardBatch {
+                origin: f.me,
+                messages: items
+                    .into_iter()
+                    .map(|i| pb::Forwarded {
+                        message: Some(convert::message_to(&i.message)),
+                        shared: i
+                            .shared
+                            .into_iter()
+                            .map(|s| pb::SharedTarget {
+                                group: s.group.to_string(),
+                                filter: s.filter.to_string(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            if tx.send(batch).await.is_err() || reader.is_finished() {
+                f.dropped(node, n);
+                break;
+            }
+            f.stats
+                .forwarded
+                .with_label_values(&["out", &label])
+                .inc_by(n as u64);
+        }
+        reader.abort();
+    }
+}
+
+type Acks = Streaming<pb::ForwardAck>;
+
+async fn open(net: &Network, addr: &str) -> Result<(mpsc::Sender<pb::ForwardBatch>, Acks), Status> {
+    let channel = net
+        .channel(addr)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client = ForwardClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+    let resp = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.stream(ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| Status::deadline_exceeded("forward stream"))??;
+    Ok((tx, resp.into_inner()))
+}
+
+/// The receiving side: delivers what peers forward to local subscribers.
+pub struct ForwardService {
+    pub broker: Arc<OnceLock<Arc<Broker>>>,
+    pub stats: RaftStats,
+}
+
+#[tonic::async_trait]
+impl pb::forward_server::Forward for ForwardService {
+    type StreamStream = ReceiverStream<Result<pb::ForwardAck, Status>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let broker = self
+            .broker
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("broker starting"))?;
+        let stats = self.stats.clone();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = inbound.message().await {
+                let n = batch.messages.len() as u64;
+                for f in batch.messages {
+                    let message = match convert::message_from(f.message) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(origin = batch.origin, "forwarded message dropped: {e}");
+                            continue;
+                        }
+                    };
+                    let shared: SmallVec<[ShareRef; 1]> = f
+                        .shared
+                        .into_iter()
+                        .map(|s| ShareRef {
+                            group: s.group.into(),
+                            filter: s.filter.into(),
+                        })
+                        .collect();
+                    broker.deliver_forwarded(message, &shared);
+                }
+                stats
+                    .forwarded
+                    .with_label_values(&["in", &batch.origin.to_string()])
+                    .inc_by(n);
+                if tx.send(Ok(pb::ForwardAck { received: n })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

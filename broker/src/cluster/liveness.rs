@@ -1,0 +1,84 @@
+//! Which members are alive, as the leader sees them: it asks each one for
+//! its status every half second. A member that has not answered for
+//! [`DOWN_AFTER`] is down: the wills of the clients it served are
+//! published (after their delays) by the leader, through the log's guard,
+//! so each goes out once even if the node was only cut off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_proto::v1 as pb;
+use raftmq_proto::v1::admin_client::AdminClient;
+
+use super::metrics::RaftStats;
+use super::network::Network;
+use super::types::Raft;
+use crate::broker::Broker;
+
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Silence after which a member counts as down.
+pub fn down_after(election_timeout_ms: u64) -> Duration {
+    Duration::from_millis((3 * election_timeout_ms).max(3000))
+}
+
+pub fn spawn(
+    raft: Raft,
+    net: Network,
+    broker: Arc<Broker>,
+    stats: RaftStats,
+    down_after: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = broker.node_id;
+        // Last answer per member, measured only while this node leads.
+        let mut heard: HashMap<u64, Instant> = HashMap::new();
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let m = raft.metrics().borrow().clone();
+            if m.current_leader != Some(me) {
+                heard.clear();
+                broker.set_down_nodes(Vec::new());
+                stats.nodes_down.set(0);
+                continue;
+            }
+            let members: Vec<(u64, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            let now = Instant::now();
+            let probes = members.iter().map(|(id, addr)| {
+                let net = net.clone();
+                async move { (*id, probe(&net, addr).await) }
+            });
+            for (id, ok) in futures_util::future::join_all(probes).await {
+                let last = heard.entry(id).or_insert(now);
+                if ok {
+                    *last = now;
+                }
+            }
+            heard.retain(|id, _| members.iter().any(|(m, _)| m == id));
+            let down: Vec<u64> = heard
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= down_after)
+                .map(|(id, _)| *id)
+                .collect();
+            stats.nodes_down.set(down.len() as i64);
+            broker.set_down_nodes(down);
+        }
+    })
+}
+
+async fn probe(net: &Network, addr: &str) -> bool {
+    let Ok(channel) = net.channel(addr) else {
+        return false;
+    };
+    let mut client = AdminClient::new(channel);
+    let call = client.status(pb::StatusRequest {});
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, call).await, Ok(Ok(_)))
+}

@@ -1,0 +1,347 @@
+//! What this node knows of the rest of the cluster, kept in step with the
+//! committed log: which nodes have subscribers on which filters (routes),
+//! the persistent sessions and who owns them, and every registered will.
+//!
+//! The router reads it on each publish: copies owed to persistent sessions
+//! that another node owns are enqueued through Raft, the rest of the
+//! publish is forwarded to the nodes whose routes match. It is an index
+//! derived from [`ReplicatedState`]; the state machine decides what a
+//! command does, this view only follows the commands that took effect.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::codec::{ByteStr, SubOptions};
+use crate::router::split_share;
+use crate::state::{Command, ReplicatedState, WillRecord};
+use crate::topic_tree::{Hit, Subscriber, TopicTree};
+
+#[derive(Default)]
+pub struct ClusterView {
+    me: u64,
+    /// Routes as a tree whose subscribers are node ids.
+    routes: TopicTree<u64, ()>,
+    route_nodes: BTreeMap<ByteStr, BTreeSet<u64>>,
+    /// Non-shared subscriptions of persistent sessions (keyed by client).
+    persistent: TopicTree<ByteStr, ()>,
+    subscriptions: HashMap<ByteStr, BTreeMap<ByteStr, SubOptions>>,
+    owners: HashMap<ByteStr, u64>,
+    pub wills: HashMap<ByteStr, WillRecord>,
+}
+
+/// A persistent session owned elsewhere that a publish matched.
+pub struct RemoteSession<'a> {
+    pub client_id: &'a ByteStr,
+    pub options: SubOptions,
+    pub identifier: Option<u32>,
+}
+
+impl ClusterView {
+    pub fn new(me: u64) -> Self {
+        ClusterView {
+            me,
+            ..Default::default()
+        }
+    }
+
+    /// Rebuilds the view from a whole state (start, installed snapshot).
+    pub fn rebuild(&mut self, state: &ReplicatedState) {
+        *self = ClusterView::new(self.me);
+        for (filter, nodes) in &state.routes {
+            for node in nodes {
+                self.add_route(*node, filter);
+            }
+        }
+        for (client_id, session) in &state.sessions {
+            self.subscriptions
+                .insert(client_id.clone(), BTreeMap::new());
+            for (filter, (options, identifier)) in &session.subscriptions {
+                self.subscribe(client_id, filter, *options, *identifier);
+            }
+        }
+        self.owners = state.owners.clone();
+        self.wills = state.wills.clone();
+    }
+
+    /// Whether anything lives on another node: when not, the router skips
+    /// the view altogether (a single node pays nothing for it).
+    pub fn has_remote(&self) -> bool {
+        self.route_nodes
+            .values()
+            .any(|n| n.iter().any(|x| *x != self.me))
+            || self.owners.values().any(|n| *n != self.me)
+    }
+
+    pub fn owner(&self, client_id: &str) -> Option<u64> {
+        self.owners.get(client_id).copied()
+    }
+
+    /// Follows one command that took effect (as the state machine said).
+    pub fn apply(&mut self, command: &Command) {
+        match command {
+            Command::ClaimClient {
+                client_id,
+                node,
+                clean_start,
+                ..
+            } => {
+                self.owners.insert(client_id.clone(), *node);
+                if *clean_start {
+                    self.end_session(client_id);
+                }
+            }
+            Command::Unclaim { client_id, .. } => {
+                self.owners.remove(client_id);
+            }
+            Command::SessionCreate { client_id, .. } => {
+                self.end_session(client_id);
+                self.subscriptions
+                    .insert(client_id.clone(), BTreeMap::new());
+            }
+            Command::SessionEnd { client_id } => {
+                self.end_session(client_id);
+                self.owners.remove(client_id);
+            }
+            Command::Subscribe {
+                client_id,
+                filter,
+                options,
+                identifier,
+            } => self.subscribe(client_id, filter, *options, *identifier),
+            Command::Unsubscribe { client_id, filter } => {
+                if let Some(subs) = self.subscriptions.get_mut(client_id) {
+                    if subs.remove(filter).is_some() {
+                        let (group, f) = split_share(filter);
+                        if group.is_none() {
+                            self.persistent.remove(None, f, client_id);
+                        }
+                    }
+                }
+            }
+            Command::RouteAdd { node, filter } => self.add_route(*node, filter),
+            Command::RouteRemove { node, filter } => self.remove_route(*node, filter),
+            Command::NodeStarted { node, filters } => {
+                self.forget_routes(*node);
+                for f in filters {
+                    self.add_route(*node, f);
+                }
+                let subs = &self.subscriptions;
+                self.owners
+                    .retain(|c, n| *n != *node || subs.contains_key(c));
+            }
+            Command::NodeGone { node } => self.forget_routes(*node),
+            _ => {}
+        }
+    }
+
+    /// Keeps the will index in step (claims replace wills; clears and
+    /// fired wills remove them).
+    pub fn set_will(&mut self, client_id: &ByteStr, will: Option<WillRecord>) {
+        match will {
+            Some(w) => self.wills.insert(client_id.clone(), w),
+            None => self.wills.remove(client_id),
+        };
+    }
+
+    fn subscribe(
+        &mut self,
+        client_id: &ByteStr,
+        filter: &ByteStr,
+        options: SubOptions,
+        identifier: Option<u32>,
+    ) {
+        let Some(subs) = self.subscriptions.get_mut(client_id) else {
+            return;
+        };
+        subs.insert(filter.clone(), options);
+        let (group, f) = split_share(filter);
+        // Shared members are served by the node a publish is forwarded to.
+        if group.is_none() {
+            self.persistent.insert(
+                None,
+                f,
+                Subscriber {
+                    key: client_id.clone(),
+                    value: (),
+                    options,
+                    identifier,
+                },
+            );
+        }
+    }
+
+    fn end_session(&mut self, client_id: &ByteStr) {
+        if let Some(subs) = self.subscriptions.remove(client_id) {
+            for filter in subs.keys() {
+                let (group, f) = split_share(filter);
+                if group.is_none() {
+                    self.persistent.remove(None, f, client_id);
+                }
+            }
+        }
+    }
+
+    fn add_route(&mut self, node: u64, filter: &ByteStr) {
+        if self
+            .route_nodes
+            .entry(filter.clone())
+            .or_default()
+            .insert(node)
+        {
+            let (group, f) = split_share(filter);
+            self.routes.insert(
+                group,
+                f,
+                Subscriber {
+                    key: node,
+                    value: (),
+                    options: SubOptions::default(),
+                    identifier: None,
+                },
+            );
+        }
+    }
+
+    fn remove_route(&mut self, node: u64, filter: &ByteStr) {
+        let Some(nodes) = self.route_nodes.get_mut(filter) else {
+            return;
+        };
+        if nodes.remove(&node) {
+            let (group, f) = split_share(filter);
+            self.routes.remove(group, f, &node);
+        }
+        if nodes.is_empty() {
+            self.route_nodes.remove(filter);
+        }
+    }
+
+    fn forget_routes(&mut self, node: u64) {
+        let filters: Vec<ByteStr> = self
+            .route_nodes
+            .iter()
+            .filter(|(_, n)| n.contains(&node))
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in filters {
+            self.remove_route(node, &f);
+        }
+    }
+
+    /// Persistent sessions owned by other nodes that `topic` matches, one
+    /// entry per subscription (the router merges overlaps).
+    pub fn remote_sessions<'a>(&'a self, topic: &str, mut visit: impl FnMut(RemoteSession<'a>)) {
+        self.persistent.for_each_match(topic, |hit| {
+            if let Hit::Subscriber(s) = hit {
+                if self.owners.get(&s.key).is_some_and(|n| *n != self.me) {
+                    visit(RemoteSession {
+                        client_id: &s.key,
+                        options: s.options,
+                        identifier: s.identifier,
+                    });
+                }
+            }
+        });
+    }
+
+    /// The nodes `topic` must be forwarded to: every other node with a
+    /// plain route, and for each shared group the one node (in rotation,
+    /// this one included) that serves this message. Calls `plain(node)` and
+    /// `shared(group, filter, node)`.
+    pub fn route(
+        &self,
+        topic: &str,
+        mut plain: impl FnMut(u64),
+        mut shared: impl FnMut(&ByteStr, &ByteStr, u64),
+    ) {
+        self.routes.for_each_match(topic, |hit| match hit {
+            Hit::Subscriber(s) => {
+                if s.key != self.me {
+                    plain(s.key);
+                }
+            }
+            Hit::Shared(group) => {
+                if let Some(m) = group.rotation().next() {
+                    shared(&group.name, &group.filter, m.key);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(v: &ClusterView, topic: &str) -> (Vec<u64>, Vec<(String, u64)>) {
+        let (mut plain, mut shared) = (Vec::new(), Vec::new());
+        v.route(
+            topic,
+            |n| plain.push(n),
+            |g, _, n| shared.push((g.to_string(), n)),
+        );
+        plain.sort_unstable();
+        (plain, shared)
+    }
+
+    #[test]
+    fn routes_and_remote_sessions() {
+        let mut v = ClusterView::new(1);
+        assert!(!v.has_remote());
+        v.apply(&Command::RouteAdd {
+            node: 1,
+            filter: "a/#".into(),
+        });
+        assert!(!v.has_remote(), "only our own routes");
+        v.apply(&Command::RouteAdd {
+            node: 2,
+            filter: "a/+".into(),
+        });
+        v.apply(&Command::RouteAdd {
+            node: 3,
+            filter: "$share/g/a/b".into(),
+        });
+        v.apply(&Command::RouteAdd {
+            node: 1,
+            filter: "$share/g/a/b".into(),
+        });
+        assert!(v.has_remote());
+        assert_eq!(route(&v, "a/b").0, vec![2]);
+        // The group rotates over its nodes, this one included.
+        let picks: BTreeSet<u64> = (0..4).map(|_| route(&v, "a/b").1[0].1).collect();
+        assert_eq!(picks, BTreeSet::from([1, 3]));
+        v.apply(&Command::NodeGone { node: 2 });
+        assert!(route(&v, "a/b").0.is_empty());
+
+        let c = ByteStr::from("c");
+        v.apply(&Command::ClaimClient {
+            client_id: c.clone(),
+            node: 3,
+            nonce: 1,
+            clean_start: true,
+            will: None,
+        });
+        v.apply(&Command::SessionCreate {
+            client_id: c.clone(),
+            expiry: 10,
+        });
+        v.apply(&Command::Subscribe {
+            client_id: c.clone(),
+            filter: "x/#".into(),
+            options: SubOptions::default(),
+            identifier: Some(4),
+        });
+        let mut hits = Vec::new();
+        v.remote_sessions("x/y", |s| hits.push((s.client_id.clone(), s.identifier)));
+        assert_eq!(hits, vec![(c.clone(), Some(4))]);
+        // Once this node owns it, it is not remote any more.
+        v.apply(&Command::ClaimClient {
+            client_id: c.clone(),
+            node: 1,
+            nonce: 2,
+            clean_start: false,
+            will: None,
+        });
+        let mut n = 0;
+        v.remote_sessions("x/y", |_| n += 1);
+        assert_eq!(n, 0);
+    }
+}
