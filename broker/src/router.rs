@@ -110,7 +110,11 @@ impl Broker {
         let retain = d.retain;
         let message = d.message.clone();
         let mut s = cell.session.lock();
-        if let Some(policy) = acl {
+        // A session restored from the log and not resumed since has no
+        // username yet (it is not replicated): its copies are queued and
+        // checked when sent, against whoever resumes it.
+        let user_known = s.generation > 0;
+        if let Some(policy) = acl.filter(|_| user_known) {
             let who = Principal {
                 username: s.username.as_deref(),
                 client_id: &cell.client_id,
