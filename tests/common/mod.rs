@@ -4,11 +4,11 @@
 //! SIGSTOP). Clients are real: rumqttc, mosquitto_pub/sub, paho (Python),
 //! and raw sockets speaking bytes.
 
+pub mod access;
 pub mod certs;
 pub mod cluster;
 pub mod process;
 pub mod raw;
-pub mod users;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
