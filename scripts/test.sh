@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: mosquitto (interop peer and its clients), libssl-dev and
-# pkg-config (the TLS-PSK listener links OpenSSL).
+# pkg-config (the TLS-PSK listener links OpenSSL), the openssl CLI (the
+# listener tests' s_client / s_server: TLS versions, PSK hint).
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+command -v openssl >/dev/null || missing+=(openssl)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 if [ ${#missing[@]} -gt 0 ]; then

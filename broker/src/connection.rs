@@ -913,6 +913,12 @@ impl Connection {
         }
         let now = Instant::now();
         let mut discarded = Vec::new();
+        // Read access is checked again here, against whoever holds the
+        // session now: a copy may have been queued under another username
+        // (a session resumed by someone else), before an ACL reload, or for
+        // a session restored before its user was known.
+        let policy = self.broker.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         for out in outbox {
             match out {
                 Outgoing::PubRel { packet_id } => {
@@ -926,7 +932,20 @@ impl Connection {
                     dup,
                     delivery: d,
                 } => {
-                    let Some(packet) = self.outgoing_publish(packet_id, dup, &d, now) else {
+                    let readable = acl.is_none_or(|p| {
+                        let who = Principal {
+                            username: self.username.as_deref(),
+                            client_id: &self.client_id,
+                        };
+                        p.may(who, &d.message.topic, Action::Read)
+                    });
+                    if !readable {
+                        tracing::debug!(topic = %d.message.topic, "copy not sent: the ACL denies reading it");
+                    }
+                    let packet = readable
+                        .then(|| self.outgoing_publish(packet_id, dup, &d, now))
+                        .flatten();
+                    let Some(packet) = packet else {
                         self.broker.stats.publish_dropped.inc();
                         if packet_id != 0 {
                             discarded.push(packet_id);

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 
 type Fingerprint = Option<(i64, i64, u64, u64)>;
@@ -31,12 +31,30 @@ impl Group {
 }
 
 /// Groups of files, each with what to do when one of them changes.
-#[derive(Default)]
 pub struct FileWatch {
     groups: Vec<Group>,
+    hup: Option<Signal>,
+}
+
+impl Default for FileWatch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FileWatch {
+    /// Takes SIGHUP over at once (its default action ends the process), so
+    /// that a signal sent as soon as a listener accepts is a reload.
+    pub fn new() -> Self {
+        let hup = signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!("no SIGHUP reloads: {e}"))
+            .ok();
+        FileWatch {
+            groups: Vec::new(),
+            hup,
+        }
+    }
+
     pub fn add(&mut self, files: Vec<PathBuf>, reload: impl Fn(&str) + Send + Sync + 'static) {
         if files.is_empty() {
             return;
@@ -51,7 +69,7 @@ impl FileWatch {
 
     pub fn spawn(mut self, period: Duration) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut hup = signal(SignalKind::hangup()).ok();
+            let mut hup = self.hup.take();
             let mut tick = tokio::time::interval(period);
             loop {
                 let signalled = tokio::select! {

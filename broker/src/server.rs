@@ -49,7 +49,7 @@ impl Server {
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
-        let mut watch = FileWatch::default();
+        let mut watch = FileWatch::new();
         {
             let broker = broker.clone();
             let files = config

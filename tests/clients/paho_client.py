@@ -11,6 +11,9 @@ so the test can follow along while the process runs):
   pub: connect, publish every --message in order at --qos, wait until each
        publish completed its QoS flow, then DISCONNECT.
 
+Transports: TCP (default) or --transport websockets (--ws-path, default
+/mqtt); --cafile turns TLS on (so websockets + --cafile is wss).
+
 Events:
   {"event": "connected", "reason_code": int, "session_present": bool}
   {"event": "subscribed", "granted": [int, ...]}
@@ -71,6 +74,11 @@ def main():
     ap.add_argument("--qos", type=int, default=0)
     ap.add_argument("--keepalive", type=int, default=60)
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
+    ap.add_argument("--ws-path", default="/mqtt")
+    ap.add_argument("--cafile", default=None, help="TLS, trusting this CA")
+    ap.add_argument("--username", default=None)
+    ap.add_argument("--password", default=None)
     # Sessions: 3.1.1 clean session flag; 5.0 clean start + expiry.
     ap.add_argument("--no-clean", action="store_true")
     ap.add_argument("--session-expiry", type=int, default=None)
@@ -103,7 +111,14 @@ def main():
     }
     if not v5:
         kwargs["clean_session"] = not a.no_clean
+    kwargs["transport"] = a.transport
     c = mqtt.Client(**kwargs)
+    if a.transport == "websockets":
+        c.ws_set_options(path=a.ws_path)
+    if a.cafile:
+        c.tls_set(ca_certs=a.cafile)
+    if a.username is not None:
+        c.username_pw_set(a.username, a.password)
     # Every message is printed; nothing is re-ordered or held back by paho.
     c.max_inflight_messages_set(20)
     c.max_queued_messages_set(0)

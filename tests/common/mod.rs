@@ -4,7 +4,10 @@
 //! SIGSTOP). Clients are real: rumqttc, mosquitto_pub/sub, paho (Python),
 //! and raw sockets speaking bytes.
 
+pub mod access;
+pub mod certs;
 pub mod cluster;
+pub mod process;
 pub mod raw;
 
 use std::io::Read;
@@ -32,6 +35,28 @@ pub fn broker_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "raftmq", "--bin", "raftmq"]);
+        // Cargo sets these for the test process (the tests' own package);
+        // ring's build script tracks some of them, so passing them on
+        // would rebuild ring and all above it here, and again at the next
+        // `cargo nextest run`.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            let per_package = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p));
+            if per_package
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k == "OUT_DIR"
+            {
+                cmd.env_remove(&key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }

@@ -15,6 +15,7 @@
 //! merely overlaps a denied area is allowed, and each message is checked on
 //! delivery instead.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -123,65 +124,63 @@ impl AclFile {
     }
 
     /// Rules that apply to `who`, with `%c`/`%u` filled in. A pattern whose
-    /// substitution would carry a wildcard (a client id `+`) applies to
-    /// nobody, so that an identity cannot widen its own grant.
-    fn rules<'a>(&'a self, who: Principal<'_>) -> impl Iterator<Item = Rule> + 'a {
+    /// substitution would carry a wildcard or a level separator (a client
+    /// id `+`) applies to nobody, so that an identity cannot widen its own
+    /// grant. Only patterns allocate: this runs for every delivered copy.
+    fn rules<'a>(&'a self, who: Principal<'a>) -> impl Iterator<Item = (Access, Cow<'a, str>)> {
         let own: &'a [Rule] = match who.username {
             Some(u) => self.users.get(u).map_or(&[], Vec::as_slice),
             None => &self.anonymous,
         };
-        let username = who.username.map(str::to_string);
-        let client_id = who.client_id.to_string();
+        let unsafe_level = |s: &str| s.contains(['+', '#', '/']);
         let patterns = self.patterns.iter().filter_map(move |r| {
-            let mut filter = r.filter.clone();
+            let mut filter = Cow::Borrowed(r.filter.as_str());
             if filter.contains("%c") {
-                if client_id.contains(['+', '#', '/']) {
+                if unsafe_level(who.client_id) {
                     return None;
                 }
-                filter = filter.replace("%c", &client_id);
+                filter = Cow::Owned(filter.replace("%c", who.client_id));
             }
             if filter.contains("%u") {
-                let u = username.as_deref()?;
-                if u.contains(['+', '#', '/']) {
+                let u = who.username?;
+                if unsafe_level(u) {
                     return None;
                 }
-                filter = filter.replace("%u", u);
+                filter = Cow::Owned(filter.replace("%u", u));
             }
-            Some(Rule {
-                access: r.access,
-                filter,
-            })
+            Some((r.access, filter))
         });
-        own.iter().cloned().chain(patterns)
+        own.iter()
+            .map(|r| (r.access, Cow::Borrowed(r.filter.as_str())))
+            .chain(patterns)
+    }
+
+    /// Denials win; otherwise some grant of `action` must apply. `applies`
+    /// says whether a rule's filter concerns the topic or filter asked
+    /// about.
+    fn decide(&self, who: Principal<'_>, action: Action, applies: impl Fn(&str) -> bool) -> bool {
+        let mut granted = false;
+        for (access, filter) in self.rules(who) {
+            if access == Access::Deny {
+                if applies(&filter) {
+                    return false;
+                }
+            } else if !granted && access.grants(action) && applies(&filter) {
+                granted = true;
+            }
+        }
+        granted
     }
 
     /// May `who` do `action` on the topic name `topic`?
     pub fn check_topic(&self, who: Principal<'_>, topic: &str, action: Action) -> bool {
-        let rules: Vec<Rule> = self.rules(who).collect();
-        if rules
-            .iter()
-            .any(|r| r.access == Access::Deny && filter_matches(&r.filter, topic))
-        {
-            return false;
-        }
-        rules
-            .iter()
-            .any(|r| r.access.grants(action) && filter_matches(&r.filter, topic))
+        self.decide(who, action, |f| filter_matches(f, topic))
     }
 
     /// May `who` subscribe to `filter` (the underlying filter of a shared
     /// subscription)?
     pub fn check_subscribe(&self, who: Principal<'_>, filter: &str) -> bool {
-        let rules: Vec<Rule> = self.rules(who).collect();
-        if rules
-            .iter()
-            .any(|r| r.access == Access::Deny && filter_covers(&r.filter, filter))
-        {
-            return false;
-        }
-        rules
-            .iter()
-            .any(|r| r.access.grants(Action::Read) && filter_covers(&r.filter, filter))
+        self.decide(who, Action::Read, |f| filter_covers(f, filter))
     }
 
     pub fn rule_count(&self) -> usize {

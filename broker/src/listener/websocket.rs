@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// The WebSocket subprotocols that carry MQTT.
+const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+
 /// Upgrades `stream` if the request is for `path`; refuses other paths with
 /// 404. Frames are bounded by `max_packet_size` (plus framing).
 pub async fn accept<S>(stream: S, path: &str, max_packet_size: u32) -> io::Result<WsStream<S>>
@@ -31,16 +34,24 @@ where
             *err.status_mut() = StatusCode::NOT_FOUND;
             return Err(err);
         }
-        let wants_mqtt = req
+        // `mqtt` is the standard name; `mqttv3.1` is what MQTT 3.1 clients
+        // (old paho JavaScript) ask for, and mosquitto accepts it too. The
+        // first one the client offers is echoed, as RFC 6455 wants.
+        let chosen = req
             .headers()
             .get_all("Sec-WebSocket-Protocol")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
-        if wants_mqtt {
+            .map(str::trim)
+            .find_map(|p| {
+                SUBPROTOCOLS
+                    .iter()
+                    .find(|known| p.eq_ignore_ascii_case(known))
+            });
+        if let Some(p) = chosen {
             resp.headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
         }
         Ok(resp)
     };
