@@ -9,17 +9,20 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: mosquitto (interop peer and its clients), libssl-dev and
 # pkg-config (the TLS-PSK listener links OpenSSL), the openssl CLI (the
-# listener tests' s_client / s_server: TLS versions, PSK hint).
+# listener tests' s_client / s_server: TLS versions, PSK hint), prometheus
+# for promtool (checks the alert rules and the dashboards' PromQL; its
+# daemon is not used).
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 command -v openssl >/dev/null || missing+=(openssl)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet 'paho-mqtt>=2,<3'
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -70,7 +70,9 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let span = tracing::debug_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
+    // Info level, so that every event of the connection at the default
+    // level (authentication failures, refusals) carries who and where.
+    let span = tracing::info_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
     run(broker, listener, stream, peer, identity)
         .instrument(span)
         .await
@@ -110,10 +112,19 @@ async fn run<S>(
         }
     };
     let mut wbuf = BytesMut::new();
-    let Some(mut conn) =
-        Connection::accept(broker, listener, *connect, identity, peer, &mut wbuf).await
+    let Some(mut conn) = Connection::accept(
+        broker.clone(),
+        listener,
+        *connect,
+        identity,
+        peer,
+        &mut wbuf,
+    )
+    .await
     else {
-        let _ = stream.write_all(&wbuf).await;
+        if stream.write_all(&wbuf).await.is_ok() {
+            broker.stats.bytes_sent.inc_by(wbuf.len() as u64);
+        }
         let _ = stream.flush().await;
         let _ = stream.shutdown().await;
         return;
@@ -152,7 +163,10 @@ async fn read_connect<S: AsyncRead + Unpin>(
 ) -> Result<Box<Connect>, ConnectError> {
     loop {
         match codec::decode(rbuf, None, max_packet_size) {
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(Packet::Connect(c))) => {
+                broker.stats.messages_received.inc();
+                return Ok(c);
+            }
             Ok(Some(other)) => return Err(ConnectError::NotConnect(other.name())),
             Ok(None) => {}
             Err(e) => {
@@ -222,7 +236,9 @@ impl Connection {
                 code: if v5 { v5_code } else { v3_code },
                 properties,
             };
-            let _ = codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf);
+            if codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf).is_ok() {
+                broker.stats.messages_sent.inc();
+            }
         };
 
         let mut client_id = c.client_id.clone();
@@ -381,7 +397,9 @@ impl Connection {
             code: reason::SUCCESS,
             properties,
         };
-        let _ = codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf);
+        if codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf).is_ok() {
+            broker.stats.messages_sent.inc();
+        }
         tracing::debug!(%client_id, protocol = ?c.protocol, clean = c.clean_start, "connected");
 
         Some(Connection {
@@ -473,6 +491,7 @@ impl Connection {
     /// Decodes and handles every whole packet in `rbuf`.
     async fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Flow {
         loop {
+            let before = rbuf.len();
             let packet =
                 match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size) {
                     Ok(Some(p)) => p,
@@ -484,6 +503,15 @@ impl Connection {
                     }
                 };
             self.broker.stats.messages_received.inc();
+            if let Packet::Publish(p) = &packet {
+                // The whole packet as it arrived, like the outbound side.
+                let stats = &self.broker.stats;
+                stats
+                    .packet_size
+                    .with_label_values(&["in"])
+                    .observe((before - rbuf.len()) as f64);
+                stats.publish_bytes_received.inc_by(p.payload.len() as u64);
+            }
             self.handle(packet, wbuf).await?;
         }
     }
@@ -610,11 +638,6 @@ impl Connection {
 
     async fn on_publish(&mut self, mut p: Publish, wbuf: &mut BytesMut) -> Flow {
         self.broker.stats.publish_received.inc();
-        self.broker
-            .stats
-            .packet_size
-            .with_label_values(&["in"])
-            .observe(p.payload.len() as f64 + p.topic.len() as f64);
         let cfg = &self.broker.config.mqtt;
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > cfg.topic_alias_maximum {
@@ -957,6 +980,9 @@ impl Connection {
                         Ok(()) => {
                             let stats = &self.broker.stats;
                             stats.publish_sent.inc();
+                            stats
+                                .publish_bytes_sent
+                                .inc_by(d.message.payload.len() as u64);
                             stats.messages_sent.inc();
                             stats
                                 .packet_size
@@ -1060,7 +1086,14 @@ impl Connection {
         };
         let goodbye = match exit {
             Exit::Close(code, why) => Some((code, why)),
-            Exit::Kicked(code) => Some((code, "session taken over")),
+            Exit::Kicked(reason::SESSION_TAKEN_OVER) => {
+                Some((reason::SESSION_TAKEN_OVER, "session taken over"))
+            }
+            Exit::Kicked(reason::ADMINISTRATIVE_ACTION) => Some((
+                reason::ADMINISTRATIVE_ACTION,
+                "disconnected by an administrator",
+            )),
+            Exit::Kicked(code) => Some((code, "closed by the server")),
             _ => None,
         };
         if let Some((code, why)) = goodbye {
@@ -1088,7 +1121,9 @@ impl Connection {
                 stream.write_all(wbuf).await?;
                 stream.flush().await
             };
-            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), bye).await {
+                self.broker.stats.bytes_sent.inc_by(wbuf.len() as u64);
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     }

@@ -153,8 +153,8 @@ impl Broker {
         let mut view_changed = false;
         for event in events {
             match event {
-                Committed::Command { origin, command } => {
-                    view_changed |= self.follow(origin, &command);
+                Committed::Command { command, .. } => {
+                    view_changed |= self.follow(&command);
                 }
                 Committed::Claimed {
                     client_id,
@@ -172,19 +172,15 @@ impl Broker {
 
     /// Applies one committed command to the local indexes; true when the
     /// cluster view changed.
-    fn follow(self: &Arc<Self>, origin: u64, command: &Command) -> bool {
+    fn follow(self: &Arc<Self>, command: &Command) -> bool {
         let me = self.node_id;
         match command {
             Command::RetainSet(m) => {
-                if origin != me {
-                    self.retained.write().set(m.clone());
-                }
+                self.retained.write().set(m.clone());
                 return false;
             }
             Command::RetainClear { topic } => {
-                if origin != me {
-                    self.retained.write().clear(topic);
-                }
+                self.retained.write().clear(topic);
                 return false;
             }
             Command::Enqueue {

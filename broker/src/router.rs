@@ -562,17 +562,43 @@ impl Broker {
 
     /// Stores (or, for an empty payload, clears) the retained message of
     /// its topic.
+    ///
+    /// The local store changes at once, so that this node's next
+    /// subscriber sees it; every node, this one included, then applies the
+    /// committed change in log order, which is what makes concurrent
+    /// retains on several nodes end the same everywhere. A change that
+    /// cannot commit (no quorum) is undone here, so that a node cut off
+    /// from the cluster never keeps a retained message the others lack.
     pub fn retain(&self, message: SharedMessage) -> Ticket {
+        let topic = message.topic.clone();
         let command = if message.payload.is_empty() {
-            self.retained.write().clear(&message.topic);
+            self.retained.write().clear(&topic);
             Command::RetainClear {
-                topic: message.topic.clone(),
+                topic: topic.clone(),
             }
         } else {
             self.retained.write().set(message.clone());
             Command::RetainSet(message)
         };
-        self.seam.submit(vec![command])
+        let ticket = self.seam.submit(vec![command]);
+        if !self.seam.follows_log() {
+            return ticket;
+        }
+        let (retained, seam) = (self.retained.clone(), self.seam.clone());
+        Ticket::Pending(Box::pin(async move {
+            let r = ticket.wait().await;
+            if r.is_err() {
+                let committed = seam.snapshot().retained.get(&topic).cloned();
+                let mut store = retained.write();
+                match committed {
+                    Some(m) => store.set(m),
+                    None => {
+                        store.clear(&topic);
+                    }
+                }
+            }
+            r
+        }))
     }
 
     /// Retained messages for a new subscription on `filter`.

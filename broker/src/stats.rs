@@ -99,6 +99,8 @@ metrics! {
         publish_dropped => "Message copies dropped by a queue limit, expiry or the client's maximum packet size",
         bytes_received => "Bytes received from clients",
         bytes_sent => "Bytes sent to clients",
+        publish_bytes_received => "PUBLISH payload bytes received",
+        publish_bytes_sent => "PUBLISH payload bytes sent",
         protocol_errors => "Connections closed for malformed or protocol-violating input",
         sessions_expired => "Persistent sessions that expired",
         keepalive_timeouts => "Connections closed because the keep alive elapsed",

@@ -56,6 +56,9 @@ pub fn spawn(broker: Arc<Broker>) -> Option<tokio::task::JoinHandle<()>> {
         let mut last: HashMap<String, String> = HashMap::new();
         let mut loads: HashMap<&'static str, Load> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(interval));
+        // After a stall, one late update rather than a burst: ticks stay at
+        // least `interval` apart, so `uptime` changes on every one of them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             broker.refresh_gauges();
@@ -70,6 +73,8 @@ pub fn spawn(broker: Arc<Broker>) -> Option<tokio::task::JoinHandle<()>> {
 }
 
 /// Every periodic topic (relative to `$SYS/broker/`) and its value now.
+/// `uptime` comes first and changes every tick, so a subscriber can tell
+/// where one update begins.
 fn values(
     broker: &Broker,
     started: Instant,
@@ -133,6 +138,14 @@ fn values(
         (
             "publish/messages/dropped".into(),
             s.publish_dropped.get().to_string(),
+        ),
+        (
+            "publish/bytes/received".into(),
+            s.publish_bytes_received.get().to_string(),
+        ),
+        (
+            "publish/bytes/sent".into(),
+            s.publish_bytes_sent.get().to_string(),
         ),
         ("bytes/received".into(), s.bytes_received.get().to_string()),
         ("bytes/sent".into(), s.bytes_sent.get().to_string()),

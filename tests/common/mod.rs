@@ -81,6 +81,8 @@ pub fn free_port() -> u16 {
 pub struct BrokerConfig {
     toml: String,
     env: Vec<(String, String)>,
+    /// Extra `raftmq serve` arguments after `--config FILE`.
+    args: Vec<String>,
     /// Written as the top-level `sys_interval` key; 0 (no `$SYS`) unless a
     /// test asks for it with [`BrokerConfig::sys_interval`].
     sys_interval: u64,
@@ -98,6 +100,7 @@ impl BrokerConfig {
         BrokerConfig {
             toml: String::new(),
             env: Vec::new(),
+            args: Vec::new(),
             sys_interval: 0,
         }
     }
@@ -126,6 +129,12 @@ impl BrokerConfig {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// An extra `raftmq serve` argument (`--log-json`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
 }
 
 /// Ports a broker was given.
@@ -148,6 +157,7 @@ pub struct Broker {
     pub ports: Ports,
     config_path: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Broker {
@@ -191,6 +201,7 @@ impl Broker {
             ports,
             config_path,
             env: config.env,
+            args: config.args,
         };
         broker.spawn()?;
         Ok(broker)
@@ -205,6 +216,7 @@ impl Broker {
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .args(&self.args)
             .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // `E2E_BROKER_LOG=raftmq=debug cargo nextest run ...` shows

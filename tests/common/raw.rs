@@ -17,6 +17,42 @@ pub struct RawClient {
     stream: TcpStream,
     buf: BytesMut,
     pub protocol: Protocol,
+    /// What this client put on the wire, and the whole packets it took off
+    /// it, so that tests can check the broker's counters exactly.
+    pub sent: Tally,
+    pub received: Tally,
+}
+
+/// Packets and bytes one way on one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub packets: u64,
+    pub bytes: u64,
+    pub publishes: u64,
+    pub payload_bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, p: &Packet, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+        if let Packet::Publish(p) = p {
+            self.publishes += 1;
+            self.payload_bytes += p.payload.len() as u64;
+        }
+    }
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            publishes: self.publishes + o.publishes,
+            payload_bytes: self.payload_bytes + o.payload_bytes,
+        }
+    }
 }
 
 /// What reading from the broker gave. (Test-only and short-lived, so the
@@ -37,6 +73,8 @@ impl RawClient {
             stream,
             buf: BytesMut::new(),
             protocol,
+            sent: Tally::default(),
+            received: Tally::default(),
         }
     }
 
@@ -51,16 +89,26 @@ impl RawClient {
         }
     }
 
+    /// This end of the socket (the broker's peer address for us).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     pub fn send(&mut self, p: &Packet) {
         let mut out = BytesMut::new();
         codec::encode(p, self.protocol, &mut out).expect("encode");
-        self.send_bytes(&out);
+        if self.stream.write_all(&out).is_ok() {
+            self.sent.count(p, out.len());
+        }
     }
 
+    /// Bytes as they are (counted as bytes, not as packets).
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         // A broker that already closed may reset the connection: the test
         // then sees Closed on the next read, which is what it asserts.
-        let _ = self.stream.write_all(bytes);
+        if self.stream.write_all(bytes).is_ok() {
+            self.sent.bytes += bytes.len() as u64;
+        }
     }
 
     /// Reads the next packet, or Closed when the broker closes the
@@ -68,8 +116,12 @@ impl RawClient {
     pub fn recv(&mut self, timeout: Duration) -> Read1 {
         let deadline = Instant::now() + timeout;
         loop {
+            let before = self.buf.len();
             match codec::decode(&mut self.buf, Some(self.protocol), 0) {
-                Ok(Some(p)) => return Read1::Packet(p),
+                Ok(Some(p)) => {
+                    self.received.count(&p, before - self.buf.len());
+                    return Read1::Packet(p);
+                }
                 Ok(None) => {}
                 Err(e) => panic!("broker sent bytes our codec refuses: {e}"),
             }

@@ -42,6 +42,9 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Summarise the node's copy of the replicated state, with a digest
+    /// that is equal on nodes holding equal states.
+    Digest,
 }
 
 async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
@@ -122,6 +125,17 @@ pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!("{}", r.message);
+        }
+        ClusterCommand::Digest => {
+            let d = connect(node)
+                .await?
+                .digest(pb::StatusRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "applied {} retained {} sessions {} queued {} routes {} digest {}",
+                d.applied_index, d.retained, d.sessions, d.queued, d.routes, d.digest
+            );
         }
         ClusterCommand::TransferLeader { id } => {
             let r = leader(node)

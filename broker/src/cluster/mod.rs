@@ -111,7 +111,10 @@ impl Cluster {
         let raft_svc = RaftServer::new(service::RaftService { raft: raft.clone() })
             .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
-        let admin_svc = AdminServer::new(service::AdminService { raft: raft.clone() });
+        let admin_svc = AdminServer::new(service::AdminService {
+            raft: raft.clone(),
+            machine: machine.clone(),
+        });
         let engine = Arc::new(std::sync::OnceLock::new());
         let forward_svc = ForwardServer::new(forward::ForwardService {
             broker: engine.clone(),

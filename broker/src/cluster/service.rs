@@ -10,7 +10,9 @@ use raftmq_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::state_machine::StateMachine;
 use super::types::{Batch, NodeId, Raft};
+use crate::state::Command;
 
 fn bad_request(e: convert::Invalid) -> Status {
     Status::invalid_argument(e.to_string())
@@ -140,6 +142,7 @@ impl pb::raft_server::Raft for RaftService {
 
 pub struct AdminService {
     pub raft: Raft,
+    pub machine: StateMachine,
 }
 
 /// A membership call made on a follower names the leader, so that the
@@ -271,6 +274,15 @@ impl pb::admin_server::Admin for AdminService {
         } else {
             return Err(Status::not_found(format!("node {id} is not a member")));
         }
+        // Its routes go with it (its sessions stay until their clients
+        // claim them elsewhere; its wills are fired by the liveness probe).
+        let gone = convert::batch_to(
+            self.raft.metrics().borrow().id,
+            &[Command::NodeGone { node: id }],
+        );
+        if let Err(e) = self.raft.client_write(gone).await {
+            tracing::warn!(node = id, "routes of the removed node not dropped: {e}");
+        }
         ok(format!("node {id} removed"))
     }
 
@@ -317,6 +329,21 @@ impl pb::admin_server::Admin for AdminService {
                 "node {target} did not win an election"
             ))),
         }
+    }
+
+    async fn digest(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        let state = self.machine.state();
+        Ok(Response::new(pb::DigestResponse {
+            applied_index: state.applied_index,
+            retained: state.retained.len() as u64,
+            sessions: state.sessions.len() as u64,
+            queued: state.sessions.values().map(|s| s.messages.len() as u64).sum(),
+            routes: state.routes.values().map(|n| n.len() as u64).sum(),
+            digest: state.digest(),
+        }))
     }
 
     async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {

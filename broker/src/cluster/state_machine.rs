@@ -35,11 +35,12 @@ pub enum Applied {
 
 /// Whether the engine needs to hear of `c`, which took effect. Its own
 /// engine already holds the effect of what it proposed, except for copies
-/// it enqueued for sessions other nodes own; acks concern only the owner.
+/// it enqueued for sessions other nodes own; retained changes are applied
+/// in log order everywhere (see `Broker::retain`); acks concern only the
+/// owner.
 fn engine_needs(own: bool, c: &Command) -> bool {
     match c {
         Command::Ack { .. } | Command::Release { .. } | Command::SessionUpdate { .. } => false,
-        Command::RetainSet(_) | Command::RetainClear { .. } => !own,
         Command::Enqueue { local, .. } => !(own && *local),
         _ => true,
     }

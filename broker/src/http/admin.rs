@@ -1,11 +1,23 @@
 //! The admin API (JSON): clients and sessions, kicking a client,
 //! subscriptions, retained topics, and publishing a message. Protected by
-//! a bearer token or basic auth from `[http]`; without either it is off.
+//! a bearer token or basic auth from `[http]`; without either it is off and
+//! every path under `/api/v1` answers 404 with a JSON error saying how to
+//! turn it on. Every error is `{"error": "..."}` with a 4xx/5xx status.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/clients` | connected clients |
+//! | GET | `/sessions` | every session, connected or not |
+//! | GET | `/clients/{id}`, `/sessions/{id}` | one session with its subscriptions |
+//! | DELETE | `/clients/{id}` | disconnect the client (MQTT 5: reason 0x98) |
+//! | GET | `/subscriptions` | every subscription of every session |
+//! | GET | `/retained` | retained topics (payload sizes, not payloads) |
+//! | POST | `/publish` | publish one message |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,12 +41,20 @@ fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
 }
 
 pub fn routes(broker: Arc<Broker>) -> Router<Arc<Broker>> {
+    // Room for the largest payload MQTT would take, base64-encoded, plus the
+    // rest of the request.
+    let body_limit = broker.config.mqtt.max_packet_size as usize / 3 * 4 + 64 * 1024;
     Router::new()
         .route("/clients", get(list_clients))
         .route("/clients/{id}", get(get_client).delete(kick_client))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", get(get_client))
         .route("/subscriptions", get(list_subscriptions))
         .route("/retained", get(list_retained))
-        .route("/publish", post(publish))
+        .route(
+            "/publish",
+            post(publish).layer(DefaultBodyLimit::max(body_limit)),
+        )
         .layer(middleware::from_fn_with_state(broker, authorize))
 }
 
@@ -113,9 +133,19 @@ async fn list_clients(State(broker): State<Arc<Broker>>) -> Json<Value> {
     let clients: Vec<Value> = broker
         .sessions_snapshot()
         .iter()
+        .filter(|c| c.connected.load(std::sync::atomic::Ordering::Acquire))
         .map(|c| describe(c, false))
         .collect();
     Json(json!({ "clients": clients }))
+}
+
+async fn list_sessions(State(broker): State<Arc<Broker>>) -> Json<Value> {
+    let sessions: Vec<Value> = broker
+        .sessions_snapshot()
+        .iter()
+        .map(|c| describe(c, false))
+        .collect();
+    Json(json!({ "sessions": sessions }))
 }
 
 async fn get_client(
@@ -200,6 +230,7 @@ struct PublishProperties {
     response_topic: Option<String>,
     /// Base64.
     correlation_data: Option<String>,
+    /// `[["key", "value"], ...]`: order kept, keys may repeat.
     #[serde(default)]
     user_properties: Vec<(String, String)>,
 }
@@ -208,8 +239,10 @@ async fn publish(
     State(broker): State<Arc<Broker>>,
     body: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // The rejection's own status says what was wrong: 400 not JSON, 415 not
+    // `Content-Type: application/json`, 413 too large, 422 wrong fields.
     let Json(req) =
-        body.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+        body.map_err(|e| error(e.status(), format!("bad request body: {}", e.body_text())))?;
     validate_topic_name(&req.topic, broker.topic_limits)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("topic: {e}")))?;
     let qos = QoS::from_u8(req.qos)
@@ -218,6 +251,12 @@ async fn publish(
         return Err(error(
             StatusCode::BAD_REQUEST,
             "qos above the broker's maximum",
+        ));
+    }
+    if req.retain && !broker.config.mqtt.retain_available {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "retained messages are off (mqtt.retain_available = false)",
         ));
     }
     let payload = match req.encoding.as_deref().unwrap_or("utf8") {
@@ -235,7 +274,22 @@ async fn publish(
             ))
         }
     };
+    // What an MQTT client could not send either: the topic and payload
+    // alone over the broker's packet limit.
+    let limit = broker.config.mqtt.max_packet_size as usize;
+    if req.topic.len() + payload.len() > limit {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("topic and payload exceed mqtt.max_packet_size ({limit} bytes)"),
+        ));
+    }
     let p = req.properties;
+    if p.payload_format_indicator.is_some_and(|f| f > 1) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "payload_format_indicator must be 0 or 1",
+        ));
+    }
     if p.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
         return Err(error(
             StatusCode::BAD_REQUEST,

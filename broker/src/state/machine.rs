@@ -258,6 +258,61 @@ impl ReplicatedState {
         Ok(())
     }
 
+    /// A SHA-256 over a canonical form of the whole state (sorted, so
+    /// that equal states give equal digests on every node).
+    pub fn digest(&self) -> String {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut put = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        for (topic, m) in &self.retained {
+            put(topic.as_bytes());
+            put(&m.payload);
+        }
+        let mut ids: Vec<&ByteStr> = self.sessions.keys().collect();
+        ids.sort();
+        for id in ids {
+            let s = &self.sessions[id];
+            put(id.as_bytes());
+            put(&s.expiry.to_le_bytes());
+            for (f, (o, i)) in &s.subscriptions {
+                put(f.as_bytes());
+                put(&[o.qos as u8, u8::from(o.no_local), u8::from(o.retain_as_published), o.retain_handling]);
+                put(&i.unwrap_or(0).to_le_bytes());
+            }
+            for (seq, m) in &s.messages {
+                put(&seq.to_le_bytes());
+                put(&[m.qos as u8, u8::from(m.released), u8::from(m.retain)]);
+                put(&m.message.payload);
+            }
+        }
+        let mut owners: Vec<(&ByteStr, &u64)> = self.owners.iter().collect();
+        owners.sort();
+        for (c, n) in owners {
+            put(c.as_bytes());
+            put(&n.to_le_bytes());
+        }
+        let mut wills: Vec<(&ByteStr, &WillRecord)> = self.wills.iter().collect();
+        wills.sort_by(|a, b| a.0.cmp(b.0));
+        for (c, w) in wills {
+            put(c.as_bytes());
+            put(&w.nonce.to_le_bytes());
+            put(&w.will.message.payload);
+        }
+        for (f, nodes) in &self.routes {
+            put(f.as_bytes());
+            for n in nodes {
+                put(&n.to_le_bytes());
+            }
+        }
+        h.finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn remove_route(&mut self, node: u64, filter: &ByteStr) {
         if let Some(nodes) = self.routes.get_mut(filter) {
             nodes.remove(&node);
