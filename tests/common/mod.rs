@@ -206,6 +206,8 @@ impl Broker {
             .arg("--config")
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
+            // Ours (the broker to test), not a config key for the broker.
+            .env_remove("RAFTMQ_BIN")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
