@@ -218,6 +218,8 @@ impl Broker {
             .arg(&self.config_path)
             .args(&self.args)
             .env_remove("RUST_LOG")
+            // Ours (the broker to test), not a config key for the broker.
+            .env_remove("RAFTMQ_BIN")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // `E2E_BROKER_LOG=raftmq=debug cargo nextest run ...` shows
             // more of what the brokers did in a failing test's output.

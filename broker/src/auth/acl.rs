@@ -295,6 +295,25 @@ pattern read users/%u/inbox
         let a = acl();
         assert!(!a.check_topic(who(None, "+"), "devices/x/up", Action::Write));
         assert!(!a.check_subscribe(who(None, "#"), "devices/#"));
+        // A `/` would reach another device's tree, or a deeper inbox.
+        assert!(!a.check_topic(who(None, "x/y"), "devices/x/y/up", Action::Write));
+        let slash = who(Some("bob/extra"), "b");
+        assert!(!a.check_topic(slash, "users/bob/extra/inbox", Action::Read));
+    }
+
+    #[test]
+    fn a_denial_after_a_grant_still_wins() {
+        let a = AclFile::parse(
+            "user u\ntopic readwrite a/#\ntopic deny a/b\npattern deny a/%c\n",
+            Path::new("acl"),
+        )
+        .unwrap();
+        let u = who(Some("u"), "me");
+        assert!(a.check_topic(u, "a/x", Action::Write));
+        assert!(!a.check_topic(u, "a/b", Action::Read));
+        assert!(!a.check_topic(u, "a/me", Action::Write));
+        assert!(a.check_subscribe(u, "a/#"));
+        assert!(!a.check_subscribe(u, "a/me"));
     }
 
     #[test]
