@@ -91,6 +91,7 @@ pub struct Claim {
     /// this name only).
     pub nonce: u64,
     pub will: Option<Will>,
+    pub username: Option<ByteStr>,
 }
 
 /// A connection's will and the claim that registered it.
@@ -146,6 +147,8 @@ pub struct Broker {
     pub(crate) restored_index: AtomicU64,
     /// Nodes the leader's liveness probe finds unreachable.
     pub(crate) down_nodes: Mutex<HashSet<u64>>,
+    /// One line of Raft figures for `/readyz` (term, leader, indexes).
+    pub raft_summary: RwLock<String>,
 }
 
 impl Broker {
@@ -187,6 +190,7 @@ impl Broker {
             forwarder: OnceLock::new(),
             restored_index: AtomicU64::new(0),
             down_nodes: Mutex::new(HashSet::new()),
+            raft_summary: RwLock::new(String::new()),
         })
     }
 
@@ -217,6 +221,7 @@ impl Broker {
             nonce: claim.nonce,
             clean_start: claim.clean_start,
             will: claim.will,
+            username: claim.username,
         };
         let local = self.sessions.lock().contains_key(&client_id);
         let wait_state = self.seam.follows_log() && !claim.clean_start && !local;
@@ -275,10 +280,11 @@ impl Broker {
         client_id: &ByteStr,
         nonce: u64,
         session: Option<PersistedSession>,
+        username: Option<ByteStr>,
     ) {
         if let Some(persisted) = session {
             if !self.sessions.lock().contains_key(client_id) {
-                self.install_session(client_id.clone(), persisted);
+                self.install_session(client_id.clone(), persisted, username);
             }
         }
         let mut claims = self.claims.lock();

@@ -318,6 +318,7 @@ mod tests {
             nonce: 1,
             clean_start: true,
             will: None,
+            username: None,
         });
         v.apply(&Command::SessionCreate {
             client_id: c.clone(),
@@ -339,6 +340,7 @@ mod tests {
             nonce: 2,
             clean_start: false,
             will: None,
+            username: None,
         });
         let mut n = 0;
         v.remote_sessions("x/y", |_| n += 1);

@@ -335,6 +335,7 @@ impl Connection {
                 .will
                 .as_ref()
                 .map(|w| crate::state::Will::from_last_will(w, &client_id)),
+            username: username.clone(),
         };
         if let Err(e) = broker.claim(claim).await {
             tracing::info!(%client_id, %peer, "CONNECT refused: {e}");

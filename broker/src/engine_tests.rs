@@ -37,6 +37,7 @@ fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
         nonce: 1,
         clean_start: clean,
         will: None,
+        username: None,
     }]));
     b.open_session(
         SessionRequest {

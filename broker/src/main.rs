@@ -63,6 +63,8 @@ enum Command {
         /// Any node's gRPC address.
         #[arg(long, default_value = "127.0.0.1:7100", global = true)]
         node: String,
+        #[command(flatten)]
+        tls: raftmq::cluster::cli::TlsArgs,
         #[command(subcommand)]
         command: ClusterCommand,
     },
@@ -96,11 +98,11 @@ fn main() -> anyhow::Result<()> {
             passwd::edit_file(&file, &edit)?;
             Ok(())
         }
-        Command::Cluster { node, command } => tokio::runtime::Builder::new_current_thread()
+        Command::Cluster { node, tls, command } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(raftmq::cluster::cli::run(&node, command)),
+            .block_on(raftmq::cluster::cli::run(&node, &tls, command)),
     }
 }
 

@@ -43,7 +43,8 @@ impl Broker {
             if !ours || self.sessions.lock().contains_key(&client_id) {
                 continue;
             }
-            let cell = self.session_cell(&client_id, persisted);
+            let username = state.usernames.get(&client_id).cloned();
+            let cell = self.session_cell(&client_id, persisted, username);
             self.sessions.lock().insert(client_id, cell.clone());
             restored += 1;
             self.arm_expiry(&cell);
@@ -74,8 +75,16 @@ impl Broker {
 
     /// Builds a session from its replicated state and puts its
     /// subscriptions in the tree (their routes are counted, not announced).
-    fn session_cell(&self, client_id: &ByteStr, persisted: PersistedSession) -> Arc<SessionCell> {
+    fn session_cell(
+        &self,
+        client_id: &ByteStr,
+        persisted: PersistedSession,
+        username: Option<ByteStr>,
+    ) -> Arc<SessionCell> {
         let mut session = self.new_session(client_id.clone(), persisted.expiry);
+        // Who connected last: its ACL decides what the session may read
+        // until the client is back.
+        session.username = username;
         for (seq, m) in persisted.messages {
             session.restore(
                 Delivery {
@@ -108,9 +117,14 @@ impl Broker {
 
     /// A session whose client just claimed it here, moved from the node
     /// that served it before (or from a node that is gone).
-    pub(crate) fn install_session(&self, client_id: ByteStr, persisted: PersistedSession) {
+    pub(crate) fn install_session(
+        &self,
+        client_id: ByteStr,
+        persisted: PersistedSession,
+        username: Option<ByteStr>,
+    ) {
         let filters: Vec<ByteStr> = persisted.subscriptions.keys().cloned().collect();
-        let cell = self.session_cell(&client_id, persisted);
+        let cell = self.session_cell(&client_id, persisted, username);
         if let Some(old) = self.sessions.lock().insert(client_id.clone(), cell) {
             // A connection here raced the claim; the claimed state wins.
             old.kick(crate::codec::reason::SESSION_TAKEN_OVER);
@@ -160,7 +174,8 @@ impl Broker {
                     client_id,
                     nonce,
                     session,
-                } => self.claimed(&client_id, nonce, session),
+                    username,
+                } => self.claimed(&client_id, nonce, session, username),
                 Committed::WillFired { will, .. } => self.publish_will(will, Instant::now()),
             }
         }

@@ -302,11 +302,9 @@ impl Broker {
         if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
             return;
         }
-        // A session restored from the log and not resumed since has no
-        // username yet (it is not replicated): its copies are queued and
-        // checked when sent, against whoever resumes it.
-        let user_known = s.generation > 0;
-        if let Some(policy) = acl.filter(|_| user_known) {
+        // A session restored from the log carries the username it last
+        // connected with (replicated with its claim).
+        if let Some(policy) = acl {
             let who = Principal {
                 username: s.username.as_deref(),
                 client_id: &cell.client_id,
@@ -350,8 +348,7 @@ impl Broker {
         let seq = d.seq;
         let policy = self.auth.policy();
         let mut s = cell.session.lock();
-        // As in `deliver_to`: a session not resumed yet is checked at send.
-        if policy.has_acl() && s.generation > 0 {
+        if policy.has_acl() {
             let who = Principal {
                 username: s.username.as_deref(),
                 client_id: &cell.client_id,

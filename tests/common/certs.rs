@@ -55,12 +55,16 @@ impl Ca {
     }
 
     fn sign(&self, mut params: CertificateParams, cn: &str, eku: ExtendedKeyUsagePurpose) -> Pair {
+        params.extended_key_usages = vec![eku];
+        self.sign_with(params, cn)
+    }
+
+    fn sign_with(&self, mut params: CertificateParams, cn: &str) -> Pair {
         params.distinguished_name = dn(cn);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![eku];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
@@ -75,6 +79,19 @@ impl Ca {
         let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("server names");
         self.sign(params, "localhost", ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A cluster node's certificate: server and client at once (nodes call
+    /// each other), for 127.0.0.1 to 127.0.0.5 where the test nodes live.
+    pub fn peer(&self) -> Pair {
+        let mut names = vec!["localhost".to_string()];
+        names.extend((1..=5).map(|i| format!("127.0.0.{i}")));
+        let mut params = CertificateParams::new(names).expect("peer names");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign_with(params, "raftmq-node")
     }
 
     /// A client certificate whose subject CN is `cn`.

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod certs;
 pub mod cluster;
+pub mod containers;
 pub mod process;
 pub mod raw;
 

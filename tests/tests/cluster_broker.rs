@@ -298,33 +298,34 @@ fn the_will_of_a_client_whose_node_dies_is_published_once() {
     assert_eq!(sub.got.len(), 1, "{:?}", sub.payloads());
 }
 
-/// Publishes `ids` at QoS 1 with up to `window` in flight, moving to the
-/// next address when a node goes away; returns the ids acknowledged with
-/// success. Unacknowledged ids are resent after a reconnect.
+/// Publishes the ids `next` yields at QoS 1 with up to `window` in flight,
+/// moving to the next address when a node goes away (counted in
+/// `reconnects`); returns the ids acknowledged with success. Ids not
+/// acknowledged when a connection breaks are sent again on the next one.
 fn publish_acked(
     addrs: &[SocketAddr],
     client_id: &str,
-    ids: std::ops::Range<u32>,
+    mut next: impl FnMut() -> Option<u32>,
     window: usize,
     acked_count: &AtomicUsize,
+    reconnects: &AtomicUsize,
 ) -> BTreeSet<u32> {
     let mut acked = BTreeSet::new();
-    let mut todo: std::collections::VecDeque<u32> = ids.collect();
+    let mut retry: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
+    let mut exhausted = false;
     let mut at = 0usize;
     let deadline = Instant::now() + Duration::from_secs(240);
-    'connect: while !todo.is_empty() && Instant::now() < deadline {
+    'connect: while Instant::now() < deadline {
+        if at > 0 {
+            reconnects.fetch_add(1, Ordering::Relaxed);
+        }
         let addr = addrs[at % addrs.len()];
         at += 1;
-        let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
             continue;
-        };
-        drop(stream);
+        }
         let mut c = RawClient::connect_tcp(addr, Protocol::V5);
-        c.send(&Packet::Connect(Box::new(raw::connect(
-            Protocol::V5,
-            client_id,
-            true,
-        ))));
+        c.send(&Packet::Connect(Box::new(raw::connect(Protocol::V5, client_id, true))));
         match c.recv(Duration::from_secs(8)) {
             Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
             _ => continue,
@@ -333,13 +334,19 @@ fn publish_acked(
         let mut next_pid = 1u16;
         loop {
             while inflight.len() < window {
-                let Some(id) = todo.pop_front() else { break };
-                let pid = next_pid;
-                next_pid = if next_pid == u16::MAX {
-                    1
-                } else {
-                    next_pid + 1
+                let id = match retry.pop_front() {
+                    Some(id) => id,
+                    None if exhausted => break,
+                    None => match next() {
+                        Some(id) => id,
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                    },
                 };
+                let pid = next_pid;
+                next_pid = if next_pid == u16::MAX { 1 } else { next_pid + 1 };
                 c.publish("d/load", &id.to_be_bytes(), QoS::AtLeastOnce, false, pid);
                 inflight.insert(pid, id);
             }
@@ -353,25 +360,83 @@ fn publish_acked(
                             acked.insert(id);
                             acked_count.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            todo.push_back(id);
+                            retry.push_back(id);
                         }
                     }
                 }
                 Read1::Packet(_) => {}
                 Read1::Closed | Read1::Timeout => {
                     // Not acknowledged: the publisher may resend them.
-                    todo.extend(inflight.values().copied());
+                    retry.extend(inflight.values().copied());
                     continue 'connect;
                 }
             }
         }
     }
     assert!(
-        todo.is_empty(),
+        retry.is_empty() && exhausted,
         "{} publishes never acknowledged",
-        todo.len()
+        retry.len()
     );
     acked
+}
+
+/// A persistent subscriber that follows the cluster: reconnects (clean
+/// start off) to the next node when its node goes away, acknowledges what
+/// it gets, and returns the 4-byte ids it received once `stop` is set and
+/// nothing more comes for a while.
+fn consume(
+    addrs: Vec<SocketAddr>,
+    client_id: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reconnects: Arc<AtomicUsize>,
+) -> Vec<u32> {
+    let mut got = Vec::new();
+    let mut at = 0usize;
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let addr = addrs[at % addrs.len()];
+        at += 1;
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            continue;
+        }
+        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
+        c.send(&Packet::Connect(Box::new(persistent(&client_id, false))));
+        match c.recv(Duration::from_secs(8)) {
+            Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
+            _ => continue,
+        }
+        loop {
+            match c.recv(Duration::from_millis(500)) {
+                Read1::Packet(Packet::Publish(p)) => {
+                    got.push(u32::from_be_bytes(p.payload[..4].try_into().expect("4 bytes")));
+                    c.send(&Packet::PubAck(PubResp::new(p.packet_id, 0)));
+                    quiet_since = Instant::now();
+                }
+                Read1::Packet(Packet::Disconnect(_)) | Read1::Closed => {
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Read1::Packet(_) => {}
+                Read1::Timeout => {
+                    if stop.load(Ordering::Relaxed)
+                        && quiet_since.elapsed() > Duration::from_secs(4)
+                    {
+                        return got;
+                    }
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Ids acknowledged but never received, and how many came twice.
+fn lost_and_duplicated(acked: &BTreeSet<u32>, got: &[u32]) -> (Vec<u32>, usize) {
+    let mut seen = BTreeSet::new();
+    let duplicates = got.iter().filter(|id| !seen.insert(**id)).count();
+    (acked.difference(&seen).copied().collect(), duplicates)
 }
 
 #[test]
@@ -399,13 +464,9 @@ fn no_acknowledged_message_is_lost_when_the_leader_is_killed() {
             let share = total / 3 + u32::from(i == 2) * (total % 3);
             let start = i * (total / 3);
             std::thread::spawn(move || {
-                publish_acked(
-                    &order,
-                    &format!("pub-{i}"),
-                    start..start + share,
-                    32,
-                    &count,
-                )
+                let mut ids = start..start + share;
+                let reconnects = AtomicUsize::new(0);
+                publish_acked(&order, &format!("pub-{i}"), || ids.next(), 32, &count, &reconnects)
             })
         })
         .collect();
@@ -434,20 +495,19 @@ fn no_acknowledged_message_is_lost_when_the_leader_is_killed() {
     assert!(ack.session_present);
     let mut r = Receiver::new(c);
     r.pump(Duration::from_secs(5), usize::MAX);
-    let mut seen = BTreeSet::new();
-    let mut duplicates = 0;
-    for (_, p) in &r.got {
-        let id = u32::from_be_bytes(p[..4].try_into().expect("4-byte payload"));
-        if !seen.insert(id) {
-            duplicates += 1;
-        }
-    }
-    let lost: Vec<u32> = acked.difference(&seen).copied().take(10).collect();
+    let got: Vec<u32> = r
+        .got
+        .iter()
+        .map(|(_, p)| u32::from_be_bytes(p[..4].try_into().expect("4-byte payload")))
+        .collect();
+    let (lost, duplicates) = lost_and_duplicated(&acked, &got);
     println!(
-        "acknowledged {}, received {} distinct, {duplicates} duplicates",
+        "acknowledged {}, received {}, {duplicates} duplicates, {} lost",
         acked.len(),
-        seen.len()
+        got.len(),
+        lost.len()
     );
+    let lost: Vec<u32> = lost.into_iter().take(10).collect();
     assert!(
         lost.is_empty(),
         "acknowledged but lost (first 10): {lost:?}"
@@ -506,4 +566,74 @@ fn qos2_is_exactly_once_across_a_takeover_and_a_leader_kill() {
     println!("{} QoS 2 messages, none twice, none lost", sent.len());
     let _ = status;
     let _ = Properties::default();
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
+    let mut nodes = cluster::start(3, "\n[mqtt]\nmax_queued_messages = 100000\n");
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.tcp_addr()).collect();
+    let (mut s, _) = RawClient::open(addrs[0], persistent("steady", true));
+    assert_eq!(s.subscribe(1, "d/#", QoS::AtLeastOnce), vec![1]);
+    s.disconnect();
+    settle();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reconnects = Arc::new(AtomicUsize::new(0));
+    let sub_reconnects = Arc::new(AtomicUsize::new(0));
+    let count = Arc::new(AtomicUsize::new(0));
+    let subscriber = {
+        let (addrs, stop, r) = (addrs.clone(), stop.clone(), sub_reconnects.clone());
+        std::thread::spawn(move || consume(addrs, "steady".into(), stop, r))
+    };
+    let publishers: Vec<_> = (0..3u32)
+        .map(|i| {
+            let mut order = addrs.clone();
+            order.rotate_left(i as usize);
+            let (stop, count, reconnects) = (stop.clone(), count.clone(), reconnects.clone());
+            std::thread::spawn(move || {
+                let mut n = i * 10_000_000;
+                let next = || {
+                    // A steady load, not a flood: about 200 messages/s each.
+                    std::thread::sleep(Duration::from_millis(5));
+                    n += 1;
+                    (!stop.load(Ordering::Relaxed)).then_some(n)
+                };
+                publish_acked(&order, &format!("steady-pub-{i}"), next, 8, &count, &reconnects)
+            })
+        })
+        .collect();
+    assert!(eventually(T, || count.load(Ordering::Relaxed) > 200));
+    // Highest ordinal first, as the operator rolls a StatefulSet; each node
+    // back and caught up before the next one goes.
+    let started = Instant::now();
+    for i in (0..3).rev() {
+        let before = count.load(Ordering::Relaxed);
+        assert_eq!(nodes[i].terminate(), Some(0), "node {} stops cleanly", i + 1);
+        nodes[i].restart();
+        let addr = grpc_addr(&nodes[i], i as u64 + 1);
+        assert!(wait_leader(&addr, None, T).is_some(), "node {} rejoins", i + 1);
+        assert!(
+            eventually(T, || count.load(Ordering::Relaxed) > before + 200),
+            "the load goes on after node {} restarts",
+            i + 1
+        );
+    }
+    let rolled = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeSet::new();
+    for p in publishers {
+        acked.extend(p.join().expect("publisher"));
+    }
+    let got = subscriber.join().expect("subscriber");
+    let (lost, duplicates) = lost_and_duplicated(&acked, &got);
+    println!(
+        "rolling restart of 3 nodes in {rolled:?}: {} acknowledged, {} received, {duplicates} duplicates, \
+         {} lost; publisher reconnects {}, subscriber reconnects {}",
+        acked.len(),
+        got.len(),
+        lost.len(),
+        reconnects.load(Ordering::Relaxed),
+        sub_reconnects.load(Ordering::Relaxed)
+    );
+    let lost: Vec<u32> = lost.into_iter().take(10).collect();
+    assert!(lost.is_empty(), "acknowledged but lost (first 10): {lost:?}");
 }

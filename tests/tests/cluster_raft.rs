@@ -279,3 +279,90 @@ fn a_single_node_keeps_its_state_across_kill_9() {
     }
     assert_eq!(got, vec![0, 1, 2]);
 }
+
+#[test]
+fn nodes_talk_mutual_tls_when_the_cluster_has_certificates() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = raftmq_e2e::certs::Ca::new("cluster CA");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let node = ca.peer().write(dir.path(), "node");
+    let tls = format!(
+        "certfile = \"{}\"\nkeyfile = \"{}\"\ncafile = \"{}\"\n",
+        node.cert.display(),
+        node.key.display(),
+        ca_file.display()
+    );
+    let flags = [
+        "--cafile".to_string(),
+        ca_file.display().to_string(),
+        "--certfile".to_string(),
+        node.cert.display().to_string(),
+        "--keyfile".to_string(),
+        node.key.display().to_string(),
+    ];
+    let with_tls = |args: &[&str]| -> Vec<String> {
+        flags.iter().cloned().chain(args.iter().map(|a| a.to_string())).collect()
+    };
+    let nodes: Vec<Broker> = (1..=3)
+        .map(|id| Broker::start(cluster::node_config(id, &tls)))
+        .collect();
+    let first = grpc_addr(&nodes[0], 1);
+    let status_tls = |addr: &str| {
+        let args = with_tls(&["status"]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(addr, &refs)
+    };
+    assert!(
+        eventually(T, || status_tls(&first).1.contains("leader: 1")),
+        "node 1 leads: {}",
+        status_tls(&first).1
+    );
+    for id in 2..=3u64 {
+        let args = with_tls(&["add", "--id", &id.to_string(), "--addr", &grpc_addr(&nodes[id as usize - 1], id)]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = cli(&first, &refs);
+        assert_eq!(code, Some(0), "add node {id} over mutual TLS: {out}");
+    }
+    retain(&nodes[0], "tls/r", b"over tls");
+    assert!(eventually_retained(&nodes[2], "tls/r", b"over tls"));
+    // Without a certificate the Admin service does not answer.
+    let (code, out) = cli(&first, &["status"]);
+    assert_ne!(code, Some(0), "plain text refused: {out}");
+    // Nor with one from another CA.
+    let other = raftmq_e2e::certs::Ca::new("someone else");
+    let stranger = other.peer().write(dir.path(), "stranger");
+    let (code, out) = cli(
+        &first,
+        &[
+            "--cafile",
+            &ca_file.display().to_string(),
+            "--certfile",
+            &stranger.cert.display().to_string(),
+            "--keyfile",
+            &stranger.key.display().to_string(),
+            "status",
+        ],
+    );
+    assert_ne!(code, Some(0), "a certificate from another CA is refused: {out}");
+}
+
+#[test]
+fn leadership_moves_on_request_and_writes_go_on() {
+    let nodes = cluster::start(3, "");
+    let first = grpc_addr(&nodes[0], 1);
+    retain(&nodes[1], "tl/before", b"1");
+    let (code, out) = cli(&first, &["transfer-leader", "--id", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("node 3 leads"), "{out}");
+    for (i, n) in nodes.iter().enumerate() {
+        let addr = grpc_addr(n, i as u64 + 1);
+        assert_eq!(wait_leader(&addr, None, T), Some(3), "node {} follows node 3", i + 1);
+    }
+    // /readyz carries the Raft figures.
+    let (code, body) = nodes[0].http_get("/readyz");
+    assert_eq!(code, 200);
+    assert!(body.contains("leader 3"), "{body}");
+    retain(&nodes[0], "tl/after", b"2");
+    assert!(eventually_retained(&nodes[2], "tl/after", b"2"));
+    assert!(eventually_retained(&nodes[1], "tl/before", b"1"));
+}

@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
+
+use super::network::endpoint;
+use super::tls::PeerTls;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -44,11 +47,39 @@ pub enum ClusterCommand {
     },
     /// Summarise the node's copy of the replicated state, with a digest
     /// that is equal on nodes holding equal states.
-    Digest,
+    Digest {
+        /// Read at the leader's read index (linearizable): every write
+        /// committed before the call is included.
+        #[arg(long)]
+        fresh: bool,
+    },
 }
 
-async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// Mutual TLS to nodes that require it (`[cluster]` certfile/keyfile/
+/// cafile): the same three files, or any certificate the cluster CA signed.
+#[derive(Args, Debug, Default)]
+pub struct TlsArgs {
+    /// The cluster CA certificate (PEM).
+    #[arg(long, global = true, requires_all = ["certfile", "keyfile"])]
+    pub cafile: Option<std::path::PathBuf>,
+    /// Our certificate (PEM), signed by the cluster CA.
+    #[arg(long, global = true, requires_all = ["cafile", "keyfile"])]
+    pub certfile: Option<std::path::PathBuf>,
+    #[arg(long, global = true, requires_all = ["cafile", "certfile"])]
+    pub keyfile: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn peer_tls(&self) -> anyhow::Result<Option<PeerTls>> {
+        match (&self.certfile, &self.keyfile, &self.cafile) {
+            (Some(c), Some(k), Some(a)) => Ok(Some(PeerTls::from_files(c, k, a)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+async fn connect(addr: &str, tls: Option<&PeerTls>) -> anyhow::Result<AdminClient<Channel>> {
+    let channel = endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(120))
         .connect()
@@ -58,8 +89,8 @@ async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
 }
 
 /// The Admin client of the leader, found through `node`.
-async fn leader(node: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let mut c = connect(node).await?;
+async fn leader(node: &str, tls: Option<&PeerTls>) -> anyhow::Result<AdminClient<Channel>> {
+    let mut c = connect(node, tls).await?;
     let s = c.status(pb::StatusRequest {}).await?.into_inner();
     let leader = s.leader_id.context("the cluster has no leader right now")?;
     if leader == s.node_id {
@@ -71,13 +102,15 @@ async fn leader(node: &str) -> anyhow::Result<AdminClient<Channel>> {
         .find(|n| n.id == leader)
         .map(|n| n.addr.clone())
         .context("the leader's address is unknown")?;
-    connect(&addr).await
+    connect(&addr, tls).await
 }
 
-pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
+pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::Result<()> {
+    let tls = tls.peer_tls()?;
+    let tls = tls.as_ref();
     match command {
         ClusterCommand::Status => {
-            let s = connect(node)
+            let s = connect(node, tls)
                 .await?
                 .status(pb::StatusRequest {})
                 .await?
@@ -107,7 +140,7 @@ pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
             }
         }
         ClusterCommand::Add { id, addr, learner } => {
-            let mut c = leader(node).await?;
+            let mut c = leader(node, tls).await?;
             let r = c
                 .add_learner(pb::AddLearnerRequest { node_id: id, addr })
                 .await?
@@ -117,19 +150,19 @@ pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
                 promote(&mut c, id).await?;
             }
         }
-        ClusterCommand::Promote { id } => promote(&mut leader(node).await?, id).await?,
+        ClusterCommand::Promote { id } => promote(&mut leader(node, tls).await?, id).await?,
         ClusterCommand::Remove { id } => {
-            let r = leader(node)
+            let r = leader(node, tls)
                 .await?
                 .remove_node(pb::RemoveNodeRequest { node_id: id })
                 .await?
                 .into_inner();
             println!("{}", r.message);
         }
-        ClusterCommand::Digest => {
-            let d = connect(node)
+        ClusterCommand::Digest { fresh } => {
+            let d = connect(node, tls)
                 .await?
-                .digest(pb::StatusRequest {})
+                .digest(pb::DigestRequest { fresh })
                 .await?
                 .into_inner();
             println!(
@@ -138,7 +171,7 @@ pub async fn run(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
             );
         }
         ClusterCommand::TransferLeader { id } => {
-            let r = leader(node)
+            let r = leader(node, tls)
                 .await?
                 .transfer_leader(pb::TransferLeaderRequest { node_id: id })
                 .await?

@@ -300,12 +300,14 @@ pub fn command_to(c: &Command) -> pb::Command {
             nonce,
             clean_start,
             will,
+            username,
         } => Kind::ClaimClient(pb::ClaimClient {
             client_id: client_id.to_string(),
             node: *node,
             nonce: *nonce,
             clean_start: *clean_start,
             will: will.as_ref().map(will_to),
+            username: username.as_ref().map(|u| u.to_string()),
         }),
         Command::Unclaim { client_id, node } => Kind::Unclaim(pb::Unclaim {
             client_id: client_id.to_string(),
@@ -400,6 +402,7 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
             nonce: r.nonce,
             clean_start: r.clean_start,
             will: r.will.map(will_from).transpose()?,
+            username: r.username.map(ByteStr::from),
         },
         Kind::Unclaim(r) => Command::Unclaim {
             client_id: r.client_id.into(),
@@ -526,6 +529,7 @@ pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
             .map(|(c, n)| pb::Owner {
                 client_id: c.to_string(),
                 node: *n,
+                username: s.usernames.get(c).map(|u| u.to_string()),
             })
             .collect(),
         wills: s
@@ -581,7 +585,11 @@ pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
         state.sessions.insert(sess.client_id.into(), p);
     }
     for o in s.owners {
-        state.owners.insert(o.client_id.into(), o.node);
+        let client_id = ByteStr::from(o.client_id);
+        if let Some(u) = o.username {
+            state.usernames.insert(client_id.clone(), u.into());
+        }
+        state.owners.insert(client_id, o.node);
     }
     for w in s.wills {
         state.wills.insert(

@@ -21,6 +21,7 @@ mod network;
 mod seam;
 mod service;
 mod state_machine;
+pub mod tls;
 mod types;
 
 use std::collections::BTreeMap;
@@ -93,7 +94,8 @@ impl Cluster {
         let machine =
             state_machine::StateMachine::open(node_id, &dir.join("snapshot"), tx, stats.clone())
                 .context("raft snapshot")?;
-        let net = network::Network::default();
+        let peer_tls = tls::PeerTls::from_config(c)?;
+        let net = network::Network::new(peer_tls.clone());
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
@@ -114,6 +116,7 @@ impl Cluster {
         let admin_svc = AdminServer::new(service::AdminService {
             raft: raft.clone(),
             machine: machine.clone(),
+            net: net.clone(),
         });
         let engine = Arc::new(std::sync::OnceLock::new());
         let forward_svc = ForwardServer::new(forward::ForwardService {
@@ -123,9 +126,14 @@ impl Cluster {
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(t) = &peer_tls {
+            server = server
+                .tls_config(t.server())
+                .context("cluster TLS: certificate, key or CA")?;
+        }
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            if let Err(e) = server
                 .add_service(raft_svc)
                 .add_service(admin_svc)
                 .add_service(forward_svc)
@@ -135,7 +143,12 @@ impl Cluster {
                 tracing::error!("cluster gRPC server stopped: {e}");
             }
         });
-        tracing::info!(node_id, addr = %grpc_addr, "cluster gRPC listening");
+        tracing::info!(
+            node_id,
+            addr = %grpc_addr,
+            tls = peer_tls.is_some(),
+            "cluster gRPC listening"
+        );
 
         if node_id == 1 && !raft.is_initialized().await? {
             let addr = advertise(config);
@@ -211,6 +224,16 @@ impl Cluster {
                 let has_leader = {
                     let m = metrics.borrow_and_update();
                     stats.observe(&m);
+                    *broker.raft_summary.write() = format!(
+                        "raft: node {} {:?} term {} leader {} last log {} applied {} voters {}",
+                        m.id,
+                        m.state,
+                        m.current_term,
+                        m.current_leader.map_or("none".into(), |l| l.to_string()),
+                        m.last_log_index.unwrap_or(0),
+                        m.last_applied.map_or(0, |l| l.index),
+                        m.membership_config.membership().voter_ids().count(),
+                    );
                     m.current_leader.is_some()
                 };
                 broker.has_leader.store(has_leader, Ordering::Release);

@@ -18,6 +18,7 @@ use raftmq_proto::v1::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
+use super::tls::PeerTls;
 use super::types::{Node, NodeId, TypeConfig};
 
 /// Largest gRPC message either side accepts (entries are batched below it).
@@ -26,16 +27,32 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<PeerTls>,
+}
+
+/// An endpoint for `addr` (`host:port`): plain, or mutual TLS.
+pub fn endpoint(addr: &str, tls: Option<&PeerTls>) -> Result<Endpoint, tonic::transport::Error> {
+    match tls {
+        None => Endpoint::from_shared(format!("http://{addr}")),
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.client()),
+    }
 }
 
 impl Network {
+    pub fn new(tls: Option<PeerTls>) -> Network {
+        Network {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// The channel to `addr` (`host:port`), created on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))?
+        let c = endpoint(addr, self.tls.as_ref())?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

@@ -10,6 +10,7 @@ use raftmq_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::network::Network;
 use super::state_machine::StateMachine;
 use super::types::{Batch, NodeId, Raft};
 use crate::state::Command;
@@ -97,6 +98,14 @@ impl pb::raft_server::Raft for RaftService {
         }))
     }
 
+    async fn read_index(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let index = leader_read_index(&self.raft).await?;
+        Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
     async fn propose(
         &self,
         req: Request<pb::ProposeRequest>,
@@ -140,9 +149,43 @@ impl pb::raft_server::Raft for RaftService {
     }
 }
 
+/// On the leader: confirms leadership with a quorum and returns the index
+/// a linearizable read must wait for.
+async fn leader_read_index(raft: &Raft) -> Result<u64, Status> {
+    raft.ensure_linearizable()
+        .await
+        .map(|l| l.map_or(0, |l| l.index))
+        .map_err(|e| Status::failed_precondition(e.to_string()))
+}
+
+/// Waits until this node's state reflects every write committed before the
+/// call: the leader's read index (asked over gRPC from a follower), then
+/// this node's apply up to it.
+pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
+    let m = raft.metrics().borrow().clone();
+    let index = if m.current_leader == Some(m.id) {
+        leader_read_index(raft).await?
+    } else {
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+            .ok_or_else(|| Status::unavailable("no leader known"))?;
+        let mut client = net
+            .raft_client(&leader.addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        client.read_index(pb::Empty {}).await?.into_inner().index
+    };
+    raft.wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(index), "read index")
+        .await
+        .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
+    Ok(())
+}
+
 pub struct AdminService {
     pub raft: Raft,
     pub machine: StateMachine,
+    pub net: Network,
 }
 
 /// A membership call made on a follower names the leader, so that the
@@ -303,11 +346,10 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::not_found(format!("node {target} is not a member")))?;
         // openraft 0.9 has no leader transfer: the target starts an
         // election, which it wins if its log is up to date.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = self
+            .net
+            .channel(&addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         pb::admin_client::AdminClient::new(channel)
             .elect(pb::Empty {})
             .await?;
@@ -333,8 +375,11 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn digest(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
+        if req.into_inner().fresh {
+            read_fresh(&self.raft, &self.net).await?;
+        }
         let state = self.machine.state();
         Ok(Response::new(pb::DigestResponse {
             applied_index: state.applied_index,

@@ -44,11 +44,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     // The HTTP server starts only after every listener is bound.
+    let raft = broker.raft_summary.read().clone();
     match broker.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(()) => (StatusCode::OK, format!("ready\n{raft}\n")),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
+            format!("not ready: {why}\n{raft}\n"),
         ),
     }
 }

@@ -45,6 +45,8 @@ pub struct ReplicatedState {
     pub sessions: HashMap<ByteStr, PersistedSession>,
     /// Which node serves each client id.
     pub owners: HashMap<ByteStr, u64>,
+    /// The username each client id last connected with (if any).
+    pub usernames: HashMap<ByteStr, ByteStr>,
     pub wills: HashMap<ByteStr, WillRecord>,
     /// Filter as written -> the nodes with local subscribers on it.
     pub routes: BTreeMap<ByteStr, BTreeSet<u64>>,
@@ -92,8 +94,13 @@ impl ReplicatedState {
                 nonce,
                 clean_start,
                 will,
+                username,
             } => {
                 self.owners.insert(client_id.clone(), *node);
+                match username {
+                    Some(u) => self.usernames.insert(client_id.clone(), u.clone()),
+                    None => self.usernames.remove(client_id),
+                };
                 if *clean_start {
                     self.sessions.remove(client_id);
                 }
@@ -124,6 +131,7 @@ impl ReplicatedState {
                     return Err(Ignored);
                 }
                 self.owners.remove(client_id);
+                self.usernames.remove(client_id);
             }
             Command::WillClear { client_id, nonce } => {
                 if !self.wills.get(client_id).is_some_and(|w| w.nonce == *nonce) {
@@ -153,6 +161,8 @@ impl ReplicatedState {
                 let sessions = &self.sessions;
                 self.owners
                     .retain(|c, n| *n != *node || sessions.contains_key(c));
+                let owners = &self.owners;
+                self.usernames.retain(|c, _| owners.contains_key(c));
             }
             Command::NodeGone { node } => self.forget_routes(*node),
             Command::Enqueue {
@@ -222,6 +232,7 @@ impl ReplicatedState {
             Command::SessionEnd { client_id } => {
                 self.sessions.remove(client_id);
                 self.owners.remove(client_id);
+                self.usernames.remove(client_id);
             }
             Command::Subscribe {
                 client_id,
@@ -292,6 +303,7 @@ impl ReplicatedState {
         for (c, n) in owners {
             put(c.as_bytes());
             put(&n.to_le_bytes());
+            put(self.usernames.get(c).map_or(&b""[..], |u| u.as_bytes()));
         }
         let mut wills: Vec<(&ByteStr, &WillRecord)> = self.wills.iter().collect();
         wills.sort_by(|a, b| a.0.cmp(b.0));
@@ -356,6 +368,7 @@ mod tests {
             nonce: 7,
             clean_start,
             will,
+            username: Some("u".into()),
         }
     }
 

@@ -57,6 +57,9 @@ pub enum Command {
         nonce: u64,
         clean_start: bool,
         will: Option<Will>,
+        /// Who the connection authenticated as: the ACL a resumed or
+        /// restored session's copies are checked against.
+        username: Option<ByteStr>,
     },
     /// A clean session on `node` ended: the id is nobody's now.
     Unclaim {
@@ -180,6 +183,7 @@ pub enum Committed {
         client_id: ByteStr,
         nonce: u64,
         session: Option<PersistedSession>,
+        username: Option<ByteStr>,
     },
     /// A will this node asked to fire passed its guard: publish it.
     WillFired { client_id: ByteStr, will: Will },

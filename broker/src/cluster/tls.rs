@@ -1,0 +1,58 @@
+//! Mutual TLS between nodes (and from the CLI and the operator to the
+//! Admin service): every node presents the cluster's certificate and
+//! accepts only peers whose certificate the cluster CA signed. Enabled when
+//! `[cluster]` names all three of `certfile`, `keyfile` and `cafile`
+//! (the operator issues them); read at start.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::config::ClusterConfig;
+
+#[derive(Clone)]
+pub struct PeerTls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cluster {what} {}", path.display()))
+}
+
+impl PeerTls {
+    /// `None` when the cluster runs in plain text (no files configured).
+    pub fn from_config(c: &ClusterConfig) -> anyhow::Result<Option<PeerTls>> {
+        match (&c.certfile, &c.keyfile, &c.cafile) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls::from_files(cert, key, ca)?)),
+            _ => anyhow::bail!(
+                "cluster TLS needs all of certfile, keyfile and cafile (or none of them)"
+            ),
+        }
+    }
+
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<PeerTls> {
+        Ok(PeerTls {
+            identity: Identity::from_pem(read(cert, "certfile")?, read(key, "keyfile")?),
+            ca: Certificate::from_pem(read(ca, "cafile")?),
+        })
+    }
+
+    /// The server side: our certificate, and a client certificate signed by
+    /// the cluster CA required of every caller.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+    }
+
+    /// The client side: the peer's certificate must be signed by the
+    /// cluster CA (and name the host we dial); ours goes with every call.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+    }
+}
