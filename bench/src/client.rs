@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use raftmq::codec::{
-    self, ByteStr, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, SubOptions,
-    Subscribe,
+    self, ByteStr, Connect, Packet, Properties, QoS, SubOptions, Subscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use crate::wire::PROTOCOL;
 
 pub struct Client {
     pub reader: Reader,
@@ -29,7 +30,6 @@ pub struct Writer {
     pub buf: BytesMut,
 }
 
-const PROTOCOL: Protocol = Protocol::V311;
 const MAX_PACKET: u32 = 268_435_455;
 
 impl Client {
@@ -86,12 +86,15 @@ impl Client {
     }
 }
 
-impl Reader {
-    /// Bytes received and not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+impl Client {
+    /// The socket halves and whatever the reader had buffered past the
+    /// last packet, for loops that scan frames themselves.
+    pub fn into_parts(self) -> (OwnedReadHalf, BytesMut, OwnedWriteHalf) {
+        (self.reader.half, self.reader.buf, self.writer.half)
     }
+}
 
+impl Reader {
     /// The next packet (reads from the socket as needed).
     pub async fn next(&mut self) -> anyhow::Result<Packet> {
         loop {
@@ -112,28 +115,6 @@ impl Writer {
     pub fn push(&mut self, p: &Packet) -> anyhow::Result<()> {
         codec::encode(p, PROTOCOL, &mut self.buf)?;
         Ok(())
-    }
-
-    pub fn publish(
-        &mut self,
-        topic: &ByteStr,
-        payload: &Bytes,
-        qos: QoS,
-        packet_id: u16,
-    ) -> anyhow::Result<()> {
-        self.push(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: topic.clone(),
-            packet_id,
-            properties: Properties::default(),
-            payload: payload.clone(),
-        }))
-    }
-
-    pub fn puback(&mut self, packet_id: u16) -> anyhow::Result<()> {
-        self.push(&Packet::PubAck(PubResp::new(packet_id, 0)))
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {
