@@ -52,7 +52,8 @@ impl Client {
         c.writer.push(&Packet::Connect(Box::new(Connect {
             protocol: PROTOCOL,
             clean_start: clean,
-            keep_alive: 0,
+            // Not 0: rumqttd refuses a zero keep alive.
+            keep_alive: 60,
             client_id: ByteStr::from(client_id),
             will: None,
             username: None,

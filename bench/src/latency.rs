@@ -106,7 +106,7 @@ fn paced_publisher(
     stream.set_nodelay(true)?;
     stream.write_all(&wire::connect_frame(
         &format!("lat-{}-pub", std::process::id()),
-        0,
+        60,
     )?)?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack)?;
