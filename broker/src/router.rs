@@ -32,6 +32,9 @@ pub struct Routed {
     pub matched: usize,
     /// Resolves when every copy owed to a persistent session is committed.
     pub committed: Ticket,
+    /// Connected sessions that are over their backpressure mark: the
+    /// publisher should wait for them before it reads on.
+    pub congested: SmallVec<[Arc<SessionCell>; 1]>,
 }
 
 impl Broker {
@@ -74,6 +77,7 @@ impl Broker {
             merge_overlaps(&mut targets);
         }
         let mut commands = Vec::new();
+        let mut congested = SmallVec::new();
         let matched = targets.len() + shared.len();
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
@@ -86,7 +90,9 @@ impl Broker {
                 share: t.share,
                 seq: 0,
             };
-            self.deliver_to(t.cell, d, acl, &mut commands);
+            if self.deliver_to(t.cell, d, acl, &mut commands) {
+                congested.push(t.cell.clone());
+            }
         }
         drop(tree);
         let committed = if commands.is_empty() {
@@ -94,18 +100,24 @@ impl Broker {
         } else {
             self.seam.submit(commands)
         };
-        Routed { matched, committed }
+        Routed {
+            matched,
+            committed,
+            congested,
+        }
     }
 
     /// Puts one copy into a session, if the ACL (when there is one) lets
     /// its client read the topic; records what the seam must persist.
+    /// Returns whether the session is now congested (see
+    /// [`crate::session::Session::congested`]).
     pub(crate) fn deliver_to(
         &self,
         cell: &SessionCell,
         d: Delivery,
         acl: Option<&Policy>,
         commands: &mut Vec<Command>,
-    ) {
+    ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
         let message = d.message.clone();
@@ -116,11 +128,12 @@ impl Broker {
                 client_id: &cell.client_id,
             };
             if !policy.may(who, &message.topic, Action::Read) {
-                return;
+                return false;
             }
         }
         let (disposition, seq) = s.deliver(d);
         let persistent = s.is_persistent();
+        let congested = s.congested();
         drop(s);
         match disposition {
             Disposition::Sent => cell.wake.notify_one(),
@@ -139,6 +152,7 @@ impl Broker {
                 message,
             });
         }
+        congested
     }
 
     /// Gives copies that a departing shared-subscription member left
@@ -165,7 +179,8 @@ impl Broker {
                 Some(m) => {
                     d.qos = m.options.qos.min(d.message.qos);
                     d.subscription_ids = m.identifier.into_iter().collect();
-                    self.deliver_to(&m.value, d, acl, &mut commands);
+                    // Nobody publishes here: no one to hold back.
+                    let _ = self.deliver_to(&m.value, d, acl, &mut commands);
                 }
                 None => self.stats.publish_dropped.inc(),
             }
@@ -309,7 +324,8 @@ impl Broker {
                 share: None,
                 seq: 0,
             };
-            self.deliver_to(cell, d, acl, &mut commands);
+            // Retained messages come from the store, not a publisher.
+            let _ = self.deliver_to(cell, d, acl, &mut commands);
         }
         self.submit(commands);
     }
