@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use raftmq::codec::{
-    self, ByteStr, Connect, Packet, Properties, QoS, SubOptions, Subscribe,
-};
+use raftmq::codec::{self, ByteStr, Connect, Packet, Properties, QoS, SubOptions, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;

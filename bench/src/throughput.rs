@@ -73,7 +73,9 @@ pub fn pairs(n: usize, messages: u64, common: Common) -> Plan {
     Plan {
         name: format!("pairs n={n}"),
         topics: (0..n).map(|i| format!("{p}/pair/{i}")).collect(),
-        filters: (0..n).map(|i| (format!("{p}/pair/{i}"), messages)).collect(),
+        filters: (0..n)
+            .map(|i| (format!("{p}/pair/{i}"), messages))
+            .collect(),
         messages,
         qos: common.qos,
         payload: common.payload,

@@ -77,10 +77,18 @@ impl Template {
 pub enum Frame {
     /// PUBLISH with its QoS, packet id (0 for QoS 0) and, if the payload has
     /// at least 8 bytes, its first 8 as a little-endian stamp.
-    Publish { qos: u8, packet_id: u16, stamp: u64 },
-    PubAck { packet_id: u16 },
+    Publish {
+        qos: u8,
+        packet_id: u16,
+        stamp: u64,
+    },
+    PubAck {
+        packet_id: u16,
+    },
     /// Anything else (CONNACK, SUBACK, PINGRESP...): counted, not read.
-    Other { kind: u8 },
+    Other {
+        kind: u8,
+    },
 }
 
 /// Takes every whole frame off the front of `buf`, calling `f` for each.

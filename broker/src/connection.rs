@@ -281,7 +281,10 @@ impl Connection {
             let _ = codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf);
         };
 
-        let mut client_id = c.client_id.clone();
+        // Copied out of the CONNECT frame: a slice of it would keep the
+        // whole read buffer alive for as long as the session (and the
+        // replicated ownership record) lives.
+        let mut client_id = ByteStr::from(c.client_id.as_str());
         let mut assigned = None;
         if client_id.is_empty() {
             let allowed = cfg.allow_zero_length_clientid
@@ -300,7 +303,7 @@ impl Connection {
         }
         let username = match identity.filter(|_| listener.use_identity_as_username) {
             Some(id) => Some(ByteStr::from(id)),
-            None => c.username.clone(),
+            None => c.username.as_deref().map(ByteStr::from),
         };
         let policy = broker.auth.policy();
         // A transport identity was proven by the handshake; the password

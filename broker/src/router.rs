@@ -15,7 +15,7 @@ use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
-use crate::topic_tree::{Hit, ParsedFilter, Subscriber};
+use crate::topic_tree::{Hits, ParsedFilter, Subscriber};
 
 /// One session a publish goes to, after merging overlapping subscriptions.
 struct Target<'a> {
@@ -45,20 +45,24 @@ impl Broker {
         let tree = self.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         let mut shared: SmallVec<[Target<'_>; 2]> = SmallVec::new();
-        tree.for_each_match(&message.topic, |hit| match hit {
-            Hit::Subscriber(s) => {
-                if s.options.no_local && s.key == message.origin {
-                    return;
+        let mut lists = 0usize;
+        tree.for_each_match_list(&message.topic, |hits| match hits {
+            Hits::Subscribers(list) => {
+                lists += 1;
+                for s in list {
+                    if s.options.no_local && s.key == message.origin {
+                        continue;
+                    }
+                    targets.push(Target {
+                        cell: &s.value,
+                        qos: s.options.qos.min(message.qos),
+                        retain_as_published: s.options.retain_as_published,
+                        ids: s.identifier.into_iter().collect(),
+                        share: None,
+                    });
                 }
-                targets.push(Target {
-                    cell: &s.value,
-                    qos: s.options.qos.min(message.qos),
-                    retain_as_published: s.options.retain_as_published,
-                    ids: s.identifier.into_iter().collect(),
-                    share: None,
-                });
             }
-            Hit::Shared(group) => {
+            Hits::Shared(group) => {
                 if let Some(s) = pick_member(group.rotation(), None) {
                     shared.push(Target {
                         cell: &s.value,
@@ -73,7 +77,8 @@ impl Broker {
                 }
             }
         });
-        if targets.len() > 1 {
+        // One list holds each client once: only several can overlap.
+        if lists > 1 && targets.len() > 1 {
             merge_overlaps(&mut targets);
         }
         let mut commands = Vec::new();
@@ -120,19 +125,20 @@ impl Broker {
     ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
-        let message = d.message.clone();
         let mut s = cell.session.lock();
         if let Some(policy) = acl {
             let who = Principal {
                 username: s.username.as_deref(),
                 client_id: &cell.client_id,
             };
-            if !policy.may(who, &message.topic, Action::Read) {
+            if !policy.may(who, &d.message.topic, Action::Read) {
                 return false;
             }
         }
+        // A second reference only for a copy the seam must persist.
+        let persistent = s.is_persistent() && qos != QoS::AtMostOnce;
+        let message = persistent.then(|| d.message.clone());
         let (disposition, seq) = s.deliver(d);
-        let persistent = s.is_persistent();
         let congested = s.congested();
         drop(s);
         match disposition {
@@ -140,9 +146,8 @@ impl Broker {
             Disposition::Dropped => self.stats.publish_dropped.inc(),
             Disposition::Queued | Disposition::Discarded => {}
         }
-        if persistent
-            && qos != QoS::AtMostOnce
-            && matches!(disposition, Disposition::Sent | Disposition::Queued)
+        if let Some(message) =
+            message.filter(|_| matches!(disposition, Disposition::Sent | Disposition::Queued))
         {
             commands.push(Command::Enqueue {
                 client_id: cell.client_id.clone(),
