@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use raftmq::codec::{self, ByteStr, Connect, Packet, Properties, QoS, SubOptions, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::tls::{self, ReadHalf, WriteHalf};
 use crate::wire::PROTOCOL;
 
 pub struct Client {
@@ -19,12 +19,12 @@ pub struct Client {
 }
 
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
 }
 
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     pub buf: BytesMut,
 }
 
@@ -36,7 +36,7 @@ impl Client {
             .await
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (r, w) = tls::split(stream).await?;
         let mut c = Client {
             reader: Reader {
                 half: r,
@@ -88,7 +88,7 @@ impl Client {
 impl Client {
     /// The socket halves and whatever the reader had buffered past the
     /// last packet, for loops that scan frames themselves.
-    pub fn into_parts(self) -> (OwnedReadHalf, BytesMut, OwnedWriteHalf) {
+    pub fn into_parts(self) -> (ReadHalf, BytesMut, WriteHalf) {
         (self.reader.half, self.reader.buf, self.writer.half)
     }
 }

@@ -8,6 +8,7 @@ mod commit;
 mod conns;
 mod latency;
 mod throughput;
+mod tls;
 mod wire;
 
 use std::net::SocketAddr;
@@ -27,6 +28,12 @@ struct Cli {
     /// (what is missing then is counted as lost).
     #[arg(long, default_value_t = 5, global = true)]
     idle_timeout: u64,
+    /// Connect with TLS, trusting this CA (PEM); fan-in, fan-out and pairs.
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the broker's certificate is checked against.
+    #[arg(long, default_value = "localhost", global = true)]
+    tls_name: String,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -166,6 +173,9 @@ impl Flow {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(ca) = &cli.tls_ca {
+        tls::init(ca, &cli.tls_name)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use raftmq::codec::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::client::Client;
+use crate::tls::{ReadHalf, WriteHalf};
 use crate::wire::{self, Frame, Template};
 use crate::Outcome;
 
@@ -156,9 +156,9 @@ pub async fn run(addr: SocketAddr, plan: Plan) -> anyhow::Result<Outcome> {
 /// silent for `idle`; acknowledges QoS 1 in one write per read. Returns the
 /// count and when the last one arrived.
 async fn subscriber(
-    mut r: OwnedReadHalf,
+    mut r: ReadHalf,
     mut buf: BytesMut,
-    mut w: OwnedWriteHalf,
+    mut w: WriteHalf,
     expected: u64,
     idle: Duration,
 ) -> anyhow::Result<(u64, Instant)> {
@@ -194,9 +194,9 @@ async fn subscriber(
 /// Sends `messages` copies of `template` as fast as the broker takes them:
 /// QoS 0 in 64 KiB writes, QoS 1 with at most `window` unacknowledged.
 async fn publisher(
-    mut r: OwnedReadHalf,
+    mut r: ReadHalf,
     mut buf: BytesMut,
-    mut w: OwnedWriteHalf,
+    mut w: WriteHalf,
     template: Arc<Template>,
     messages: u64,
     qos: QoS,

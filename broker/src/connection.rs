@@ -161,7 +161,7 @@ async fn run<S: Transport>(
     };
     let mut wbuf = BytesMut::new();
     let Some(mut conn) = Box::pin(Connection::accept(
-        broker, listener, *connect, identity, peer, &mut wbuf,
+        broker, listener, connect, identity, peer, &mut wbuf,
     ))
     .await
     else {
@@ -259,7 +259,10 @@ impl Connection {
     async fn accept(
         broker: Arc<Broker>,
         listener: Arc<ListenerInfo>,
-        c: Connect,
+        // Boxed as decoded, and dropped with this (short) future: moving
+        // out of it in the connection's own future kept the box allocated
+        // for the connection's whole life.
+        c: Box<Connect>,
         identity: Option<String>,
         peer: SocketAddr,
         wbuf: &mut BytesMut,
