@@ -38,50 +38,62 @@ pub fn prefix() -> String {
     format!("b{}", std::process::id())
 }
 
+impl Plan {
+    fn new(
+        name: String,
+        topics: Vec<String>,
+        filters: Vec<(String, u64)>,
+        messages: u64,
+        c: Common,
+    ) -> Plan {
+        Plan {
+            name,
+            topics,
+            filters,
+            messages,
+            qos: c.qos,
+            payload: c.payload,
+            window: c.window,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+}
+
 pub fn fan_in(publishers: usize, messages: u64, common: Common) -> Plan {
     let p = prefix();
-    Plan {
-        name: format!("fan-in pubs={publishers} subs=1"),
-        topics: (0..publishers).map(|i| format!("{p}/in/{i}")).collect(),
-        filters: vec![(format!("{p}/in/#"), messages * publishers as u64)],
+    Plan::new(
+        format!("fan-in pubs={publishers} subs=1"),
+        (0..publishers).map(|i| format!("{p}/in/{i}")).collect(),
+        vec![(format!("{p}/in/#"), messages * publishers as u64)],
         messages,
-        qos: common.qos,
-        payload: common.payload,
-        window: common.window,
-        idle_timeout: common.idle_timeout,
-    }
+        common,
+    )
 }
 
 pub fn fan_out(subscribers: usize, messages: u64, common: Common) -> Plan {
     let p = prefix();
-    Plan {
-        name: format!("fan-out pubs=1 subs={subscribers}"),
-        topics: vec![format!("{p}/out/0")],
-        filters: (0..subscribers)
+    Plan::new(
+        format!("fan-out pubs=1 subs={subscribers}"),
+        vec![format!("{p}/out/0")],
+        (0..subscribers)
             .map(|_| (format!("{p}/out/#"), messages))
             .collect(),
         messages,
-        qos: common.qos,
-        payload: common.payload,
-        window: common.window,
-        idle_timeout: common.idle_timeout,
-    }
+        common,
+    )
 }
 
 pub fn pairs(n: usize, messages: u64, common: Common) -> Plan {
     let p = prefix();
-    Plan {
-        name: format!("pairs n={n}"),
-        topics: (0..n).map(|i| format!("{p}/pair/{i}")).collect(),
-        filters: (0..n)
+    Plan::new(
+        format!("pairs n={n}"),
+        (0..n).map(|i| format!("{p}/pair/{i}")).collect(),
+        (0..n)
             .map(|i| (format!("{p}/pair/{i}"), messages))
             .collect(),
         messages,
-        qos: common.qos,
-        payload: common.payload,
-        window: common.window,
-        idle_timeout: common.idle_timeout,
-    }
+        common,
+    )
 }
 
 /// The settings every throughput scenario shares.
