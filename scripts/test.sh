@@ -25,6 +25,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet 'paho-mqtt>=2,<3'
+
+# The partition test runs brokers in containers (an image built FROM
+# scratch, nothing pulled): it needs a Docker engine.
+if ! docker info >/dev/null 2>&1; then
+  if ! command -v dockerd >/dev/null; then
+    echo "== installing docker.io"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  fi
+  echo "== starting the Docker engine"
+  as_root sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null || { echo "the Docker engine did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 echo "== format"

@@ -5,14 +5,13 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
-use bytes::{Bytes, BytesMut};
-use raftmq::codec::{
-    self, ByteStr, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, SubOptions,
-    Subscribe,
-};
+use bytes::BytesMut;
+use raftmq::codec::{self, ByteStr, Connect, Packet, Properties, QoS, SubOptions, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use crate::tls::{self, ReadHalf, WriteHalf};
+use crate::wire::PROTOCOL;
 
 pub struct Client {
     pub reader: Reader,
@@ -20,16 +19,15 @@ pub struct Client {
 }
 
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
 }
 
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     pub buf: BytesMut,
 }
 
-const PROTOCOL: Protocol = Protocol::V311;
 const MAX_PACKET: u32 = 268_435_455;
 
 impl Client {
@@ -38,7 +36,7 @@ impl Client {
             .await
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (r, w) = tls::split(stream).await?;
         let mut c = Client {
             reader: Reader {
                 half: r,
@@ -52,7 +50,8 @@ impl Client {
         c.writer.push(&Packet::Connect(Box::new(Connect {
             protocol: PROTOCOL,
             clean_start: clean,
-            keep_alive: 0,
+            // Not 0: rumqttd refuses a zero keep alive.
+            keep_alive: 60,
             client_id: ByteStr::from(client_id),
             will: None,
             username: None,
@@ -86,12 +85,15 @@ impl Client {
     }
 }
 
-impl Reader {
-    /// Bytes received and not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+impl Client {
+    /// The socket halves and whatever the reader had buffered past the
+    /// last packet, for loops that scan frames themselves.
+    pub fn into_parts(self) -> (ReadHalf, BytesMut, WriteHalf) {
+        (self.reader.half, self.reader.buf, self.writer.half)
     }
+}
 
+impl Reader {
     /// The next packet (reads from the socket as needed).
     pub async fn next(&mut self) -> anyhow::Result<Packet> {
         loop {
@@ -112,28 +114,6 @@ impl Writer {
     pub fn push(&mut self, p: &Packet) -> anyhow::Result<()> {
         codec::encode(p, PROTOCOL, &mut self.buf)?;
         Ok(())
-    }
-
-    pub fn publish(
-        &mut self,
-        topic: &ByteStr,
-        payload: &Bytes,
-        qos: QoS,
-        packet_id: u16,
-    ) -> anyhow::Result<()> {
-        self.push(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: topic.clone(),
-            packet_id,
-            properties: Properties::default(),
-            payload: payload.clone(),
-        }))
-    }
-
-    pub fn puback(&mut self, packet_id: u16) -> anyhow::Result<()> {
-        self.push(&Packet::PubAck(PubResp::new(packet_id, 0)))
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {

@@ -33,6 +33,8 @@ pub struct SessionCell {
     pub session: Mutex<Session>,
     /// Wakes the connection task when the session's outbox has something.
     pub wake: Notify,
+    /// Wakes publishers waiting for this session to drain (backpressure).
+    pub drained: Notify,
     /// Mirrors `session.is_connected()` so the router can pick a live
     /// shared-subscription member without taking the lock.
     pub connected: AtomicBool,
@@ -48,6 +50,7 @@ impl SessionCell {
             client_id: session.client_id.clone(),
             session: Mutex::new(session),
             wake: Notify::new(),
+            drained: Notify::new(),
             connected: AtomicBool::new(false),
             kick: Mutex::new(None),
         })

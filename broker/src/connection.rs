@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -17,7 +18,7 @@ use crate::auth::Login;
 use crate::broker::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
 use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
-    PubResp, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    PubResp, Publish, PublishRef, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
@@ -59,17 +60,70 @@ enum Exit {
 /// A packet handler's verdict.
 type Flow = Result<(), Exit>;
 
+/// The longest a publisher waits for a subscriber that does not read at all
+/// before it stops waiting for it (and the subscriber's copies are dropped
+/// at its queue limit instead).
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// Bytes read at a time; a read that fills it makes the next one larger.
+const READ_SIZE: usize = 4096;
+const READ_SIZE_BUSY: usize = 16 * 1024;
+
+/// A byte stream a connection runs on. Plain TCP can say when a read would
+/// find data, so an idle connection waits holding no read buffer at all
+/// (idle connections are most connections). TLS and WebSocket streams keep
+/// buffers of their own anyway: for them the read itself waits.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether [`Transport::readable`] really waits for input.
+    const KNOWS_READINESS: bool = false;
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    const KNOWS_READINESS: bool = true;
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::TcpStream::readable(self)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Transport for tokio_rustls::server::TlsStream<IO> {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport
+    for crate::listener::websocket::WsStream<S>
+{
+}
+
+#[cfg(feature = "psk")]
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for tokio_openssl::SslStream<S> {}
+
+/// Reads once into `rbuf`, which gets its capacity only once the stream
+/// is readable (see [`Transport`]). Returns the bytes read (0: closed).
+async fn read_some<S: Transport>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    busy: bool,
+) -> std::io::Result<usize> {
+    stream.readable().await?;
+    let want = if busy { READ_SIZE_BUSY } else { READ_SIZE };
+    if rbuf.capacity() - rbuf.len() < want / 4 {
+        rbuf.reserve(want);
+    }
+    stream.read_buf(rbuf).await
+}
+
 /// Serves one accepted socket until it closes. `identity` is what the
 /// transport proved about the client (certificate CN, PSK identity).
-pub async fn serve<S>(
+pub async fn serve<S: Transport>(
     broker: Arc<Broker>,
     listener: Arc<ListenerInfo>,
     stream: S,
     peer: SocketAddr,
     identity: Option<String>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     // Info level, so that every event of the connection at the default
     // level (authentication failures, refusals) carries who and where.
     let span = tracing::info_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
@@ -78,20 +132,23 @@ pub async fn serve<S>(
         .await
 }
 
-async fn run<S>(
+async fn run<S: Transport>(
     broker: Arc<Broker>,
     listener: Arc<ListenerInfo>,
     mut stream: S,
     peer: SocketAddr,
     identity: Option<String>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     let mut rbuf = BytesMut::new();
     let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout);
     let connect = match tokio::time::timeout(
         timeout,
-        read_connect(&broker, &mut stream, &mut rbuf, listener.max_packet_size),
+        Box::pin(read_connect(
+            &broker,
+            &mut stream,
+            &mut rbuf,
+            listener.max_packet_size,
+        )),
     )
     .await
     {
@@ -112,14 +169,14 @@ async fn run<S>(
         }
     };
     let mut wbuf = BytesMut::new();
-    let Some(mut conn) = Connection::accept(
+    let Some(mut conn) = Box::pin(Connection::accept(
         broker.clone(),
         listener,
-        *connect,
+        connect,
         identity,
         peer,
         &mut wbuf,
-    )
+    ))
     .await
     else {
         if stream.write_all(&wbuf).await.is_ok() {
@@ -131,7 +188,7 @@ async fn run<S>(
     };
     tracing::Span::current().record("client_id", tracing::field::display(&conn.client_id));
     let exit = conn.run(&mut stream, &mut rbuf, &mut wbuf).await;
-    conn.finish(&mut stream, &mut wbuf, exit).await;
+    Box::pin(conn.finish(&mut stream, &mut wbuf, exit)).await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,12 +260,18 @@ struct Connection {
     client_alias_max: u16,
     /// Send reason strings (the client did not turn them off).
     problem_info: bool,
-    will: Option<WillHandle>,
+    /// Boxed: most clients have none, and every connection carries the field.
+    will: Option<Box<WillHandle>>,
     /// Releases (QoS 2 past PUBREC) whose PUBREL waits for their commit.
     releases: Vec<crate::state::Ticket>,
     /// The session ended at DISCONNECT was 0 at connect (MQTT 5 forbids
     /// raising it from 0 at DISCONNECT).
     connect_expiry: u32,
+    /// Sessions our last publish found congested: we read no further input
+    /// until they have drained (or stalled).
+    congested: SmallVec<[Arc<SessionCell>; 1]>,
+    /// The outbox vector we swap with the session's, kept between batches.
+    spare: Vec<Outgoing>,
 }
 
 impl Connection {
@@ -217,7 +280,10 @@ impl Connection {
     async fn accept(
         broker: Arc<Broker>,
         listener: Arc<ListenerInfo>,
-        c: Connect,
+        // Boxed as decoded, and dropped with this (short) future: moving
+        // out of it in the connection's own future kept the box allocated
+        // for the connection's whole life.
+        c: Box<Connect>,
         identity: Option<String>,
         peer: SocketAddr,
         wbuf: &mut BytesMut,
@@ -241,7 +307,10 @@ impl Connection {
             }
         };
 
-        let mut client_id = c.client_id.clone();
+        // Copied out of the CONNECT frame: a slice of it would keep the
+        // whole read buffer alive for as long as the session (and the
+        // replicated ownership record) lives.
+        let mut client_id = ByteStr::from(c.client_id.as_str());
         let mut assigned = None;
         if client_id.is_empty() {
             let allowed = cfg.allow_zero_length_clientid
@@ -260,7 +329,7 @@ impl Connection {
         }
         let username = match identity.filter(|_| listener.use_identity_as_username) {
             Some(id) => Some(ByteStr::from(id)),
-            None => c.username.clone(),
+            None => c.username.as_deref().map(ByteStr::from),
         };
         let policy = broker.auth.policy();
         // A transport identity was proven by the handshake; the password
@@ -418,17 +487,22 @@ impl Connection {
             aliases_out: HashMap::new(),
             client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
-            will: c.will.map(|will| WillHandle { will, nonce }),
+            will: c.will.map(|will| Box::new(WillHandle { will, nonce })),
             releases: Vec::new(),
             connect_expiry: requested_expiry,
+            congested: SmallVec::new(),
+            spare: Vec::new(),
         })
     }
 
-    async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Exit
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn run<S: Transport>(
+        &mut self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+    ) -> Exit {
         let mut last_heard = Instant::now();
+        let mut busy = false;
         let keepalive = tokio::time::sleep(self.keepalive.max(Duration::from_secs(1)));
         tokio::pin!(keepalive);
         loop {
@@ -446,16 +520,29 @@ impl Connection {
                 self.broker.stats.bytes_sent.inc_by(wbuf.len() as u64);
                 wbuf.clear();
             }
-            let wake = self.cell.wake.notified();
-            if rbuf.capacity() - rbuf.len() < 512 {
-                rbuf.reserve(4096);
+            if S::KNOWS_READINESS && rbuf.is_empty() {
+                // Nothing half-read: wait holding no buffers. Steady
+                // traffic pays one allocation per read, not per message.
+                *rbuf = BytesMut::new();
+                *wbuf = BytesMut::new();
             }
+            if !self.congested.is_empty() {
+                // Backpressure: our acks are out; now hold the rest of our
+                // input (and so our client) until the subscribers we fed
+                // have drained, then go on with what is buffered.
+                Box::pin(self.wait_for_subscribers()).await;
+                if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
+                    return exit;
+                }
+                continue;
+            }
+            let wake = self.cell.wake.notified();
             tokio::select! {
                 biased;
                 code = &mut self.kicked => {
                     return Exit::Kicked(code.unwrap_or(reason::SESSION_TAKEN_OVER));
                 }
-                read = stream.read_buf(rbuf) => {
+                read = read_some(stream, rbuf, busy) => {
                     match read {
                         Ok(0) => return Exit::SocketLost,
                         Err(e) => {
@@ -465,9 +552,13 @@ impl Connection {
                         Ok(n) => {
                             self.broker.stats.bytes_received.inc_by(n as u64);
                             last_heard = Instant::now();
+                            // A read that filled the buffer: more is waiting.
+                            busy = rbuf.capacity() == rbuf.len();
                         }
                     }
-                    if let Err(exit) = self.handle_input(rbuf, wbuf).await {
+                    // Boxed: the handlers' state is large, and an idle
+                    // connection (most of them) should not carry it.
+                    if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
                         return exit;
                     }
                 }
@@ -481,8 +572,8 @@ impl Connection {
                     keepalive.as_mut().reset(tokio::time::Instant::from_std(deadline));
                 }
             }
-            // Drop the buffer of a connection gone quiet, so idle clients
-            // cost little memory.
+            // Drop a large buffer once it is empty (other transports keep
+            // theirs between reads).
             if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
                 *rbuf = BytesMut::new();
             }
@@ -507,13 +598,45 @@ impl Connection {
             if let Packet::Publish(p) = &packet {
                 // The whole packet as it arrived, like the outbound side.
                 let stats = &self.broker.stats;
-                stats
-                    .packet_size
-                    .with_label_values(&["in"])
-                    .observe((before - rbuf.len()) as f64);
+                stats.packet_size_in.observe((before - rbuf.len()) as f64);
                 stats.publish_bytes_received.inc_by(p.payload.len() as u64);
             }
             self.handle(packet, wbuf).await?;
+            if !self.congested.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until every session in `self.congested` has drained below its
+    /// mark, at most [`STALL_AFTER`] each; one that does not move in that
+    /// time is marked stalled, so that nobody waits for it again until it
+    /// reads.
+    async fn wait_for_subscribers(&mut self) {
+        for cell in std::mem::take(&mut self.congested) {
+            let deadline = tokio::time::Instant::now() + STALL_AFTER;
+            loop {
+                let drained = cell.drained.notified();
+                tokio::pin!(drained);
+                // Registered before the check, so no wake-up is missed.
+                drained.as_mut().enable();
+                if !cell.session.lock().register_waiting_publisher() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                    tracing::debug!(subscriber = %cell.client_id, "subscriber stalled: no longer waited for");
+                    cell.session.lock().mark_stalled();
+                    cell.drained.notify_waiters();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Wakes publishers waiting for our session, if it has drained.
+    fn release_publishers(&self) {
+        if self.cell.session.lock().publishers_to_wake() {
+            self.cell.drained.notify_waiters();
         }
     }
 
@@ -524,6 +647,7 @@ impl Connection {
             Packet::PubAck(r) => {
                 let (acked, expired) = self.cell.session.lock().on_puback(r.packet_id, now);
                 self.persist_acks(acked.into_iter().chain(expired));
+                self.release_publishers();
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -553,6 +677,7 @@ impl Connection {
                     }
                     PubRecOutcome::Ended { seq, expired } => {
                         self.persist_acks(seq.into_iter().chain(expired));
+                        self.release_publishers();
                     }
                 }
                 Ok(())
@@ -570,6 +695,7 @@ impl Connection {
             Packet::PubComp(r) => {
                 let (done, expired) = self.cell.session.lock().on_pubcomp(r.packet_id, now);
                 self.persist_acks(done.into_iter().chain(expired));
+                self.release_publishers();
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s, wbuf).await,
@@ -750,7 +876,10 @@ impl Connection {
             Instant::now(),
         ));
         let retained = message.retain.then(|| self.broker.retain(message.clone()));
-        let routed = self.broker.publish(message);
+        let mut routed = self.broker.publish(message);
+        // Waiting for ourselves would never end.
+        routed.congested.retain(|c| !Arc::ptr_eq(c, &self.cell));
+        self.congested.extend(routed.congested.drain(..));
         let mut committed = routed.committed.wait().await;
         if let Some(r) = retained {
             committed = committed.and(r.wait().await);
@@ -931,19 +1060,42 @@ impl Connection {
 
     /// Moves what the session has for the client into the write buffer.
     fn drain_outbox(&mut self, wbuf: &mut BytesMut) {
-        let outbox = self.cell.session.lock().take_outbox();
+        let mut outbox = std::mem::take(&mut self.spare);
+        let wake_publishers = {
+            let mut s = self.cell.session.lock();
+            s.swap_outbox(&mut outbox);
+            s.publishers_to_wake()
+        };
+        if wake_publishers {
+            self.cell.drained.notify_waiters();
+        }
         if outbox.is_empty() {
+            self.spare = outbox;
             return;
         }
+        // One allocation for the batch (the buffer is dropped when idle).
+        let estimate: usize = outbox
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { delivery, .. } => {
+                    delivery.message.payload.len() + delivery.message.topic.len() + 16
+                }
+                Outgoing::PubRel { .. } => 4,
+            })
+            .sum();
+        wbuf.reserve(estimate);
         let now = Instant::now();
         let mut discarded = Vec::new();
         // Read access is checked again here, against whoever holds the
         // session now: a copy may have been queued under another username
-        // (a session resumed by someone else), before an ACL reload, or for
-        // a session restored before its user was known.
+        // (a session resumed by someone else) or before an ACL reload.
         let policy = self.broker.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
-        for out in outbox {
+        let mut sent = 0u64;
+        let mut payload_bytes = 0u64;
+        let sizes = self.broker.stats.packet_size_out.local();
+        let latency = self.broker.stats.publish_latency.local();
+        for out in outbox.drain(..) {
             match out {
                 Outgoing::PubRel { packet_id } => {
                     self.write(
@@ -966,32 +1118,25 @@ impl Connection {
                     if !readable {
                         tracing::debug!(topic = %d.message.topic, "copy not sent: the ACL denies reading it");
                     }
-                    let packet = readable
-                        .then(|| self.outgoing_publish(packet_id, dup, &d, now))
-                        .flatten();
-                    let Some(packet) = packet else {
-                        self.broker.stats.publish_dropped.inc();
-                        if packet_id != 0 {
-                            discarded.push(packet_id);
-                        }
-                        continue;
-                    };
                     let before = wbuf.len();
-                    match codec::encode(&Packet::Publish(packet), self.protocol, wbuf) {
-                        Ok(()) => {
-                            let stats = &self.broker.stats;
-                            stats.publish_sent.inc();
-                            stats
-                                .publish_bytes_sent
-                                .inc_by(d.message.payload.len() as u64);
-                            stats.messages_sent.inc();
-                            stats
-                                .packet_size
-                                .with_label_values(&["out"])
-                                .observe((wbuf.len() - before) as f64);
-                            stats
-                                .publish_latency
+                    let encoded = if readable {
+                        self.encode_copy(wbuf, packet_id, dup, &d, now)
+                    } else {
+                        Ok(false)
+                    };
+                    match encoded {
+                        Ok(true) => {
+                            sent += 1;
+                            payload_bytes += d.message.payload.len() as u64;
+                            sizes.observe((wbuf.len() - before) as f64);
+                            latency
                                 .observe(now.duration_since(d.message.received_at).as_secs_f64());
+                        }
+                        Ok(false) => {
+                            self.broker.stats.publish_dropped.inc();
+                            if packet_id != 0 {
+                                discarded.push(packet_id);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!("cannot encode PUBLISH: {e}");
@@ -1002,6 +1147,19 @@ impl Connection {
                     }
                 }
             }
+        }
+        // Counted once per batch: shared atomics are the cost that grows
+        // with the message rate (the local histograms flush when dropped).
+        let stats = &self.broker.stats;
+        stats.publish_sent.inc_by(sent);
+        stats.messages_sent.inc_by(sent);
+        stats.publish_bytes_sent.inc_by(payload_bytes);
+        drop((sizes, latency));
+        // Keep the vector for the next batch unless a burst made it large:
+        // a quiet subscriber should not hold the memory of its busiest
+        // moment.
+        if outbox.capacity() <= 256 {
+            self.spare = outbox;
         }
         if !discarded.is_empty() {
             let mut acks = Vec::new();
@@ -1021,57 +1179,85 @@ impl Connection {
         }
     }
 
-    /// The PUBLISH for one copy, or `None` if it must not be sent (expired,
-    /// or larger than the client accepts).
-    fn outgoing_publish(
+    /// Encodes one copy into `wbuf`: `Ok(false)` if it must not be sent
+    /// (expired, or larger than the client accepts). Built straight from the
+    /// shared message; MQTT 5 properties only when the copy has any.
+    fn encode_copy(
         &mut self,
+        wbuf: &mut BytesMut,
         packet_id: u16,
         dup: bool,
         d: &crate::session::Delivery,
         now: Instant,
-    ) -> Option<Publish> {
+    ) -> Result<bool, codec::EncodeError> {
         let m = &d.message;
-        let remaining = m.remaining_expiry(now).ok()?;
-        let mut properties = Properties::default();
-        if self.protocol.is_v5() {
+        let Ok(remaining) = m.remaining_expiry(now) else {
+            return Ok(false);
+        };
+        let v5 = self.protocol.is_v5();
+        let mut properties = None;
+        if v5 && (m.properties.is_some() || remaining.is_some() || !d.subscription_ids.is_empty()) {
+            let mut p = Properties::default();
             if let Some(f) = &m.properties {
-                f.write_into(&mut properties);
+                f.write_into(&mut p);
             }
-            properties.message_expiry_interval = remaining;
-            properties.subscription_identifiers = d.subscription_ids.to_vec();
+            p.message_expiry_interval = remaining;
+            p.subscription_identifiers = d.subscription_ids.to_vec();
+            properties = Some(p);
         }
-        let mut publish = Publish {
+        let full = PublishRef {
             dup,
             qos: d.qos,
             retain: d.retain,
-            topic: m.topic.clone(),
+            topic: m.topic.as_bytes(),
             packet_id,
-            properties,
-            payload: m.payload.clone(),
+            properties: properties.as_ref(),
+            payload: &m.payload,
         };
-        // Only a client that set a Maximum Packet Size makes us measure.
+        // Only a client that set a Maximum Packet Size makes us measure
+        // (the full topic, before any alias).
         if self.client_max_packet < u32::MAX {
-            let size = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
+            let size = codec::encoded_publish_len(&full, self.protocol);
             if size > self.client_max_packet as usize {
                 tracing::debug!(
                     size,
                     max = self.client_max_packet,
                     "message larger than the client accepts: dropped"
                 );
-                return None;
+                return Ok(false);
             }
         }
+        let mut topic = m.topic.as_bytes().as_ref();
         if self.client_alias_max > 0 {
-            if let Some(&alias) = self.aliases_out.get(&m.topic) {
-                publish.topic = ByteStr::default();
-                publish.properties.topic_alias = Some(alias);
-            } else if self.aliases_out.len() < usize::from(self.client_alias_max) {
-                let alias = self.aliases_out.len() as u16 + 1;
-                self.aliases_out.insert(m.topic.clone(), alias);
-                publish.properties.topic_alias = Some(alias);
+            let alias = match self.aliases_out.get(&m.topic) {
+                Some(&alias) => {
+                    topic = b"";
+                    Some(alias)
+                }
+                None if self.aliases_out.len() < usize::from(self.client_alias_max) => {
+                    let alias = self.aliases_out.len() as u16 + 1;
+                    self.aliases_out.insert(m.topic.clone(), alias);
+                    Some(alias)
+                }
+                None => None,
+            };
+            if alias.is_some() {
+                properties
+                    .get_or_insert_with(Properties::default)
+                    .topic_alias = alias;
             }
         }
-        Some(publish)
+        let publish = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            properties: properties.as_ref(),
+            payload: &m.payload,
+        };
+        codec::encode_publish(&publish, self.protocol, wbuf)?;
+        Ok(true)
     }
 
     /// Says goodbye as `exit` requires, handles the will, frees the session.
@@ -1114,7 +1300,7 @@ impl Connection {
         // never handed to a connection that is going away.
         self.broker.stats.disconnected();
         self.listener.clients.dec();
-        let will = self.will.take();
+        let will = self.will.take().map(|w| *w);
         self.broker
             .close_session(&self.cell, self.conn_id, departure, will);
         if !wbuf.is_empty() {

@@ -15,7 +15,7 @@ use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
-use crate::topic_tree::{Hit, ParsedFilter, Subscriber};
+use crate::topic_tree::{Hit, Hits, ParsedFilter, Subscriber};
 
 /// Sends a publish to another node, which delivers it to its own
 /// subscribers. Never blocks: a peer that cannot keep up loses copies (and
@@ -73,6 +73,9 @@ pub struct Routed {
     pub matched: usize,
     /// Resolves when every copy owed to a persistent session is committed.
     pub committed: Ticket,
+    /// Connected sessions that are over their backpressure mark: the
+    /// publisher should wait for them before it reads on.
+    pub congested: SmallVec<[Arc<SessionCell>; 1]>,
 }
 
 impl Broker {
@@ -89,20 +92,24 @@ impl Broker {
         let tree = self.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         let mut shared: SmallVec<[Target<'_>; 2]> = SmallVec::new();
-        tree.for_each_match(&message.topic, |hit| match hit {
-            Hit::Subscriber(s) => {
-                if s.options.no_local && s.key == message.origin {
-                    return;
+        let mut lists = 0usize;
+        tree.for_each_match_list(&message.topic, |hits| match hits {
+            Hits::Subscribers(list) => {
+                lists += 1;
+                for s in list {
+                    if s.options.no_local && s.key == message.origin {
+                        continue;
+                    }
+                    targets.push(Target {
+                        cell: &s.value,
+                        qos: s.options.qos.min(message.qos),
+                        retain_as_published: s.options.retain_as_published,
+                        ids: s.identifier.into_iter().collect(),
+                        share: None,
+                    });
                 }
-                targets.push(Target {
-                    cell: &s.value,
-                    qos: s.options.qos.min(message.qos),
-                    retain_as_published: s.options.retain_as_published,
-                    ids: s.identifier.into_iter().collect(),
-                    share: None,
-                });
             }
-            Hit::Shared(group) => {
+            Hits::Shared(group) => {
                 if !remote.serves_here(&group.name, &group.filter) {
                     return;
                 }
@@ -120,9 +127,11 @@ impl Broker {
                 }
             }
         });
-        if targets.len() > 1 {
+        // One list holds each client once: only several can overlap.
+        if lists > 1 && targets.len() > 1 {
             merge_overlaps(&mut targets);
         }
+        let mut congested = SmallVec::new();
         let matched = targets.len() + shared.len() + remote.enqueued + remote.nodes.len();
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
@@ -136,7 +145,9 @@ impl Broker {
                 seq: 0,
                 redelivery: false,
             };
-            self.deliver_to(t.cell, d, acl, false, &mut commands);
+            if self.deliver_to(t.cell, d, acl, false, &mut commands) {
+                congested.push(t.cell.clone());
+            }
         }
         drop(tree);
         if let Some(f) = self.forwarder.get() {
@@ -149,7 +160,11 @@ impl Broker {
         } else {
             self.seam.submit(commands)
         };
-        Routed { matched, committed }
+        Routed {
+            matched,
+            committed,
+            congested,
+        }
     }
 
     /// The part of a publish that concerns other nodes: a copy through
@@ -287,6 +302,8 @@ impl Broker {
     /// its client read the topic; records what the seam must persist.
     /// `durable_elsewhere`: a copy for a persistent session at QoS 1/2
     /// was enqueued through Raft by the publisher's node; skip it here.
+    /// Returns whether the session is now congested (see
+    /// [`crate::session::Session::congested`]).
     pub(crate) fn deliver_to(
         &self,
         cell: &SessionCell,
@@ -294,13 +311,12 @@ impl Broker {
         acl: Option<&Policy>,
         durable_elsewhere: bool,
         commands: &mut Vec<Command>,
-    ) {
+    ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
-        let message = d.message.clone();
         let mut s = cell.session.lock();
         if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
-            return;
+            return false;
         }
         // A session restored from the log carries the username it last
         // connected with (replicated with its claim).
@@ -309,25 +325,31 @@ impl Broker {
                 username: s.username.as_deref(),
                 client_id: &cell.client_id,
             };
-            if !policy.may(who, &message.topic, Action::Read) {
-                return;
+            if !policy.may(who, &d.message.topic, Action::Read) {
+                return false;
             }
         }
         if d.seq == 0 {
             d.seq = self.next_seq();
         }
-        let ids = d.subscription_ids.clone();
+        // A second reference only for a copy the seam must persist.
+        let persistent = s.is_persistent() && qos != QoS::AtMostOnce;
+        let message = persistent.then(|| d.message.clone());
+        let ids = if persistent {
+            d.subscription_ids.clone()
+        } else {
+            SmallVec::new()
+        };
         let (disposition, seq) = s.deliver(d);
-        let persistent = s.is_persistent();
+        let congested = s.congested();
         drop(s);
         match disposition {
             Disposition::Sent => cell.wake.notify_one(),
             Disposition::Dropped => self.stats.publish_dropped.inc(),
             Disposition::Queued | Disposition::Discarded => {}
         }
-        if persistent
-            && qos != QoS::AtMostOnce
-            && matches!(disposition, Disposition::Sent | Disposition::Queued)
+        if let Some(message) =
+            message.filter(|_| matches!(disposition, Disposition::Sent | Disposition::Queued))
         {
             commands.push(Command::Enqueue {
                 client_id: cell.client_id.clone(),
@@ -339,6 +361,7 @@ impl Broker {
                 message,
             });
         }
+        congested
     }
 
     /// Puts a copy another node enqueued through Raft into the local
@@ -401,7 +424,8 @@ impl Broker {
                 Some(m) => {
                     d.qos = m.options.qos.min(d.message.qos);
                     d.subscription_ids = m.identifier.into_iter().collect();
-                    self.deliver_to(&m.value, d, acl, false, &mut commands);
+                    // Nobody publishes here: no one to hold back.
+                    let _ = self.deliver_to(&m.value, d, acl, false, &mut commands);
                 }
                 None => self.stats.publish_dropped.inc(),
             }
@@ -625,7 +649,8 @@ impl Broker {
                 seq: 0,
                 redelivery: false,
             };
-            self.deliver_to(cell, d, acl, false, &mut commands);
+            // Retained messages come from the store, not a publisher.
+            let _ = self.deliver_to(cell, d, acl, false, &mut commands);
         }
         self.submit(commands);
     }

@@ -19,6 +19,11 @@ macro_rules! metrics {
             pub publish_latency: Histogram,
             /// Sizes of PUBLISH packets received and sent.
             pub packet_size: prometheus::HistogramVec,
+            /// `packet_size{direction="in"}`, looked up once: a label
+            /// lookup per message would hash and lock on the hot path.
+            pub packet_size_in: Histogram,
+            /// `packet_size{direction="out"}`.
+            pub packet_size_out: Histogram,
             /// Connections accepted per listener.
             pub listener_connections: IntCounterVec,
             /// Clients connected now per listener.
@@ -53,6 +58,8 @@ macro_rules! metrics {
                 )
                 .expect("static metric definition");
                 registry.register(Box::new(packet_size.clone())).expect("unique metric name");
+                let packet_size_in = packet_size.with_label_values(&["in"]);
+                let packet_size_out = packet_size.with_label_values(&["out"]);
                 let listener_connections = IntCounterVec::new(
                     Opts::new("raftmq_listener_connections_total", "Connections accepted per listener"),
                     &["listener"],
@@ -76,6 +83,8 @@ macro_rules! metrics {
                     $($g,)*
                     publish_latency,
                     packet_size,
+                    packet_size_in,
+                    packet_size_out,
                     listener_connections,
                     listener_clients,
                 }

@@ -197,6 +197,13 @@ pub enum Hit<'a, K, V> {
     Shared(&'a SharedGroup<K, V>),
 }
 
+/// A match by whole lists: the subscribers of one filter (no client
+/// appears twice in one list), or a shared group.
+pub enum Hits<'a, K, V> {
+    Subscribers(&'a [Subscriber<K, V>]),
+    Shared(&'a SharedGroup<K, V>),
+}
+
 /// The subscription tree. Filters passed in must have been validated.
 #[derive(Debug)]
 pub struct TopicTree<K, V> {
@@ -386,6 +393,16 @@ impl<K: PartialEq, V> TopicTree<K, V> {
     /// Calls `visit` for every subscription matching `topic` (a valid topic
     /// name). Topics starting with `$` are not matched by a leading wildcard.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Hit<'a, K, V>)) {
+        self.for_each_match_list(topic, |hits| match hits {
+            Hits::Subscribers(list) => list.iter().for_each(|s| visit(Hit::Subscriber(s))),
+            Hits::Shared(g) => visit(Hit::Shared(g)),
+        });
+    }
+
+    /// As [`TopicTree::for_each_match`], one non-empty list of subscribers
+    /// at a time: a caller that sees a single list knows no client matched
+    /// twice, and can skip merging overlaps.
+    pub fn for_each_match_list<'a>(&'a self, topic: &str, mut visit: impl FnMut(Hits<'a, K, V>)) {
         let dollar = topic.starts_with('$');
         let levels: smallvec::SmallVec<[&str; 16]> = topic.split('/').collect();
         Self::walk(&self.root, &levels, dollar, &mut visit);
@@ -395,16 +412,24 @@ impl<K: PartialEq, V> TopicTree<K, V> {
         node: &'a Node<K, V>,
         levels: &[&str],
         skip_wild: bool,
-        visit: &mut impl FnMut(Hit<'a, K, V>),
+        visit: &mut impl FnMut(Hits<'a, K, V>),
     ) {
+        fn list<'a, K, V>(
+            subs: &'a [Subscriber<K, V>],
+            groups: &'a [SharedGroup<K, V>],
+            visit: &mut impl FnMut(Hits<'a, K, V>),
+        ) {
+            if !subs.is_empty() {
+                visit(Hits::Subscribers(subs));
+            }
+            groups.iter().for_each(|g| visit(Hits::Shared(g)));
+        }
         // `a/#` also matches `a` itself (the parent level).
         if !skip_wild {
-            node.hash.iter().for_each(|s| visit(Hit::Subscriber(s)));
-            node.hash_shared.iter().for_each(|g| visit(Hit::Shared(g)));
+            list(&node.hash, &node.hash_shared, visit);
         }
         let Some((first, rest)) = levels.split_first() else {
-            node.exact.iter().for_each(|s| visit(Hit::Subscriber(s)));
-            node.exact_shared.iter().for_each(|g| visit(Hit::Shared(g)));
+            list(&node.exact, &node.exact_shared, visit);
             return;
         };
         if let Some(child) = node.children.get(*first) {

@@ -325,7 +325,11 @@ fn publish_acked(
             continue;
         }
         let mut c = RawClient::connect_tcp(addr, Protocol::V5);
-        c.send(&Packet::Connect(Box::new(raw::connect(Protocol::V5, client_id, true))));
+        c.send(&Packet::Connect(Box::new(raw::connect(
+            Protocol::V5,
+            client_id,
+            true,
+        ))));
         match c.recv(Duration::from_secs(8)) {
             Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
             _ => continue,
@@ -346,7 +350,11 @@ fn publish_acked(
                     },
                 };
                 let pid = next_pid;
-                next_pid = if next_pid == u16::MAX { 1 } else { next_pid + 1 };
+                next_pid = if next_pid == u16::MAX {
+                    1
+                } else {
+                    next_pid + 1
+                };
                 c.publish("d/load", &id.to_be_bytes(), QoS::AtLeastOnce, false, pid);
                 inflight.insert(pid, id);
             }
@@ -410,7 +418,9 @@ fn consume(
         loop {
             match c.recv(Duration::from_millis(500)) {
                 Read1::Packet(Packet::Publish(p)) => {
-                    got.push(u32::from_be_bytes(p.payload[..4].try_into().expect("4 bytes")));
+                    got.push(u32::from_be_bytes(
+                        p.payload[..4].try_into().expect("4 bytes"),
+                    ));
                     c.send(&Packet::PubAck(PubResp::new(p.packet_id, 0)));
                     quiet_since = Instant::now();
                 }
@@ -466,7 +476,14 @@ fn no_acknowledged_message_is_lost_when_the_leader_is_killed() {
             std::thread::spawn(move || {
                 let mut ids = start..start + share;
                 let reconnects = AtomicUsize::new(0);
-                publish_acked(&order, &format!("pub-{i}"), || ids.next(), 32, &count, &reconnects)
+                publish_acked(
+                    &order,
+                    &format!("pub-{i}"),
+                    || ids.next(),
+                    32,
+                    &count,
+                    &reconnects,
+                )
             })
         })
         .collect();
@@ -597,7 +614,14 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
                     n += 1;
                     (!stop.load(Ordering::Relaxed)).then_some(n)
                 };
-                publish_acked(&order, &format!("steady-pub-{i}"), next, 8, &count, &reconnects)
+                publish_acked(
+                    &order,
+                    &format!("steady-pub-{i}"),
+                    next,
+                    8,
+                    &count,
+                    &reconnects,
+                )
             })
         })
         .collect();
@@ -607,10 +631,19 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
     let started = Instant::now();
     for i in (0..3).rev() {
         let before = count.load(Ordering::Relaxed);
-        assert_eq!(nodes[i].terminate(), Some(0), "node {} stops cleanly", i + 1);
+        assert_eq!(
+            nodes[i].terminate(),
+            Some(0),
+            "node {} stops cleanly",
+            i + 1
+        );
         nodes[i].restart();
         let addr = grpc_addr(&nodes[i], i as u64 + 1);
-        assert!(wait_leader(&addr, None, T).is_some(), "node {} rejoins", i + 1);
+        assert!(
+            wait_leader(&addr, None, T).is_some(),
+            "node {} rejoins",
+            i + 1
+        );
         assert!(
             eventually(T, || count.load(Ordering::Relaxed) > before + 200),
             "the load goes on after node {} restarts",
@@ -635,5 +668,8 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
         sub_reconnects.load(Ordering::Relaxed)
     );
     let lost: Vec<u32> = lost.into_iter().take(10).collect();
-    assert!(lost.is_empty(), "acknowledged but lost (first 10): {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost (first 10): {lost:?}"
+    );
 }

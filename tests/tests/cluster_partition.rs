@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use raftmq::codec::{Packet, Protocol, QoS};
 use raftmq_e2e::cluster::cli;
 use raftmq_e2e::containers::{image, Lab};
-use raftmq_e2e::raw::{self, Read1, RawClient};
 use raftmq_e2e::eventually;
+use raftmq_e2e::raw::{self, RawClient, Read1};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -66,7 +66,13 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     for id in 2..=3 {
         let (code, out) = cli(
             &lab.admin(1),
-            &["add", "--id", &id.to_string(), "--addr", &format!("{}:7100", lab.cluster_ip(id))],
+            &[
+                "add",
+                "--id",
+                &id.to_string(),
+                "--addr",
+                &format!("{}:7100", lab.cluster_ip(id)),
+            ],
         );
         assert_eq!(code, Some(0), "add node {id}: {out}");
     }
@@ -76,7 +82,8 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     assert_eq!(code, 0);
     assert_eq!(s.subscribe(1, "p/#", QoS::AtLeastOnce), vec![1]);
     s.disconnect();
-    let (mut p1, _) = open(lab.mqtt(1), raw::connect(Protocol::V5, "pub-1", true)).expect("connect");
+    let (mut p1, _) =
+        open(lab.mqtt(1), raw::connect(Protocol::V5, "pub-1", true)).expect("connect");
     assert_eq!(p1.publish_qos1("r/before", b"1", true, 1), 0x10);
     std::thread::sleep(Duration::from_millis(500));
 
@@ -95,7 +102,8 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
         "the majority commits"
     );
     assert_eq!(p1.publish_qos1("r/during", b"2", true, 2), 0x10);
-    let (_, code) = open(lab.mqtt(2), persistent(Protocol::V5, "new-on-majority")).expect("connect");
+    let (_, code) =
+        open(lab.mqtt(2), persistent(Protocol::V5, "new-on-majority")).expect("connect");
     assert_eq!(code, 0, "a new persistent session on the majority side");
 
     // The isolated node: no new persistent session (v5 0x88, 3.1.1 code 3)…
@@ -104,14 +112,19 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     let (_, code) = open(lab.mqtt(3), persistent(Protocol::V311, "new-311-on-3")).expect("connect");
     assert_eq!(code, 3, "server unavailable for a 3.1.1 persistent session");
     // …no QoS 1 publish to a persistent session (PUBACK 0x88)…
-    let (mut p3, code) = open(lab.mqtt(3), raw::connect(Protocol::V5, "pub-3", true)).expect("connect");
+    let (mut p3, code) =
+        open(lab.mqtt(3), raw::connect(Protocol::V5, "pub-3", true)).expect("connect");
     assert_eq!(code, 0, "a clean session is served on the isolated node");
     p3.publish("p/isolated", b"x", QoS::AtLeastOnce, false, 1);
     let ack = p3.recv_until(Duration::from_secs(20), |p| match p {
         Packet::PubAck(a) => Some(a.code),
         _ => None,
     });
-    assert_eq!(ack, Some(0x88), "a copy owed to a persistent session cannot commit");
+    assert_eq!(
+        ack,
+        Some(0x88),
+        "a copy owed to a persistent session cannot commit"
+    );
     // …and no retained message that the others would not have.
     p3.publish("r/isolated", b"no", QoS::AtLeastOnce, true, 2);
     let ack = p3.recv_until(Duration::from_secs(20), |p| match p {
@@ -120,10 +133,13 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     });
     assert_eq!(ack, Some(0x88));
     // QoS 0 among the isolated node's own clients goes on.
-    let (mut local, _) = open(lab.mqtt(3), raw::connect(Protocol::V5, "local-sub", true)).expect("connect");
+    let (mut local, _) =
+        open(lab.mqtt(3), raw::connect(Protocol::V5, "local-sub", true)).expect("connect");
     local.subscribe(1, "local/#", QoS::AtMostOnce);
     p3.publish("local/t", b"still here", QoS::AtMostOnce, false, 0);
-    let got = local.next_publish(Duration::from_secs(5)).map(|m| m.payload.to_vec());
+    let got = local
+        .next_publish(Duration::from_secs(5))
+        .map(|m| m.payload.to_vec());
     assert_eq!(got.as_deref(), Some(&b"still here"[..]));
     println!("partition checks took {:?}", cut_at.elapsed());
 
@@ -136,7 +152,8 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     let ds: Vec<Option<(u64, String)>> = (1..=3).map(|id| digest(&lab.admin(id))).collect();
     assert!(converged, "digests differ after healing: {ds:#?}");
     // The retained set is the majority's, the isolated write is not in it.
-    let (mut r, _) = open(lab.mqtt(3), raw::connect(Protocol::V5, "reader", true)).expect("connect");
+    let (mut r, _) =
+        open(lab.mqtt(3), raw::connect(Protocol::V5, "reader", true)).expect("connect");
     r.subscribe(1, "r/#", QoS::AtMostOnce);
     let mut topics = Vec::new();
     while let Some(m) = r.next_publish(Duration::from_millis(700)) {

@@ -301,7 +301,11 @@ fn nodes_talk_mutual_tls_when_the_cluster_has_certificates() {
         node.key.display().to_string(),
     ];
     let with_tls = |args: &[&str]| -> Vec<String> {
-        flags.iter().cloned().chain(args.iter().map(|a| a.to_string())).collect()
+        flags
+            .iter()
+            .cloned()
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect()
     };
     let nodes: Vec<Broker> = (1..=3)
         .map(|id| Broker::start(cluster::node_config(id, &tls)))
@@ -318,7 +322,13 @@ fn nodes_talk_mutual_tls_when_the_cluster_has_certificates() {
         status_tls(&first).1
     );
     for id in 2..=3u64 {
-        let args = with_tls(&["add", "--id", &id.to_string(), "--addr", &grpc_addr(&nodes[id as usize - 1], id)]);
+        let args = with_tls(&[
+            "add",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &grpc_addr(&nodes[id as usize - 1], id),
+        ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out) = cli(&first, &refs);
         assert_eq!(code, Some(0), "add node {id} over mutual TLS: {out}");
@@ -343,7 +353,11 @@ fn nodes_talk_mutual_tls_when_the_cluster_has_certificates() {
             "status",
         ],
     );
-    assert_ne!(code, Some(0), "a certificate from another CA is refused: {out}");
+    assert_ne!(
+        code,
+        Some(0),
+        "a certificate from another CA is refused: {out}"
+    );
 }
 
 #[test]
@@ -356,7 +370,12 @@ fn leadership_moves_on_request_and_writes_go_on() {
     assert!(out.contains("node 3 leads"), "{out}");
     for (i, n) in nodes.iter().enumerate() {
         let addr = grpc_addr(n, i as u64 + 1);
-        assert_eq!(wait_leader(&addr, None, T), Some(3), "node {} follows node 3", i + 1);
+        assert_eq!(
+            wait_leader(&addr, None, T),
+            Some(3),
+            "node {} follows node 3",
+            i + 1
+        );
     }
     // /readyz carries the Raft figures.
     let (code, body) = nodes[0].http_get("/readyz");

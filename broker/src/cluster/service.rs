@@ -385,7 +385,11 @@ impl pb::admin_server::Admin for AdminService {
             applied_index: state.applied_index,
             retained: state.retained.len() as u64,
             sessions: state.sessions.len() as u64,
-            queued: state.sessions.values().map(|s| s.messages.len() as u64).sum(),
+            queued: state
+                .sessions
+                .values()
+                .map(|s| s.messages.len() as u64)
+                .sum(),
             routes: state.routes.values().map(|n| n.len() as u64).sum(),
             digest: state.digest(),
         }))

@@ -224,7 +224,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         nonce,
                                     }) if node == self.node_id => {
                                         let session = inner.state.sessions.get(&client_id).cloned();
-                                        let username = inner.state.usernames.get(&client_id).cloned();
+                                        let username =
+                                            inner.state.usernames.get(&client_id).cloned();
                                         events.push(Committed::Claimed {
                                             client_id,
                                             nonce,

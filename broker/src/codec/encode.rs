@@ -35,6 +35,59 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
     body(packet, protocol, buf)
 }
 
+/// An outgoing PUBLISH, borrowed from the message it copies: the hot path
+/// encodes each copy straight from the shared message, without building a
+/// [`super::Publish`] (and its full property set) per subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a [u8],
+    pub packet_id: u16,
+    /// MQTT 5 only; `None` is an empty property block.
+    pub properties: Option<&'a Properties>,
+    pub payload: &'a [u8],
+}
+
+/// Appends `p` to `buf`; the same bytes [`encode`] writes for the
+/// equivalent [`Packet::Publish`].
+pub fn encode_publish(p: &PublishRef<'_>, protocol: Protocol, buf: &mut BytesMut) -> Result<()> {
+    let v5 = protocol.is_v5();
+    let mut len = 0usize;
+    publish_body(&mut len, v5, p)?;
+    if len > MAX_REMAINING {
+        return Err(EncodeError::PacketTooLarge(len));
+    }
+    buf.reserve(1 + varint_len(len) + len);
+    buf.put_u8(0x30 | (p.dup as u8) << 3 | (p.qos as u8) << 1 | p.retain as u8);
+    put_varint(buf, len);
+    publish_body(buf, v5, p)
+}
+
+/// The size [`encode_publish`] would write (0 if it would fail).
+pub fn encoded_publish_len(p: &PublishRef<'_>, protocol: Protocol) -> usize {
+    let mut len = 0usize;
+    match publish_body(&mut len, protocol.is_v5(), p) {
+        Ok(()) => 1 + varint_len(len) + len,
+        Err(_) => 0,
+    }
+}
+
+fn publish_body(s: &mut impl Sink, v5: bool, p: &PublishRef<'_>) -> Result<()> {
+    binary(s, p.topic)?;
+    if p.qos != QoS::AtMostOnce {
+        s.u16(p.packet_id);
+    }
+    match p.properties {
+        Some(props) => properties(s, v5, props)?,
+        None if v5 => s.varint(0),
+        None => {}
+    }
+    s.slice(p.payload);
+    Ok(())
+}
+
 /// The number of bytes [`encode`] would write (0 if it would fail).
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
     let mut len = 0usize;
@@ -177,14 +230,19 @@ fn body(packet: &Packet, protocol: Protocol, s: &mut impl Sink) -> Result<()> {
             s.u8(a.code);
             properties(s, v5, &a.properties)?;
         }
-        Packet::Publish(p) => {
-            binary(s, p.topic.as_bytes())?;
-            if p.qos != QoS::AtMostOnce {
-                s.u16(p.packet_id);
-            }
-            properties(s, v5, &p.properties)?;
-            s.slice(&p.payload);
-        }
+        Packet::Publish(p) => publish_body(
+            s,
+            v5,
+            &PublishRef {
+                dup: p.dup,
+                qos: p.qos,
+                retain: p.retain,
+                topic: p.topic.as_bytes(),
+                packet_id: p.packet_id,
+                properties: Some(&p.properties),
+                payload: &p.payload,
+            },
+        )?,
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             pub_resp(s, v5, r)?;
         }

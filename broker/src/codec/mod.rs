@@ -15,7 +15,9 @@ mod tests;
 
 pub use bytestr::ByteStr;
 pub use decode::{decode, DecodeError};
-pub use encode::{encode, encoded_len, EncodeError};
+pub use encode::{
+    encode, encode_publish, encoded_len, encoded_publish_len, EncodeError, PublishRef,
+};
 
 use bytes::Bytes;
 

@@ -519,6 +519,29 @@ proptest! {
         prop_assert_eq!(round_trip(&p, Protocol::V311), p);
     }
 
+    /// The hot path's borrowed encoder writes exactly what `encode` writes.
+    #[test]
+    fn encode_publish_matches_encode(p in packet(true), v5 in any::<bool>()) {
+        if let Packet::Publish(p) = &p {
+            let protocol = if v5 { Protocol::V5 } else { Protocol::V311 };
+            let mut whole = BytesMut::new();
+            encode(&Packet::Publish(p.clone()), protocol, &mut whole).unwrap();
+            let r = PublishRef {
+                dup: p.dup,
+                qos: p.qos,
+                retain: p.retain,
+                topic: p.topic.as_bytes(),
+                packet_id: p.packet_id,
+                properties: (!p.properties.is_empty()).then_some(&p.properties),
+                payload: &p.payload,
+            };
+            let mut fast = BytesMut::new();
+            encode_publish(&r, protocol, &mut fast).unwrap();
+            prop_assert_eq!(&fast[..], &whole[..]);
+            prop_assert_eq!(encoded_publish_len(&r, protocol), whole.len());
+        }
+    }
+
     /// Arbitrary bytes never panic and never decode to something that does
     /// not encode back to a decodable packet.
     #[test]

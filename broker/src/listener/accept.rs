@@ -80,25 +80,40 @@ async fn handle(
             }
         };
     }
+    // Plain TCP is served in the task's own future. The other transports'
+    // handshakes and stream types make far larger futures; boxed, they cost
+    // only their own connections, not every idle TCP client.
     match transport {
         Transport::Tcp => connection::serve(broker, info, socket, peer, None).await,
         Transport::Tls(tls) => {
-            let (stream, cn) = handshake!(tls.accept(socket));
-            connection::serve(broker, info, stream, peer, cn).await
+            Box::pin(async move {
+                let (stream, cn) = handshake!(tls.accept(socket));
+                connection::serve(broker, info, stream, peer, cn).await
+            })
+            .await
         }
         Transport::Ws { path } => {
-            let ws = handshake!(websocket::accept(socket, path, max));
-            connection::serve(broker, info, ws, peer, None).await
+            Box::pin(async move {
+                let ws = handshake!(websocket::accept(socket, path, max));
+                connection::serve(broker, info, ws, peer, None).await
+            })
+            .await
         }
         Transport::Wss { tls, path } => {
-            let (stream, cn) = handshake!(tls.accept(socket));
-            let ws = handshake!(websocket::accept(stream, path, max));
-            connection::serve(broker, info, ws, peer, cn).await
+            Box::pin(async move {
+                let (stream, cn) = handshake!(tls.accept(socket));
+                let ws = handshake!(websocket::accept(stream, path, max));
+                connection::serve(broker, info, ws, peer, cn).await
+            })
+            .await
         }
         #[cfg(feature = "psk")]
         Transport::Psk(psk) => {
-            let (stream, identity) = handshake!(psk.accept(socket));
-            connection::serve(broker, info, stream, peer, identity).await
+            Box::pin(async move {
+                let (stream, identity) = handshake!(psk.accept(socket));
+                connection::serve(broker, info, stream, peer, identity).await
+            })
+            .await
         }
     }
 }

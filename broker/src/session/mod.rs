@@ -85,6 +85,12 @@ struct Binding {
     /// QoS 0 copies waiting in `outbox` (bounded so a slow reader cannot
     /// make us hold unbounded memory).
     outbox_qos0: usize,
+    /// A publisher waits for this client to drain (see [`Session::congested`]).
+    publishers_waiting: bool,
+    /// A publisher waited the longest it may and the client did not move:
+    /// publishers stop waiting for it (its copies are dropped at the limit,
+    /// as before) until it reads again.
+    stalled: bool,
 }
 
 /// How [`Session::deliver`] disposed of a copy.
@@ -205,6 +211,8 @@ impl Session {
             window,
             outbox,
             outbox_qos0: 0,
+            publishers_waiting: false,
+            stalled: false,
         });
         self.fill_window(now);
     }
@@ -362,9 +370,14 @@ impl Session {
     /// the sequence numbers of copies dropped because they expired.
     fn fill_window(&mut self, now: Instant) -> Vec<u64> {
         let mut expired = Vec::new();
-        let Some(window) = self.binding.as_ref().map(|b| b.window) else {
+        let Some(b) = self.binding.as_mut() else {
             return expired;
         };
+        let window = b.window;
+        if !self.queue.is_empty() && self.inflight.len() < window {
+            // An ack made room: the client is moving.
+            b.stalled = false;
+        }
         while let Some(front) = self.queue.front() {
             let dead = front.message.is_expired(now);
             // Queued QoS 0 (queue_qos0_messages) takes no window slot.
@@ -461,12 +474,73 @@ impl Session {
 
     /// Everything the connection should write now, in order.
     pub fn take_outbox(&mut self) -> Vec<Outgoing> {
-        match self.binding.as_mut() {
-            Some(b) => {
-                b.outbox_qos0 = 0;
-                std::mem::take(&mut b.outbox)
+        let mut out = Vec::new();
+        self.swap_outbox(&mut out);
+        out
+    }
+
+    /// Swaps the outbox with `spare` (which must be empty): the connection
+    /// keeps one vector for itself and hands it back, so that steady
+    /// traffic costs no allocation per batch.
+    pub fn swap_outbox(&mut self, spare: &mut Vec<Outgoing>) {
+        debug_assert!(spare.is_empty());
+        if let Some(b) = self.binding.as_mut() {
+            if !b.outbox.is_empty() {
+                // The client reads again: it is no longer stalled.
+                b.stalled = false;
             }
-            None => Vec::new(),
+            b.outbox_qos0 = 0;
+            std::mem::swap(&mut b.outbox, spare);
+        }
+    }
+
+    /// Whether publishers should hold off for this session: it is connected
+    /// and has half its queue limit waiting (QoS 0 copies in the outbox, or
+    /// QoS 1/2 copies queued behind a full window). Publishers that stop
+    /// reading their sockets then pass the pressure back to their clients,
+    /// so that a subscriber that is only slower than its publishers loses
+    /// nothing; only one that stops reading altogether gets copies dropped
+    /// (at the limit, counted, as ever). Offline sessions never push back.
+    pub fn congested(&self) -> bool {
+        let Some(b) = self.binding.as_ref() else {
+            return false;
+        };
+        let high = (self.limits.max_queued_messages / 2).max(1);
+        !b.stalled
+            && (b.outbox_qos0 >= high
+                || self.queue.len() >= high
+                || (self.limits.max_queued_bytes > 0
+                    && self.queued_bytes >= self.limits.max_queued_bytes / 2))
+    }
+
+    /// A publisher is about to wait for this session: true if it still must
+    /// (then the connection will wake it, see [`Session::publishers_to_wake`]).
+    pub fn register_waiting_publisher(&mut self) -> bool {
+        let congested = self.congested();
+        if let (true, Some(b)) = (congested, self.binding.as_mut()) {
+            b.publishers_waiting = true;
+        }
+        congested
+    }
+
+    /// A publisher waited in vain: stop making publishers wait for this
+    /// client until it reads again.
+    pub fn mark_stalled(&mut self) {
+        if let Some(b) = self.binding.as_mut() {
+            b.stalled = true;
+        }
+    }
+
+    /// True (once) when publishers wait and the session has drained below
+    /// the mark: the connection then wakes them.
+    pub fn publishers_to_wake(&mut self) -> bool {
+        let congested = self.congested();
+        match self.binding.as_mut() {
+            Some(b) if b.publishers_waiting && (!congested || b.stalled) => {
+                b.publishers_waiting = false;
+                true
+            }
+            _ => false,
         }
     }
 

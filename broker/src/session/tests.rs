@@ -235,3 +235,85 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
     let ids: Vec<u16> = sent(&s.take_outbox()).iter().map(|x| x.0).collect();
     assert_eq!(ids, vec![65535, 1]);
 }
+
+#[test]
+fn qos0_outbox_at_half_the_limit_pushes_back_until_drained() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(10, 10));
+    s.attach(1, 65535, now);
+    for n in 0..4 {
+        s.deliver(delivery(n, QoS::AtMostOnce));
+    }
+    assert!(!s.congested(), "below half the limit");
+    s.deliver(delivery(4, QoS::AtMostOnce));
+    assert!(s.congested(), "five of ten waiting");
+    assert!(s.register_waiting_publisher());
+    assert!(!s.publishers_to_wake(), "still congested: nobody to wake");
+    let mut out = Vec::new();
+    s.swap_outbox(&mut out);
+    assert_eq!(out.len(), 5);
+    assert!(!s.congested());
+    assert!(
+        s.publishers_to_wake(),
+        "drained: the waiting publisher is woken"
+    );
+    assert!(!s.publishers_to_wake(), "once");
+}
+
+#[test]
+fn queued_qos1_pushes_back_and_acks_release_it() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(1, 4));
+    s.attach(1, 65535, now);
+    for n in 0..3 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    // One in flight, two queued: half of four.
+    assert!(s.congested());
+    assert!(s.register_waiting_publisher());
+    s.take_outbox();
+    assert!(s.congested(), "writing does not empty the queue");
+    s.on_puback(1, now);
+    assert!(!s.congested(), "the ack moved one into the window");
+    assert!(s.publishers_to_wake());
+}
+
+#[test]
+fn a_stalled_client_is_not_waited_for_until_it_reads() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 0, limits(10, 4));
+    s.attach(1, 65535, now);
+    for n in 0..3 {
+        s.deliver(delivery(n, QoS::AtMostOnce));
+    }
+    assert!(s.register_waiting_publisher());
+    s.mark_stalled();
+    assert!(!s.congested(), "stalled: publishers go on");
+    assert!(s.publishers_to_wake(), "and those waiting are let go");
+    // The limit still holds, drops counted.
+    assert_eq!(s.deliver(delivery(3, QoS::AtMostOnce)).0, Disposition::Sent);
+    assert_eq!(
+        s.deliver(delivery(4, QoS::AtMostOnce)).0,
+        Disposition::Dropped
+    );
+    assert_eq!(s.dropped, 1);
+    // Reading again ends the stall.
+    s.take_outbox();
+    for n in 0..2 {
+        s.deliver(delivery(n, QoS::AtMostOnce));
+    }
+    assert!(s.congested());
+}
+
+#[test]
+fn offline_sessions_never_push_back() {
+    let now = Instant::now();
+    let mut s = Session::new("c".into(), 60, limits(1, 2));
+    s.attach(1, 65535, now);
+    s.detach(1);
+    for n in 0..5 {
+        s.deliver(delivery(n, QoS::AtLeastOnce));
+    }
+    assert!(!s.congested());
+    assert!(!s.register_waiting_publisher());
+}

@@ -289,7 +289,12 @@ impl ReplicatedState {
             put(&s.expiry.to_le_bytes());
             for (f, (o, i)) in &s.subscriptions {
                 put(f.as_bytes());
-                put(&[o.qos as u8, u8::from(o.no_local), u8::from(o.retain_as_published), o.retain_handling]);
+                put(&[
+                    o.qos as u8,
+                    u8::from(o.no_local),
+                    u8::from(o.retain_as_published),
+                    o.retain_handling,
+                ]);
                 put(&i.unwrap_or(0).to_le_bytes());
             }
             for (seq, m) in &s.messages {

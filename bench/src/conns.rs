@@ -1,0 +1,162 @@
+//! Connection scenarios: N idle connections (the broker's RSS per
+//! connection, read from /proc/PID/status) and a connect storm
+//! (CONNECT/CONNACK per second). Both spread their sockets over several
+//! 127.0.0.x source addresses so that ephemeral ports do not run out.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::wire;
+
+/// The i-th source address: 127.0.0.10, 127.0.0.11, ...
+fn source(i: usize, sources: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + (i % sources) as u8))
+}
+
+/// Opens a TCP connection from `from`, sends CONNECT, waits for a
+/// successful CONNACK (3.1.1: exactly 4 bytes).
+async fn mqtt_connect(
+    addr: SocketAddr,
+    from: IpAddr,
+    client_id: &str,
+    keep_alive: u16,
+) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let mut stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(&wire::connect_frame(client_id, keep_alive)?)
+        .await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    anyhow::ensure!(
+        connack[0] == 0x20 && connack[3] == 0,
+        "CONNECT refused: {connack:?}"
+    );
+    Ok(stream)
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+pub struct IdleSettings {
+    pub connections: usize,
+    pub sources: usize,
+    pub broker_pid: u32,
+    /// Connections being set up at once.
+    pub concurrency: usize,
+    /// Seconds to wait after the last CONNACK before reading RSS.
+    pub settle: u64,
+}
+
+pub async fn idle(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
+    let before = rss_kib(s.broker_pid)?;
+    let run_id = std::process::id();
+    let gate = Arc::new(Semaphore::new(s.concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(s.connections);
+    for i in 0..s.connections {
+        let gate = gate.clone();
+        let from = source(i, s.sources);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            mqtt_connect(addr, from, &format!("idle-{run_id}-{i}"), 600).await
+        }));
+    }
+    let mut held = Vec::with_capacity(s.connections);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(s.settle)).await;
+    let after = rss_kib(s.broker_pid)?;
+    let n = held.len().max(1) as f64;
+    let per_conn = (after.saturating_sub(before)) as f64 / n;
+    println!(
+        "{{\"scenario\":\"idle connections={}\",\"connected\":{},\"failed\":{failed},\"connect_seconds\":{connect_secs:.2},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"kib_per_connection\":{per_conn:.2},\"mib_per_100k\":{:.0}}}",
+        s.connections,
+        held.len(),
+        per_conn * 100_000.0 / 1024.0
+    );
+    if let Some(e) = first_error {
+        eprintln!("first connect failure: {e:#}");
+    }
+    drop(held);
+    Ok(())
+}
+
+pub struct StormSettings {
+    pub workers: usize,
+    pub seconds: u64,
+    pub sources: usize,
+}
+
+/// `workers` loops of connect, CONNECT, CONNACK, DISCONNECT, close for
+/// `seconds`: completed handshakes per second.
+pub async fn storm(addr: SocketAddr, s: StormSettings) -> anyhow::Result<()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(s.seconds);
+    let run_id = std::process::id();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..s.workers {
+        let (done, errors) = (done.clone(), errors.clone());
+        let sources = s.sources;
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while Instant::now() < deadline {
+                let from = source(w + i * 7, sources);
+                let id = format!("storm-{run_id}-{w}-{i}");
+                i += 1;
+                match mqtt_connect(addr, from, &id, 60).await {
+                    Ok(mut stream) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.write_all(&wire::DISCONNECT).await;
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        // A refused or reset connect: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{{\"scenario\":\"connect-storm workers={}\",\"connacks\":{n},\"errors\":{},\"seconds\":{secs:.2},\"connects_per_sec\":{:.0}}}",
+        s.workers,
+        errors.load(Ordering::Relaxed),
+        n as f64 / secs
+    );
+    Ok(())
+}
