@@ -26,6 +26,10 @@ pub trait Forward: Send + Sync {
     fn forward(&self, node: u64, message: &SharedMessage, shared: SmallVec<[ShareRef; 1]>);
 }
 
+/// A copy a remote persistent session is owed: client, QoS, retain as
+/// published, subscription identifiers (overlaps merged).
+type Owed<'a> = (&'a ByteStr, QoS, bool, SmallVec<[u32; 1]>);
+
 /// What the cluster view said about one publish.
 #[derive(Default)]
 struct Remote {
@@ -173,7 +177,7 @@ impl Broker {
     fn route_remote(&self, message: &SharedMessage, commands: &mut Vec<Command>) -> Remote {
         let mut remote = Remote::default();
         let view = self.view.read();
-        let mut owed: SmallVec<[(&ByteStr, QoS, bool, SmallVec<[u32; 1]>); 4]> = SmallVec::new();
+        let mut owed: SmallVec<[Owed<'_>; 4]> = SmallVec::new();
         view.remote_sessions(&message.topic, |s| {
             if s.options.no_local && *s.client_id == message.origin {
                 return;

@@ -134,13 +134,13 @@ impl ReplicatedState {
                 self.usernames.remove(client_id);
             }
             Command::WillClear { client_id, nonce } => {
-                if !self.wills.get(client_id).is_some_and(|w| w.nonce == *nonce) {
+                if self.wills.get(client_id).is_none_or(|w| w.nonce != *nonce) {
                     return Err(Ignored);
                 }
                 self.wills.remove(client_id);
             }
             Command::WillFire { client_id, nonce } => {
-                if !self.wills.get(client_id).is_some_and(|w| w.nonce == *nonce) {
+                if self.wills.get(client_id).is_none_or(|w| w.nonce != *nonce) {
                     return Err(Ignored);
                 }
                 let record = self.wills.remove(client_id).ok_or(Ignored)?;
