@@ -37,11 +37,11 @@ pub fn image() -> String {
             );
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let staged = tempfile::tempdir().expect("temp dir");
-            let rootfs = staged.path().join("rootfs");
+            let context = staged.path().join("context");
             let (code, out, err) = run(
                 Command::new(root.join("deploy/stage-rootfs.sh"))
                     .arg(broker_bin())
-                    .arg(&rootfs),
+                    .arg(&context),
                 Duration::from_secs(120),
             );
             assert_eq!(code, Some(0), "stage-rootfs: {out}{err}");
@@ -55,7 +55,7 @@ pub fn image() -> String {
                 &dockerfile.display().to_string(),
                 "-t",
                 &tag,
-                &rootfs.display().to_string(),
+                &context.display().to_string(),
             ]);
             tag
         })

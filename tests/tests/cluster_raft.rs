@@ -365,9 +365,33 @@ fn leadership_moves_on_request_and_writes_go_on() {
     let nodes = cluster::start(3, "");
     let first = grpc_addr(&nodes[0], 1);
     retain(&nodes[1], "tl/before", b"1");
+    // Writes go on during the transfer: they wait, none fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (nodes[1].tcp_addr(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut c, _) = RawClient::open(addr, raw::connect(Protocol::V5, "tl-writer", true));
+            let mut codes = Vec::new();
+            let mut id = 1u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                codes.push(c.publish_qos1("tl/load", &id.to_be_bytes(), true, id));
+                id = id.wrapping_add(1).max(1);
+            }
+            codes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let (code, out) = cli(&first, &["transfer-leader", "--id", "3"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("node 3 leads"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = writer.join().expect("writer");
+    assert!(codes.len() > 10, "the writer wrote during the transfer");
+    assert!(
+        codes.iter().all(|c| *c < 0x80),
+        "a write failed during the transfer: {codes:?}"
+    );
     for (i, n) in nodes.iter().enumerate() {
         let addr = grpc_addr(n, i as u64 + 1);
         assert_eq!(

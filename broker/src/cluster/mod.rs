@@ -110,13 +110,18 @@ impl Cluster {
             .await
             .with_context(|| format!("cluster gRPC: cannot bind {}", c.bind))?;
         let grpc_addr = listener.local_addr()?;
-        let raft_svc = RaftServer::new(service::RaftService { raft: raft.clone() })
-            .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
+        let gate = types::WriteGate::default();
+        let raft_svc = RaftServer::new(service::RaftService {
+            raft: raft.clone(),
+            gate: gate.clone(),
+        })
+        .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(service::AdminService {
             raft: raft.clone(),
             machine: machine.clone(),
             net: net.clone(),
+            gate: gate.clone(),
         });
         let engine = Arc::new(std::sync::OnceLock::new());
         let forward_svc = ForwardServer::new(forward::ForwardService {
@@ -158,7 +163,13 @@ impl Cluster {
                 .context("raft initialise")?;
         }
 
-        let seam = Arc::new(RaftSeam::start(raft.clone(), node_id, net.clone(), machine));
+        let seam = Arc::new(RaftSeam::start(
+            raft.clone(),
+            node_id,
+            net.clone(),
+            machine,
+            gate,
+        ));
         Ok(Cluster {
             raft,
             seam,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::convert;
 use super::network::Network;
 use super::state_machine::StateMachine;
-use super::types::{Batch, Raft};
+use super::types::{Batch, Raft, WriteGate};
 use crate::state::{Command, ReplicatedState, StateError, StateSeam, Ticket};
 
 /// Upper bounds of one group commit.
@@ -33,9 +33,15 @@ pub struct RaftSeam {
 }
 
 impl RaftSeam {
-    pub fn start(raft: Raft, node_id: u64, net: Network, machine: StateMachine) -> RaftSeam {
+    pub fn start(
+        raft: Raft,
+        node_id: u64,
+        net: Network,
+        machine: StateMachine,
+        gate: WriteGate,
+    ) -> RaftSeam {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(raft, node_id, net, rx));
+        tokio::spawn(writer(raft, node_id, net, gate, rx));
         RaftSeam { queue, machine }
     }
 }
@@ -71,7 +77,13 @@ fn weight(c: &Command) -> usize {
     }
 }
 
-async fn writer(raft: Raft, node_id: u64, net: Network, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn writer(
+    raft: Raft,
+    node_id: u64,
+    net: Network,
+    gate: WriteGate,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -99,12 +111,13 @@ async fn writer(raft: Raft, node_id: u64, net: Network, mut rx: mpsc::UnboundedR
             .flat_map(|p| p.commands.iter().cloned())
             .collect();
         let batch = convert::batch_to(node_id, &commands);
-        let result = match tokio::time::timeout(COMMIT_TIMEOUT, commit(&raft, &net, batch)).await {
-            Ok(r) => r,
-            Err(_) => Err(StateError::Unavailable(
-                "no quorum within the commit timeout".into(),
-            )),
-        };
+        let result =
+            match tokio::time::timeout(COMMIT_TIMEOUT, commit(&raft, &net, &gate, batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(StateError::Unavailable(
+                    "no quorum within the commit timeout".into(),
+                )),
+            };
         if let Err(e) = &result {
             tracing::warn!(commands = commands.len(), "raft commit failed: {e}");
         }
@@ -119,9 +132,18 @@ async fn writer(raft: Raft, node_id: u64, net: Network, mut rx: mpsc::UnboundedR
 /// way) until the caller's commit timeout: writers see a failover as
 /// latency, not as errors. A batch may then commit twice; every command is
 /// idempotent.
-async fn commit(raft: &Raft, net: &Network, batch: Batch) -> Result<(), StateError> {
+async fn commit(
+    raft: &Raft,
+    net: &Network,
+    gate: &WriteGate,
+    batch: Batch,
+) -> Result<(), StateError> {
     loop {
-        match raft.client_write(batch.clone()).await {
+        let written = {
+            let _open = gate.read().await;
+            raft.client_write(batch.clone()).await
+        };
+        match written {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                 Some(leader) => match forward(net, &leader.addr, batch.clone()).await {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::network::Network;
 use super::state_machine::StateMachine;
-use super::types::{Batch, NodeId, Raft};
+use super::types::{Batch, NodeId, Raft, WriteGate};
 use crate::state::Command;
 
 fn bad_request(e: convert::Invalid) -> Status {
@@ -27,6 +27,7 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 pub struct RaftService {
     pub raft: Raft,
+    pub gate: WriteGate,
 }
 
 #[tonic::async_trait]
@@ -132,7 +133,11 @@ impl pb::raft_server::Raft for RaftService {
                 retry: false,
             }));
         }
-        let resp = match self.raft.client_write(batch).await {
+        let written = {
+            let _open = self.gate.read().await;
+            self.raft.client_write(batch).await
+        };
+        let resp = match written {
             Ok(_) => pb::ProposeResponse::default(),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => pb::ProposeResponse {
                 error: "not the leader".into(),
@@ -186,6 +191,63 @@ pub struct AdminService {
     pub raft: Raft,
     pub machine: StateMachine,
     pub net: Network,
+    pub gate: WriteGate,
+}
+
+/// The longest a node holds its elections for a transfer.
+const ELECTION_HOLD_MAX: Duration = Duration::from_secs(15);
+/// How long a transfer waits for the target to win.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AdminService {
+    /// Waits until `target` holds this leader's whole log.
+    async fn caught_up(&self, target: NodeId) -> Result<(), Status> {
+        let mut watch = self.raft.metrics();
+        let done = tokio::time::timeout(TRANSFER_TIMEOUT, async {
+            loop {
+                {
+                    let m = watch.borrow_and_update();
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).copied().flatten())
+                        .map(|l| l.index);
+                    if m.last_log_index.is_some() && matched >= m.last_log_index {
+                        return;
+                    }
+                }
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        done.map_err(|_| {
+            Status::deadline_exceeded(format!("node {target} did not catch up with the log"))
+        })
+    }
+
+    /// Asks `target` to campaign every 200 ms until it leads.
+    async fn campaign(&self, target: NodeId, addr: &str) -> Result<(), Status> {
+        let channel = self
+            .net
+            .channel(addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut client = pb::admin_client::AdminClient::new(channel);
+        let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if self.raft.metrics().borrow().current_leader == Some(target) {
+                return Ok(());
+            }
+            if let Err(e) = client.elect(pb::Empty {}).await {
+                tracing::debug!(target, "transfer: elect: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(Status::deadline_exceeded(format!(
+            "node {target} did not win an election"
+        )))
+    }
 }
 
 /// A membership call made on a follower names the leader, so that the
@@ -344,33 +406,69 @@ impl pb::admin_server::Admin for AdminService {
             .get_node(&target)
             .map(|n| n.addr.clone())
             .ok_or_else(|| Status::not_found(format!("node {target} is not a member")))?;
-        // openraft 0.9 has no leader transfer: the target starts an
-        // election, which it wins if its log is up to date.
-        let channel = self
-            .net
-            .channel(&addr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        pb::admin_client::AdminClient::new(channel)
-            .elect(pb::Empty {})
-            .await?;
-        let mut watch = self.raft.metrics();
-        let moved = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if watch.borrow().current_leader == Some(target) {
-                    return;
-                }
-                if watch.changed().await.is_err() {
-                    return;
-                }
+        // openraft 0.9 has no leader transfer. The same effect: writes
+        // wait at this node's gate (latency, not errors), the target
+        // catches up with the whole log, the other followers hold their own
+        // elections, this leader stops its heartbeats, and the target
+        // campaigns until the followers' lease on this leader runs out and
+        // they vote for it. Everything is given back however it ends; the
+        // writes then go to the new leader.
+        let _closed = self.gate.write().await;
+        self.caught_up(target).await?;
+        let others: Vec<String> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != target && *id != m.id)
+            .filter_map(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
+            .collect();
+        let hold = |addr: String, hold: bool| {
+            let net = self.net.clone();
+            async move {
+                let channel = net.channel(&addr).ok()?;
+                pb::admin_client::AdminClient::new(channel)
+                    .hold_elections(pb::HoldElectionsRequest { hold })
+                    .await
+                    .ok()
             }
-        })
-        .await;
+        };
+        futures_util::future::join_all(others.iter().cloned().map(|a| hold(a, true))).await;
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let moved = self.campaign(target, &addr).await;
+        self.raft.runtime_config().heartbeat(true);
+        self.raft.runtime_config().elect(true);
+        futures_util::future::join_all(others.into_iter().map(|a| hold(a, false))).await;
         match moved {
             Ok(()) => ok(format!("node {target} leads")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "node {target} did not win an election"
-            ))),
+            Err(e) => Err(e),
         }
+    }
+
+    async fn hold_elections(
+        &self,
+        req: Request<pb::HoldElectionsRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let hold = req.into_inner().hold;
+        self.raft.runtime_config().elect(!hold);
+        if hold {
+            // Never held for good, whatever happens to the transfer.
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ELECTION_HOLD_MAX).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+        ok(if hold {
+            "elections held"
+        } else {
+            "elections resumed"
+        })
     }
 
     async fn digest(

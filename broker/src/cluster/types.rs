@@ -22,6 +22,11 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
+/// Held shared by every proposal on this node and exclusively by a
+/// leadership transfer, which needs the log to stand still while the
+/// target catches up and campaigns (see `AdminService::transfer_leader`).
+pub type WriteGate = std::sync::Arc<tokio::sync::RwLock<()>>;
+
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 pub type Raft = openraft::Raft<TypeConfig>;
