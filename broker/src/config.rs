@@ -83,7 +83,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info,openraft=warn".into(),
             format: LogFormat::Human,
         }
     }

@@ -137,6 +137,9 @@ struct Model {
     owed: HashMap<u64, QoS>,
     /// Queued QoS 0 copies: when they reach the outbox they leave `owed`.
     queued_qos0: HashSet<u64>,
+    /// Copies restored from persisted state: they may have reached the
+    /// client before, so they go out with DUP even the first time here.
+    restored: HashSet<u64>,
     /// Packet ids known to be in flight, and the copy each names (None for
     /// a restored released copy first seen as a PUBREL).
     ids: HashMap<u16, Option<u64>>,
@@ -305,9 +308,14 @@ fuzz_target!(|input: Input| {
         queue_qos0: input.queue_qos0,
     };
     let mut s = Session::new(ByteStr::from_static("c"), u32::from(input.expiry), limits);
+    // Both packet id schemes (counted, or derived from sequence numbers as
+    // the broker does for sessions that move between nodes); the expiry's
+    // low bit picks one, so the corpus keeps its format.
+    s.derive_packet_ids = input.expiry & 1 == 1;
     let mut m = Model {
         owed: HashMap::new(),
         queued_qos0: HashSet::new(),
+        restored: HashSet::new(),
         ids: HashMap::new(),
         accepted: 0,
         completed: 0,
@@ -329,6 +337,7 @@ fuzz_target!(|input: Input| {
         d.seq = seq;
         s.restore(d, r.released);
         m.owed.insert(seq, q);
+        m.restored.insert(seq);
         m.accepted += 1;
         if !r.released && q == QoS::AtMostOnce {
             m.queued_qos0.insert(seq);
@@ -461,7 +470,10 @@ fuzz_target!(|input: Input| {
                 }
                 for o in &out[carried..] {
                     match o {
-                        Outgoing::Publish { dup, .. } => assert!(!dup, "new copy with DUP"),
+                        Outgoing::Publish { dup, delivery, .. } => assert!(
+                            !dup || m.restored.contains(&delivery.seq),
+                            "new copy with DUP"
+                        ),
                         Outgoing::PubRel { .. } => panic!("PUBREL after the resends"),
                     }
                 }
