@@ -313,6 +313,9 @@ impl pb::admin_server::Admin for AdminService {
             applied_index: m.last_applied.map(|l| l.index),
             nodes,
             snapshot_index: m.snapshot.map(|l| l.index),
+            // TODO(issue 8): read from the store / drain state.
+            initialized: m.vote.leader_id().term > 0 || m.last_log_index.is_some(),
+            draining: false,
         }))
     }
 
@@ -491,6 +494,14 @@ impl pb::admin_server::Admin for AdminService {
             routes: state.routes.values().map(|n| n.len() as u64).sum(),
             digest: state.digest(),
         }))
+    }
+
+    async fn drain(
+        &self,
+        _req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        // TODO(issue 8): hand the clients over.
+        Err(Status::unimplemented("drain is not implemented yet"))
     }
 
     async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
