@@ -86,6 +86,13 @@ impl Client {
 }
 
 impl Client {
+    /// Sends DISCONNECT (a normal end: no will, a clean session ends).
+    pub async fn disconnect(mut self) -> anyhow::Result<()> {
+        self.writer.half.write_all(&crate::wire::DISCONNECT).await?;
+        self.writer.half.shutdown().await?;
+        Ok(())
+    }
+
     /// The socket halves and whatever the reader had buffered past the
     /// last packet, for loops that scan frames themselves.
     pub fn into_parts(self) -> (ReadHalf, BytesMut, WriteHalf) {

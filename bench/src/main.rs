@@ -24,6 +24,10 @@ struct Cli {
     /// The broker to measure.
     #[arg(long, default_value = "127.0.0.1:1883", global = true)]
     addr: SocketAddr,
+    /// Where the subscribers of fan-in, fan-out and pairs connect (default:
+    /// `--addr`): another node of a cluster, for cross-node figures.
+    #[arg(long, global = true)]
+    sub_addr: Option<SocketAddr>,
     /// Give up waiting for messages after this many seconds of silence
     /// (what is missing then is counted as lost).
     #[arg(long, default_value_t = 5, global = true)]
@@ -47,6 +51,11 @@ struct Flow {
     /// QoS 1: unacknowledged publishes a publisher keeps in flight.
     #[arg(long, default_value_t = 100)]
     window: u16,
+    /// Subscribers connect with clean session off (persistent sessions:
+    /// on raftmq their QoS 1/2 copies are committed through Raft); their
+    /// sessions are ended with a clean reconnect after the run.
+    #[arg(long)]
+    persistent: bool,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +175,7 @@ impl Flow {
             qos: qos(self.qos)?,
             payload: self.payload,
             window: self.window.max(1),
+            persistent: self.persistent,
             idle_timeout: Duration::from_secs(idle_timeout),
         })
     }
@@ -180,6 +190,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let addr = cli.addr;
+    let addrs = throughput::Addrs {
+        publishers: addr,
+        subscribers: cli.sub_addr.unwrap_or(addr),
+    };
     let idle = cli.idle_timeout;
     rt.block_on(async {
         let plan = match cli.scenario {
@@ -256,7 +270,7 @@ fn main() -> anyhow::Result<()> {
                 payload,
             } => return commit::run(addr, writers, seconds, payload).await,
         };
-        throughput::run(addr, plan).await?.print();
+        throughput::run(addrs, plan).await?.print();
         anyhow::Ok(())
     })
 }

@@ -30,7 +30,16 @@ pub struct Plan {
     pub payload: usize,
     /// QoS 1: unacknowledged publishes a publisher keeps in flight.
     pub window: u16,
+    pub persistent: bool,
     pub idle_timeout: Duration,
+}
+
+/// Where publishers and subscribers connect (the same broker, or two
+/// nodes of one cluster).
+#[derive(Clone, Copy)]
+pub struct Addrs {
+    pub publishers: SocketAddr,
+    pub subscribers: SocketAddr,
 }
 
 /// A prefix no earlier run's subscriptions can match.
@@ -54,6 +63,7 @@ impl Plan {
             qos: c.qos,
             payload: c.payload,
             window: c.window,
+            persistent: c.persistent,
             idle_timeout: c.idle_timeout,
         }
     }
@@ -102,21 +112,24 @@ pub struct Common {
     pub qos: QoS,
     pub payload: usize,
     pub window: u16,
+    pub persistent: bool,
     pub idle_timeout: Duration,
 }
 
-pub async fn run(addr: SocketAddr, plan: Plan) -> anyhow::Result<Outcome> {
+pub async fn run(addrs: Addrs, plan: Plan) -> anyhow::Result<Outcome> {
     let run_id = std::process::id();
     let expected: u64 = plan.filters.iter().map(|(_, n)| n).sum();
     let mut sub_clients = Vec::with_capacity(plan.filters.len());
     for (i, (filter, n)) in plan.filters.iter().enumerate() {
-        let mut c = Client::connect(addr, &format!("bench-{run_id}-sub-{i}"), true).await?;
+        let id = format!("bench-{run_id}-sub-{i}");
+        let mut c = Client::connect(addrs.subscribers, &id, !plan.persistent).await?;
         c.subscribe(filter, plan.qos).await?;
         sub_clients.push((c, *n));
     }
     let mut pub_clients = Vec::with_capacity(plan.topics.len());
     for i in 0..plan.topics.len() {
-        pub_clients.push(Client::connect(addr, &format!("bench-{run_id}-pub-{i}"), true).await?);
+        let id = format!("bench-{run_id}-pub-{i}");
+        pub_clients.push(Client::connect(addrs.publishers, &id, true).await?);
     }
     let payload = vec![b'x'; plan.payload];
     let start = Instant::now();
@@ -152,10 +165,29 @@ pub async fn run(addr: SocketAddr, plan: Plan) -> anyhow::Result<Outcome> {
         received += n;
         last = last.max(at);
     }
+    if plan.persistent {
+        // A clean reconnect ends each persistent session, so that runs do
+        // not leave sessions behind in the broker (or the cluster's log).
+        for i in 0..plan.filters.len() {
+            let id = format!("bench-{run_id}-sub-{i}");
+            Client::connect(addrs.subscribers, &id, true)
+                .await?
+                .disconnect()
+                .await?;
+        }
+    }
     Ok(Outcome {
         scenario: format!(
-            "{} qos={} payload={}",
-            plan.name, plan.qos as u8, plan.payload
+            "{} qos={} payload={}{}{}",
+            plan.name,
+            plan.qos as u8,
+            plan.payload,
+            if plan.persistent { " persistent" } else { "" },
+            if addrs.subscribers != addrs.publishers {
+                format!(" pub={} sub={}", addrs.publishers, addrs.subscribers)
+            } else {
+                String::new()
+            }
         ),
         sent,
         received,
