@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 use crate::auth::Auth;
+use crate::backpressure::Drain;
 use crate::cluster_view::ClusterView;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::config::Config;
@@ -41,6 +42,26 @@ pub struct SessionCell {
     /// Tells the bound connection to leave (takeover, admin kick), with the
     /// MQTT 5 reason code to send.
     kick: Mutex<Option<(u64, oneshot::Sender<u8>)>>,
+}
+
+/// A connected session holds its publishers back while half its queue
+/// limit is waiting (see [`crate::session::Session::congested`]); one that
+/// does not move for [`crate::backpressure::STALL_AFTER`] is marked
+/// stalled, so that nobody waits for it again until it reads.
+impl Drain for SessionCell {
+    fn must_wait(&self) -> bool {
+        self.session.lock().register_waiting_publisher()
+    }
+
+    fn drained(&self) -> &Notify {
+        &self.drained
+    }
+
+    fn stalled(&self) {
+        tracing::debug!(subscriber = %self.client_id, "subscriber stalled: no longer waited for");
+        self.session.lock().mark_stalled();
+        self.drained.notify_waiters();
+    }
 }
 
 impl SessionCell {

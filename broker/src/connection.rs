@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Login;
+use crate::backpressure::{self, Pressure};
 use crate::broker::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
 use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
@@ -59,11 +60,6 @@ enum Exit {
 
 /// A packet handler's verdict.
 type Flow = Result<(), Exit>;
-
-/// The longest a publisher waits for a subscriber that does not read at all
-/// before it stops waiting for it (and the subscriber's copies are dropped
-/// at its queue limit instead).
-const STALL_AFTER: Duration = Duration::from_secs(1);
 
 /// Bytes read at a time; a read that fills it makes the next one larger.
 const READ_SIZE: usize = 4096;
@@ -269,7 +265,7 @@ struct Connection {
     connect_expiry: u32,
     /// Sessions our last publish found congested: we read no further input
     /// until they have drained (or stalled).
-    congested: SmallVec<[Arc<SessionCell>; 1]>,
+    congested: SmallVec<[Pressure; 1]>,
     /// The outbox vector we swap with the session's, kept between batches.
     spare: Vec<Outgoing>,
 }
@@ -608,28 +604,11 @@ impl Connection {
         }
     }
 
-    /// Waits until every session in `self.congested` has drained below its
-    /// mark, at most [`STALL_AFTER`] each; one that does not move in that
-    /// time is marked stalled, so that nobody waits for it again until it
-    /// reads.
+    /// Waits until every consumer in `self.congested` has drained below its
+    /// mark (see [`backpressure::wait_for`]).
     async fn wait_for_subscribers(&mut self) {
-        for cell in std::mem::take(&mut self.congested) {
-            let deadline = tokio::time::Instant::now() + STALL_AFTER;
-            loop {
-                let drained = cell.drained.notified();
-                tokio::pin!(drained);
-                // Registered before the check, so no wake-up is missed.
-                drained.as_mut().enable();
-                if !cell.session.lock().register_waiting_publisher() {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                    tracing::debug!(subscriber = %cell.client_id, "subscriber stalled: no longer waited for");
-                    cell.session.lock().mark_stalled();
-                    cell.drained.notify_waiters();
-                    break;
-                }
-            }
+        for consumer in std::mem::take(&mut self.congested) {
+            backpressure::wait_for(&*consumer).await;
         }
     }
 
@@ -878,7 +857,9 @@ impl Connection {
         let retained = message.retain.then(|| self.broker.retain(message.clone()));
         let mut routed = self.broker.publish(message);
         // Waiting for ourselves would never end.
-        routed.congested.retain(|c| !Arc::ptr_eq(c, &self.cell));
+        routed
+            .congested
+            .retain(|c| !backpressure::is(c, &self.cell));
         self.congested.extend(routed.congested.drain(..));
         let mut committed = routed.committed.wait().await;
         if let Some(r) = retained {

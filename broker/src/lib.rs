@@ -7,6 +7,7 @@
 //! drains its session into its socket.
 
 pub mod auth;
+pub mod backpressure;
 pub mod broker;
 pub mod cluster;
 pub mod cluster_view;

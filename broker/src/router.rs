@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Policy;
+use crate::backpressure::Pressure;
 use crate::broker::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
@@ -22,8 +23,14 @@ use crate::topic_tree::{Hit, Hits, ParsedFilter, Subscriber};
 /// counts them) rather than holding the publisher's memory. Copies owed to
 /// persistent sessions never travel this way; they go through Raft.
 pub trait Forward: Send + Sync {
-    /// `shared`: the shared groups this node was chosen to serve.
-    fn forward(&self, node: u64, message: &SharedMessage, shared: SmallVec<[ShareRef; 1]>);
+    /// `shared`: the shared groups this node was chosen to serve. Returns
+    /// the peer's queue when it is congested: the publisher should wait.
+    fn forward(
+        &self,
+        node: u64,
+        message: &SharedMessage,
+        shared: SmallVec<[ShareRef; 1]>,
+    ) -> Option<Pressure>;
 }
 
 /// A copy a remote persistent session is owed: client, QoS, retain as
@@ -77,9 +84,10 @@ pub struct Routed {
     pub matched: usize,
     /// Resolves when every copy owed to a persistent session is committed.
     pub committed: Ticket,
-    /// Connected sessions that are over their backpressure mark: the
-    /// publisher should wait for them before it reads on.
-    pub congested: SmallVec<[Arc<SessionCell>; 1]>,
+    /// Connected sessions and peer queues that are over their
+    /// backpressure mark: the publisher should wait for them before it
+    /// reads on.
+    pub congested: SmallVec<[Pressure; 1]>,
 }
 
 impl Broker {
@@ -150,13 +158,13 @@ impl Broker {
                 redelivery: false,
             };
             if self.deliver_to(t.cell, d, acl, false, &mut commands) {
-                congested.push(t.cell.clone());
+                congested.push(t.cell.clone() as Pressure);
             }
         }
         drop(tree);
         if let Some(f) = self.forwarder.get() {
             for (node, groups) in remote.nodes {
-                f.forward(node, &message, groups);
+                congested.extend(f.forward(node, &message, groups));
             }
         }
         let committed = if commands.is_empty() {
@@ -240,7 +248,11 @@ impl Broker {
     /// subscribers only, and to the shared groups this node was chosen to
     /// serve. Copies owed to persistent sessions at QoS 1/2 are skipped:
     /// they arrive through Raft, committed.
-    pub fn deliver_forwarded(&self, message: SharedMessage, shared: &[ShareRef]) -> usize {
+    pub fn deliver_forwarded(
+        &self,
+        message: SharedMessage,
+        shared: &[ShareRef],
+    ) -> SmallVec<[Arc<SessionCell>; 1]> {
         let tree = self.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         tree.for_each_match(&message.topic, |hit| match hit {
@@ -280,10 +292,10 @@ impl Broker {
         if targets.len() > 1 {
             merge_overlaps(&mut targets);
         }
-        let matched = targets.len();
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
         let mut commands = Vec::new();
+        let mut congested = SmallVec::new();
         for t in targets {
             let durable_elsewhere = t.share.is_none();
             let d = Delivery {
@@ -295,11 +307,13 @@ impl Broker {
                 seq: 0,
                 redelivery: false,
             };
-            self.deliver_to(t.cell, d, acl, durable_elsewhere, &mut commands);
+            if self.deliver_to(t.cell, d, acl, durable_elsewhere, &mut commands) {
+                congested.push(t.cell.clone());
+            }
         }
         drop(tree);
         self.submit(commands);
-        matched
+        congested
     }
 
     /// Puts one copy into a session, if the ACL (when there is one) lets

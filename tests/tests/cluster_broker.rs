@@ -174,6 +174,44 @@ fn cross_node_delivery_at_every_qos() {
     assert_eq!(sub.payloads().last().map(String::as_str), Some("gone"));
 }
 
+/// A subscriber on another node that reads slower than its publisher
+/// holds the publisher back through the forwarding stream, as one on the
+/// publisher's own node would: it loses nothing, though the stream, the
+/// peer queue and its own queue (1,000 copies) are far smaller than the
+/// burst.
+#[test]
+fn a_slow_subscriber_on_another_node_slows_the_publisher_and_loses_nothing() {
+    const N: u32 = 30_000;
+    let nodes = cluster::start(3, "");
+    let mut sub = subscriber(&nodes[2], "slow-on-3", "burst", QoS::AtMostOnce);
+    let mut p = publisher(&nodes[0], "fast-on-1");
+    let sender = std::thread::spawn(move || {
+        for i in 0..N {
+            p.publish("burst", &i.to_be_bytes(), QoS::AtMostOnce, false, 0);
+        }
+        p
+    });
+    // 1,000 at a time, then a pause: far slower than the publisher, never
+    // so slow that it counts as stalled.
+    while sub.got.len() < N as usize {
+        let before = sub.got.len();
+        sub.pump(Duration::from_secs(5), before + 1000);
+        if sub.got.len() == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let _p = sender.join().expect("publisher");
+    let got: Vec<u32> = sub
+        .got
+        .iter()
+        .map(|(_, p)| u32::from_be_bytes(p[..4].try_into().expect("4-byte payload")))
+        .collect();
+    let missing = N as usize - got.len();
+    assert_eq!(missing, 0, "{missing} of {N} copies lost");
+    assert!(got.iter().copied().eq(0..N), "copies out of order");
+}
+
 #[test]
 fn fan_out_reaches_subscribers_on_every_node() {
     let nodes = cluster::start(3, "");

@@ -5,6 +5,13 @@
 //! unbounded memory for another node. Only copies that need no durability
 //! travel here (QoS 0, clean sessions); copies owed to persistent sessions
 //! are committed through Raft.
+//!
+//! Backpressure crosses the stream as it does within a node: the receiver
+//! reads a peer's next batch only once the sessions the last one congested
+//! have drained (or stalled), HTTP/2 flow control then holds the sender's
+//! stream, its peer queue fills, and a publisher whose copy finds that
+//! queue half full waits before it reads on, as for a congested local
+//! subscriber.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +21,7 @@ use parking_lot::Mutex;
 use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::forward_client::ForwardClient;
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,7 +29,8 @@ use super::convert;
 use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
 use super::types::Raft;
-use crate::broker::Broker;
+use crate::backpressure::{self, Drain, Pressure};
+use crate::broker::{Broker, SessionCell};
 use crate::message::SharedMessage;
 use crate::router::Forward;
 use crate::session::ShareRef;
@@ -39,13 +47,40 @@ struct Item {
     shared: SmallVec<[ShareRef; 1]>,
 }
 
+/// The copies waiting for one peer.
+struct PeerQueue {
+    tx: mpsc::Sender<Item>,
+    /// Wakes publishers once the queue is below half full.
+    drained: Notify,
+}
+
+impl PeerQueue {
+    fn congested(&self) -> bool {
+        self.tx.max_capacity() - self.tx.capacity() >= PEER_QUEUE / 2
+    }
+}
+
+impl Drain for PeerQueue {
+    fn must_wait(&self) -> bool {
+        self.congested()
+    }
+
+    fn drained(&self) -> &Notify {
+        &self.drained
+    }
+
+    /// Nothing to mark: the queue drains by itself, to the peer or, when
+    /// the peer cannot be reached, by dropping.
+    fn stalled(&self) {}
+}
+
 /// The sending side: a queue and a stream task per peer.
 pub struct Forwarder {
     me: u64,
     raft: Raft,
     net: Network,
     stats: RaftStats,
-    peers: Mutex<HashMap<u64, mpsc::Sender<Item>>>,
+    peers: Mutex<HashMap<u64, Arc<PeerQueue>>>,
 }
 
 impl Forwarder {
@@ -59,15 +94,19 @@ impl Forwarder {
         })
     }
 
-    fn queue(self: &Arc<Self>, node: u64) -> mpsc::Sender<Item> {
+    fn queue(self: &Arc<Self>, node: u64) -> Arc<PeerQueue> {
         let mut peers = self.peers.lock();
         if let Some(q) = peers.get(&node) {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        peers.insert(node, tx.clone());
-        tokio::spawn(peer_stream(self.clone(), node, rx));
-        tx
+        let queue = Arc::new(PeerQueue {
+            tx,
+            drained: Notify::new(),
+        });
+        peers.insert(node, queue.clone());
+        tokio::spawn(peer_stream(self.clone(), node, queue.clone(), rx));
+        queue
     }
 
     fn address(&self, node: u64) -> Option<String> {
@@ -94,21 +133,33 @@ impl Forwarder {
 pub struct ForwardHandle(pub Arc<Forwarder>);
 
 impl Forward for ForwardHandle {
-    fn forward(&self, node: u64, message: &SharedMessage, shared: SmallVec<[ShareRef; 1]>) {
+    fn forward(
+        &self,
+        node: u64,
+        message: &SharedMessage,
+        shared: SmallVec<[ShareRef; 1]>,
+    ) -> Option<Pressure> {
         let item = Item {
             message: message.clone(),
             shared,
         };
-        if self.0.queue(node).try_send(item).is_err() {
+        let queue = self.0.queue(node);
+        if queue.tx.try_send(item).is_err() {
             self.0.dropped(node, 1);
         }
+        queue.congested().then_some(queue as Pressure)
     }
 }
 
 /// Keeps one stream to `node` open and feeds it from the queue. While the
 /// peer cannot be reached, what is queued for it is dropped (and counted):
 /// stale QoS 0 copies delivered late would be worse than none.
-async fn peer_stream(f: Arc<Forwarder>, node: u64, mut rx: mpsc::Receiver<Item>) {
+async fn peer_stream(
+    f: Arc<Forwarder>,
+    node: u64,
+    queue: Arc<PeerQueue>,
+    mut rx: mpsc::Receiver<Item>,
+) {
     let mut backoff = Duration::from_millis(50);
     let label = node.to_string();
     loop {
@@ -134,6 +185,9 @@ async fn peer_stream(f: Arc<Forwarder>, node: u64, mut rx: mpsc::Receiver<Item>)
                             None => return,
                         },
                     }
+                    if rx.len() < PEER_QUEUE / 2 {
+                        queue.drained.notify_waiters();
+                    }
                 }
                 f.dropped(node, lost);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -157,6 +211,9 @@ async fn peer_stream(f: Arc<Forwarder>, node: u64, mut rx: mpsc::Receiver<Item>)
                     Ok(i) => items.push(i),
                     Err(_) => break,
                 }
+            }
+            if rx.len() < PEER_QUEUE / 2 {
+                queue.drained.notify_waiters();
             }
             let n = items.len();
             let batch = pb::ForwardBatch {
@@ -233,6 +290,7 @@ impl pb::forward_server::Forward for ForwardService {
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
                 let n = batch.messages.len() as u64;
+                let mut congested: SmallVec<[Arc<SessionCell>; 4]> = SmallVec::new();
                 for f in batch.messages {
                     let message = match convert::message_from(f.message) {
                         Ok(m) => m,
@@ -249,7 +307,17 @@ impl pb::forward_server::Forward for ForwardService {
                             filter: s.filter.into(),
                         })
                         .collect();
-                    broker.deliver_forwarded(message, &shared);
+                    for cell in broker.deliver_forwarded(message, &shared) {
+                        if !congested.iter().any(|c| Arc::ptr_eq(c, &cell)) {
+                            congested.push(cell);
+                        }
+                    }
+                }
+                // The next batch waits until the sessions this one filled
+                // have drained: the sender's stream, then its queue, then
+                // its publishers feel it.
+                for cell in congested {
+                    backpressure::wait_for(&*cell).await;
                 }
                 stats
                     .forwarded
