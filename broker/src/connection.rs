@@ -2,12 +2,13 @@
 //! for outgoing messages and watches the keep alive, batching everything it
 //! has to write into one buffer per turn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -23,7 +24,7 @@ use crate::codec::{
 };
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
-use crate::state::Command;
+use crate::state::{Command, StateError, Ticket};
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
 
 /// What a listener tells each of its connections.
@@ -45,6 +46,67 @@ const RELEASE_COMMIT_WAIT: Duration = Duration::from_secs(6);
 
 /// How long SUBACK waits for the cluster to learn of a subscription.
 const SUBSCRIBE_COMMIT_WAIT: Duration = Duration::from_secs(3);
+
+/// QoS 1/2 publishes a connection keeps reading past while their commits
+/// are in flight (at most the server's Receive Maximum, if lower): one
+/// commit round trip per message was all a publisher to persistent sessions
+/// got before. Once full, input waits for the oldest commit.
+const ACK_WINDOW: usize = 256;
+
+/// A publish whose answer is not written yet. Answers go out in the order
+/// the publishes came (MQTT 4.6): one that is known at once waits behind
+/// earlier ones still committing.
+enum PendingAck {
+    /// Known when the publish was handled (refused, duplicate, id in use).
+    Ready { qos: QoS, packet_id: u16, code: u8 },
+    /// Acknowledged once `commit` (every copy owed to a persistent session,
+    /// and the retained message) is committed; QoS 0 entries only keep the
+    /// window bounded and close a 3.1.1 connection if the commit fails.
+    Commit {
+        qos: QoS,
+        packet_id: u16,
+        /// Sessions the publish reached (0: "no matching subscribers").
+        matched: usize,
+        commit: Ticket,
+    },
+}
+
+impl PendingAck {
+    /// Whether the answer can be written now (polls the commit once).
+    fn is_ready(&mut self) -> bool {
+        match self {
+            PendingAck::Ready { .. }
+            | PendingAck::Commit {
+                commit: Ticket::Done(_),
+                ..
+            } => true,
+            PendingAck::Commit { commit, .. } => {
+                if let Ticket::Pending(f) = commit {
+                    match f.as_mut().now_or_never() {
+                        Some(r) => *commit = Ticket::Done(r),
+                        None => return false,
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Resolves once the oldest pending answer can be written; never while
+/// there is none.
+async fn first_ack_ready(acks: &mut Option<Box<VecDeque<PendingAck>>>) {
+    match acks.as_mut().and_then(|q| q.front_mut()) {
+        Some(PendingAck::Commit { commit, .. }) => {
+            if let Ticket::Pending(f) = commit {
+                let r = f.as_mut().await;
+                *commit = Ticket::Done(r);
+            }
+        }
+        Some(PendingAck::Ready { .. }) => {}
+        None => std::future::pending().await,
+    }
+}
 
 /// Why the main loop stopped.
 enum Exit {
@@ -268,6 +330,11 @@ struct Connection {
     congested: SmallVec<[Pressure; 1]>,
     /// The outbox vector we swap with the session's, kept between batches.
     spare: Vec<Outgoing>,
+    /// Answers to publishes, oldest first (see [`PendingAck`]); boxed and
+    /// made on first use: most connections never have one.
+    acks: Option<Box<VecDeque<PendingAck>>>,
+    /// How many `acks` may hold before input waits.
+    ack_window: usize,
 }
 
 impl Connection {
@@ -467,6 +534,7 @@ impl Connection {
             broker.stats.messages_sent.inc();
         }
         tracing::debug!(%client_id, protocol = ?c.protocol, clean = c.clean_start, "connected");
+        let ack_window = usize::from(cfg.receive_maximum).min(ACK_WINDOW);
 
         Some(Connection {
             broker,
@@ -488,6 +556,8 @@ impl Connection {
             connect_expiry: requested_expiry,
             congested: SmallVec::new(),
             spare: Vec::new(),
+            acks: None,
+            ack_window,
         })
     }
 
@@ -521,6 +591,9 @@ impl Connection {
                 // traffic pays one allocation per read, not per message.
                 *rbuf = BytesMut::new();
                 *wbuf = BytesMut::new();
+                if self.acks.as_ref().is_some_and(|q| q.is_empty()) {
+                    self.acks = None;
+                }
             }
             if !self.congested.is_empty() {
                 // Backpressure: our acks are out; now hold the rest of our
@@ -533,12 +606,24 @@ impl Connection {
                 continue;
             }
             let wake = self.cell.wake.notified();
+            let room = !self.acks_full();
             tokio::select! {
                 biased;
                 code = &mut self.kicked => {
                     return Exit::Kicked(code.unwrap_or(reason::SESSION_TAKEN_OVER));
                 }
-                read = read_some(stream, rbuf, busy) => {
+                () = first_ack_ready(&mut self.acks) => {
+                    if let Err(exit) = self.write_ready_acks(wbuf) {
+                        return exit;
+                    }
+                    // Input held back by a full window goes on now.
+                    if !room && !rbuf.is_empty() {
+                        if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
+                            return exit;
+                        }
+                    }
+                }
+                read = read_some(stream, rbuf, busy), if room => {
                     match read {
                         Ok(0) => return Exit::SocketLost,
                         Err(e) => {
@@ -560,6 +645,11 @@ impl Connection {
                 }
                 () = wake => {}
                 () = &mut keepalive, if !self.keepalive.is_zero() => {
+                    if !room {
+                        // Not reading because of us (a full window): the
+                        // client is not silent.
+                        last_heard = Instant::now();
+                    }
                     let deadline = last_heard + self.keepalive;
                     if Instant::now() >= deadline {
                         self.broker.stats.keepalive_timeouts.inc();
@@ -579,6 +669,10 @@ impl Connection {
     /// Decodes and handles every whole packet in `rbuf`.
     async fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Flow {
         loop {
+            if self.acks_full() {
+                // The rest waits in `rbuf` until the oldest commit is in.
+                return Ok(());
+            }
             let before = rbuf.len();
             let packet =
                 match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size) {
@@ -684,6 +778,8 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect(d) => {
+                // Publishes sent before DISCONNECT get their answers first.
+                self.settle_acks(wbuf).await?;
                 if let Some(expiry) = d.properties.session_expiry_interval {
                     if self.connect_expiry == 0 && expiry != 0 {
                         return Err(Exit::Close(
@@ -799,15 +895,7 @@ impl Connection {
             } else {
                 reason::SUCCESS
             };
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code)))
-                }
-                QoS::ExactlyOnce => {
-                    self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code)))
-                }
-            }
+            self.answer(wbuf, p.qos, p.packet_id, code);
             return Ok(());
         }
         if p.qos == QoS::AtLeastOnce && self.cell.session.lock().inbound_qos2_pending(p.packet_id) {
@@ -819,9 +907,11 @@ impl Connection {
                     "packet identifier in use",
                 ));
             }
-            self.write(
+            self.answer(
                 wbuf,
-                Packet::PubAck(PubResp::new(p.packet_id, reason::PACKET_IDENTIFIER_IN_USE)),
+                QoS::AtLeastOnce,
+                p.packet_id,
+                reason::PACKET_IDENTIFIER_IN_USE,
             );
             return Ok(());
         }
@@ -835,10 +925,11 @@ impl Connection {
             match state {
                 InboundQos2::New => {}
                 InboundQos2::Duplicate => {
-                    self.write(
-                        wbuf,
-                        Packet::PubRec(PubResp::new(p.packet_id, reason::SUCCESS)),
-                    );
+                    // While the first copy still commits, its PUBREC (which
+                    // may yet be a failure) answers this one too.
+                    if !self.commit_pending(p.packet_id) {
+                        self.answer(wbuf, QoS::ExactlyOnce, p.packet_id, reason::SUCCESS);
+                    }
                     return Ok(());
                 }
                 InboundQos2::OverLimit => {
@@ -861,23 +952,138 @@ impl Connection {
             .congested
             .retain(|c| !backpressure::is(c, &self.cell));
         self.congested.extend(routed.congested.drain(..));
-        let mut committed = routed.committed.wait().await;
-        if let Some(r) = retained {
-            committed = committed.and(r.wait().await);
+        let commit = match (routed.committed, retained) {
+            (c, None) => c,
+            (Ticket::Done(Ok(())), Some(r)) => r,
+            (c, Some(r)) => Ticket::Pending(Box::pin(async move {
+                let c = c.wait().await;
+                c.and(r.wait().await)
+            })),
+        };
+        let queue_empty = self.acks.as_ref().is_none_or(|q| q.is_empty());
+        match commit {
+            // Nothing to wait for, nothing waiting before it: at once.
+            Ticket::Done(result) if queue_empty => {
+                self.publish_committed(wbuf, p.qos, p.packet_id, routed.matched, result)
+            }
+            Ticket::Done(Ok(())) if p.qos == QoS::AtMostOnce => Ok(()),
+            commit => {
+                self.acks
+                    .get_or_insert_with(Default::default)
+                    .push_back(PendingAck::Commit {
+                        qos: p.qos,
+                        packet_id: p.packet_id,
+                        matched: routed.matched,
+                        commit,
+                    });
+                Ok(())
+            }
         }
+    }
+
+    fn acks_full(&self) -> bool {
+        self.acks
+            .as_ref()
+            .is_some_and(|q| q.len() >= self.ack_window)
+    }
+
+    /// Whether a QoS 2 publish with `packet_id` still waits for its commit.
+    fn commit_pending(&self, packet_id: u16) -> bool {
+        self.acks.as_ref().is_some_and(|q| {
+            q.iter().any(|a| {
+                matches!(a, PendingAck::Commit { qos: QoS::ExactlyOnce, packet_id: id, .. } if *id == packet_id)
+            })
+        })
+    }
+
+    /// Writes a PUBACK (QoS 1) or PUBREC (QoS 2) known at once, behind any
+    /// answer still waiting for its commit.
+    fn answer(&mut self, wbuf: &mut BytesMut, qos: QoS, packet_id: u16, code: u8) {
+        match &mut self.acks {
+            Some(q) if !q.is_empty() => q.push_back(PendingAck::Ready {
+                qos,
+                packet_id,
+                code,
+            }),
+            _ => self.write_ack(wbuf, qos, packet_id, code),
+        }
+    }
+
+    fn write_ack(&self, wbuf: &mut BytesMut, qos: QoS, packet_id: u16, code: u8) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(packet_id, code))),
+            QoS::ExactlyOnce => self.write(wbuf, Packet::PubRec(PubResp::new(packet_id, code))),
+        }
+    }
+
+    /// Writes every answer at the front of the queue that can go now.
+    fn write_ready_acks(&mut self, wbuf: &mut BytesMut) -> Flow {
+        loop {
+            let Some(q) = self.acks.as_mut() else {
+                return Ok(());
+            };
+            if !q.front_mut().is_some_and(PendingAck::is_ready) {
+                return Ok(());
+            }
+            match q.pop_front() {
+                Some(PendingAck::Ready {
+                    qos,
+                    packet_id,
+                    code,
+                }) => self.write_ack(wbuf, qos, packet_id, code),
+                Some(PendingAck::Commit {
+                    qos,
+                    packet_id,
+                    matched,
+                    commit: Ticket::Done(result),
+                }) => self.publish_committed(wbuf, qos, packet_id, matched, result)?,
+                // `is_ready` turned every ready commit into `Done`.
+                Some(PendingAck::Commit { .. }) | None => return Ok(()),
+            }
+        }
+    }
+
+    /// Waits for every pending answer (at most [`RELEASE_COMMIT_WAIT`]) and
+    /// writes them; those not committed by then get none (the client sends
+    /// them again).
+    async fn settle_acks(&mut self, wbuf: &mut BytesMut) -> Flow {
+        let deadline = tokio::time::Instant::now() + RELEASE_COMMIT_WAIT;
+        while self.acks.as_ref().is_some_and(|q| !q.is_empty()) {
+            let ready = first_ack_ready(&mut self.acks);
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                self.acks = None;
+                return Ok(());
+            }
+            self.write_ready_acks(wbuf)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a publish whose commit is known: never before it (the
+    /// promise is that a QoS 1/2 PUBLISH is acknowledged only once every
+    /// copy it owes a persistent session is committed).
+    fn publish_committed(
+        &mut self,
+        wbuf: &mut BytesMut,
+        qos: QoS,
+        packet_id: u16,
+        matched: usize,
+        committed: Result<(), StateError>,
+    ) -> Flow {
         let code = match committed {
             Err(e) => {
                 tracing::debug!("publish not committed: {e}");
                 reason::SERVER_UNAVAILABLE
             }
-            Ok(()) if routed.matched == 0 => reason::NO_MATCHING_SUBSCRIBERS,
+            Ok(()) if matched == 0 => reason::NO_MATCHING_SUBSCRIBERS,
             Ok(()) => reason::SUCCESS,
         };
         if code >= 0x80 && !self.protocol.is_v5() {
             // 3.1.1 has no failure acknowledgement: closing without one
             // makes the client send the message again, which is the only
             // honest answer when it may not have been stored.
-            self.cell.session.lock().end_inbound_qos2(p.packet_id);
+            self.cell.session.lock().end_inbound_qos2(packet_id);
             return Err(Exit::Close(code, "publish not committed"));
         }
         let code = if self.protocol.is_v5() {
@@ -885,15 +1091,11 @@ impl Connection {
         } else {
             reason::SUCCESS
         };
-        if p.qos == QoS::ExactlyOnce && code >= 0x80 {
+        if qos == QoS::ExactlyOnce && code >= 0x80 {
             // A failed PUBREC ends the exchange (MQTT 5 §4.3.3): the id is free.
-            self.cell.session.lock().end_inbound_qos2(p.packet_id);
+            self.cell.session.lock().end_inbound_qos2(packet_id);
         }
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write(wbuf, Packet::PubAck(PubResp::new(p.packet_id, code))),
-            QoS::ExactlyOnce => self.write(wbuf, Packet::PubRec(PubResp::new(p.packet_id, code))),
-        }
+        self.write_ack(wbuf, qos, packet_id, code);
         Ok(())
     }
 

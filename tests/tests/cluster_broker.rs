@@ -282,6 +282,96 @@ fn a_session_follows_its_client_to_another_node() {
     assert_eq!(fresh, vec!["on three"], "all: {:?}", r3.payloads());
 }
 
+/// Reads PUBACKs and PUBRECs until `n` have come: (packet id, QoS it
+/// answers, reason code), in arrival order.
+fn read_acks(c: &mut RawClient, n: usize) -> Vec<(u16, QoS, u8)> {
+    let mut acks = Vec::with_capacity(n);
+    while acks.len() < n {
+        match c.recv(T) {
+            Read1::Packet(Packet::PubAck(a)) => acks.push((a.packet_id, QoS::AtLeastOnce, a.code)),
+            Read1::Packet(Packet::PubRec(a)) => acks.push((a.packet_id, QoS::ExactlyOnce, a.code)),
+            Read1::Packet(_) => {}
+            other => panic!("after {} acks: {other:?}", acks.len()),
+        }
+    }
+    acks
+}
+
+#[test]
+fn pipelined_publishes_to_a_persistent_session_are_acknowledged_in_order() {
+    let nodes = cluster::start(3, "");
+    // An offline persistent session on node 3: every copy it is owed is
+    // committed through Raft before its publisher may be answered.
+    let (mut c, _) = RawClient::open(nodes[2].tcp_addr(), persistent("keeper", true));
+    assert_eq!(c.subscribe(1, "pipe/#", QoS::ExactlyOnce), vec![2]);
+    c.disconnect();
+    settle();
+
+    // All publishes in one write, more than the connection's ack window
+    // (256): the broker reads on while commits are in flight, then holds
+    // its input until the oldest is in, and answers in publish order.
+    let n = 600u16;
+    let qos_of = |id: u16| {
+        if id % 5 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    };
+    let mut p = publisher(&nodes[0], "pipe-pub");
+    let mut frames = bytes::BytesMut::new();
+    for id in 1..=n {
+        let m = raw::publish("pipe/a", format!("m{id}").as_bytes(), qos_of(id), false, id);
+        raftmq::codec::encode(&Packet::Publish(m), Protocol::V5, &mut frames).expect("encode");
+    }
+    p.send_bytes(&frames);
+    let acks = read_acks(&mut p, usize::from(n));
+    let want: Vec<(u16, QoS, u8)> = (1..=n).map(|id| (id, qos_of(id), 0)).collect();
+    assert_eq!(
+        acks, want,
+        "every publish answered once, in order, with success"
+    );
+    for id in (1..=n).filter(|id| qos_of(*id) == QoS::ExactlyOnce) {
+        p.send(&Packet::PubRel(PubResp::new(id, 0)));
+        let comp = p.recv_until(T, |q| match q {
+            Packet::PubComp(r) => Some(r.packet_id),
+            _ => None,
+        });
+        assert_eq!(comp, Some(id));
+    }
+
+    // 3.1.1 publishers are answered the same way.
+    let (mut p3, ack) = RawClient::open(
+        nodes[0].tcp_addr(),
+        raw::connect(Protocol::V311, "pipe-pub-3", true),
+    );
+    assert_eq!(ack.code, 0);
+    let mut frames = bytes::BytesMut::new();
+    for id in 1..=300u16 {
+        let m = raw::publish(
+            "pipe/b",
+            format!("v{id}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            id,
+        );
+        raftmq::codec::encode(&Packet::Publish(m), Protocol::V311, &mut frames).expect("encode");
+    }
+    p3.send_bytes(&frames);
+    let acks = read_acks(&mut p3, 300);
+    let want: Vec<(u16, QoS, u8)> = (1..=300).map(|id| (id, QoS::AtLeastOnce, 0)).collect();
+    assert_eq!(acks, want);
+
+    // The session got every acknowledged message, once, in order.
+    let (c, ack) = RawClient::open(nodes[2].tcp_addr(), persistent("keeper", false));
+    assert!(ack.session_present);
+    let mut r = Receiver::new(c);
+    r.pump(Duration::from_secs(10), 900);
+    let mut expected: Vec<String> = (1..=n).map(|id| format!("m{id}")).collect();
+    expected.extend((1..=300).map(|id| format!("v{id}")));
+    assert_eq!(r.payloads(), expected);
+}
+
 #[test]
 fn a_shared_subscription_delivers_each_message_once_cluster_wide() {
     let nodes = cluster::start(3, "");
