@@ -7,8 +7,8 @@
 //! are committed through Raft.
 //!
 //! Backpressure crosses the stream as it does within a node: the receiver
-//! reads a peer's next batch only once the sessions the last one congested
-//! have drained (or stalled), HTTP/2 flow control then holds the sender's
+//! delivers a peer's next copy only once the sessions the last one
+//! congested have drained (or stalled), HTTP/2 flow control then holds the sender's
 //! stream, its peer queue fills, and a publisher whose copy finds that
 //! queue half full waits before it reads on, as for a congested local
 //! subscriber.
@@ -30,7 +30,7 @@ use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
 use super::types::Raft;
 use crate::backpressure::{self, Drain, Pressure};
-use crate::broker::{Broker, SessionCell};
+use crate::broker::Broker;
 use crate::message::SharedMessage;
 use crate::router::Forward;
 use crate::session::ShareRef;
@@ -290,7 +290,6 @@ impl pb::forward_server::Forward for ForwardService {
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
                 let n = batch.messages.len() as u64;
-                let mut congested: SmallVec<[Arc<SessionCell>; 4]> = SmallVec::new();
                 for f in batch.messages {
                     let message = match convert::message_from(f.message) {
                         Ok(m) => m,
@@ -307,17 +306,13 @@ impl pb::forward_server::Forward for ForwardService {
                             filter: s.filter.into(),
                         })
                         .collect();
+                    // The next copy waits until the sessions this one
+                    // congested have drained (a batch is larger than half a
+                    // session's queue): the sender's stream, then its
+                    // queue, then its publishers feel it.
                     for cell in broker.deliver_forwarded(message, &shared) {
-                        if !congested.iter().any(|c| Arc::ptr_eq(c, &cell)) {
-                            congested.push(cell);
-                        }
+                        backpressure::wait_for(&*cell).await;
                     }
-                }
-                // The next batch waits until the sessions this one filled
-                // have drained: the sender's stream, then its queue, then
-                // its publishers feel it.
-                for cell in congested {
-                    backpressure::wait_for(&*cell).await;
                 }
                 stats
                     .forwarded
