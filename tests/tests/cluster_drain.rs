@@ -270,7 +270,7 @@ fn status_text(node: &str) -> String {
 
 #[test]
 fn drain_hands_every_client_to_another_node_and_loses_nothing() {
-    let nodes = cluster::start(3, CONFIG);
+    let mut nodes = cluster::start(3, CONFIG);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.tcp_addr()).collect();
     let n3 = grpc_addr(&nodes[2], 3);
     let mut watcher = will_watcher(&nodes[0]);
@@ -401,17 +401,31 @@ fn drain_hands_every_client_to_another_node_and_loses_nothing() {
     control_will_arrives(&nodes[1], &mut watcher);
 
     // The operator removes the drained node next: it must then say that
-    // it is no longer a member.
+    // it is no longer a member, also after a restart.
     let (code, out) = cli(&grpc_addr(&nodes[0], 1), &["remove", "--id", "3"]);
     assert_eq!(code, Some(0), "remove: {out}");
-    assert!(
-        eventually(T, || {
-            let s = status_text(&n3);
-            !s.lines().any(|l| l.trim_start().starts_with("node 3 "))
-        }),
-        "node 3 does not list itself as a member: {}",
-        status_text(&n3)
-    );
+    let not_member = |s: &str| {
+        s.lines()
+            .next()
+            .is_some_and(|l| l.contains("node 3 is removed"))
+            && s.contains("leader: none")
+            && !s
+                .lines()
+                .skip(1)
+                .any(|l| l.trim_start().starts_with("node 3 "))
+            && s.lines()
+                .skip(1)
+                .any(|l| l.trim_start().starts_with("node 2 "))
+    };
+    let s = status_text(&n3);
+    assert!(not_member(&s), "node 3 says it is not a member: {s}");
+    nodes[2].restart();
+    let s = status_text(&n3);
+    assert!(not_member(&s), "and still after a restart: {s}");
+    let (http, body) = nodes[2].http_get("/readyz");
+    assert_eq!(http, 503, "a removed node is not ready: {body}");
+    let s = status_text(&grpc_addr(&nodes[0], 1));
+    assert!(!s.contains("node 3 "), "the leader agrees: {s}");
 }
 
 #[test]
