@@ -14,6 +14,7 @@ pub mod cluster_view;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod http;
 pub mod listener;
 pub mod message;
