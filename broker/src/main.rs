@@ -192,6 +192,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .hand_over_leadership(STOP_TRANSFER_STEP)
             .await;
     };
+    // The steps bound themselves (10 s + 2 x 4 s); this is the backstop.
     if tokio::time::timeout(STOP_BUDGET, hand_over).await.is_err() {
         tracing::warn!("hand-over not finished in {STOP_BUDGET:?}; stopping anyway");
     }
