@@ -358,13 +358,6 @@ impl AdminService {
         moved.map(|()| format!("node {target} leads"))
     }
 
-    /// Whether this node's Raft store holds anything of a group: a vote,
-    /// a log entry (or a purge point), or a snapshot. False means a fresh
-    /// volume. The operator needs it because a member's pod may come back
-    /// with an empty volume (a lost or replaced PVC): that node must be
-    /// removed and re-added as a new member, never trusted with its old
-    /// identity (it has forgotten its votes and the entries it promised
-    /// to keep).
     /// Tells node `id` at `addr` that it is being added, or was removed.
     async fn notify(&self, id: NodeId, addr: &str, member: bool) -> Result<(), Status> {
         let mut target = self
@@ -387,6 +380,13 @@ impl AdminService {
         }
     }
 
+    /// Whether this node's Raft store holds anything of a group: a vote,
+    /// a log entry (or a purge point), or a snapshot. False means a fresh
+    /// volume. The operator needs it because a member's pod may come back
+    /// with an empty volume (a lost or replaced PVC): that node must be
+    /// removed and re-added as a new member, never trusted with its old
+    /// identity (it has forgotten its votes and the entries it promised
+    /// to keep).
     fn initialized(&self) -> Result<bool, Status> {
         let holds = self
             .log
