@@ -166,6 +166,12 @@ pub struct Broker {
     next_seq: AtomicU64,
     /// CONNECTs waiting for their claim to be committed, by client id.
     claims: Mutex<HashMap<ByteStr, (u64, oneshot::Sender<()>)>>,
+    /// Claims this node submitted that it has not applied yet (client id
+    /// to nonce). Another node's claim applied meanwhile is older in the
+    /// log than ours: it must not close our connection, ours will win.
+    /// That happens to a node that restarts and catches up while its
+    /// clients already reconnect to it.
+    unapplied_claims: Mutex<HashMap<ByteStr, u64>>,
     /// Local subscriptions per filter as written: a route is announced
     /// when the first one comes and withdrawn when the last one goes.
     pub(crate) local_routes: Mutex<HashMap<ByteStr, usize>>,
@@ -219,6 +225,7 @@ impl Broker {
             remote: AtomicBool::new(false),
             next_seq: AtomicU64::new(seq_base(node_id)),
             claims: Mutex::new(HashMap::new()),
+            unapplied_claims: Mutex::new(HashMap::new()),
             local_routes: Mutex::new(HashMap::new()),
             forwarder: OnceLock::new(),
             restored_index: AtomicU64::new(0),
@@ -260,17 +267,34 @@ impl Broker {
         };
         let local = self.sessions.lock().contains_key(&client_id);
         let wait_state = self.seam.follows_log() && !claim.clean_start && !local;
+        if self.seam.follows_log() {
+            self.unapplied_claims
+                .lock()
+                .insert(client_id.clone(), claim.nonce);
+        }
         if !wait_state {
             let ticket = self.seam.submit(vec![command]);
             if !claim.persistent {
+                // The client goes on at once; a claim that never commits
+                // must not keep shielding it from later takeovers.
+                let broker = Arc::clone(self);
+                tokio::spawn(async move {
+                    if ticket.wait().await.is_err() {
+                        broker.forget_claim(&client_id, claim.nonce);
+                    }
+                });
                 return Ok(());
             }
-            return match tokio::time::timeout(CLAIM_TIMEOUT, ticket.wait()).await {
+            let r = match tokio::time::timeout(CLAIM_TIMEOUT, ticket.wait()).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(
                     "claim not committed in time".into(),
                 )),
             };
+            if r.is_err() {
+                self.forget_claim(&client_id, claim.nonce);
+            }
+            return r;
         }
         let (tx, rx) = oneshot::channel();
         self.claims
@@ -295,6 +319,7 @@ impl Broker {
             Err(_) => Err(StateError::Unavailable("claim not applied in time".into())),
         };
         if state.is_err() {
+            self.forget_claim(&client_id, claim.nonce);
             let mut claims = self.claims.lock();
             if claims
                 .get(&client_id)
@@ -304,6 +329,25 @@ impl Broker {
             }
         }
         state
+    }
+
+    /// Our claim `nonce` of `client_id` was applied here, or will never be.
+    fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
+        let mut unapplied = self.unapplied_claims.lock();
+        if unapplied.get(client_id) == Some(&nonce) {
+            unapplied.remove(client_id);
+        }
+    }
+
+    /// A claim of `client_id` applied: ours (`node` is this node) is no
+    /// longer pending; another node's takes the client from us, unless a
+    /// claim of ours is still to come in the log.
+    pub(crate) fn on_claim_applied(self: &Arc<Self>, client_id: &ByteStr, node: u64, nonce: u64) {
+        if node == self.node_id {
+            self.forget_claim(client_id, nonce);
+        } else if !self.unapplied_claims.lock().contains_key(client_id) {
+            self.release(client_id);
+        }
     }
 
     /// A claim of `client_id` by this node is committed; `session` is the

@@ -188,7 +188,6 @@ impl Broker {
     /// Applies one committed command to the local indexes; true when the
     /// cluster view changed.
     fn follow(self: &Arc<Self>, command: &Command) -> bool {
-        let me = self.node_id;
         match command {
             Command::RetainSet(m) => {
                 self.retained.write().set(m.clone());
@@ -237,9 +236,7 @@ impl Broker {
                     will,
                 });
                 self.view.write().set_will(client_id, record);
-                if *node != me {
-                    self.release(client_id);
-                }
+                self.on_claim_applied(client_id, *node, *nonce);
             }
             Command::WillClear { client_id, .. } | Command::WillFire { client_id, .. } => {
                 self.view.write().set_will(client_id, None);
