@@ -112,6 +112,11 @@ pub enum Departure {
     Unclean,
     /// Another connection took the session over.
     TakenOver,
+    /// This node asked the client to move (Admin Drain, SIGTERM). Its will
+    /// is discarded as after a normal DISCONNECT: the client did not fail,
+    /// it was told to reconnect elsewhere, and that CONNECT brings its will
+    /// again. Publishing it would tell subscribers a live client died.
+    Moved,
 }
 
 pub struct Broker {
@@ -152,6 +157,10 @@ pub struct Broker {
     pub(crate) down_nodes: Mutex<HashSet<u64>>,
     /// One line of Raft figures for `/readyz` (term, leader, indexes).
     pub raft_summary: RwLock<String>,
+    /// Set by a drain: new connections are refused, the node is not ready.
+    pub(crate) drain: RwLock<Option<crate::drain::DrainMode>>,
+    /// Connections past CONNACK whose socket is not shut yet.
+    pub(crate) live_connections: AtomicU64,
 }
 
 impl Broker {
@@ -194,6 +203,8 @@ impl Broker {
             restored_index: AtomicU64::new(0),
             down_nodes: Mutex::new(HashSet::new()),
             raft_summary: RwLock::new(String::new()),
+            drain: RwLock::new(None),
+            live_connections: AtomicU64::new(0),
         })
     }
 
@@ -338,6 +349,8 @@ impl Broker {
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.ready.load(Ordering::Acquire) {
             Err("listeners are not bound yet")
+        } else if self.is_draining() {
+            Err("draining: clients are handed to other nodes")
         } else if !self.has_leader.load(Ordering::Acquire) {
             Err("the cluster has no leader")
         } else {
@@ -514,7 +527,7 @@ impl Broker {
 
         if let Some(WillHandle { will, nonce }) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if departure == Departure::Clean {
+            if departure == Departure::Clean || departure == Departure::Moved {
                 self.clear_will(&cell.client_id, nonce);
             } else if departure == Departure::TakenOver && (delay == 0 || expiry == 0) {
                 // The new connection's claim replaced the will in the log:

@@ -20,6 +20,7 @@ use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     PubResp, Publish, PublishRef, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use crate::drain::DrainMode;
 use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
 use crate::state::Command;
@@ -187,7 +188,13 @@ async fn run<S: Transport>(
         return;
     };
     tracing::Span::current().record("client_id", tracing::field::display(&conn.client_id));
-    let exit = conn.run(&mut stream, &mut rbuf, &mut wbuf).await;
+    let _live = crate::drain::LiveConnection::new(&broker);
+    let exit = match broker.drain_mode() {
+        // A drain began while this CONNECT waited for its claim: it has
+        // its CONNACK, and leaves like the others.
+        Some(d) => Exit::Kicked(d.code),
+        None => conn.run(&mut stream, &mut rbuf, &mut wbuf).await,
+    };
     Box::pin(conn.finish(&mut stream, &mut wbuf, exit)).await;
 }
 
@@ -290,6 +297,16 @@ impl Connection {
     ) -> Option<Connection> {
         let cfg = &broker.config.mqtt;
         let v5 = c.protocol.is_v5();
+        if let Some(drain) = broker.drain_mode() {
+            tracing::debug!(client_id = %c.client_id, "CONNECT refused: draining");
+            broker.stats.connects_refused.inc();
+            let problem_info = c.properties.request_problem_information != Some(0);
+            let ack = drain.connack(c.protocol, problem_info);
+            if codec::encode(&Packet::ConnAck(ack), c.protocol, wbuf).is_ok() {
+                broker.stats.messages_sent.inc();
+            }
+            return None;
+        }
         let refuse = |wbuf: &mut BytesMut, v5_code: u8, v3_code: u8, why: &str| {
             tracing::debug!(client_id = %c.client_id, "CONNECT refused: {why}");
             broker.stats.connects_refused.inc();
@@ -1269,10 +1286,18 @@ impl Connection {
             Exit::ClientDisconnect(reason::DISCONNECT_WITH_WILL) => Departure::Unclean,
             Exit::ClientDisconnect(_) => Departure::Clean,
             Exit::Kicked(reason::SESSION_TAKEN_OVER) => Departure::TakenOver,
+            Exit::Kicked(code) if DrainMode::is_drain_code(code) => Departure::Moved,
             Exit::SocketLost | Exit::Close(..) | Exit::Kicked(_) => Departure::Unclean,
         };
+        let drain = self.broker.drain_mode();
         let goodbye = match exit {
             Exit::Close(code, why) => Some((code, why)),
+            Exit::Kicked(code) if DrainMode::is_drain_code(code) => Some((
+                code,
+                drain
+                    .as_ref()
+                    .map_or("closed by the server", DrainMode::why),
+            )),
             Exit::Kicked(reason::SESSION_TAKEN_OVER) => {
                 Some((reason::SESSION_TAKEN_OVER, "session taken over"))
             }
@@ -1289,6 +1314,9 @@ impl Connection {
                 let mut properties = Properties::default();
                 if self.problem_info {
                     properties.reason_string = Some(ByteStr::from(why));
+                }
+                if code == reason::USE_ANOTHER_SERVER {
+                    properties.server_reference = drain.and_then(|d| d.server_reference);
                 }
                 self.write(wbuf, Packet::Disconnect(Disconnect { code, properties }));
             }

@@ -13,6 +13,7 @@ pub mod cluster_view;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod http;
 pub mod listener;
 pub mod message;

@@ -1,11 +1,13 @@
 //! The `raftmq` command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmq::cluster::cli::ClusterCommand;
 use raftmq::config::{Config, LogFormat};
+use raftmq::drain::DrainMode;
 use raftmq::passwd;
 use raftmq::server::Server;
 use tracing_subscriber::EnvFilter;
@@ -154,6 +156,14 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// The whole stop after SIGTERM/SIGINT fits in this, inside Kubernetes'
+/// default terminationGracePeriodSeconds (30 s).
+const STOP_BUDGET: Duration = Duration::from_secs(20);
+/// Of which the clients get this long to be gone.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
+/// And a leadership transfer this long per step (catch-up, election).
+const STOP_TRANSFER_STEP: Duration = Duration::from_secs(4);
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     tracing::info!(
@@ -161,29 +171,63 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         node_id = server.broker.node_id,
         "raftmq running"
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let first = shutdown_signal().await;
+    tracing::info!(
+        signal = first,
+        "stopping: handing clients and leadership to other nodes (a second signal stops at once)"
+    );
+    // A second Ctrl-C (or SIGTERM) means now: nothing more is waited for.
+    tokio::spawn(async {
+        let again = shutdown_signal().await;
+        tracing::warn!(signal = again, "second signal: stopping at once");
+        std::process::exit(1);
+    });
+    let started = std::time::Instant::now();
+    let hand_over = async {
+        // Clients first: they reconnect elsewhere while this node can still
+        // commit their departures (as leader, or through the leader).
+        server.broker.drain(DrainMode::shutdown(), STOP_DRAIN).await;
+        server
+            .cluster
+            .hand_over_leadership(STOP_TRANSFER_STEP)
+            .await;
+    };
+    if tokio::time::timeout(STOP_BUDGET, hand_over).await.is_err() {
+        tracing::warn!("hand-over not finished in {STOP_BUDGET:?}; stopping anyway");
+    }
     server.stop();
-    server.cluster.shutdown().await;
+    if tokio::time::timeout(Duration::from_secs(3), server.cluster.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft did not shut down in 3 s");
+    }
+    tracing::info!(ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C);
+/// both mean a graceful stop. Returns which.
+async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
                 }
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }

@@ -45,6 +45,20 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Hand the node's clients to other nodes (before the node is removed
+    /// or stopped): it stops being ready, refuses new connections, and
+    /// disconnects every client (MQTT 5: DISCONNECT 0x9C Use another
+    /// server). Sent to the node named by --node itself, not the leader.
+    Drain {
+        /// MQTT 5 Server Reference the clients are sent to (e.g. the
+        /// client Service's host name); none when empty.
+        #[arg(long, default_value = "")]
+        server_reference: String,
+        /// How long to wait for the clients to be gone (0: the node's
+        /// default, 10 s).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u32,
+    },
     /// Summarise the node's copy of the replicated state, with a digest
     /// that is equal on nodes holding equal states.
     Digest {
@@ -128,6 +142,15 @@ pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::
                 opt(s.applied_index),
                 opt(s.snapshot_index)
             );
+            println!(
+                "store: {}; {}",
+                if s.initialized {
+                    "initialized"
+                } else {
+                    "empty (fresh volume)"
+                },
+                if s.draining { "draining" } else { "serving" }
+            );
             for n in s.nodes {
                 println!(
                     "  node {} {} {}{}",
@@ -168,6 +191,28 @@ pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::
             println!(
                 "applied {} retained {} sessions {} queued {} routes {} digest {}",
                 d.applied_index, d.retained, d.sessions, d.queued, d.routes, d.digest
+            );
+        }
+        ClusterCommand::Drain {
+            server_reference,
+            timeout_ms,
+        } => {
+            let r = connect(node, tls)
+                .await?
+                .drain(pb::DrainRequest {
+                    server_reference,
+                    timeout_ms,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "drained: {} disconnected, {} remaining",
+                r.disconnected, r.remaining
+            );
+            anyhow::ensure!(
+                r.remaining == 0,
+                "{} connections still open after the timeout",
+                r.remaining
             );
         }
         ClusterCommand::TransferLeader { id } => {

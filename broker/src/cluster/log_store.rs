@@ -70,6 +70,15 @@ impl LogStore {
             .map_err(|e| log_err(ErrorVerb::Write, &e))
     }
 
+    /// Whether the store holds a vote, an entry, or a purge point (entries
+    /// folded into a snapshot): false only on a fresh volume.
+    pub fn holds_state(&self) -> Result<bool, StorageError> {
+        if self.file.lock().last_index().is_some() {
+            return Ok(true);
+        }
+        Ok(self.meta::<pb::Vote>("vote")?.is_some() || self.meta::<pb::LogId>("purged")?.is_some())
+    }
+
     fn decode(index: u64, raw: &Bytes) -> Result<Entry, StorageError> {
         let e = pb::Entry::decode(raw.clone())
             .map_err(|e| io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, &e))?;

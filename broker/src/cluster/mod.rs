@@ -56,6 +56,8 @@ pub struct Cluster {
     /// The engine, for the Forward service (set by `attach`).
     engine: Arc<std::sync::OnceLock<Arc<Broker>>>,
     down_after: Duration,
+    /// The Admin service's handle, for this node's own leadership transfer.
+    admin: service::AdminService,
 }
 
 /// The address peers use for this node: configured, or `HOSTNAME:port`.
@@ -94,6 +96,17 @@ impl Cluster {
         let machine =
             state_machine::StateMachine::open(node_id, &dir.join("snapshot"), tx, stats.clone())
                 .context("raft snapshot")?;
+        let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
+        // Node 1 makes a new cluster of an empty store (below); any other
+        // fresh node waits until a leader adds it (RaftService::join).
+        let unjoined = Arc::new(std::sync::atomic::AtomicBool::new(fresh && node_id != 1));
+        if fresh && node_id != 1 {
+            tracing::info!(
+                node_id,
+                "empty raft store: waiting to be added to a cluster"
+            );
+        }
+        let log_for_admin = log.clone();
         let peer_tls = tls::PeerTls::from_config(c)?;
         let net = network::Network::new(peer_tls.clone());
         let raft = Raft::new(
@@ -114,16 +127,21 @@ impl Cluster {
         let raft_svc = RaftServer::new(service::RaftService {
             raft: raft.clone(),
             gate: gate.clone(),
+            node_id,
+            unjoined,
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
-        let admin_svc = AdminServer::new(service::AdminService {
+        let engine = Arc::new(std::sync::OnceLock::new());
+        let admin = service::AdminService {
             raft: raft.clone(),
             machine: machine.clone(),
             net: net.clone(),
             gate: gate.clone(),
-        });
-        let engine = Arc::new(std::sync::OnceLock::new());
+            log: log_for_admin,
+            engine: engine.clone(),
+        };
+        let admin_svc = AdminServer::new(admin.clone());
         let forward_svc = ForwardServer::new(forward::ForwardService {
             broker: engine.clone(),
             stats: stats.clone(),
@@ -180,6 +198,7 @@ impl Cluster {
             net,
             engine,
             down_after: liveness::down_after(c.election_timeout_ms),
+            admin,
         })
     }
 
@@ -256,6 +275,40 @@ impl Cluster {
             }
         });
         Ok(())
+    }
+
+    /// Before this node stops: if it leads, hands leadership to the voter
+    /// that holds most of its log, so the group does not sit out an
+    /// election timeout. Gives up (the group then elects as usual) when the
+    /// target has not caught up, or not won, within `limit` each.
+    pub async fn hand_over_leadership(&self, limit: Duration) {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id) {
+            return;
+        }
+        let membership = m.membership_config.membership();
+        let matched = |id: u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|l| l.index)
+        };
+        let Some(target) = membership
+            .voter_ids()
+            .filter(|id| *id != self.node_id)
+            .max_by_key(|id| matched(*id))
+        else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.admin.transfer(target, limit).await {
+            Ok(msg) => tracing::info!(
+                target,
+                ms = started.elapsed().as_millis() as u64,
+                "leadership handed over: {msg}"
+            ),
+            Err(e) => tracing::warn!(target, "leadership not handed over: {}", e.message()),
+        }
     }
 
     pub async fn shutdown(&self) {

@@ -2,6 +2,8 @@
 //! proposals) and `Admin` (status and membership).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -10,9 +12,12 @@ use raftmq_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
 use super::types::{Batch, NodeId, Raft, WriteGate};
+use crate::broker::Broker;
+use crate::drain::DrainMode;
 use crate::state::Command;
 
 fn bad_request(e: convert::Invalid) -> Status {
@@ -28,6 +33,28 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 pub struct RaftService {
     pub raft: Raft,
     pub gate: WriteGate,
+    pub node_id: NodeId,
+    /// This node started with an empty store and no leader has said it is
+    /// adding it yet (`Join`): see [`RaftService::refuse_if_unjoined`].
+    pub unjoined: Arc<AtomicBool>,
+}
+
+impl RaftService {
+    /// A node that came up with an empty store must not be refilled by a
+    /// leader that still counts it as a member: it would be back under its
+    /// old identity with none of the votes and entries that identity gave,
+    /// and could vote a stale candidate in. It takes Raft traffic only once
+    /// a leader adds it afresh; until then it reports `initialized =
+    /// false` and the operator removes and re-adds it.
+    fn refuse_if_unjoined(&self) -> Result<(), Status> {
+        if self.unjoined.load(Ordering::Acquire) {
+            return Err(Status::failed_precondition(format!(
+                "node {} has an empty store and has not been added to a cluster",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -36,6 +63,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let rpc = openraft::raft::AppendEntriesRequest {
             vote: convert::vote_from(r.vote).map_err(bad_request)?,
@@ -68,6 +96,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let rpc = openraft::raft::VoteRequest {
             vote: convert::vote_from(r.vote).map_err(bad_request)?,
@@ -85,6 +114,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let rpc = openraft::raft::InstallSnapshotRequest {
             vote: convert::vote_from(r.vote).map_err(bad_request)?,
@@ -105,6 +135,23 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let index = leader_read_index(&self.raft).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Empty>, Status> {
+        let id = req.into_inner().node_id;
+        if id != self.node_id {
+            return Err(Status::invalid_argument(format!(
+                "this is node {}, not node {id}",
+                self.node_id
+            )));
+        }
+        if self.unjoined.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                node_id = id,
+                "a leader is adding this node: Raft traffic accepted"
+            );
+        }
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn propose(
@@ -187,23 +234,30 @@ pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
     Ok(())
 }
 
+#[derive(Clone)]
 pub struct AdminService {
     pub raft: Raft,
     pub machine: StateMachine,
     pub net: Network,
     pub gate: WriteGate,
+    /// The node's own log store, read for `Status.initialized`.
+    pub log: LogStore,
+    /// The engine, for Drain (set once the cluster is attached).
+    pub engine: Arc<OnceLock<Arc<Broker>>>,
 }
 
 /// The longest a node holds its elections for a transfer.
 const ELECTION_HOLD_MAX: Duration = Duration::from_secs(15);
 /// How long a transfer waits for the target to win.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Drain waits for clients to be gone when the caller says 0.
+const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 impl AdminService {
     /// Waits until `target` holds this leader's whole log.
-    async fn caught_up(&self, target: NodeId) -> Result<(), Status> {
+    async fn caught_up(&self, target: NodeId, limit: Duration) -> Result<(), Status> {
         let mut watch = self.raft.metrics();
-        let done = tokio::time::timeout(TRANSFER_TIMEOUT, async {
+        let done = tokio::time::timeout(limit, async {
             loop {
                 {
                     let m = watch.borrow_and_update();
@@ -228,13 +282,13 @@ impl AdminService {
     }
 
     /// Asks `target` to campaign every 200 ms until it leads.
-    async fn campaign(&self, target: NodeId, addr: &str) -> Result<(), Status> {
+    async fn campaign(&self, target: NodeId, addr: &str, limit: Duration) -> Result<(), Status> {
         let channel = self
             .net
             .channel(addr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut client = pb::admin_client::AdminClient::new(channel);
-        let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
             if self.raft.metrics().borrow().current_leader == Some(target) {
                 return Ok(());
@@ -247,6 +301,79 @@ impl AdminService {
         Err(Status::deadline_exceeded(format!(
             "node {target} did not win an election"
         )))
+    }
+}
+
+impl AdminService {
+    /// Makes `target` the leader (see the comment inside); used by the
+    /// TransferLeader RPC and by this node's own SIGTERM. Each of its two
+    /// waits (catch-up, election) takes at most `limit`; it is not to be
+    /// cancelled from outside, which would leave elections held.
+    pub async fn transfer(&self, target: NodeId, limit: Duration) -> Result<String, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(target) {
+            return Ok(format!("node {target} already leads"));
+        }
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&target)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Status::not_found(format!("node {target} is not a member")))?;
+        // openraft 0.9 has no leader transfer. The same effect: writes
+        // wait at this node's gate (latency, not errors), the target
+        // catches up with the whole log, the other followers hold their own
+        // elections, this leader stops its heartbeats, and the target
+        // campaigns until the followers' lease on this leader runs out and
+        // they vote for it. Everything is given back however it ends; the
+        // writes then go to the new leader.
+        let _closed = self.gate.write().await;
+        self.caught_up(target, limit).await?;
+        let others: Vec<String> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != target && *id != m.id)
+            .filter_map(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
+            .collect();
+        let hold = |addr: String, hold: bool| {
+            let net = self.net.clone();
+            async move {
+                let channel = net.channel(&addr).ok()?;
+                pb::admin_client::AdminClient::new(channel)
+                    .hold_elections(pb::HoldElectionsRequest { hold })
+                    .await
+                    .ok()
+            }
+        };
+        futures_util::future::join_all(others.iter().cloned().map(|a| hold(a, true))).await;
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let moved = self.campaign(target, &addr, limit).await;
+        self.raft.runtime_config().heartbeat(true);
+        self.raft.runtime_config().elect(true);
+        futures_util::future::join_all(others.into_iter().map(|a| hold(a, false))).await;
+        moved.map(|()| format!("node {target} leads"))
+    }
+
+    /// Whether this node's Raft store holds anything of a group: a vote,
+    /// a log entry (or a purge point), or a snapshot. False means a fresh
+    /// volume. The operator needs it because a member's pod may come back
+    /// with an empty volume (a lost or replaced PVC): that node must be
+    /// removed and re-added as a new member, never trusted with its old
+    /// identity (it has forgotten its votes and the entries it promised
+    /// to keep).
+    fn initialized(&self) -> Result<bool, Status> {
+        let holds = self
+            .log
+            .holds_state()
+            .map_err(|e| Status::internal(format!("raft store: {e}")))?;
+        Ok(holds || self.machine.has_snapshot())
     }
 }
 
@@ -313,9 +440,8 @@ impl pb::admin_server::Admin for AdminService {
             applied_index: m.last_applied.map(|l| l.index),
             nodes,
             snapshot_index: m.snapshot.map(|l| l.index),
-            // TODO(issue 8): read from the store / drain state.
-            initialized: m.vote.leader_id().term > 0 || m.last_log_index.is_some(),
-            draining: false,
+            initialized: self.initialized()?,
+            draining: self.engine.get().is_some_and(|b| b.is_draining()),
         }))
     }
 
@@ -327,6 +453,23 @@ impl pb::admin_server::Admin for AdminService {
         if r.node_id == 0 || r.addr.is_empty() {
             return Err(Status::invalid_argument("node_id and addr are required"));
         }
+        // The node takes Raft traffic only from a leader that says it adds
+        // it (a fresh store otherwise waits: see RaftService::join).
+        let mut target = self
+            .net
+            .raft_client(&r.addr)
+            .map_err(|e| Status::invalid_argument(format!("address {}: {e}", r.addr)))?;
+        target
+            .join(pb::JoinRequest { node_id: r.node_id })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {} at {}: join: {}",
+                    r.node_id,
+                    r.addr,
+                    e.message()
+                ))
+            })?;
         self.raft
             .add_learner(r.node_id, BasicNode::new(&r.addr), true)
             .await
@@ -399,58 +542,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
         let target = req.into_inner().node_id;
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader == Some(target) {
-            return ok(format!("node {target} already leads"));
-        }
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&target)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| Status::not_found(format!("node {target} is not a member")))?;
-        // openraft 0.9 has no leader transfer. The same effect: writes
-        // wait at this node's gate (latency, not errors), the target
-        // catches up with the whole log, the other followers hold their own
-        // elections, this leader stops its heartbeats, and the target
-        // campaigns until the followers' lease on this leader runs out and
-        // they vote for it. Everything is given back however it ends; the
-        // writes then go to the new leader.
-        let _closed = self.gate.write().await;
-        self.caught_up(target).await?;
-        let others: Vec<String> = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != target && *id != m.id)
-            .filter_map(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            })
-            .collect();
-        let hold = |addr: String, hold: bool| {
-            let net = self.net.clone();
-            async move {
-                let channel = net.channel(&addr).ok()?;
-                pb::admin_client::AdminClient::new(channel)
-                    .hold_elections(pb::HoldElectionsRequest { hold })
-                    .await
-                    .ok()
-            }
-        };
-        futures_util::future::join_all(others.iter().cloned().map(|a| hold(a, true))).await;
-        self.raft.runtime_config().elect(false);
-        self.raft.runtime_config().heartbeat(false);
-        let moved = self.campaign(target, &addr).await;
-        self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
-        futures_util::future::join_all(others.into_iter().map(|a| hold(a, false))).await;
-        match moved {
-            Ok(()) => ok(format!("node {target} leads")),
-            Err(e) => Err(e),
-        }
+        ok(self.transfer(target, TRANSFER_TIMEOUT).await?)
     }
 
     async fn hold_elections(
@@ -498,10 +590,24 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn drain(
         &self,
-        _req: Request<pb::DrainRequest>,
+        req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        // TODO(issue 8): hand the clients over.
-        Err(Status::unimplemented("drain is not implemented yet"))
+        let r = req.into_inner();
+        let broker = self
+            .engine
+            .get()
+            .ok_or_else(|| Status::unavailable("the broker is not started yet"))?;
+        let timeout = match r.timeout_ms {
+            0 => DRAIN_TIMEOUT_DEFAULT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let outcome = broker
+            .drain(DrainMode::hand_over(&r.server_reference), timeout)
+            .await;
+        Ok(Response::new(pb::DrainResponse {
+            disconnected: outcome.disconnected,
+            remaining: outcome.remaining,
+        }))
     }
 
     async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {

@@ -149,6 +149,11 @@ impl StateMachine {
         self.inner.lock().state.clone()
     }
 
+    /// Whether a snapshot was taken, installed or loaded.
+    pub fn has_snapshot(&self) -> bool {
+        self.inner.lock().snapshot.is_some()
+    }
+
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         write_atomic(&self.dir.join("snapshot.bin"), &encode_file(meta, data))
             .map_err(|e| snap_err(ErrorVerb::Write, e))
