@@ -67,7 +67,10 @@ pub enum Step {
     /// AddLearner on the leader (waits for catch-up).
     AddLearner { ordinal: i32 },
     /// ChangeMembership on the leader: `voters` exactly.
-    Promote { ordinals: Vec<i32>, voters: Vec<u64> },
+    Promote {
+        ordinals: Vec<i32>,
+        voters: Vec<u64>,
+    },
     /// RemoveNode of a member whose store came back empty.
     ResetMember { ordinal: i32 },
     /// Drain on the pod itself.
@@ -213,6 +216,26 @@ impl Group<'_> {
     }
 }
 
+fn with_step(base: &Plan, step: Step, message: String) -> Plan {
+    Plan {
+        progress: Some((step.name(), message)),
+        step: Some(step),
+        ..base.clone()
+    }
+}
+
+fn waiting(base: &Plan, reason: &'static str, stuck: &'static str, message: String) -> Plan {
+    Plan {
+        progress: Some((reason, message.clone())),
+        wait: Some(Wait {
+            reason,
+            stuck_reason: stuck,
+            message,
+        }),
+        ..base.clone()
+    }
+}
+
 /// The next thing to do. `name` turns an ordinal into a pod name (for
 /// messages).
 pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
@@ -268,20 +291,6 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         view,
         ..Plan::default()
     };
-    let with_step = |step: Step, message: String| Plan {
-        progress: Some((step.name(), message)),
-        step: Some(step),
-        ..base.clone()
-    };
-    let waiting = |reason: &'static str, stuck: &'static str, message: String| Plan {
-        progress: Some((reason, message.clone())),
-        wait: Some(Wait {
-            reason,
-            stuck_reason: stuck,
-            message,
-        }),
-        ..base.clone()
-    };
 
     // 1. A member whose store came back empty: out first, in again later.
     for p in facts.pods.values() {
@@ -298,6 +307,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             rest.remove(&id);
             if !g.quorum_after(&rest) {
                 return waiting(
+&base,
                     "WaitingForQuorum",
                     "NoQuorum",
                     format!(
@@ -308,6 +318,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             }
         }
         return with_step(
+&base,
             Step::ResetMember { ordinal: p.ordinal },
             format!(
                 "{} came back with an empty volume: removing it from Raft to add it again as a new member",
@@ -331,13 +342,9 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             replicas: current,
             ..base.clone()
         };
-        let with_step = |step: Step, message: String| Plan {
-            progress: Some((step.name(), message)),
-            step: Some(step),
-            ..base.clone()
-        };
         if node.is_some_and(|n| !n.draining) {
             return with_step(
+                &base,
                 Step::Drain { ordinal: o },
                 format!(
                     "scaling {current} to {desired}: handing {}'s clients over to the other pods",
@@ -348,6 +355,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         if id == l.id {
             return match g.successor(id, |v| ordinal_of(v) < desired) {
                 Some(to) => with_step(
+                    &base,
                     Step::TransferLeader { from: o, to },
                     format!(
                         "scaling {current} to {desired}: moving leadership from {} to {}",
@@ -358,6 +366,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
                 None => Plan {
                     replicas: current,
                     ..waiting(
+                        &base,
                         "WaitingForHealthyGroup",
                         "NoQuorum",
                         format!(
@@ -374,6 +383,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             return Plan {
                 replicas: current,
                 ..waiting(
+                    &base,
                     "WaitingForQuorum",
                     "NoQuorum",
                     format!(
@@ -385,8 +395,12 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             };
         }
         return with_step(
+            &base,
             Step::RemoveMember { ordinal: o },
-            format!("scaling {current} to {desired}: removing {} from Raft", name(o)),
+            format!(
+                "scaling {current} to {desired}: removing {} from Raft",
+                name(o)
+            ),
         );
     }
     if current > desired {
@@ -415,6 +429,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         let p = facts.pods.get(&o);
         if p.is_some_and(|p| p.node.is_some()) {
             return with_step(
+                &base,
                 Step::AddLearner { ordinal: o },
                 format!(
                     "adding {} to the Raft group as a learner (waits until it has caught up)",
@@ -423,6 +438,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             );
         }
         return waiting(
+            &base,
             "ScalingUp",
             "PodNotReady",
             format!(
@@ -441,6 +457,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         let mut voters = g.voters();
         voters.extend(learners.iter().map(|o| node_id(*o)));
         return with_step(
+            &base,
             Step::Promote {
                 ordinals: learners.clone(),
                 voters: voters.into_iter().collect(),
@@ -495,7 +512,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
             None => Plan { partition, ..base },
             Some(why) => Plan {
                 partition,
-                ..waiting("WaitingForHealthyGroup", "PodNotReady", why)
+                ..waiting(&base, "WaitingForHealthyGroup", "PodNotReady", why)
             },
         };
     };
@@ -505,6 +522,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         return Plan {
             partition: partition_now,
             ..waiting(
+                &base,
                 "RollingPod",
                 "PodNotReady",
                 format!(
@@ -518,17 +536,9 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         partition: partition_now,
         ..base
     };
-    let waiting = |reason: &'static str, stuck: &'static str, message: String| Plan {
-        progress: Some((reason, message.clone())),
-        wait: Some(Wait {
-            reason,
-            stuck_reason: stuck,
-            message,
-        }),
-        ..base.clone()
-    };
     if let Some(why) = unhealthy(Some(k)) {
         return waiting(
+            &base,
             "WaitingForHealthyGroup",
             "PodNotReady",
             format!("rollout ({done} of {desired} updated) waits: {why}"),
@@ -536,6 +546,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
     }
     if !g.caught_up(node_id(k)) {
         return waiting(
+            &base,
             "WaitingForHealthyGroup",
             "PodNotReady",
             format!(
@@ -563,6 +574,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
                 ..base
             },
             None => waiting(
+                &base,
                 "WaitingForHealthyGroup",
                 "NoQuorum",
                 format!("{} leads and no other voter is caught up", name(k)),

@@ -27,8 +27,8 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::certs::{self, CertError};
-use crate::crd::{ListenerKind, MqttCluster, TlsMode};
 use crate::crd::Operation;
+use crate::crd::{ListenerKind, MqttCluster, TlsMode};
 use crate::lifecycle::{self, node_id, Facts, PodFacts, Step};
 use crate::membership::{ClientTls, Membership, MembershipError, Target};
 use crate::render::monitoring::{
@@ -526,7 +526,11 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
     let membership = Lifecycle {
         view: group
             .as_ref()
-            .map(|g| lifecycle::view(&g.facts(cluster, before.as_ref(), None, 0), |o| names.pod(o)))
+            .map(|g| {
+                lifecycle::view(&g.facts(cluster, before.as_ref(), None, 0), |o| {
+                    names.pod(o)
+                })
+            })
             .unwrap_or_default(),
         ..Lifecycle::default()
     };
@@ -845,7 +849,11 @@ async fn admin_tls(
 pub fn template_hash(sts: &StatefulSet) -> String {
     let text = serde_json::to_string(&sts.spec.template).unwrap_or_default();
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    d.as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 struct ObservedPod {
@@ -945,12 +953,8 @@ async fn observe_group(
         }
     }
     let ordinals: Vec<i32> = pods.keys().copied().collect();
-    let states = futures::future::join_all(
-        ordinals
-            .iter()
-            .map(|o| ctx.membership.status(target, *o)),
-    )
-    .await;
+    let states =
+        futures::future::join_all(ordinals.iter().map(|o| ctx.membership.status(target, *o))).await;
     for (o, st) in ordinals.into_iter().zip(states) {
         if let Some(p) = pods.get_mut(&o) {
             match st {
@@ -1044,11 +1048,9 @@ async fn drive(
             .await;
         }
         if let Some(w) = &plan.wait {
-            let since = OffsetDateTime::parse(
-                &op.since,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap_or(now);
+            let since =
+                OffsetDateTime::parse(&op.since, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or(now);
             let waited = (now - since).whole_seconds().max(0) as u64;
             if waited >= settings.stuck_after.as_secs() {
                 op.attempts += 1;
@@ -1104,7 +1106,11 @@ async fn execute(
                 "Promoted",
                 format!(
                     "{} promoted to voter; voters are now {}: {r}",
-                    ordinals.iter().map(|o| pod(*o)).collect::<Vec<_>>().join(", "),
+                    ordinals
+                        .iter()
+                        .map(|o| pod(*o))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     voters
                         .iter()
                         .map(|v| pod(lifecycle::ordinal_of(*v)))

@@ -144,26 +144,26 @@ pub fn build(
             condition(DEGRADED, true, reason, msg.clone(), generation, prev, now)
         }
         (p, _) => match p {
-        Some(p) => {
-            let mut msg = p.message.clone();
-            for q in &problems[1..] {
-                msg.push_str("; ");
-                msg.push_str(&q.message);
+            Some(p) => {
+                let mut msg = p.message.clone();
+                for q in &problems[1..] {
+                    msg.push_str("; ");
+                    msg.push_str(&q.message);
+                }
+                condition(DEGRADED, true, p.reason, msg, generation, prev, now)
             }
-            condition(DEGRADED, true, p.reason, msg, generation, prev, now)
-        }
-        None => {
-            let msg = if warnings.is_empty() {
-                "the spec is applied".to_string()
-            } else {
-                warnings
-                    .iter()
-                    .map(|w| format!("warning: {}", w.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
-        }
+            None => {
+                let msg = if warnings.is_empty() {
+                    "the spec is applied".to_string()
+                } else {
+                    warnings
+                        .iter()
+                        .map(|w| format!("warning: {}", w.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
+            }
         },
     };
 

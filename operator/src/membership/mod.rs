@@ -224,12 +224,7 @@ impl Membership for Unmanaged {
     ) -> BoxFuture<'a, Result<String>> {
         unmanaged()
     }
-    fn drain<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: String,
-    ) -> BoxFuture<'a, Result<(u64, u64)>> {
+    fn drain<'a>(&'a self, _: &'a Target, _: i32, _: String) -> BoxFuture<'a, Result<(u64, u64)>> {
         unmanaged()
     }
 }
