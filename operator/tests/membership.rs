@@ -206,7 +206,33 @@ impl H {
         }
     }
 
+    /// What the StatefulSet controller would report about the pods.
+    fn settle(&self) {
+        let Some(sts) = self.api.get("apps/v1", "statefulsets", NS, NAME) else {
+            return;
+        };
+        let hash = self.hash();
+        let pods = self.api.list("v1", "pods", NS);
+        let updated = pods
+            .iter()
+            .filter(|p| p["metadata"]["annotations"][TEMPLATE_HASH] == hash.as_str())
+            .count();
+        let status = json!({
+            "observedGeneration": sts["metadata"]["generation"],
+            "replicas": pods.len(),
+            "readyReplicas": pods.len(),
+            "updatedReplicas": updated,
+            "updateRevision": hash,
+            "currentRevision": if updated == pods.len() { hash.clone() } else { "old".into() },
+        });
+        if sts["status"] != status {
+            self.api
+                .set_status("apps/v1", "statefulsets", NS, NAME, status);
+        }
+    }
+
     async fn reconcile(&self) -> Action {
+        self.settle();
         let v = self.api.get(CR.0, CR.1, NS, NAME).expect("cluster");
         let c: MqttCluster = serde_json::from_value(v).expect("MqttCluster");
         reconcile(Arc::new(c), self.ctx.clone())
@@ -288,6 +314,7 @@ impl H {
             h.pod(o);
         }
         h.reconcile().await;
+        h.reconcile().await;
         assert_eq!(h.status()["phase"], "Running", "{}", h.status());
         h.fake.calls();
         h
@@ -314,8 +341,11 @@ async fn scale_up_adds_learners_then_promotes() {
     h.pod(4);
     h.reconcile().await;
     h.reconcile().await;
-    assert_eq!(h.status()["learners"], json!(["demo-3", "demo-4"]));
+    // Status shows what was observed before the step: both learners, as
+    // the promotion starts.
     h.reconcile().await;
+    assert_eq!(h.status()["learners"], json!(["demo-3", "demo-4"]));
+    assert_eq!(h.status()["phase"], "Promoting");
     h.reconcile().await;
     assert_eq!(
         h.fake.calls(),
@@ -325,6 +355,7 @@ async fn scale_up_adds_learners_then_promotes() {
             "change_membership [1, 2, 3, 4, 5]",
         ]
     );
+    h.reconcile().await;
     assert_eq!(h.status()["phase"], "Running");
     assert_eq!(h.status()["members"].as_array().map(Vec::len), Some(5));
     let r = h.reasons();
