@@ -1041,7 +1041,7 @@ async fn drive(
                 ctx,
                 cluster,
                 EventType::Normal,
-                &reason,
+                reason,
                 "Lifecycle",
                 message.clone(),
             )
