@@ -82,6 +82,21 @@ pub enum Step {
 }
 
 impl Step {
+    /// The pod the step is about (`None` for a promotion of several).
+    pub fn ordinal(&self) -> Option<i32> {
+        match self {
+            Step::AddLearner { ordinal }
+            | Step::ResetMember { ordinal }
+            | Step::Drain { ordinal }
+            | Step::RemoveMember { ordinal } => Some(*ordinal),
+            Step::TransferLeader { from, .. } => Some(*from),
+            Step::Promote { ordinals, .. } => match ordinals.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            },
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Step::AddLearner { .. } => "AddingLearner",
@@ -114,18 +129,38 @@ pub struct Plan {
     /// The operation in progress (Progressing=True with this reason).
     pub progress: Option<(&'static str, String)>,
     pub wait: Option<Wait>,
+    /// The pod a step or wait is about (for Events).
+    pub pod: Option<i32>,
     pub view: MembershipView,
 }
 
-/// The leader as the pods see it: a pod that says it leads (the highest
-/// term wins if a deposed leader has not heard yet).
+/// The leader as the pods see it: a pod that says it leads, followed by
+/// the most pods (a node that made a group of its own does not win), then
+/// the highest term (a deposed leader that has not heard yet loses).
 fn leader(facts: &Facts) -> Option<&NodeState> {
-    facts
+    let nodes: Vec<&NodeState> = facts
         .pods
         .values()
         .filter_map(|p| p.node.as_ref())
+        .collect();
+    nodes
+        .iter()
+        .copied()
         .filter(|n| n.is_leader())
-        .max_by_key(|n| n.term)
+        .max_by_key(|l| {
+            let followers = nodes.iter().filter(|n| n.leader == Some(l.id)).count();
+            (followers, l.term)
+        })
+}
+
+/// A member that came back empty: its store says so, or (node 1, which
+/// makes a new cluster of an empty store) it leads a group of its own.
+fn came_back_empty(n: &NodeState, leader: &NodeState) -> bool {
+    let alone = n.is_leader()
+        && n.id != leader.id
+        && n.members.iter().all(|m| m.id == n.id)
+        && leader.members.iter().filter(|m| m.voter).count() > 1;
+    !n.initialized || alone
 }
 
 fn majority(n: usize) -> usize {
@@ -299,7 +334,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         let Some(m) = g.members.get(&id) else {
             continue;
         };
-        if n.initialized || p.ordinal >= target {
+        if !came_back_empty(n, l) || p.ordinal >= target {
             continue;
         }
         if m.voter {
@@ -437,15 +472,18 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
                 ),
             );
         }
-        return waiting(
-            &base,
-            "ScalingUp",
-            "PodNotReady",
-            format!(
-                "waiting for {} to start (its broker does not answer yet)",
-                name(o)
-            ),
-        );
+        return Plan {
+            pod: Some(o),
+            ..waiting(
+                &base,
+                "ScalingUp",
+                "PodNotReady",
+                format!(
+                    "waiting for {} to start (its broker does not answer yet)",
+                    name(o)
+                ),
+            )
+        };
     }
     let learners: Vec<i32> = g
         .members
@@ -521,6 +559,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         // The StatefulSet controller is restarting it.
         return Plan {
             partition: partition_now,
+            pod: Some(k),
             ..waiting(
                 &base,
                 "RollingPod",
@@ -601,6 +640,7 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
     }
     Plan {
         partition: k,
+        pod: Some(k),
         progress: Some((
             "RollingPod",
             format!(
@@ -788,6 +828,21 @@ mod tests {
         let f = facts(3, &[1, 2], &[], 1);
         let p = plan(&f, name);
         assert_eq!(p.step, Some(Step::AddLearner { ordinal: 2 }));
+    }
+
+    #[test]
+    fn node_1_that_made_a_group_of_its_own_is_reset() {
+        let mut f = facts(3, &[1, 2, 3], &[], 2);
+        // Pod 0 came back empty and bootstrapped itself: it leads alone.
+        if let Some(n) = f.pods.get_mut(&0).and_then(|p| p.node.as_mut()) {
+            n.state = "Leader".into();
+            n.leader = Some(1);
+            n.term = 9;
+            n.members = vec![member(1, true, 1)];
+        }
+        let p = plan(&f, name);
+        assert_eq!(p.leader, Some(1), "the leader the others follow");
+        assert_eq!(p.step, Some(Step::ResetMember { ordinal: 0 }));
     }
 
     #[test]

@@ -283,12 +283,34 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_about(ctx, cluster, None, type_, reason, action, note).await
+}
+
+/// An Event about the cluster and, for a membership step, the pod it
+/// concerns: the Recorder folds repeats per (reason, action, related
+/// object), so each pod's step keeps its own message.
+async fn publish_about(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    pod: Option<String>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let secondary = pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: cluster.namespace(),
+        ..Default::default()
+    });
     let ev = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),
         action: action.to_string(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish an Event");
@@ -1006,7 +1028,17 @@ async fn drive(
         match execute(ctx, target, plan, step).await {
             Ok((done, note)) => {
                 info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
-                publish(ctx, cluster, EventType::Normal, done, step.name(), note).await;
+                let pod = step.ordinal().map(|o| target.names.pod(o));
+                publish_about(
+                    ctx,
+                    cluster,
+                    pod,
+                    EventType::Normal,
+                    done,
+                    step.name(),
+                    note,
+                )
+                .await;
                 op.attempts = 0;
                 op.last_error = None;
                 // The next step can usually start at once.
@@ -1022,9 +1054,10 @@ async fn drive(
                     wait.as_secs_f32()
                 );
                 warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
-                publish(
+                publish_about(
                     ctx,
                     cluster,
+                    step.ordinal().map(|o| target.names.pod(o)),
                     EventType::Warning,
                     e.reason(),
                     step.name(),
@@ -1037,9 +1070,10 @@ async fn drive(
         }
     } else {
         if fresh {
-            publish(
+            publish_about(
                 ctx,
                 cluster,
+                plan.pod.map(|o| target.names.pod(o)),
                 EventType::Normal,
                 reason,
                 "Lifecycle",
