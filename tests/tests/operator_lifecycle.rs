@@ -80,6 +80,8 @@ struct Kubelet {
     procs: BTreeMap<i32, Running>,
     /// Containers that died, restarted at the instant given.
     crashed: BTreeMap<i32, (Instant, Value)>,
+    /// Sent SIGTERM already.
+    terminating: BTreeSet<i32>,
     ready: BTreeMap<i32, bool>,
     /// MQTT ports of ready pods: the client Service's endpoints.
     endpoints: Arc<Mutex<Vec<u16>>>,
@@ -298,7 +300,10 @@ impl Kubelet {
             return;
         };
         let t = Instant::now();
-        signal(&r.child, libc::SIGTERM);
+        // Once: a second SIGTERM makes the broker skip its hand-over.
+        if !self.terminating.remove(&o) {
+            signal(&r.child, libc::SIGTERM);
+        }
         let deadline = t + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = r.child.try_wait() {
@@ -435,8 +440,15 @@ impl Kubelet {
             }
         }
 
-        // Scale down: highest ordinal first; volumes per the policy.
+        // Scale down: every retiring pod at once (Parallel pod management:
+        // SIGTERM to all, then wait); volumes per the policy.
         let pods = self.pods();
+        for (&o, _) in pods.iter().rev().filter(|(o, _)| **o >= replicas) {
+            if let Some(r) = self.procs.get(&o) {
+                signal(&r.child, libc::SIGTERM);
+                self.terminating.insert(o);
+            }
+        }
         for (&o, _) in pods.iter().rev().filter(|(o, _)| **o >= replicas) {
             self.delete_pod(o);
             if delete_claims {
@@ -582,6 +594,7 @@ impl Cluster {
             ports: ports.clone(),
             procs: BTreeMap::new(),
             crashed: BTreeMap::new(),
+            terminating: BTreeSet::new(),
             ready: BTreeMap::new(),
             endpoints: endpoints.clone(),
             log: log.clone(),
@@ -1241,6 +1254,10 @@ async fn kill_9_mid_scale_down_converges_without_losing_quorum() {
         t.elapsed().as_secs_f32()
     );
     let log = lock(&lab.cluster.log).clone();
+    for e in lab.api.events(NS, NAME) {
+        println!("event {} {}: {}", e["eventTime"], e["reason"], e["note"]);
+    }
+    println!("{}", log.join("\n"));
     assert!(
         log.iter().any(|x| x.contains(&format!("kill -9 {leader}"))),
         "the leader was killed mid-scale-down: {log:?}"
