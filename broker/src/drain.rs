@@ -205,3 +205,46 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_connacks_say_where_to_go_when_they_can() {
+        let to = DrainMode::hand_over("mqtt.example:1883");
+        let ack = to.connack(Protocol::V5, true);
+        assert_eq!(ack.code, reason::USE_ANOTHER_SERVER);
+        assert_eq!(
+            ack.properties.server_reference.as_deref(),
+            Some("mqtt.example:1883")
+        );
+        assert!(ack.properties.reason_string.is_some());
+        assert!(to
+            .connack(Protocol::V5, false)
+            .properties
+            .reason_string
+            .is_none());
+        let ack = to.connack(Protocol::V311, true);
+        assert_eq!(ack.code, reason::v3::SERVER_UNAVAILABLE);
+        assert_eq!(ack.properties, Properties::default());
+
+        let nowhere = DrainMode::hand_over("");
+        assert_eq!(nowhere.server_reference, None);
+        let ack = nowhere.connack(Protocol::V5, true);
+        assert_eq!(ack.code, reason::SERVER_UNAVAILABLE);
+        assert!(ack.properties.server_reference.is_none());
+
+        let down = DrainMode::shutdown();
+        assert_eq!(
+            down.connack(Protocol::V5, true).code,
+            reason::SERVER_SHUTTING_DOWN
+        );
+        assert_eq!(
+            down.connack(Protocol::V31, true).code,
+            reason::v3::SERVER_UNAVAILABLE
+        );
+        assert!(DrainMode::is_drain_code(to.code) && DrainMode::is_drain_code(down.code));
+        assert!(!DrainMode::is_drain_code(reason::SESSION_TAKEN_OVER));
+    }
+}

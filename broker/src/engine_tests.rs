@@ -252,3 +252,37 @@ async fn clean_sessions_vanish_on_disconnect() {
     assert_eq!(b.subscription_count(), 0);
     assert_eq!(b.session_count(), 0);
 }
+
+#[tokio::test]
+async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
+    use crate::codec::reason;
+    use crate::drain::DrainMode;
+    use std::time::Duration;
+    let (b, _) = broker();
+    let mut a = open(&b, "a", false, 3600);
+    let mut c = open(&b, "c", true, 0);
+    let offline = open(&b, "o", false, 3600);
+    b.close_session(&offline.cell, offline.conn_id, Departure::Clean, None);
+    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    assert!(b.readiness().is_ok());
+    let out = b
+        .drain(
+            DrainMode::hand_over("elsewhere:1883"),
+            Duration::from_secs(1),
+        )
+        .await;
+    assert_eq!((out.disconnected, out.remaining), (2, 0));
+    assert_eq!(a.kicked.try_recv(), Ok(reason::USE_ANOTHER_SERVER));
+    assert_eq!(c.kicked.try_recv(), Ok(reason::USE_ANOTHER_SERVER));
+    assert!(b.readiness().is_err_and(|why| why.contains("draining")));
+    // Again: nothing left to kick; a shutdown then overrides the reason,
+    // and a later hand-over does not turn it back.
+    let again = b
+        .drain(DrainMode::hand_over(""), Duration::from_secs(1))
+        .await;
+    assert_eq!(again.disconnected, 0);
+    b.drain(DrainMode::shutdown(), Duration::from_secs(1)).await;
+    b.drain(DrainMode::hand_over("x:1"), Duration::from_secs(1))
+        .await;
+    assert_eq!(b.drain_mode(), Some(DrainMode::shutdown()));
+}

@@ -165,20 +165,21 @@ const STOP_DRAIN: Duration = Duration::from_secs(10);
 const STOP_TRANSFER_STEP: Duration = Duration::from_secs(4);
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut signals = StopSignals::new();
     let server = Server::start(config).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node_id = server.broker.node_id,
         "raftmq running"
     );
-    let first = shutdown_signal().await;
+    let first = signals.next().await;
     tracing::info!(
         signal = first,
         "stopping: handing clients and leadership to other nodes (a second signal stops at once)"
     );
     // A second Ctrl-C (or SIGTERM) means now: nothing more is waited for.
-    tokio::spawn(async {
-        let again = shutdown_signal().await;
+    tokio::spawn(async move {
+        let again = signals.next().await;
         tracing::warn!(signal = again, "second signal: stopping at once");
         std::process::exit(1);
     });
@@ -192,6 +193,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .hand_over_leadership(STOP_TRANSFER_STEP)
             .await;
     };
+    // The steps bound themselves (10 s + 2 x 4 s); this is the backstop.
     if tokio::time::timeout(STOP_BUDGET, hand_over).await.is_err() {
         tracing::warn!("hand-over not finished in {STOP_BUDGET:?}; stopping anyway");
     }
@@ -206,28 +208,56 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C);
-/// both mean a graceful stop. Returns which.
-async fn shutdown_signal() -> &'static str {
+/// SIGTERM (Kubernetes stopping the pod) and SIGINT (Ctrl-C), both a
+/// graceful stop. Registered before the broker starts: a signal that came
+/// between the listeners binding and a later registration would kill the
+/// process with the default action instead.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+
+    /// Waits for the next one; returns which.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => "SIGTERM",
+                _ = recv(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }

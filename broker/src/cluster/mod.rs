@@ -20,6 +20,7 @@ pub mod metrics;
 mod network;
 mod seam;
 mod service;
+mod standing;
 mod state_machine;
 pub mod tls;
 mod types;
@@ -98,8 +99,8 @@ impl Cluster {
                 .context("raft snapshot")?;
         let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
         // Node 1 makes a new cluster of an empty store (below); any other
-        // fresh node waits until a leader adds it (RaftService::join).
-        let unjoined = Arc::new(std::sync::atomic::AtomicBool::new(fresh && node_id != 1));
+        // fresh node waits until a leader adds it (see Standing).
+        let standing = Arc::new(standing::Standing::open(&dir, fresh && node_id != 1));
         if fresh && node_id != 1 {
             tracing::info!(
                 node_id,
@@ -128,7 +129,7 @@ impl Cluster {
             raft: raft.clone(),
             gate: gate.clone(),
             node_id,
-            unjoined,
+            standing: standing.clone(),
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
@@ -140,7 +141,15 @@ impl Cluster {
             gate: gate.clone(),
             log: log_for_admin,
             engine: engine.clone(),
+            standing: standing.clone(),
         };
+        if standing.removed() {
+            tracing::warn!(
+                node_id,
+                "this node was removed from its cluster; it does not campaign"
+            );
+            raft.runtime_config().elect(false);
+        }
         let admin_svc = AdminServer::new(admin.clone());
         let forward_svc = ForwardServer::new(forward::ForwardService {
             broker: engine.clone(),
@@ -247,6 +256,7 @@ impl Cluster {
             self.down_after,
         );
         let mut metrics = self.raft.metrics();
+        let standing = self.admin.standing.clone();
         let stats = self.stats.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
@@ -264,7 +274,9 @@ impl Cluster {
                         m.last_applied.map_or(0, |l| l.index),
                         m.membership_config.membership().voter_ids().count(),
                     );
-                    m.current_leader.is_some()
+                    // A removed node keeps the leader it last heard of
+                    // (it no longer campaigns): it has none to serve.
+                    m.current_leader.is_some() && !standing.removed()
                 };
                 broker.has_leader.store(has_leader, Ordering::Release);
                 // Lag gauges move without a metrics change; refresh anyway.

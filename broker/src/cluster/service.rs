@@ -2,7 +2,6 @@
 //! proposals) and `Admin` (status and membership).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::log_store::LogStore;
 use super::network::Network;
+use super::standing::Standing;
 use super::state_machine::StateMachine;
 use super::types::{Batch, NodeId, Raft, WriteGate};
 use crate::broker::Broker;
@@ -34,20 +34,14 @@ pub struct RaftService {
     pub raft: Raft,
     pub gate: WriteGate,
     pub node_id: NodeId,
-    /// This node started with an empty store and no leader has said it is
-    /// adding it yet (`Join`): see [`RaftService::refuse_if_unjoined`].
-    pub unjoined: Arc<AtomicBool>,
+    pub standing: Arc<Standing>,
 }
 
 impl RaftService {
-    /// A node that came up with an empty store must not be refilled by a
-    /// leader that still counts it as a member: it would be back under its
-    /// old identity with none of the votes and entries that identity gave,
-    /// and could vote a stale candidate in. It takes Raft traffic only once
-    /// a leader adds it afresh; until then it reports `initialized =
-    /// false` and the operator removes and re-adds it.
+    /// A node that came up with an empty store takes Raft traffic only once
+    /// a leader adds it afresh (see [`Standing`]).
     fn refuse_if_unjoined(&self) -> Result<(), Status> {
-        if self.unjoined.load(Ordering::Acquire) {
+        if self.standing.unjoined() {
             return Err(Status::failed_precondition(format!(
                 "node {} has an empty store and has not been added to a cluster",
                 self.node_id
@@ -137,20 +131,20 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Empty>, Status> {
-        let id = req.into_inner().node_id;
-        if id != self.node_id {
+    async fn notify_membership(
+        &self,
+        req: Request<pb::MembershipNotice>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        if r.node_id != self.node_id {
             return Err(Status::invalid_argument(format!(
-                "this is node {}, not node {id}",
-                self.node_id
+                "this is node {}, not node {}",
+                self.node_id, r.node_id
             )));
         }
-        if self.unjoined.swap(false, Ordering::AcqRel) {
-            tracing::info!(
-                node_id = id,
-                "a leader is adding this node: Raft traffic accepted"
-            );
-        }
+        self.standing
+            .set_member(&self.raft, r.member)
+            .map_err(|e| Status::internal(format!("membership marker: {e}")))?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -244,12 +238,15 @@ pub struct AdminService {
     pub log: LogStore,
     /// The engine, for Drain (set once the cluster is attached).
     pub engine: Arc<OnceLock<Arc<Broker>>>,
+    pub standing: Arc<Standing>,
 }
 
 /// The longest a node holds its elections for a transfer.
 const ELECTION_HOLD_MAX: Duration = Duration::from_secs(15);
 /// How long a transfer waits for the target to win.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leader waits for a node to take a membership notice.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long Drain waits for clients to be gone when the caller says 0.
 const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -361,6 +358,28 @@ impl AdminService {
         moved.map(|()| format!("node {target} leads"))
     }
 
+    /// Tells node `id` at `addr` that it is being added, or was removed.
+    async fn notify(&self, id: NodeId, addr: &str, member: bool) -> Result<(), Status> {
+        let mut target = self
+            .net
+            .raft_client(addr)
+            .map_err(|e| Status::invalid_argument(format!("address {addr}: {e}")))?;
+        let notice = target.notify_membership(pb::MembershipNotice {
+            node_id: id,
+            member,
+        });
+        match tokio::time::timeout(NOTIFY_TIMEOUT, notice).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "node {id} at {addr}: {}",
+                e.message()
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "node {id} at {addr}: no answer in {NOTIFY_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Whether this node's Raft store holds anything of a group: a vote,
     /// a log entry (or a purge point), or a snapshot. False means a fresh
     /// volume. The operator needs it because a member's pod may come back
@@ -410,8 +429,12 @@ impl pb::admin_server::Admin for AdminService {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        // A removed node's log still lists it (see Standing): it says what
+        // it was told instead.
+        let removed = self.standing.removed();
         let nodes = membership
             .nodes()
+            .filter(|(id, _)| !removed || **id != m.id)
             .map(|(id, n)| pb::NodeStatus {
                 id: *id,
                 addr: n.addr.clone(),
@@ -424,6 +447,7 @@ impl pb::admin_server::Admin for AdminService {
             })
             .collect();
         let state = match m.state {
+            _ if removed => "removed",
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
             ServerState::Candidate => "candidate",
@@ -434,7 +458,7 @@ impl pb::admin_server::Admin for AdminService {
             node_id: m.id,
             state: state.into(),
             term: m.current_term,
-            leader_id: m.current_leader,
+            leader_id: m.current_leader.filter(|_| !removed),
             last_log_index: m.last_log_index,
             committed_index: m.last_applied.map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
@@ -454,22 +478,8 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("node_id and addr are required"));
         }
         // The node takes Raft traffic only from a leader that says it adds
-        // it (a fresh store otherwise waits: see RaftService::join).
-        let mut target = self
-            .net
-            .raft_client(&r.addr)
-            .map_err(|e| Status::invalid_argument(format!("address {}: {e}", r.addr)))?;
-        target
-            .join(pb::JoinRequest { node_id: r.node_id })
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "node {} at {}: join: {}",
-                    r.node_id,
-                    r.addr,
-                    e.message()
-                ))
-            })?;
+        // it (a fresh store otherwise waits: see Standing).
+        self.notify(r.node_id, &r.addr, true).await?;
         self.raft
             .add_learner(r.node_id, BasicNode::new(&r.addr), true)
             .await
@@ -533,6 +543,14 @@ impl pb::admin_server::Admin for AdminService {
         );
         if let Err(e) = self.raft.client_write(gone).await {
             tracing::warn!(node = id, "routes of the removed node not dropped: {e}");
+        }
+        // It will not hear the final membership from the log; a node that
+        // is down now learns nothing, and stays out anyway (nobody votes
+        // for it or replicates to it).
+        if let Some(node) = membership.get_node(&id) {
+            if let Err(e) = self.notify(id, &node.addr, false).await {
+                tracing::warn!(node = id, "removed node not told: {}", e.message());
+            }
         }
         ok(format!("node {id} removed"))
     }
