@@ -53,8 +53,19 @@ fn parse(pem: &str) -> Option<Parsed> {
     let mut dns = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                dns.push(d.to_string());
+            match n {
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                // An address among the extra names becomes an IP SAN
+                // (rcgen); it covers the name as written.
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    dns.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
             }
         }
     }
@@ -271,6 +282,18 @@ mod tests {
             .server_issued
             .as_deref()
             .is_some_and(|r| r.contains("mqtt.example.com")));
+        Ok(())
+    }
+
+    #[test]
+    fn an_address_among_the_names_is_kept_not_reissued() -> Result<(), CertError> {
+        let t0 = OffsetDateTime::now_utc();
+        let mut names = dns();
+        names.push("127.0.0.1".into());
+        let first = ensure("demo", "demo.ns.svc", &names, 90, None, t0)?;
+        let again = ensure("demo", "demo.ns.svc", &names, 90, Some(&first.material), t0)?;
+        assert_eq!(again.server_issued, None);
+        assert_eq!(again.material, first.material);
         Ok(())
     }
 

@@ -40,6 +40,7 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/raftmq/raftmq:", env!("CARGO_PK
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Status",
         type_ = "string",
@@ -155,6 +156,11 @@ pub struct StorageSpec {
     /// them, so a re-created cluster finds its data).
     #[serde(default)]
     pub delete_claims_on_delete: bool,
+    /// Delete a retiring pod's volume when the cluster scales down (after
+    /// the pod has left the Raft group). Default: keep it; a later scale-up
+    /// re-adds the pod as a fresh member either way.
+    #[serde(default)]
+    pub delete_claims_on_scale_down: bool,
 }
 
 fn default_storage_size() -> String {
@@ -167,6 +173,7 @@ impl Default for StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
             delete_claims_on_delete: false,
+            delete_claims_on_scale_down: false,
         }
     }
 }
@@ -532,6 +539,17 @@ pub struct MqttClusterStatus {
     /// Raft voters (filled in by membership management).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// Raft learners: pods being caught up before they become voters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<String>,
+    /// What the cluster is doing: `Running`, or the step of a scale or
+    /// upgrade in progress (`AddingLearner`, `Draining`, `RollingPod`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The membership or rollout step in progress, since when, and how
+    /// often it failed (retried with exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
     /// Label selector of the broker pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -544,6 +562,22 @@ pub struct MqttClusterStatus {
     /// The server certificate's expiry (RFC 3339), operator-issued mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<String>,
+}
+
+/// A scale or upgrade step in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// The step (the Progressing reason).
+    pub reason: String,
+    pub message: String,
+    /// When this step started (RFC 3339).
+    pub since: String,
+    /// Failed attempts (or stuck rounds) so far.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod crd;
 pub mod leader;
+pub mod lifecycle;
 pub mod membership;
 pub mod reconcile;
 pub mod render;

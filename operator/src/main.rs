@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use raftmq_operator::leader::LeaseLock;
-use raftmq_operator::membership::Unmanaged;
+use raftmq_operator::membership::admin::AdminMembership;
 use raftmq_operator::reconcile::{self, Context};
 use raftmq_operator::schema::{self, Checked};
 use raftmq_operator::telemetry::Metrics;
@@ -242,7 +242,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
-        Arc::new(Unmanaged),
+        // Raft membership through each broker's Admin service at
+        // <pod>.<headless>.<ns>.svc:7100.
+        Arc::new(AdminMembership::default()),
     ));
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -27,13 +27,15 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::certs::{self, CertError};
+use crate::crd::Operation;
 use crate::crd::{ListenerKind, MqttCluster, TlsMode};
-use crate::membership::Membership;
+use crate::lifecycle::{self, node_id, Facts, PodFacts, Step};
+use crate::membership::{ClientTls, Membership, MembershipError, Target};
 use crate::render::monitoring::{
     certificate_resource, dns_names, service_monitor_resource, DEFAULT_CERT_HOURS,
 };
 use crate::render::{self, Names, Observed, RenderError, TlsMaterial, CONFIG_CHECKSUM, MANAGER};
-use crate::status::{self, Rollout, DEGRADED};
+use crate::status::{self, Lifecycle, Rollout, DEGRADED};
 use crate::telemetry::Metrics;
 use crate::validate::{self, Problem};
 
@@ -41,6 +43,9 @@ use crate::validate::{self, Problem};
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a Degraded cluster is looked at again.
 pub const RETRY_DEGRADED: Duration = Duration::from_secs(60);
+/// Pod template annotation: a hash of the rest of the template, so that a
+/// pod shows which template it runs without the StatefulSet's revisions.
+pub const TEMPLATE_HASH: &str = "raftmq.io/template-hash";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -73,6 +78,42 @@ pub struct Context {
     pub membership: Arc<dyn Membership>,
     /// The clock certificates are judged by (tests move it).
     pub now: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>,
+    /// Scale and upgrade pacing (membership management).
+    pub lifecycle: LifecycleSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleSettings {
+    /// A wait (a pod that does not start, a group that does not heal) this
+    /// long becomes Degraded.
+    pub stuck_after: Duration,
+    /// First retry after a failed step; doubles per failure up to
+    /// `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How soon to look again while a step is in progress.
+    pub poll: Duration,
+    /// Log entries a voter may be behind the leader and count as caught up.
+    pub max_lag: u64,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            stuck_after: Duration::from_secs(300),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            poll: Duration::from_secs(2),
+            max_lag: 1000,
+        }
+    }
+}
+
+impl LifecycleSettings {
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
 }
 
 impl Context {
@@ -91,6 +132,7 @@ impl Context {
             metrics,
             membership,
             now: Arc::new(OffsetDateTime::now_utc),
+            lifecycle: LifecycleSettings::default(),
         }
     }
 }
@@ -241,12 +283,34 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_about(ctx, cluster, None, type_, reason, action, note).await
+}
+
+/// An Event about the cluster and, for a membership step, the pod it
+/// concerns: the Recorder folds repeats per (reason, action, related
+/// object), so each pod's step keeps its own message.
+async fn publish_about(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    pod: Option<String>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let secondary = pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: cluster.namespace(),
+        ..Default::default()
+    });
     let ev = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),
         action: action.to_string(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish an Event");
@@ -470,9 +534,28 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         }
     }
 
-    let membership = ctx.membership.observe(cluster).await;
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let before = sts_api.get_opt(&names.statefulset()).await?;
+    let target = Target {
+        names: names.clone(),
+        tls: admin_tls(&secrets, cluster, &names, &observed).await?,
+    };
+    let group = if ctx.membership.managed() {
+        Some(observe_group(ctx, &ns, &names, &target, before.as_ref()).await?)
+    } else {
+        None
+    };
+    let membership = Lifecycle {
+        view: group
+            .as_ref()
+            .map(|g| {
+                lifecycle::view(&g.facts(cluster, before.as_ref(), None, 0), |o| {
+                    names.pod(o)
+                })
+            })
+            .unwrap_or_default(),
+        ..Lifecycle::default()
+    };
 
     // A spec we cannot apply: leave what runs alone and say why.
     if !problems.is_empty() {
@@ -583,23 +666,24 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         }
     }
 
-    // Scale-down goes through membership first.
-    let current_replicas = before
-        .as_ref()
-        .and_then(|s| s.spec.replicas)
-        .unwrap_or(cluster.spec.replicas);
-    let mut requeue = renew_in.map_or(RESYNC, |r| r.min(RESYNC));
-    if current_replicas > cluster.spec.replicas
-        && !ctx
-            .membership
-            .prepare_scale_down(cluster, current_replicas, cluster.spec.replicas)
-            .await
+    // The template hash (before it is part of the template).
+    let hash = template_hash(&rendered.statefulset);
+    if let Some(a) = rendered
+        .statefulset
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .map(|m| m.annotations.get_or_insert_with(BTreeMap::new))
     {
-        rendered.statefulset.spec.replicas = Some(current_replicas);
-        requeue = Duration::from_secs(10);
+        a.insert(TEMPLATE_HASH.into(), hash.clone());
     }
-
-    if let Some(p) = ctx.membership.rollout_partition(cluster).await {
+    let mut requeue = renew_in.map_or(RESYNC, |r| r.min(RESYNC));
+    let mut life = membership.clone();
+    if let Some(g) = &group {
+        let facts = g.facts(cluster, before.as_ref(), Some(&hash), ctx.lifecycle.max_lag);
+        let plan = lifecycle::plan(&facts, |o| names.pod(o));
+        rendered.statefulset.spec.replicas = Some(plan.replicas);
         if let Some(ru) = rendered
             .statefulset
             .spec
@@ -607,8 +691,11 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
             .as_mut()
             .and_then(|u| u.rolling_update.as_mut())
         {
-            ru.partition = Some(p);
+            ru.partition = Some(plan.partition);
         }
+        let (l, r) = drive(ctx, cluster, &target, &plan).await;
+        life = l;
+        requeue = requeue.min(r);
     }
 
     // Apply, config and Secrets first.
@@ -732,13 +819,381 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         &Rollout::of(Some(&sts), cluster.spec.replicas),
         &[],
         &warnings,
-        &membership,
+        &life,
         cert_not_after,
         k8s_openapi::jiff::Timestamp::now(),
     );
     patch_status(ctx, cluster, &st).await?;
-    info!(cluster = %names.cluster, namespace = %ns, "reconciled");
-    Ok((Action::requeue(requeue), false))
+    info!(cluster = %names.cluster, namespace = %ns, phase = ?st.phase, "reconciled");
+    Ok((Action::requeue(requeue), life.degraded.is_some()))
+}
+
+/// The client certificate for the Admin service when the brokers require
+/// mutual TLS between nodes: the cluster's own peer certificate (it carries
+/// client auth; operator-issued, a user Secret or cert-manager's Secret).
+async fn admin_tls(
+    secrets: &Api<Secret>,
+    cluster: &MqttCluster,
+    names: &Names,
+    observed: &Observed,
+) -> Result<Option<ClientTls>, kube::Error> {
+    let Some(t) = cluster.spec.effective_tls() else {
+        return Ok(None);
+    };
+    if !(t.peer_tls && observed.tls_has_ca) {
+        return Ok(None);
+    }
+    if let Some(m) = &observed.tls {
+        return Ok(Some(ClientTls {
+            ca_crt: m.ca_crt.clone(),
+            cert: m.tls_crt.clone(),
+            key: m.tls_key.clone(),
+        }));
+    }
+    let name = match t.mode {
+        TlsMode::Secret => t.secret_name.clone().unwrap_or_default(),
+        TlsMode::Operator | TlsMode::CertManager => names.tls_secret(),
+    };
+    let Some(s) = secrets.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let get = |k: &str| secret_string(&s, k).and_then(Result::ok);
+    Ok((|| {
+        Some(ClientTls {
+            ca_crt: get("ca.crt")?,
+            cert: get("tls.crt")?,
+            key: get("tls.key")?,
+        })
+    })())
+}
+
+/// Hex SHA-256 (first 16 digits) of a StatefulSet's pod template.
+pub fn template_hash(sts: &StatefulSet) -> String {
+    let text = serde_json::to_string(&sts.spec.template).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct ObservedPod {
+    ready: bool,
+    hash: Option<String>,
+    node: Option<crate::membership::NodeState>,
+}
+
+/// The cluster's pods and what each broker's Status says.
+struct Observation {
+    pods: BTreeMap<i32, ObservedPod>,
+}
+
+impl Observation {
+    fn facts(
+        &self,
+        cluster: &MqttCluster,
+        before: Option<&StatefulSet>,
+        hash: Option<&str>,
+        max_lag: u64,
+    ) -> Facts {
+        let before_hash = before
+            .and_then(|b| b.spec.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(TEMPLATE_HASH))
+            .map(String::as_str);
+        Facts {
+            desired: cluster.spec.replicas,
+            replicas: before.map(|b| b.spec.replicas.unwrap_or(1)),
+            partition: before
+                .and_then(|b| b.spec.update_strategy.as_ref())
+                .and_then(|u| u.rolling_update.as_ref())
+                .and_then(|r| r.partition),
+            template_changed: before.is_some() && hash.is_some() && before_hash != hash,
+            pods: self
+                .pods
+                .iter()
+                .map(|(o, p)| {
+                    (
+                        *o,
+                        PodFacts {
+                            ordinal: *o,
+                            exists: true,
+                            ready: p.ready,
+                            current: hash.is_some() && p.hash.as_deref() == hash,
+                            node: p.node.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            max_lag,
+        }
+    }
+}
+
+async fn observe_group(
+    ctx: &Context,
+    ns: &str,
+    names: &Names,
+    target: &Target,
+    before: Option<&StatefulSet>,
+) -> Result<Observation, kube::Error> {
+    let mut pods = BTreeMap::new();
+    if before.is_some() {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let lp = kube::api::ListParams::default().labels(&render::selector_string(names));
+        let prefix = format!("{}-", names.statefulset());
+        for p in api.list(&lp).await?.items {
+            let name = p.name_any();
+            let Some(o) = name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let hash = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TEMPLATE_HASH).cloned());
+            pods.insert(
+                o,
+                ObservedPod {
+                    ready,
+                    hash,
+                    node: None,
+                },
+            );
+        }
+    }
+    let ordinals: Vec<i32> = pods.keys().copied().collect();
+    let states =
+        futures::future::join_all(ordinals.iter().map(|o| ctx.membership.status(target, *o))).await;
+    for (o, st) in ordinals.into_iter().zip(states) {
+        if let Some(p) = pods.get_mut(&o) {
+            match st {
+                Ok(n) => p.node = Some(n),
+                Err(e) => tracing::debug!(pod = %names.pod(o), error = %e, "no Status"),
+            }
+        }
+    }
+    Ok(Observation { pods })
+}
+
+/// Runs the plan's step (if any) and works out what status says about it:
+/// the operation in progress, Degraded when it fails or is stuck, and when
+/// to look again (exponential backoff after failures).
+async fn drive(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    target: &Target,
+    plan: &lifecycle::Plan,
+) -> (Lifecycle, Duration) {
+    let settings = &ctx.lifecycle;
+    let now = (ctx.now)();
+    let mut life = Lifecycle {
+        view: plan.view.clone(),
+        ..Lifecycle::default()
+    };
+    let Some((reason, message)) = plan.progress.clone() else {
+        return (life, RESYNC);
+    };
+    let rfc3339 = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let same = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.clone())
+        .filter(|o| o.reason == reason && o.message == message);
+    let fresh = same.is_none();
+    let mut op = same.unwrap_or(Operation {
+        reason: reason.to_string(),
+        message: message.clone(),
+        since: rfc3339(now),
+        attempts: 0,
+        last_error: None,
+    });
+    let mut requeue = settings.poll;
+    if let Some(step) = &plan.step {
+        match execute(ctx, target, plan, step).await {
+            Ok((done, note)) => {
+                info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
+                let pod = step.ordinal().map(|o| target.names.pod(o));
+                publish_about(
+                    ctx,
+                    cluster,
+                    pod,
+                    EventType::Normal,
+                    done,
+                    step.name(),
+                    note,
+                )
+                .await;
+                op.attempts = 0;
+                op.last_error = None;
+                // The next step can usually start at once.
+                requeue = Duration::from_millis(500).min(settings.poll);
+            }
+            Err(e) => {
+                op.attempts += 1;
+                op.last_error = Some(e.to_string());
+                let wait = settings.backoff(op.attempts);
+                let msg = format!(
+                    "{message}: {e} (attempt {}, next in {}s)",
+                    op.attempts,
+                    wait.as_secs_f32()
+                );
+                warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
+                publish_about(
+                    ctx,
+                    cluster,
+                    step.ordinal().map(|o| target.names.pod(o)),
+                    EventType::Warning,
+                    e.reason(),
+                    step.name(),
+                    msg.clone(),
+                )
+                .await;
+                life.degraded = Some((e.reason().to_string(), msg));
+                requeue = wait;
+            }
+        }
+    } else {
+        if fresh {
+            publish_about(
+                ctx,
+                cluster,
+                plan.pod.map(|o| target.names.pod(o)),
+                EventType::Normal,
+                reason,
+                "Lifecycle",
+                message.clone(),
+            )
+            .await;
+        }
+        if let Some(w) = &plan.wait {
+            let since =
+                OffsetDateTime::parse(&op.since, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or(now);
+            let waited = (now - since).whole_seconds().max(0) as u64;
+            if waited >= settings.stuck_after.as_secs() {
+                op.attempts += 1;
+                let msg = format!("{} (for {waited}s)", w.message);
+                if op.attempts == 1 {
+                    publish(
+                        ctx,
+                        cluster,
+                        EventType::Warning,
+                        w.stuck_reason,
+                        "Lifecycle",
+                        msg.clone(),
+                    )
+                    .await;
+                }
+                life.degraded = Some((w.stuck_reason.to_string(), msg));
+                requeue = settings.backoff(op.attempts);
+            }
+        }
+    }
+    life.progress = Some((op.reason.clone(), op.message.clone()));
+    life.operation = Some(op);
+    (life, requeue)
+}
+
+async fn execute(
+    ctx: &Context,
+    target: &Target,
+    plan: &lifecycle::Plan,
+    step: &Step,
+) -> Result<(&'static str, String), MembershipError> {
+    let m = &ctx.membership;
+    let leader = plan.leader.unwrap_or(0);
+    let pod = |o: i32| target.names.pod(o);
+    match step {
+        Step::AddLearner { ordinal } => {
+            let addr = m.peer_addr(target, *ordinal);
+            let r = m
+                .add_learner(target, leader, node_id(*ordinal), addr.clone())
+                .await?;
+            Ok((
+                "LearnerAdded",
+                format!(
+                    "{} (node {}, {addr}) joined as a learner and caught up: {r}",
+                    pod(*ordinal),
+                    node_id(*ordinal)
+                ),
+            ))
+        }
+        Step::Promote { ordinals, voters } => {
+            let r = m.change_membership(target, leader, voters.clone()).await?;
+            Ok((
+                "Promoted",
+                format!(
+                    "{} promoted to voter; voters are now {}: {r}",
+                    ordinals
+                        .iter()
+                        .map(|o| pod(*o))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    voters
+                        .iter()
+                        .map(|v| pod(lifecycle::ordinal_of(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        Step::ResetMember { ordinal } => {
+            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            Ok((
+                "MemberReset",
+                format!(
+                    "{} came back with an empty volume: removed from Raft, to be added again as a new member: {r}",
+                    pod(*ordinal)
+                ),
+            ))
+        }
+        Step::Drain { ordinal } => {
+            let (gone, left) = m
+                .drain(target, *ordinal, target.names.client_host())
+                .await?;
+            Ok((
+                "Drained",
+                format!(
+                    "{}: {gone} clients handed over to the other pods ({left} still connected)",
+                    pod(*ordinal)
+                ),
+            ))
+        }
+        Step::TransferLeader { from, to } => {
+            let r = m.transfer_leader(target, *from, *to).await?;
+            Ok((
+                "LeaderTransferred",
+                format!(
+                    "leadership moved from {} to {}: {r}",
+                    pod(*from),
+                    pod(lifecycle::ordinal_of(*to))
+                ),
+            ))
+        }
+        Step::RemoveMember { ordinal } => {
+            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            Ok((
+                "MemberRemoved",
+                format!("{} removed from the Raft group: {r}", pod(*ordinal)),
+            ))
+        }
+    }
 }
 
 /// Bytes in a Kubernetes quantity (`1Gi`, `500M`, `1.5Ti`, `1e9`).

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{Endpoint, MqttCluster, MqttClusterStatus};
+use crate::crd::{Endpoint, MqttCluster, MqttClusterStatus, Operation};
 use crate::membership::MembershipView;
 use crate::render::{selector_string, Names, HTTP_PORT};
 use crate::validate::Problem;
@@ -111,6 +111,17 @@ pub fn endpoints(names: &Names, cluster: &MqttCluster) -> Vec<Endpoint> {
     v
 }
 
+/// What membership management reports for status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub view: MembershipView,
+    /// The step in progress (Progressing=True with this reason).
+    pub progress: Option<(String, String)>,
+    /// A stuck or failing step (Degraded=True with this reason).
+    pub degraded: Option<(String, String)>,
+    pub operation: Option<Operation>,
+}
+
 /// The status after a reconcile. `problems` non-empty means Degraded (the
 /// spec could not be applied as written).
 pub fn build(
@@ -118,39 +129,55 @@ pub fn build(
     rollout: &Rollout,
     problems: &[Problem],
     warnings: &[Problem],
-    membership: &MembershipView,
+    life: &Lifecycle,
     certificate_not_after: Option<String>,
     now: Timestamp,
 ) -> MqttClusterStatus {
+    let membership = &life.view;
     let names = Names::of(cluster);
     let previous = cluster.status.clone().unwrap_or_default();
     let prev = &previous.conditions;
     let generation = cluster.metadata.generation;
 
-    let degraded = match problems.first() {
-        Some(p) => {
-            let mut msg = p.message.clone();
-            for q in &problems[1..] {
-                msg.push_str("; ");
-                msg.push_str(&q.message);
+    let degraded = match (problems.first(), &life.degraded) {
+        (None, Some((reason, msg))) => {
+            condition(DEGRADED, true, reason, msg.clone(), generation, prev, now)
+        }
+        (p, _) => match p {
+            Some(p) => {
+                let mut msg = p.message.clone();
+                for q in &problems[1..] {
+                    msg.push_str("; ");
+                    msg.push_str(&q.message);
+                }
+                condition(DEGRADED, true, p.reason, msg, generation, prev, now)
             }
-            condition(DEGRADED, true, p.reason, msg, generation, prev, now)
-        }
-        None => {
-            let msg = if warnings.is_empty() {
-                "the spec is applied".to_string()
-            } else {
-                warnings
-                    .iter()
-                    .map(|w| format!("warning: {}", w.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
-        }
+            None => {
+                let msg = if warnings.is_empty() {
+                    "the spec is applied".to_string()
+                } else {
+                    warnings
+                        .iter()
+                        .map(|w| format!("warning: {}", w.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
+            }
+        },
     };
 
-    let progressing = if rollout.in_progress {
+    let progressing = if let Some((reason, msg)) = &life.progress {
+        condition(
+            PROGRESSING,
+            true,
+            reason,
+            msg.clone(),
+            generation,
+            prev,
+            now,
+        )
+    } else if rollout.in_progress {
         condition(
             PROGRESSING,
             true,
@@ -175,6 +202,7 @@ pub fn build(
         )
     };
     let all_ready = rollout.ready >= rollout.desired && rollout.desired > 0;
+    let busy = rollout.in_progress || life.progress.is_some();
     let ready = if !problems.is_empty() {
         condition(
             READY,
@@ -188,7 +216,7 @@ pub fn build(
             prev,
             now,
         )
-    } else if all_ready && !rollout.in_progress {
+    } else if all_ready && !busy {
         condition(
             READY,
             true,
@@ -202,7 +230,9 @@ pub fn build(
         condition(
             READY,
             false,
-            if rollout.in_progress {
+            if let Some((reason, _)) = &life.progress {
+                reason.as_str()
+            } else if rollout.in_progress {
                 "RollingOut"
             } else {
                 "PodsNotReady"
@@ -220,6 +250,14 @@ pub fn build(
         ready_replicas: rollout.ready,
         leader: membership.leader.clone(),
         members: membership.members.clone(),
+        learners: membership.learners.clone(),
+        phase: Some(match (&life.degraded, &life.progress) {
+            (Some((r, _)), _) => format!("Degraded: {r}"),
+            (None, Some((r, _))) => r.clone(),
+            (None, None) if busy => "RollingOut".to_string(),
+            (None, None) => "Running".to_string(),
+        }),
+        operation: life.operation.clone(),
         selector: Some(selector_string(&names)),
         conditions: vec![ready, progressing, degraded],
         endpoints: endpoints(&names, cluster),

@@ -312,9 +312,10 @@ pub fn statefulset(
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
                 // One pod at a time (the default; maxUnavailable is left
-                // unset as it needs a feature gate). Membership management
-                // will drive `partition` to hold a rollout while the Raft
-                // group is unhealthy.
+                // unset as it needs a feature gate). The controller drives
+                // `partition` (see lifecycle.rs): it holds every pod on the
+                // old template and lowers it one pod at a time while the
+                // Raft group is healthy.
                 rolling_update: Some(RollingUpdateStatefulSetStrategy {
                     partition: Some(0),
                     ..RollingUpdateStatefulSetStrategy::default()
@@ -330,7 +331,14 @@ pub fn statefulset(
                         }
                         .into(),
                     ),
-                    when_scaled: Some("Retain".into()),
+                    when_scaled: Some(
+                        if spec.storage.delete_claims_on_scale_down {
+                            "Delete"
+                        } else {
+                            "Retain"
+                        }
+                        .into(),
+                    ),
                 },
             ),
             template: PodTemplateSpec {

@@ -1,0 +1,230 @@
+//! The seam for Raft membership: what the controller asks of the brokers'
+//! `Admin` gRPC service. [`admin::AdminMembership`] is the real one (tonic,
+//! mutual TLS when the cluster has certificates); [`Unmanaged`] leaves
+//! membership alone (nothing observed, scale-downs and rollouts go
+//! straight to the StatefulSet). What to do, step by step, is decided by
+//! [`crate::lifecycle`] from what these calls observe.
+
+pub mod admin;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::render::Names;
+
+/// What the operator knows about the Raft group (for status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Pod name of the current leader.
+    pub leader: Option<String>,
+    /// Pod names of the voters.
+    pub members: Vec<String>,
+    /// Pod names of the learners (being caught up).
+    pub learners: Vec<String>,
+}
+
+/// One member as the leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// The leader's replication progress to it (`None`: unknown).
+    pub matched: Option<u64>,
+}
+
+/// One node's own `Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub id: u64,
+    /// openraft's server state: `Leader`, `Follower`, `Learner`, ...
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// False: the volume came back empty (no vote, no log).
+    pub initialized: bool,
+    /// Drain was called (or SIGTERM received).
+    pub draining: bool,
+    /// Every member this node knows of (authoritative on the leader).
+    pub members: Vec<Member>,
+}
+
+impl NodeState {
+    pub fn is_leader(&self) -> bool {
+        self.leader == Some(self.id) && self.state.eq_ignore_ascii_case("leader")
+    }
+}
+
+/// Client certificate material for mutual TLS to the Admin service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_crt: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Who to talk to: the cluster's names and, when its nodes require mutual
+/// TLS, the certificate to present.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub names: Names,
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MembershipError {
+    #[error("cannot reach {pod} at {addr}: {reason}")]
+    Unreachable {
+        pod: String,
+        addr: String,
+        reason: String,
+    },
+    #[error("{call} on {pod} timed out after {after:?}")]
+    Timeout {
+        call: &'static str,
+        pod: String,
+        after: Duration,
+    },
+    #[error("{call} on {pod} failed: {message}")]
+    Rpc {
+        call: &'static str,
+        pod: String,
+        message: String,
+    },
+    #[error("client TLS: {0}")]
+    Tls(String),
+}
+
+impl MembershipError {
+    /// The Degraded reason this error becomes.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MembershipError::Timeout { .. } => "MembershipChangeTimeout",
+            MembershipError::Unreachable { .. } => "BrokerUnreachable",
+            MembershipError::Rpc { .. } => "MembershipChangeFailed",
+            MembershipError::Tls(_) => "AdminTlsInvalid",
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type Result<T> = std::result::Result<T, MembershipError>;
+
+/// The Admin calls the controller makes. Pods are named by ordinal; node
+/// id = ordinal + 1. Calls that change membership are sent to the leader's
+/// pod (`leader`).
+pub trait Membership: Send + Sync {
+    /// Whether membership is managed at all (false: [`Unmanaged`]).
+    fn managed(&self) -> bool {
+        true
+    }
+
+    /// The address peers reach pod `ordinal` at (what AddLearner records).
+    fn peer_addr(&self, target: &Target, ordinal: i32) -> String;
+
+    /// Pod `ordinal`'s own Status.
+    fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>>;
+
+    /// Adds node `id` as a learner and waits until it has caught up.
+    fn add_learner<'a>(
+        &'a self,
+        target: &'a Target,
+        leader: i32,
+        id: u64,
+        addr: String,
+    ) -> BoxFuture<'a, Result<String>>;
+
+    /// Makes exactly `voters` the voters.
+    fn change_membership<'a>(
+        &'a self,
+        target: &'a Target,
+        leader: i32,
+        voters: Vec<u64>,
+    ) -> BoxFuture<'a, Result<String>>;
+
+    fn remove_node<'a>(
+        &'a self,
+        target: &'a Target,
+        leader: i32,
+        id: u64,
+    ) -> BoxFuture<'a, Result<String>>;
+
+    fn transfer_leader<'a>(
+        &'a self,
+        target: &'a Target,
+        leader: i32,
+        to: u64,
+    ) -> BoxFuture<'a, Result<String>>;
+
+    /// Hands pod `ordinal`'s clients over; returns (disconnected, remaining).
+    fn drain<'a>(
+        &'a self,
+        target: &'a Target,
+        ordinal: i32,
+        server_reference: String,
+    ) -> BoxFuture<'a, Result<(u64, u64)>>;
+}
+
+/// No membership management: nothing observed, scale-downs and rollouts
+/// proceed as the StatefulSet controller does them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unmanaged;
+
+fn unmanaged<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
+    Box::pin(async {
+        Err(MembershipError::Rpc {
+            call: "any",
+            pod: String::new(),
+            message: "membership is not managed".into(),
+        })
+    })
+}
+
+impl Membership for Unmanaged {
+    fn managed(&self) -> bool {
+        false
+    }
+    fn peer_addr(&self, target: &Target, ordinal: i32) -> String {
+        format!(
+            "{}:{}",
+            target.names.pod_host(ordinal),
+            crate::render::CLUSTER_PORT
+        )
+    }
+    fn status<'a>(&'a self, _: &'a Target, _: i32) -> BoxFuture<'a, Result<NodeState>> {
+        unmanaged()
+    }
+    fn add_learner<'a>(
+        &'a self,
+        _: &'a Target,
+        _: i32,
+        _: u64,
+        _: String,
+    ) -> BoxFuture<'a, Result<String>> {
+        unmanaged()
+    }
+    fn change_membership<'a>(
+        &'a self,
+        _: &'a Target,
+        _: i32,
+        _: Vec<u64>,
+    ) -> BoxFuture<'a, Result<String>> {
+        unmanaged()
+    }
+    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, _: u64) -> BoxFuture<'a, Result<String>> {
+        unmanaged()
+    }
+    fn transfer_leader<'a>(
+        &'a self,
+        _: &'a Target,
+        _: i32,
+        _: u64,
+    ) -> BoxFuture<'a, Result<String>> {
+        unmanaged()
+    }
+    fn drain<'a>(&'a self, _: &'a Target, _: i32, _: String) -> BoxFuture<'a, Result<(u64, u64)>> {
+        unmanaged()
+    }
+}
