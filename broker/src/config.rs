@@ -328,6 +328,12 @@ pub struct ClusterConfig {
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
     pub cafile: Option<PathBuf>,
+    /// Other nodes' gRPC addresses that node 1 asks before it makes a new
+    /// cluster of an empty store: if one of them already belongs to a
+    /// cluster, node 1 lost its volume and waits to be re-added instead.
+    /// Empty = derived from `advertise` for a StatefulSet pod
+    /// (`<set>-0.<rest>` asks `<set>-1.<rest>` .. `<set>-6.<rest>`).
+    pub peers: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -344,6 +350,7 @@ impl Default for ClusterConfig {
             certfile: None,
             keyfile: None,
             cafile: None,
+            peers: Vec::new(),
         }
     }
 }

@@ -600,3 +600,57 @@ fn status_tells_a_fresh_store_from_a_member() {
         "node 3 holds the same state again"
     );
 }
+
+/// Node 1 makes a new cluster of an empty store only when none of its
+/// peers belongs to one: back with a wiped volume, it waits like any fresh
+/// node until it is removed and re-added, instead of leading a cluster of
+/// its own or rejoining under its old identity.
+#[test]
+fn node_1_back_with_an_empty_volume_waits_to_be_re_added() {
+    let mut nodes = cluster::start(3, "");
+    let n1 = grpc_addr(&nodes[0], 1);
+    let peers: Vec<String> = (2..=3u64)
+        .map(|id| format!("\"{}\"", grpc_addr(&nodes[id as usize - 1], id)))
+        .collect();
+    nodes[0].kill9();
+    std::fs::remove_dir_all(nodes[0].path("data")).expect("wipe node 1's data");
+    let config = std::fs::read_to_string(nodes[0].config_path()).expect("node 1's config");
+    let config = config.replacen(
+        "[cluster]\n",
+        &format!("[cluster]\npeers = [{}]\n", peers.join(", ")),
+        1,
+    );
+    std::fs::write(nodes[0].config_path(), config).expect("node 1's config");
+    let leader = wait_leader(&grpc_addr(&nodes[1], 2), Some(1), Duration::from_secs(20))
+        .expect("a new leader among nodes 2 and 3");
+    let at = grpc_addr(&nodes[leader as usize - 1], leader);
+
+    nodes[0].restart();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status_text(&n1);
+    assert!(
+        s.contains("store: empty"),
+        "node 1 made a cluster of its own: {s}"
+    );
+    assert!(
+        nodes[0].logs().contains("already belongs to a cluster"),
+        "{}",
+        nodes[0].logs()
+    );
+    assert_eq!(
+        cluster::status(&at).and_then(|(_, _, l)| l),
+        Some(leader),
+        "the cluster kept its leader"
+    );
+
+    let (code, out) = cli(&at, &["remove", "--id", "1"]);
+    assert_eq!(code, Some(0), "remove node 1: {out}");
+    let (code, out) = cli(&at, &["add", "--id", "1", "--addr", &n1]);
+    assert_eq!(code, Some(0), "re-add node 1: {out}");
+    assert!(status_text(&n1).contains("store: initialized"));
+    assert!(
+        status_text(&at).contains(&format!("node 1 {n1} voter")),
+        "{}",
+        status_text(&at)
+    );
+}

@@ -70,6 +70,45 @@ fn advertise(config: &Config) -> String {
     format!("{host}:{}", config.cluster.bind.port())
 }
 
+/// The peers node 1 asks before it bootstraps: configured, or, for a
+/// StatefulSet pod (`<set>-0.<rest>:port`), its next six siblings.
+fn bootstrap_peers(c: &crate::config::ClusterConfig, me: &str) -> Vec<String> {
+    if !c.peers.is_empty() {
+        return c.peers.iter().filter(|p| *p != me).cloned().collect();
+    }
+    // `<pod>[.<domain>]:<port>`: the pod is the first label of the host.
+    let cut = me.find(['.', ':']).unwrap_or(me.len());
+    let (pod, rest) = me.split_at(cut);
+    let Some(set) = pod.strip_suffix("-0") else {
+        return Vec::new();
+    };
+    (1..=6).map(|k| format!("{set}-{k}{rest}")).collect()
+}
+
+/// The first of `peers` whose store belongs to a cluster, asked in
+/// parallel, two seconds at most. Unreachable peers (not created yet, or
+/// down) count as knowing none.
+async fn existing_cluster(net: &network::Network, peers: &[String]) -> Option<String> {
+    let asks = peers.iter().map(|peer| async move {
+        let channel = net.channel(peer).ok()?;
+        let mut client = raftmq_proto::v1::admin_client::AdminClient::new(channel);
+        let status = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.status(raftmq_proto::v1::StatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+        (status.initialized && status.state != "removed").then(|| peer.clone())
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .next()
+}
+
 impl Cluster {
     /// Opens the node's log and snapshot under the data dir, replays what
     /// was committed, serves gRPC, and bootstraps a new cluster on node 1.
@@ -98,18 +137,36 @@ impl Cluster {
             state_machine::StateMachine::open(node_id, &dir.join("snapshot"), tx, stats.clone())
                 .context("raft snapshot")?;
         let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
-        // Node 1 makes a new cluster of an empty store (below); any other
-        // fresh node waits until a leader adds it (see Standing).
-        let standing = Arc::new(standing::Standing::open(&dir, fresh && node_id != 1));
-        if fresh && node_id != 1 {
+        let peer_tls = tls::PeerTls::from_config(c)?;
+        let net = network::Network::new(peer_tls.clone());
+        // Node 1 makes a new cluster of an empty store (below), unless a
+        // peer already belongs to one: then node 1's volume was lost, and
+        // it must wait to be removed and re-added like any fresh node,
+        // never take part under its old identity (it may have voted and
+        // acknowledged entries it no longer holds).
+        let bootstrap = fresh && node_id == 1 && {
+            let peers = bootstrap_peers(c, &advertise(config));
+            match existing_cluster(&net, &peers).await {
+                Some(peer) => {
+                    tracing::warn!(
+                        %peer,
+                        "empty raft store on node 1, but {peer} already belongs to a cluster: \
+                         waiting to be re-added instead of making a new one"
+                    );
+                    false
+                }
+                None => true,
+            }
+        };
+        // Any other fresh node waits until a leader adds it (see Standing).
+        let standing = Arc::new(standing::Standing::open(&dir, fresh && !bootstrap));
+        if fresh && !bootstrap {
             tracing::info!(
                 node_id,
                 "empty raft store: waiting to be added to a cluster"
             );
         }
         let log_for_admin = log.clone();
-        let peer_tls = tls::PeerTls::from_config(c)?;
-        let net = network::Network::new(peer_tls.clone());
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
@@ -182,7 +239,7 @@ impl Cluster {
             "cluster gRPC listening"
         );
 
-        if node_id == 1 && !raft.is_initialized().await? {
+        if bootstrap && !raft.is_initialized().await? {
             let addr = advertise(config);
             tracing::info!(%addr, "empty store on node 1: initialising a new cluster");
             raft.initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
@@ -327,5 +384,33 @@ impl Cluster {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bootstrap_peers;
+    use crate::config::ClusterConfig;
+
+    #[test]
+    fn a_statefulset_pod_0_asks_its_siblings() {
+        let c = ClusterConfig::default();
+        let peers = bootstrap_peers(&c, "mq-0.mq-headless.ns.svc:7100");
+        assert_eq!(peers.len(), 6);
+        assert_eq!(peers[0], "mq-1.mq-headless.ns.svc:7100");
+        assert_eq!(peers[5], "mq-6.mq-headless.ns.svc:7100");
+        assert_eq!(bootstrap_peers(&c, "mq-0:7100")[1], "mq-2:7100");
+    }
+
+    #[test]
+    fn configured_peers_win_and_other_names_ask_nobody() {
+        let mut c = ClusterConfig::default();
+        assert!(bootstrap_peers(&c, "127.0.0.1:7101").is_empty());
+        assert!(bootstrap_peers(&c, "mq-10.x:7100").is_empty());
+        c.peers = vec!["127.0.0.1:7101".into(), "127.0.0.2:7102".into()];
+        assert_eq!(
+            bootstrap_peers(&c, "127.0.0.1:7101"),
+            vec!["127.0.0.2:7102"]
+        );
     }
 }
