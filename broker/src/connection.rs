@@ -92,9 +92,15 @@ impl PendingAck {
     }
 }
 
+/// A connection's pending answers. Boxed on purpose: the box is 8 bytes in
+/// every connection's task, a bare `VecDeque` 32, and most connections
+/// never have a pending answer.
+#[allow(clippy::box_collection)]
+type AckQueue = Option<Box<VecDeque<PendingAck>>>;
+
 /// Resolves once the oldest pending answer can be written; never while
 /// there is none.
-async fn first_ack_ready(acks: &mut Option<Box<VecDeque<PendingAck>>>) {
+async fn first_ack_ready(acks: &mut AckQueue) {
     match acks.as_mut().and_then(|q| q.front_mut()) {
         Some(PendingAck::Commit { commit, .. }) => {
             if let Ticket::Pending(f) = commit {
@@ -336,7 +342,7 @@ struct Connection {
     spare: Vec<Outgoing>,
     /// Answers to publishes, oldest first (see [`PendingAck`]); boxed and
     /// made on first use: most connections never have one.
-    acks: Option<Box<VecDeque<PendingAck>>>,
+    acks: AckQueue,
     /// How many `acks` may hold before input waits (u16: it sits in the
     /// padding beside the other small fields).
     ack_window: u16,
