@@ -52,7 +52,7 @@ const SUBSCRIBE_COMMIT_WAIT: Duration = Duration::from_secs(3);
 /// are in flight (at most the server's Receive Maximum, if lower): one
 /// commit round trip per message was all a publisher to persistent sessions
 /// got before. Once full, input waits for the oldest commit.
-const ACK_WINDOW: usize = 256;
+const ACK_WINDOW: u16 = 256;
 
 /// A publish whose answer is not written yet. Answers go out in the order
 /// the publishes came (MQTT 4.6): one that is known at once waits behind
@@ -94,9 +94,15 @@ impl PendingAck {
     }
 }
 
+/// A connection's pending answers. Boxed on purpose: the box is 8 bytes in
+/// every connection's task, a bare `VecDeque` 32, and most connections
+/// never have a pending answer.
+#[allow(clippy::box_collection)]
+type AckQueue = Option<Box<VecDeque<PendingAck>>>;
+
 /// Resolves once the oldest pending answer can be written; never while
 /// there is none.
-async fn first_ack_ready(acks: &mut Option<Box<VecDeque<PendingAck>>>) {
+async fn first_ack_ready(acks: &mut AckQueue) {
     match acks.as_mut().and_then(|q| q.front_mut()) {
         Some(PendingAck::Commit { commit, .. }) => {
             if let Ticket::Pending(f) = commit {
@@ -339,9 +345,10 @@ struct Connection {
     spare: Vec<Outgoing>,
     /// Answers to publishes, oldest first (see [`PendingAck`]); boxed and
     /// made on first use: most connections never have one.
-    acks: Option<Box<VecDeque<PendingAck>>>,
-    /// How many `acks` may hold before input waits.
-    ack_window: usize,
+    acks: AckQueue,
+    /// How many `acks` may hold before input waits (u16: it sits in the
+    /// padding beside the other small fields).
+    ack_window: u16,
 }
 
 impl Connection {
@@ -551,7 +558,7 @@ impl Connection {
             broker.stats.messages_sent.inc();
         }
         tracing::debug!(%client_id, protocol = ?c.protocol, clean = c.clean_start, "connected");
-        let ack_window = usize::from(cfg.receive_maximum).min(ACK_WINDOW);
+        let ack_window = cfg.receive_maximum.min(ACK_WINDOW);
 
         Some(Connection {
             broker,
@@ -735,9 +742,18 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.on_publish(p, wbuf).await,
             Packet::PubAck(r) => {
-                let (acked, expired) = self.cell.session.lock().on_puback(r.packet_id, now);
-                self.persist_acks(acked.into_iter().chain(expired));
-                self.release_publishers();
+                // One lock per ack (acks are the hot path of QoS 1 fan-out).
+                let (acked, expired, persistent, wake) = {
+                    let mut s = self.cell.session.lock();
+                    let (acked, expired) = s.on_puback(r.packet_id, now);
+                    (acked, expired, s.is_persistent(), s.publishers_to_wake())
+                };
+                if persistent {
+                    self.submit_acks(acked.into_iter().chain(expired));
+                }
+                if wake {
+                    self.cell.drained.notify_waiters();
+                }
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -843,9 +859,13 @@ impl Connection {
     }
 
     fn persist_acks(&self, seqs: impl Iterator<Item = u64>) {
-        if !self.cell.session.lock().is_persistent() {
-            return;
+        if self.cell.session.lock().is_persistent() {
+            self.submit_acks(seqs);
         }
+    }
+
+    /// Records acknowledgements of a persistent session's copies.
+    fn submit_acks(&self, seqs: impl Iterator<Item = u64>) {
         let commands: Vec<Command> = seqs
             .map(|seq| Command::Ack {
                 client_id: self.client_id.clone(),
@@ -1001,7 +1021,7 @@ impl Connection {
     fn acks_full(&self) -> bool {
         self.acks
             .as_ref()
-            .is_some_and(|q| q.len() >= self.ack_window)
+            .is_some_and(|q| q.len() >= usize::from(self.ack_window))
     }
 
     /// Whether a QoS 2 publish with `packet_id` still waits for its commit.

@@ -312,7 +312,7 @@ fn pipelined_publishes_to_a_persistent_session_are_acknowledged_in_order() {
     // its input until the oldest is in, and answers in publish order.
     let n = 600u16;
     let qos_of = |id: u16| {
-        if id % 5 == 0 {
+        if id.is_multiple_of(5) {
             QoS::ExactlyOnce
         } else {
             QoS::AtLeastOnce
