@@ -86,16 +86,25 @@ async fn run_reconciles_and_shuts_down_cleanly() {
         .expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], "operator-0");
 
+    // The StatefulSet is applied mid-reconcile; the reconcile is counted
+    // when it ends (after the membership step, which finds no pods).
     let m = metrics.clone();
-    let (health, body) =
-        tokio::task::spawn_blocking(move || (http_get(&m, "/healthz"), http_get(&m, "/metrics")))
-            .await
-            .expect("http");
+    let (health, body) = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = http_get(&m, "/metrics").unwrap_or_default();
+            if body.contains("raftmq_operator_reconciles_total") || Instant::now() > deadline {
+                return (http_get(&m, "/healthz"), body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("http");
     assert!(
         health.as_deref().unwrap_or_default().contains("200 OK"),
         "{health:?}"
     );
-    let body = body.unwrap_or_default();
     assert!(body.contains("raftmq_operator_reconciles_total"), "{body}");
     assert!(body.contains("raftmq_operator_leader 1"), "{body}");
 

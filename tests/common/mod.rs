@@ -168,7 +168,23 @@ impl Broker {
         Self::try_start(config).expect("broker starts")
     }
 
+    /// Ports are picked free but released before the broker binds them,
+    /// so a test running beside this one may take one in between: the
+    /// broker then fails to bind, and is started again on new ports.
     pub fn try_start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start_once(&config) {
+                Err(e) if attempt < 5 && e.to_string().contains("Address already in use") => {
+                    continue
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_start_once(config: &BrokerConfig) -> anyhow::Result<Broker> {
         let dir = tempfile::tempdir()?;
         let ports = Ports {
             tcp: free_port(),
@@ -201,8 +217,8 @@ impl Broker {
             dir,
             ports,
             config_path,
-            env: config.env,
-            args: config.args,
+            env: config.env.clone(),
+            args: config.args.clone(),
         };
         broker.spawn()?;
         Ok(broker)
@@ -228,8 +244,9 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        let logged = self.logs().len();
         self.child = Some(cmd.spawn()?);
-        self.wait_listening(Duration::from_secs(20))
+        self.wait_listening(logged, Duration::from_secs(20))
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -249,15 +266,25 @@ impl Broker {
         format!("http://127.0.0.1:{}{path}", self.ports.http)
     }
 
-    fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until this broker (not another one that took its port) has
+    /// bound every listener: its own log, past `logged` bytes, says it
+    /// runs, and its TCP port accepts.
+    fn wait_listening(&mut self, logged: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        // A test that narrows the brokers' log filter may hide the line.
+        let quiet = std::env::var_os("E2E_BROKER_LOG").is_some();
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     anyhow::bail!("broker exited with {status}:\n{}", self.logs());
                 }
             }
-            if TcpStream::connect(self.tcp_addr()).is_ok() {
+            let running = quiet
+                || self
+                    .logs()
+                    .get(logged..)
+                    .is_some_and(|l| l.contains("raftmq running"));
+            if running && TcpStream::connect(self.tcp_addr()).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
