@@ -8,6 +8,7 @@ pub mod access;
 pub mod certs;
 pub mod cluster;
 pub mod containers;
+pub mod load;
 pub mod process;
 pub mod raw;
 

@@ -2,7 +2,7 @@
 //! nodes, sessions follow their clients, and no acknowledged message is
 //! lost when nodes die. Real raftmq processes on 127.0.0.x, real kill -9.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use raftmq::codec::{Packet, Properties, Protocol, PubResp, QoS};
 use raftmq_e2e::cluster::{self, grpc_addr, status, wait_leader};
+use raftmq_e2e::load::publish_acked;
 use raftmq_e2e::raw::{self, RawClient, Read1};
 use raftmq_e2e::{eventually, Broker};
 
@@ -424,97 +425,6 @@ fn the_will_of_a_client_whose_node_dies_is_published_once() {
     nodes[2].restart();
     sub.pump(Duration::from_secs(5), 2);
     assert_eq!(sub.got.len(), 1, "{:?}", sub.payloads());
-}
-
-/// Publishes the ids `next` yields at QoS 1 with up to `window` in flight,
-/// moving to the next address when a node goes away (counted in
-/// `reconnects`); returns the ids acknowledged with success. Ids not
-/// acknowledged when a connection breaks are sent again on the next one.
-fn publish_acked(
-    addrs: &[SocketAddr],
-    client_id: &str,
-    mut next: impl FnMut() -> Option<u32>,
-    window: usize,
-    acked_count: &AtomicUsize,
-    reconnects: &AtomicUsize,
-) -> BTreeSet<u32> {
-    let mut acked = BTreeSet::new();
-    let mut retry: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
-    let mut exhausted = false;
-    let mut at = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    'connect: while Instant::now() < deadline {
-        if at > 0 {
-            reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-        let addr = addrs[at % addrs.len()];
-        at += 1;
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            continue;
-        }
-        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
-        c.send(&Packet::Connect(Box::new(raw::connect(
-            Protocol::V5,
-            client_id,
-            true,
-        ))));
-        match c.recv(Duration::from_secs(8)) {
-            Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
-            _ => continue,
-        }
-        let mut inflight: BTreeMap<u16, u32> = BTreeMap::new();
-        let mut next_pid = 1u16;
-        loop {
-            while inflight.len() < window {
-                let id = match retry.pop_front() {
-                    Some(id) => id,
-                    None if exhausted => break,
-                    None => match next() {
-                        Some(id) => id,
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
-                };
-                let pid = next_pid;
-                next_pid = if next_pid == u16::MAX {
-                    1
-                } else {
-                    next_pid + 1
-                };
-                c.publish("d/load", &id.to_be_bytes(), QoS::AtLeastOnce, false, pid);
-                inflight.insert(pid, id);
-            }
-            if inflight.is_empty() {
-                break 'connect;
-            }
-            match c.recv(Duration::from_secs(8)) {
-                Read1::Packet(Packet::PubAck(a)) => {
-                    if let Some(id) = inflight.remove(&a.packet_id) {
-                        if a.code < 0x80 {
-                            acked.insert(id);
-                            acked_count.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            retry.push_back(id);
-                        }
-                    }
-                }
-                Read1::Packet(_) => {}
-                Read1::Closed | Read1::Timeout => {
-                    // Not acknowledged: the publisher may resend them.
-                    retry.extend(inflight.values().copied());
-                    continue 'connect;
-                }
-            }
-        }
-    }
-    assert!(
-        retry.is_empty() && exhausted,
-        "{} publishes never acknowledged",
-        retry.len()
-    );
-    acked
 }
 
 /// A persistent subscriber that follows the cluster: reconnects (clean

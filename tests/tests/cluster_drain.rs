@@ -3,7 +3,7 @@
 //! operator uses to tell a pod that came back with an empty volume. Real
 //! raftmq processes on 127.0.0.x, real signals, raw MQTT clients.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use raftmq::codec::{Connect, Packet, Protocol, PubResp, QoS};
 use raftmq_e2e::cluster::{self, cli, grpc_addr, node_config, wait_leader, ELECTION_TIMEOUT_MS};
+use raftmq_e2e::load::publish_acked;
 use raftmq_e2e::raw::{self, RawClient, Read1};
 use raftmq_e2e::{eventually, Broker};
 
@@ -150,74 +151,23 @@ fn publish(
     stop: Arc<AtomicBool>,
     acked_count: Arc<AtomicUsize>,
 ) -> BTreeSet<u32> {
-    let mut acked = BTreeSet::new();
-    let mut retry: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
     let mut n = 0u32;
-    let mut at = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    'connect: while Instant::now() < deadline {
-        let addr = addrs[at % addrs.len()];
-        at += 1;
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            continue;
+    let next = || {
+        if stop.load(Ordering::Relaxed) {
+            return None;
         }
-        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
-        c.send(&Packet::Connect(Box::new(raw::connect(
-            Protocol::V5,
-            "drain-publisher",
-            true,
-        ))));
-        match c.recv(Duration::from_secs(8)) {
-            Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
-            _ => continue,
-        }
-        let mut inflight: BTreeMap<u16, u32> = BTreeMap::new();
-        let mut next_pid = 1u16;
-        loop {
-            while inflight.len() < 8 {
-                let id = match retry.pop_front() {
-                    Some(id) => id,
-                    None if stop.load(Ordering::Relaxed) => break,
-                    None => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        n += 1;
-                        n
-                    }
-                };
-                let pid = next_pid;
-                next_pid = next_pid.checked_add(1).unwrap_or(1);
-                c.publish("d/load", &id.to_be_bytes(), QoS::AtLeastOnce, false, pid);
-                inflight.insert(pid, id);
-            }
-            if inflight.is_empty() {
-                c.disconnect();
-                break 'connect;
-            }
-            match c.recv(Duration::from_secs(8)) {
-                Read1::Packet(Packet::PubAck(a)) => {
-                    if let Some(id) = inflight.remove(&a.packet_id) {
-                        if a.code < 0x80 {
-                            acked.insert(id);
-                            acked_count.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            retry.push_back(id);
-                        }
-                    }
-                }
-                Read1::Packet(_) => {}
-                Read1::Closed | Read1::Timeout => {
-                    retry.extend(inflight.values().copied());
-                    continue 'connect;
-                }
-            }
-        }
-    }
-    assert!(
-        retry.is_empty(),
-        "{} publishes never acknowledged",
-        retry.len()
-    );
-    acked
+        std::thread::sleep(Duration::from_millis(5));
+        n += 1;
+        Some(n)
+    };
+    publish_acked(
+        &addrs,
+        "drain-publisher",
+        next,
+        8,
+        &acked_count,
+        &AtomicUsize::new(0),
+    )
 }
 
 /// Acknowledged ids a subscriber never received.
