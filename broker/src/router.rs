@@ -16,7 +16,7 @@ use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
-use crate::topic_tree::{Hit, Hits, ParsedFilter, Subscriber};
+use crate::topic_tree::{Hit, Hits, ParsedFilter, SharedGroup, Subscriber};
 
 /// Sends a publish to another node, which delivers it to its own
 /// subscribers. Never blocks: a peer that cannot keep up loses copies (and
@@ -78,6 +78,31 @@ struct Target<'a> {
     share: Option<ShareRef>,
 }
 
+impl<'a> Target<'a> {
+    /// A copy for subscriber `s` of a message published at `qos`.
+    fn new(
+        s: &'a Subscriber<ByteStr, Arc<SessionCell>>,
+        qos: QoS,
+        share: Option<ShareRef>,
+    ) -> Target<'a> {
+        Target {
+            cell: &s.value,
+            qos: s.options.qos.min(qos),
+            retain_as_published: s.options.retain_as_published,
+            ids: s.identifier.into_iter().collect(),
+            share,
+        }
+    }
+}
+
+/// The shared group a copy was chosen from.
+fn share_of(group: &SharedGroup<ByteStr, Arc<SessionCell>>) -> ShareRef {
+    ShareRef {
+        group: group.name.clone(),
+        filter: group.filter.clone(),
+    }
+}
+
 /// What a publish did.
 pub struct Routed {
     /// Sessions that were handed (or queued) a copy.
@@ -112,13 +137,7 @@ impl Broker {
                     if s.options.no_local && s.key == message.origin {
                         continue;
                     }
-                    targets.push(Target {
-                        cell: &s.value,
-                        qos: s.options.qos.min(message.qos),
-                        retain_as_published: s.options.retain_as_published,
-                        ids: s.identifier.into_iter().collect(),
-                        share: None,
-                    });
+                    targets.push(Target::new(s, message.qos, None));
                 }
             }
             Hits::Shared(group) => {
@@ -126,16 +145,7 @@ impl Broker {
                     return;
                 }
                 if let Some(s) = pick_member(group.rotation(), None) {
-                    shared.push(Target {
-                        cell: &s.value,
-                        qos: s.options.qos.min(message.qos),
-                        retain_as_published: s.options.retain_as_published,
-                        ids: s.identifier.into_iter().collect(),
-                        share: Some(ShareRef {
-                            group: group.name.clone(),
-                            filter: group.filter.clone(),
-                        }),
-                    });
+                    shared.push(Target::new(s, message.qos, Some(share_of(group))));
                 }
             }
         });
@@ -260,13 +270,7 @@ impl Broker {
                 if s.options.no_local && s.key == message.origin {
                     return;
                 }
-                targets.push(Target {
-                    cell: &s.value,
-                    qos: s.options.qos.min(message.qos),
-                    retain_as_published: s.options.retain_as_published,
-                    ids: s.identifier.into_iter().collect(),
-                    share: None,
-                });
+                targets.push(Target::new(s, message.qos, None));
             }
             Hit::Shared(group) => {
                 let chosen = shared
@@ -276,16 +280,7 @@ impl Broker {
                     return;
                 }
                 if let Some(s) = pick_member(group.rotation(), None) {
-                    targets.push(Target {
-                        cell: &s.value,
-                        qos: s.options.qos.min(message.qos),
-                        retain_as_published: s.options.retain_as_published,
-                        ids: s.identifier.into_iter().collect(),
-                        share: Some(ShareRef {
-                            group: group.name.clone(),
-                            filter: group.filter.clone(),
-                        }),
-                    });
+                    targets.push(Target::new(s, message.qos, Some(share_of(group))));
                 }
             }
         });
