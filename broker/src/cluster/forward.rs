@@ -58,6 +58,14 @@ impl PeerQueue {
     fn congested(&self) -> bool {
         self.tx.max_capacity() - self.tx.capacity() >= PEER_QUEUE / 2
     }
+
+    /// Called as copies leave the queue: wakes waiting publishers once it
+    /// is below the mark.
+    fn wake_if_drained(&self) {
+        if !self.congested() {
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 impl Drain for PeerQueue {
@@ -185,9 +193,7 @@ async fn peer_stream(
                             None => return,
                         },
                     }
-                    if rx.len() < PEER_QUEUE / 2 {
-                        queue.drained.notify_waiters();
-                    }
+                    queue.wake_if_drained();
                 }
                 f.dropped(node, lost);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -212,9 +218,7 @@ async fn peer_stream(
                     Err(_) => break,
                 }
             }
-            if rx.len() < PEER_QUEUE / 2 {
-                queue.drained.notify_waiters();
-            }
+            queue.wake_if_drained();
             let n = items.len();
             let batch = pb::ForwardBatch {
                 origin: f.me,
