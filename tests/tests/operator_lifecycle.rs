@@ -810,6 +810,21 @@ async fn publisher(load: Arc<Load>, proxy: SocketAddr, i: usize) {
 
 // ---- the operator --------------------------------------------------------
 
+/// The uids of the pods that exist now: a pod replaced keeps its name, not
+/// its uid.
+fn pod_uids(lab: &Lab) -> Vec<String> {
+    lab.api
+        .list("v1", "pods", NS)
+        .iter()
+        .map(|p| {
+            p["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
 struct Lab {
     api: ApiDouble,
     cluster: Cluster,
@@ -1102,17 +1117,7 @@ async fn scale_3_5_3_and_roll_under_load_loses_nothing() {
     }
 
     let c0 = set_step(&run, "roll");
-    let before: Vec<String> = lab
-        .api
-        .list("v1", "pods", NS)
-        .iter()
-        .map(|p| {
-            p["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
+    let before = pod_uids(&lab);
     lab.patch_spec(json!({"image": "ghcr.io/raftmq/raftmq:0.1.1"}));
     // The new template first has to reach the StatefulSet.
     let t0 = Instant::now();
@@ -1125,17 +1130,7 @@ async fn scale_3_5_3_and_roll_under_load_loses_nothing() {
         .unwrap_or_else(|e| panic!("roll: {e}"));
     let c1 = run.load.connacks.load(Ordering::Relaxed);
     step("roll 3 pods", took, c0, c1);
-    let after: Vec<String> = lab
-        .api
-        .list("v1", "pods", NS)
-        .iter()
-        .map(|p| {
-            p["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
+    let after = pod_uids(&lab);
     assert!(
         before.iter().all(|u| !after.contains(u)),
         "every pod was replaced by the roll"
