@@ -93,6 +93,20 @@ impl<'a> Target<'a> {
             share,
         }
     }
+
+    /// The copy of `message` this target gets, and its session.
+    fn delivery(self, message: &SharedMessage) -> (&'a Arc<SessionCell>, Delivery) {
+        let d = Delivery {
+            retain: self.retain_as_published && message.retain,
+            message: message.clone(),
+            qos: self.qos,
+            subscription_ids: self.ids,
+            share: self.share,
+            seq: 0,
+            redelivery: false,
+        };
+        (self.cell, d)
+    }
 }
 
 /// The shared group a copy was chosen from.
@@ -158,17 +172,9 @@ impl Broker {
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
         for t in targets.into_iter().chain(shared) {
-            let d = Delivery {
-                retain: t.retain_as_published && message.retain,
-                message: message.clone(),
-                qos: t.qos,
-                subscription_ids: t.ids,
-                share: t.share,
-                seq: 0,
-                redelivery: false,
-            };
-            if self.deliver_to(t.cell, d, acl, false, &mut commands) {
-                congested.push(t.cell.clone() as Pressure);
+            let (cell, d) = t.delivery(&message);
+            if self.deliver_to(cell, d, acl, false, &mut commands) {
+                congested.push(cell.clone() as Pressure);
             }
         }
         drop(tree);
@@ -293,17 +299,9 @@ impl Broker {
         let mut congested = SmallVec::new();
         for t in targets {
             let durable_elsewhere = t.share.is_none();
-            let d = Delivery {
-                retain: t.retain_as_published && message.retain,
-                message: message.clone(),
-                qos: t.qos,
-                subscription_ids: t.ids,
-                share: t.share,
-                seq: 0,
-                redelivery: false,
-            };
-            if self.deliver_to(t.cell, d, acl, durable_elsewhere, &mut commands) {
-                congested.push(t.cell.clone());
+            let (cell, d) = t.delivery(&message);
+            if self.deliver_to(cell, d, acl, durable_elsewhere, &mut commands) {
+                congested.push(cell.clone());
             }
         }
         drop(tree);
