@@ -718,12 +718,27 @@ async fn storage_changes_grow_volumes_in_place() {
     let h = Harness::new();
     h.apply_example("tls-users-acl.yaml");
     h.reconcile("secure").await;
+    // Bound claims of a class that allows expansion.
+    h.api.create(
+        "storage.k8s.io/v1",
+        "storageclasses",
+        "",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "expandable"}, "provisioner": "csi.example", "allowVolumeExpansion": true}),
+    );
     for i in 0..3 {
-        h.api.create("v1", "persistentvolumeclaims", NS, json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": format!("data-secure-{i}")},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
-        }));
+        h.api.create(
+            "v1",
+            "persistentvolumeclaims",
+            NS,
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": format!("data-secure-{i}")},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "expandable",
+                         "resources": {"requests": {"storage": "5Gi"}}},
+                "status": {"phase": "Bound", "capacity": {"storage": "5Gi"}},
+            }),
+        );
     }
     let template = |h: &Harness| {
         h.get("apps/v1", "statefulsets", "secure").expect("sts")["spec"]["volumeClaimTemplates"]

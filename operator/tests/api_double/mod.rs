@@ -1,18 +1,30 @@
 //! A stateful, in-process stand-in for the Kubernetes API server, served to
-//! `kube::Client` as a tower `Service`. It keeps objects by group-version,
-//! resource, namespace and name, and does what the operator relies on:
-//! get, list, watch (with resourceVersion replay), create, replace (with
-//! optimistic concurrency), server-side apply (approximated: the applied
-//! object replaces the previous one's fields, server metadata and status
-//! kept; a no-op apply does not bump resourceVersion), JSON merge patch,
-//! the status subresource, delete with owner-reference garbage collection,
-//! generation bumps on spec changes, `stringData` folded into `data`, and
-//! discovery of optional API groups.
+//! `kube::Client` as a tower `Service`, that behaves like a kube-apiserver
+//! wherever the operator depends on it. It keeps objects by group-version,
+//! resource, namespace and name, and does: get, list (label selectors),
+//! watch (with resourceVersion replay), create, replace (optimistic
+//! concurrency), server-side apply with field managers and
+//! `metadata.managedFields` ([`ssa`]: fields other managers own survive an
+//! apply, conflicts without force are 409, a field dropped from an applied
+//! config goes only if nobody else owns it; a no-op apply does not bump
+//! resourceVersion), JSON merge and strategic merge patches (recorded as
+//! Update operations of their field manager), the status subresource
+//! (status written to the main resource is ignored, and only status to
+//! /status), validation and admission the operator can trip over
+//! ([`admission`]: DNS-1035 Service names, label values, immutable
+//! StatefulSet fields, PVC resizes, 1 KiB Event notes), delete with
+//! owner-reference garbage collection, generation bumps on spec changes,
+//! `stringData` folded into `data`, discovery of optional API groups, and
+//! the StatefulSet controller and kubelet ([`statefulset`]: revisions,
+//! partition, pods at the current revision below it).
 //!
-//! What it does not do (and a live cluster would): field ownership and
-//! conflicts between managers, admission, schema validation and defaulting
-//! of CRDs, finalizers, and any controller (no pods appear; tests set
-//! StatefulSet status by hand).
+//! Faults: a client made with [`ApiDouble::client_as`] can be made to hang
+//! ([`ApiDouble::hang`]), as a replica whose connection to the API server
+//! stalls.
+//!
+//! What it does not do (and a live cluster would): OpenAPI schema
+//! validation and defaulting, finalizers, set-type lists, and any
+//! controller other than the StatefulSet one.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +41,13 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::{json, Value};
+
+pub mod admission;
+pub mod ssa;
+pub mod statefulset;
+
+#[allow(unused_imports)]
+pub use statefulset::{default_kubelet, Kubelet, PodHealth};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -51,20 +70,56 @@ struct Watcher {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     rv: u64,
     uid: u64,
-    objects: BTreeMap<Key, Value>,
+    pub(crate) objects: BTreeMap<Key, Value>,
     history: Vec<(u64, &'static str, Key, Value)>,
     watchers: Vec<Watcher>,
     /// Optional API groups served: group-version -> (plural, kind).
     apis: BTreeMap<String, Vec<(String, String)>>,
     requests: Vec<String>,
+    /// What the kubelet makes of each pod (`None`: pod status left alone).
+    kubelet: Option<Kubelet>,
+    /// Clients (by tag) whose requests hang.
+    hung: BTreeSet<String>,
 }
 
 #[derive(Clone, Default)]
 pub struct ApiDouble {
     state: Arc<Mutex<State>>,
+    /// The client tag requests through this handle carry.
+    tag: Option<String>,
+}
+
+/// Resources with a status subresource.
+fn has_status(resource: &str) -> bool {
+    matches!(
+        resource,
+        "pods"
+            | "statefulsets"
+            | "persistentvolumeclaims"
+            | "services"
+            | "mqttclusters"
+            | "deployments"
+            | "poddisruptionbudgets"
+            | "certificates"
+    )
+}
+
+/// Who writes, as the API server names it: `?fieldManager=`, else the
+/// user agent up to its first '/'.
+fn manager_of(query: &BTreeMap<String, String>, headers: &http::HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager") {
+        return m.clone();
+    }
+    headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 fn status(code: u16, reason: &str, message: String) -> (StatusCode, Value) {
@@ -107,7 +162,7 @@ fn spec_part(v: &Value) -> Value {
     v
 }
 
-fn kind_for(resource: &str) -> String {
+pub(crate) fn kind_for(resource: &str) -> String {
     match resource {
         "configmaps" => "ConfigMap",
         "secrets" => "Secret",
@@ -126,8 +181,63 @@ fn kind_for(resource: &str) -> String {
 }
 
 impl ApiDouble {
+    /// An API server with one default StorageClass, `standard`, that does
+    /// not allow volume expansion (kind's and k3d's local-path class).
     pub fn new() -> ApiDouble {
-        ApiDouble::default()
+        let api = ApiDouble::default();
+        api.create(
+            "storage.k8s.io/v1",
+            "storageclasses",
+            "",
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                   "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+                   "provisioner": "rancher.io/local-path", "volumeBindingMode": "Immediate"}),
+        );
+        api
+    }
+
+    /// A handle whose clients tag their requests `tag` (see [`Self::hang`]).
+    pub fn client_as(&self, tag: &str) -> kube::Client {
+        let mut h = self.clone();
+        h.tag = Some(tag.to_string());
+        kube::Client::new(h, "default")
+    }
+
+    /// Makes every request of the clients tagged `tag` hang (`false`: they
+    /// go on), as a connection to the API server that stalls.
+    pub fn hang(&self, tag: &str, hung: bool) {
+        let mut st = self.lock();
+        if hung {
+            st.hung.insert(tag.to_string());
+        } else {
+            st.hung.remove(tag);
+        }
+    }
+
+    /// The managedFields entries of an object: (manager, operation,
+    /// subresource, dotted field paths).
+    pub fn managers(
+        &self,
+        gv: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+    ) -> Vec<(String, String, String, Vec<String>)> {
+        self.get(gv, resource, ns, name)
+            .map(|o| {
+                ssa::entries(&o)
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.manager,
+                            e.operation,
+                            e.subresource,
+                            e.set.iter().map(ssa::dotted).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -196,15 +306,25 @@ impl ApiDouble {
         v
     }
 
-    /// Stores `obj` as a client would create it.
-    pub fn create(&self, gv: &str, resource: &str, ns: &str, obj: Value) -> Value {
+    /// Stores `obj` as `kubectl create` would (no admission; status, if
+    /// any, kept: a test standing in for a controller).
+    pub fn create(&self, gv: &str, resource: &str, ns: &str, mut obj: Value) -> Value {
         let mut st = self.lock();
+        let now = now();
+        let w = ssa::Writer {
+            manager: "kubectl-create",
+            subresource: "",
+            api_version: gv,
+            now: &now,
+        };
+        ssa::update(&Value::Null, &mut obj, &w);
         let (_, v) = create(&mut st, gv, resource, ns, obj);
         v
     }
 
-    /// Replaces an object's spec-ish content with a merge patch (a user
-    /// editing it); bumps generation when the spec changes.
+    /// A user editing an object (`kubectl edit`): a merge patch, owned by
+    /// field manager `kubectl-edit`; bumps generation when the spec
+    /// changes. Status in it is ignored where status is a subresource.
     pub fn patch(&self, gv: &str, resource: &str, ns: &str, name: &str, patch: Value) {
         let mut st = self.lock();
         let key = Key {
@@ -216,6 +336,17 @@ impl ApiDouble {
         if let Some(old) = st.objects.get(&key).cloned() {
             let mut new = old.clone();
             merge_patch(&mut new, &patch);
+            if has_status(resource) {
+                keep_status(&old, &mut new);
+            }
+            let now = now();
+            let w = ssa::Writer {
+                manager: "kubectl-edit",
+                subresource: "",
+                api_version: gv,
+                now: &now,
+            };
+            ssa::update(&old, &mut new, &w);
             store(&mut st, key, Some(&old), new, true);
         }
     }
@@ -251,7 +382,7 @@ impl ApiDouble {
         &self,
         method: Method,
         uri: &http::Uri,
-        content_type: &str,
+        headers: &http::HeaderMap,
         body: Bytes,
     ) -> Response<Body> {
         let path = uri.path().trim_end_matches('/').to_string();
@@ -262,6 +393,11 @@ impl ApiDouble {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         self.lock().requests.push(format!("{method} {}", uri));
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         // /api/v1/...  or /apis/g/v/...
@@ -298,6 +434,21 @@ impl ApiDouble {
             resource: resource.clone(),
             namespace: nsv.clone(),
             name: name.to_string(),
+        };
+        let manager = manager_of(&query, headers);
+        let now = now();
+        let writer = ssa::Writer {
+            manager: &manager,
+            subresource: sub.as_deref().unwrap_or(""),
+            api_version: &gv,
+            now: &now,
+        };
+        let not_found = |name: &str| {
+            json_response(status(
+                404,
+                "NotFound",
+                format!("{resource} \"{name}\" not found"),
+            ))
         };
 
         let mut st = self.lock();
@@ -354,35 +505,38 @@ impl ApiDouble {
             }
             (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
                 Some(v) => json_response((StatusCode::OK, v.clone())),
-                None => json_response(status(
-                    404,
-                    "NotFound",
-                    format!("{resource} \"{name}\" not found"),
-                )),
+                None => not_found(&name),
             },
             (Method::POST, None) => {
                 let name = body["metadata"]["name"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                if st.objects.contains_key(&key(&name)) {
+                let k = key(&name);
+                if st.objects.contains_key(&k) {
                     return json_response(status(
                         409,
                         "AlreadyExists",
                         format!("{resource} \"{name}\" already exists"),
                     ));
                 }
-                let (_, v) = create(&mut st, &gv, &resource, &nsv, body);
+                let mut obj = body;
+                if has_status(&resource) {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+                if let Err(e) = admission::create(&st, &k, &obj) {
+                    return json_response(status(e.0, e.1, e.2));
+                }
+                ssa::update(&Value::Null, &mut obj, &writer);
+                let (_, v) = create(&mut st, &gv, &resource, &nsv, obj);
                 json_response((StatusCode::CREATED, v))
             }
             (Method::PUT, Some(name)) => {
                 let k = key(&name);
                 let Some(old) = st.objects.get(&k).cloned() else {
-                    return json_response(status(
-                        404,
-                        "NotFound",
-                        format!("{resource} \"{name}\" not found"),
-                    ));
+                    return not_found(&name);
                 };
                 let want_rv = body["metadata"]["resourceVersion"]
                     .as_str()
@@ -393,83 +547,121 @@ impl ApiDouble {
                     return json_response(status(
                         409,
                         "Conflict",
-                        format!("{resource} \"{name}\": the object has been modified"),
+                        format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
                     ));
                 }
                 let mut new = body;
-                if sub.as_deref() == Some("status") {
-                    let mut o = old.clone();
-                    o["status"] = new["status"].take();
-                    new = o;
-                } else if let Some(s) = old.get("status") {
-                    new["status"] = s.clone();
-                }
-                if let Some(e) = immutable_violation(&k, &old, &new) {
-                    return json_response(e);
-                }
-                let v = store(&mut st, k, Some(&old), new, sub.is_none());
-                json_response((StatusCode::OK, v))
+                new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+                self.write(&mut st, k, old, new, sub.as_deref(), &writer)
             }
             (Method::PATCH, Some(name)) => {
                 let k = key(&name);
                 let old = st.objects.get(&k).cloned();
                 let is_status = sub.as_deref() == Some("status");
                 if content_type.starts_with("application/apply-patch") {
-                    match (old, is_status) {
-                        (None, true) => json_response(status(
-                            404,
-                            "NotFound",
-                            format!("{resource} \"{name}\" not found"),
-                        )),
-                        (None, false) => {
-                            let (_, v) = create(&mut st, &gv, &resource, &nsv, body);
-                            json_response((StatusCode::CREATED, v))
-                        }
-                        (Some(old), true) => {
-                            let mut new = old.clone();
-                            new["status"] = body["status"].clone();
-                            let v = store(&mut st, k, Some(&old), new, false);
-                            json_response((StatusCode::OK, v))
-                        }
-                        (Some(old), false) => {
-                            let mut new = body;
-                            if let Some(s) = old.get("status") {
-                                new["status"] = s.clone();
-                            }
-                            if let Some(e) = immutable_violation(&k, &old, &new) {
-                                return json_response(e);
-                            }
-                            let v = store(&mut st, k, Some(&old), new, true);
-                            json_response((StatusCode::OK, v))
-                        }
-                    }
+                    let force = query.get("force").is_some_and(|f| f == "true");
+                    self.server_side_apply(&mut st, k, old, body, is_status, force, &writer)
                 } else {
                     let Some(old) = old else {
-                        return json_response(status(
-                            404,
-                            "NotFound",
-                            format!("{resource} \"{name}\" not found"),
-                        ));
+                        return not_found(&name);
                     };
                     let mut new = old.clone();
-                    if is_status {
-                        merge_patch(&mut new["status"], &body["status"]);
+                    if content_type.starts_with("application/strategic-merge-patch") {
+                        ssa::strategic_merge(&mut new, &body, &mut Vec::new());
                     } else {
                         merge_patch(&mut new, &body);
                     }
-                    let v = store(&mut st, k, Some(&old), new, !is_status);
-                    json_response((StatusCode::OK, v))
+                    self.write(&mut st, k, old, new, sub.as_deref(), &writer)
                 }
             }
             (Method::DELETE, Some(name)) => match delete(&mut st, &key(&name)) {
                 Some(v) => json_response((StatusCode::OK, v)),
-                None => json_response(status(
-                    404,
-                    "NotFound",
-                    format!("{resource} \"{name}\" not found"),
-                )),
+                None => not_found(&name),
             },
             (m, _) => json_response(status(405, "MethodNotAllowed", format!("{m} {path}"))),
+        }
+    }
+
+    /// An update (PUT or a non-apply patch) of `old` to `new`: the status
+    /// subresource rule, immutability and admission, field ownership.
+    fn write(
+        &self,
+        st: &mut State,
+        k: Key,
+        old: Value,
+        mut new: Value,
+        sub: Option<&str>,
+        writer: &ssa::Writer,
+    ) -> Response<Body> {
+        match sub {
+            Some("status") => {
+                let mut o = old.clone();
+                o["status"] = new["status"].take();
+                new = o;
+            }
+            _ if has_status(&k.resource) => keep_status(&old, &mut new),
+            _ => {}
+        }
+        if let Err(e) = admission::update(st, &k, &old, &new) {
+            return json_response(status(e.0, e.1, e.2));
+        }
+        ssa::update(&old, &mut new, writer);
+        let v = store(st, k, Some(&old), new, sub.is_none());
+        json_response((StatusCode::OK, v))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_side_apply(
+        &self,
+        st: &mut State,
+        k: Key,
+        old: Option<Value>,
+        mut cfg: Value,
+        is_status: bool,
+        force: bool,
+        writer: &ssa::Writer,
+    ) -> Response<Body> {
+        if let Some(m) = cfg["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        if k.resource == "secrets" {
+            fold_string_data(&mut cfg);
+        }
+        if !is_status && has_status(&k.resource) {
+            if let Some(o) = cfg.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        let base = match (&old, is_status) {
+            (None, true) => {
+                return json_response(status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{}\" not found", k.resource, k.name),
+                ))
+            }
+            (None, false) => Value::Null,
+            (Some(o), _) => o.clone(),
+        };
+        let new = match ssa::apply(&base, &cfg, writer, force) {
+            Ok(v) => v,
+            Err(c) => return json_response(status(409, "Conflict", c.message())),
+        };
+        match old {
+            None => {
+                if let Err(e) = admission::create(st, &k, &new) {
+                    return json_response(status(e.0, e.1, e.2));
+                }
+                let (_, v) = create(st, &k.gv, &k.resource, &k.namespace, new);
+                json_response((StatusCode::CREATED, v))
+            }
+            Some(old) => {
+                if let Err(e) = admission::update(st, &k, &old, &new) {
+                    return json_response(status(e.0, e.1, e.2));
+                }
+                let v = store(st, k, Some(&old), new, !is_status);
+                json_response((StatusCode::OK, v))
+            }
         }
     }
 
@@ -523,7 +715,7 @@ fn label_match(obj: &Value, selector: Option<&str>) -> bool {
     })
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
@@ -555,7 +747,13 @@ fn fold_string_data(obj: &mut Value) {
     }
 }
 
-fn create(st: &mut State, gv: &str, resource: &str, ns: &str, mut obj: Value) -> (Key, Value) {
+pub(crate) fn create(
+    st: &mut State,
+    gv: &str,
+    resource: &str,
+    ns: &str,
+    mut obj: Value,
+) -> (Key, Value) {
     st.rv += 1;
     st.uid += 1;
     let name = obj["metadata"]["name"]
@@ -583,38 +781,27 @@ fn create(st: &mut State, gv: &str, resource: &str, ns: &str, mut obj: Value) ->
     (key, obj)
 }
 
-/// The API server's StatefulSet rule: only some spec fields may change.
-fn immutable_violation(key: &Key, old: &Value, new: &Value) -> Option<(StatusCode, Value)> {
-    if key.resource != "statefulsets" {
-        return None;
-    }
-    const MUTABLE: &[&str] = &[
-        "replicas",
-        "template",
-        "updateStrategy",
-        "persistentVolumeClaimRetentionPolicy",
-        "minReadySeconds",
-        "ordinals",
-        "revisionHistoryLimit",
-    ];
-    let strip = |v: &Value| {
-        let mut s = v["spec"].clone();
-        if let Some(o) = s.as_object_mut() {
-            for f in MUTABLE {
-                o.remove(*f);
+/// Status is a subresource: a write to the main resource keeps the old.
+fn keep_status(old: &Value, new: &mut Value) {
+    match old.get("status") {
+        Some(st) => new["status"] = st.clone(),
+        None => {
+            if let Some(o) = new.as_object_mut() {
+                o.remove("status");
             }
         }
-        s
-    };
-    (strip(old) != strip(new)).then(|| status(422, "Invalid", format!(
-        "StatefulSet.apps \"{}\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than {} are forbidden",
-        key.name, MUTABLE.join(", ")
-    )))
+    }
 }
 
 /// Writes `new` over `old`, keeping server metadata; bumps the
 /// resourceVersion only when something changed.
-fn store(st: &mut State, key: Key, old: Option<&Value>, mut new: Value, spec_write: bool) -> Value {
+pub(crate) fn store(
+    st: &mut State,
+    key: Key,
+    old: Option<&Value>,
+    mut new: Value,
+    spec_write: bool,
+) -> Value {
     if key.resource == "secrets" {
         fold_string_data(&mut new);
     }
@@ -649,7 +836,7 @@ fn store(st: &mut State, key: Key, old: Option<&Value>, mut new: Value, spec_wri
 }
 
 /// Deletes `key` and, in the background-cascade way, everything it owns.
-fn delete(st: &mut State, key: &Key) -> Option<Value> {
+pub(crate) fn delete(st: &mut State, key: &Key) -> Option<Value> {
     let obj = st.objects.remove(key)?;
     st.rv += 1;
     notify(st, "DELETED", key, &obj);
@@ -703,13 +890,13 @@ impl tower::Service<Request<kube::client::Body>> for ApiDouble {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let ct = parts
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            Ok(this.handle(parts.method, &parts.uri, &ct, body))
+            // A stalled connection: nothing comes back until released.
+            if let Some(tag) = &this.tag {
+                while this.lock().hung.contains(tag) {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            Ok(this.handle(parts.method, &parts.uri, &parts.headers, body))
         })
     }
 }
@@ -744,13 +931,12 @@ pub async fn serve_http(api: ApiDouble) -> std::net::SocketAddr {
                             .await
                             .map(|c| c.to_bytes())
                             .unwrap_or_default();
-                        let ct = parts
-                            .headers
-                            .get("content-type")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        Ok::<_, Infallible>(api.handle(parts.method, &parts.uri, &ct, body))
+                        Ok::<_, Infallible>(api.handle(
+                            parts.method,
+                            &parts.uri,
+                            &parts.headers,
+                            body,
+                        ))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
