@@ -193,6 +193,23 @@ impl Broker {
         outcome
     }
 
+    /// Ends an Admin drain: new connections are accepted and the node is
+    /// ready again (its clients, gone elsewhere, come back as they
+    /// reconnect). Returns whether it was draining; refused once the node
+    /// is shutting down, which is never undone.
+    pub fn undrain(&self) -> Result<bool, &'static str> {
+        let mut d = self.drain.write();
+        match d.as_ref() {
+            Some(m) if m.code == reason::SERVER_SHUTTING_DOWN => Err("the node is shutting down"),
+            Some(_) => {
+                *d = None;
+                tracing::info!("drain ended: taking clients again");
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Waits until everything submitted to the seam so far is committed
     /// (or failed), at most until `deadline`.
     async fn barrier(&self, deadline: tokio::time::Instant) {

@@ -285,4 +285,25 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
     b.drain(DrainMode::hand_over("x:1"), Duration::from_secs(1))
         .await;
     assert_eq!(b.drain_mode(), Some(DrainMode::shutdown()));
+    // A shutdown is never undone.
+    assert!(b.undrain().is_err());
+    assert_eq!(b.drain_mode(), Some(DrainMode::shutdown()));
+}
+
+#[tokio::test]
+async fn an_undrain_makes_the_node_ready_again() {
+    use crate::drain::DrainMode;
+    use std::time::Duration;
+    let (b, _) = broker();
+    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(b.undrain(), Ok(false), "not draining: nothing to end");
+    b.drain(
+        DrainMode::hand_over("elsewhere:1883"),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(b.readiness().is_err());
+    assert_eq!(b.undrain(), Ok(true));
+    assert!(b.readiness().is_ok());
+    assert_eq!(b.drain_mode(), None, "new connections are accepted");
 }

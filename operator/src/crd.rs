@@ -48,6 +48,7 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/raftmq/raftmq:", env!("CARGO_PK
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 52").message("metadata.name must be at most 52 characters (StatefulSet pod names and labels derive from it)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter): it names the cluster's Services"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

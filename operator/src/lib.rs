@@ -4,9 +4,11 @@
 
 pub mod certs;
 pub mod crd;
+pub mod events;
 pub mod leader;
 pub mod lifecycle;
 pub mod membership;
+pub mod observe;
 pub mod reconcile;
 pub mod render;
 pub mod schema;

@@ -7,13 +7,13 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
-use raftmq_operator::leader::LeaseLock;
+use raftmq_operator::leader::{self, Ending, LeaseLock, Timing};
 use raftmq_operator::membership::admin::AdminMembership;
 use raftmq_operator::reconcile::{self, Context};
 use raftmq_operator::schema::{self, Checked};
 use raftmq_operator::telemetry::Metrics;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -131,6 +131,27 @@ fn validate(files: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longer than the API server's watch timeout (kube's watcher asks for
+/// 290 s), so a quiet watch is not cut, short enough that a connection that
+/// stalls is noticed.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// A client that gives up connecting after `connect` and waiting for a
+/// response after `read` (kube's defaults: no read timeout at all).
+fn api_client(
+    mut config: kube::Config,
+    connect: Duration,
+    read: Duration,
+) -> anyhow::Result<Client> {
+    config.connect_timeout = Some(connect);
+    config.read_timeout = Some(read);
+    config.write_timeout = Some(read);
+    // The read timeout counts from the request, not from when a pooled
+    // connection last carried anything.
+    config.reset_reader_on_write = true;
+    Client::try_from(config).context("building the Kubernetes API client")
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -205,39 +226,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let client = Client::try_default()
+    let timing = Timing::default();
+    let config = kube::Config::infer()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let client = api_client(config.clone(), Duration::from_secs(10), WATCH_READ_TIMEOUT)?;
+    // The Lease has a client of its own whose every call gives up well
+    // inside the renew deadline (the leader loop also bounds each attempt).
+    let lease_client = api_client(config, timing.retry, timing.renew_deadline)?;
     let _ = ready_tx.send(true);
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("raftmq-operator-{}", std::process::id()));
-
-    let lock = args.leader_election.then(|| {
-        LeaseLock::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-            &args.lease_name,
-            &identity,
-            Duration::from_secs(15),
-        )
-    });
-    if let Some(lock) = &lock {
-        info!(identity = lock.identity(), lease = %args.lease_name, "waiting for the leader Lease");
-        let mut stop = stop_rx.clone();
-        loop {
-            match lock.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {},
-                _ = stop.changed() => { let _ = http.await; return Ok(()); }
-            }
-        }
-        info!("leading");
-    }
-    metrics.leader.set(1);
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -251,51 +251,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    info!(?namespaces, "starting controllers");
-    let mut controllers = Vec::new();
-    for ns in namespaces {
-        let mut stop = stop_rx.clone();
-        controllers.push(tokio::spawn(reconcile::run(ctx.clone(), ns, async move {
-            let _ = stop.changed().await;
-        })));
-    }
+    let start = {
+        let (ctx, stop_rx, metrics) = (ctx.clone(), stop_rx.clone(), metrics.clone());
+        move || {
+            metrics.leader.set(1);
+            info!(?namespaces, "starting controllers");
+            namespaces
+                .into_iter()
+                .map(|ns| {
+                    let mut stop = stop_rx.clone();
+                    tokio::spawn(reconcile::run(ctx.clone(), ns, async move {
+                        let _ = stop.changed().await;
+                    }))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
 
-    // Keep the Lease; losing it means another replica may be reconciling,
-    // so stop at once.
-    let mut lost = false;
-    if let Some(lock) = &lock {
-        let mut stop = stop_rx.clone();
-        let mut failures = 0u32;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(lock.duration() / 3) => {},
-                _ = stop.changed() => break,
-            }
-            match lock.try_acquire_or_renew().await {
-                Ok(true) => failures = 0,
-                Ok(false) => {
-                    error!("lost the leader Lease to another replica; stopping");
-                    lost = true;
-                    break;
-                }
-                Err(e) => {
-                    failures += 1;
-                    warn!(error = %e, failures, "renewing the leader Lease");
-                    if failures >= 2 {
-                        error!("could not renew the leader Lease; stopping");
-                        lost = true;
-                        break;
-                    }
-                }
+    let lock = args.leader_election.then(|| {
+        LeaseLock::new(
+            Api::<Lease>::namespaced(lease_client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &identity,
+            timing.lease,
+        )
+    });
+    let controllers = match &lock {
+        Some(lock) => {
+            info!(identity = lock.identity(), lease = %args.lease_name, "waiting for the leader Lease");
+            match leader::run(lock, timing, stop_rx.clone(), start).await {
+                (Ending::Lost, _) => std::process::exit(1),
+                (Ending::Stopped, controllers) => controllers,
             }
         }
-    } else {
-        let mut stop = stop_rx.clone();
-        let _ = stop.changed().await;
-    }
-    if lost {
-        std::process::exit(1);
-    }
+        None => {
+            let controllers = start();
+            let mut stop = stop_rx.clone();
+            let _ = stop.changed().await;
+            controllers
+        }
+    };
     for c in controllers {
         let _ = c.await;
     }

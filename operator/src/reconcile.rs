@@ -16,7 +16,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -29,8 +29,10 @@ use tracing::{info, warn};
 use crate::certs::{self, CertError};
 use crate::crd::Operation;
 use crate::crd::{ListenerKind, MqttCluster, TlsMode};
-use crate::lifecycle::{self, node_id, Facts, PodFacts, Step};
+use crate::events::{publish, publish_about};
+use crate::lifecycle::{self, node_id, Step};
 use crate::membership::{ClientTls, Membership, MembershipError, Target};
+use crate::observe;
 use crate::render::monitoring::{
     certificate_resource, dns_names, service_monitor_resource, DEFAULT_CERT_HOURS,
 };
@@ -49,7 +51,10 @@ pub const TEMPLATE_HASH: &str = "raftmq.io/template-hash";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    /// A write the cluster needs, refused or failed.
+    #[error("{action}: {}", api_message(.source))]
+    Api { action: String, source: kube::Error },
+    #[error("Kubernetes API: {}", api_message(.0))]
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -59,13 +64,32 @@ pub enum Error {
     NoNamespace,
 }
 
+/// What the API server said, without the Debug dump kube's Display adds.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    }
+}
+
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
+            Error::Api { .. } | Error::Kube(_) => "kube",
             Error::Render(_) => "render",
             Error::Certs(_) => "certs",
             Error::NoNamespace => "namespace",
+        }
+    }
+
+    /// The condition and Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Api { .. } => "ApplyFailed",
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Render(_) => "RenderFailed",
+            Error::Certs(_) => "CertificateError",
+            Error::NoNamespace => "NoNamespace",
         }
     }
 }
@@ -80,6 +104,9 @@ pub struct Context {
     pub now: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>,
     /// Scale and upgrade pacing (membership management).
     pub lifecycle: LifecycleSettings,
+    /// Reconciles failed in a row, per cluster (`namespace/name`): the
+    /// error policy's backoff.
+    pub failures: std::sync::Mutex<BTreeMap<String, u32>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +122,9 @@ pub struct LifecycleSettings {
     pub poll: Duration,
     /// Log entries a voter may be behind the leader and count as caught up.
     pub max_lag: u64,
+    /// A pod not ready this long counts as broken: when it runs an old
+    /// template it is rolled without waiting for it (it serves nobody).
+    pub unready_after: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -105,6 +135,7 @@ impl Default for LifecycleSettings {
             retry_max: Duration::from_secs(300),
             poll: Duration::from_secs(2),
             max_lag: 1000,
+            unready_after: Duration::from_secs(300),
         }
     }
 }
@@ -133,11 +164,12 @@ impl Context {
             membership,
             now: Arc::new(OffsetDateTime::now_utc),
             lifecycle: LifecycleSettings::default(),
+            failures: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -153,6 +185,10 @@ where
         &Patch::Apply(obj),
     )
     .await
+    .map_err(|source| Error::Api {
+        action: format!("applying {} {name:?}", K::kind(&())),
+        source,
+    })
 }
 
 async fn apply_dynamic(
@@ -160,7 +196,7 @@ async fn apply_dynamic(
     ns: &str,
     ar: &ApiResource,
     obj: &DynamicObject,
-) -> Result<DynamicObject, kube::Error> {
+) -> Result<DynamicObject, Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let name = obj.metadata.name.clone().unwrap_or_default();
     api.patch(
@@ -169,6 +205,10 @@ async fn apply_dynamic(
         &Patch::Apply(obj),
     )
     .await
+    .map_err(|source| Error::Api {
+        action: format!("applying {} {name:?}", ar.kind),
+        source,
+    })
 }
 
 fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
@@ -275,52 +315,20 @@ fn material_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Option<TlsMateria
     })
 }
 
-async fn publish(
-    ctx: &Context,
-    cluster: &MqttCluster,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    publish_about(ctx, cluster, None, type_, reason, action, note).await
+fn cluster_key(cluster: &MqttCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
 }
 
-/// An Event about the cluster and, for a membership step, the pod it
-/// concerns: the Recorder folds repeats per (reason, action, related
-/// object), so each pod's step keeps its own message.
-async fn publish_about(
-    ctx: &Context,
-    cluster: &MqttCluster,
-    pod: Option<String>,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let secondary = pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: Some(name),
-        namespace: cluster.namespace(),
-        ..Default::default()
-    });
-    let ev = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish an Event");
-    }
-}
-
-/// The whole reconcile of one MqttCluster.
+/// The whole reconcile of one MqttCluster. A failure is written to status
+/// and told in a Warning Event before it goes to the error policy.
 pub async fn reconcile(cluster: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&cluster, &ctx).await;
+    let key = cluster_key(&cluster);
     let outcome = match &result {
         Ok((_, true)) => "degraded",
         Ok((_, false)) => "ok",
@@ -332,8 +340,46 @@ pub async fn reconcile(cluster: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<A
             "error"
         }
     };
+    match &result {
+        Ok(_) => {
+            lock(&ctx.failures).remove(&key);
+        }
+        Err(e) => {
+            *lock(&ctx.failures).entry(key).or_insert(0) += 1;
+            report_failure(&ctx, &cluster, e).await;
+        }
+    }
     ctx.metrics.observe(outcome, started.elapsed());
     result.map(|(a, _)| a)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ready=False and Degraded=True with the error's reason and message, and a
+/// Warning Event (repeats fold into one Event's series).
+async fn report_failure(ctx: &Context, cluster: &MqttCluster, e: &Error) {
+    warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), error = %e, "reconcile failed");
+    let message = format!("reconcile failed: {e}");
+    publish(
+        ctx,
+        cluster,
+        EventType::Warning,
+        e.reason(),
+        "Reconcile",
+        message.clone(),
+    )
+    .await;
+    let st = status::failed(
+        cluster,
+        e.reason(),
+        &message,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    if let Err(pe) = patch_status(ctx, cluster, &st).await {
+        warn!(cluster = %cluster.name_any(), error = %pe, "could not write the failure to status");
+    }
 }
 
 /// Returns the next action and whether the cluster is Degraded.
@@ -353,6 +399,7 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
 
     let findings = validate::validate(&cluster.spec);
     let mut problems = findings.errors.clone();
+    problems.extend(validate::name_problem(&names.cluster));
     let warnings = findings.warnings.clone();
 
     // Users.
@@ -540,18 +587,24 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         names: names.clone(),
         tls: admin_tls(&secrets, cluster, &names, &observed).await?,
     };
+    let pods = match &before {
+        Some(_) => observe::pods(client, &ns, &names).await?,
+        None => Vec::new(),
+    };
     let group = if ctx.membership.managed() {
-        Some(observe_group(ctx, &ns, &names, &target, before.as_ref()).await?)
+        Some(observe::group(ctx.membership.as_ref(), &names, &target, &pods).await)
     } else {
         None
     };
+    let troubles = observe::troubles(client, &ns, &names, &pods).await?;
+    let now = (ctx.now)();
     let membership = Lifecycle {
+        troubles: troubles.clone(),
         view: group
             .as_ref()
             .map(|g| {
-                lifecycle::view(&g.facts(cluster, before.as_ref(), None, 0), |o| {
-                    names.pod(o)
-                })
+                let facts = g.facts(cluster, before.as_ref(), None, &ctx.lifecycle, now);
+                lifecycle::view(&facts, |o| names.pod(o))
             })
             .unwrap_or_default(),
         ..Lifecycle::default()
@@ -610,6 +663,7 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
 
     let mut rendered = render::render(cluster, &observed)?;
 
+    let mut expansion = None;
     // Volume claim templates cannot change on a StatefulSet: keep the
     // existing ones, grow the volumes in place instead.
     if let Some(b) = &before {
@@ -650,7 +704,24 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
                 _ => {}
             }
         }
-        expand_volumes(ctx, cluster, &names, &ns, current_replicas_of(b)).await?;
+        expansion = expand_volumes(ctx, cluster, &names, &ns, current_replicas_of(b)).await?;
+    }
+    if let Some(p) = &expansion {
+        let told = previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.reason == p.reason && c.message == p.message);
+        if !told {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                p.reason,
+                "ExpandVolumes",
+                p.message.clone(),
+            )
+            .await;
+        }
     }
     if new_generation {
         for w in &warnings {
@@ -681,7 +752,7 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
     let mut requeue = renew_in.map_or(RESYNC, |r| r.min(RESYNC));
     let mut life = membership.clone();
     if let Some(g) = &group {
-        let facts = g.facts(cluster, before.as_ref(), Some(&hash), ctx.lifecycle.max_lag);
+        let facts = g.facts(cluster, before.as_ref(), Some(&hash), &ctx.lifecycle, now);
         let plan = lifecycle::plan(&facts, |o| names.pod(o));
         rendered.statefulset.spec.replicas = Some(plan.replicas);
         if let Some(ru) = rendered
@@ -694,12 +765,22 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
             ru.partition = Some(plan.partition);
         }
         let (l, r) = drive(ctx, cluster, &target, &plan).await;
-        life = l;
+        life = Lifecycle {
+            troubles: troubles.clone(),
+            ..l
+        };
         requeue = requeue.min(r);
+    }
+    if let (None, Some(p)) = (&life.degraded, &expansion) {
+        life.degraded = Some((p.reason.to_string(), p.message.clone()));
+        requeue = requeue.min(RETRY_DEGRADED);
     }
 
     // Apply, config and Secrets first.
     apply(client, &ns, &rendered.config_map).await?;
+    if let Some(acl) = &rendered.acl_config_map {
+        apply(client, &ns, acl).await?;
+    }
     for s in &rendered.secrets {
         apply(client, &ns, s).await?;
     }
@@ -718,6 +799,17 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
     }
 
     // Prune what the spec no longer asks for.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    if rendered.acl_config_map.is_none() {
+        prune(&cms, &names.acl_config_map(), &uid).await?;
+    }
+    let keep = rendered
+        .config_map
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default();
+    prune_configs(&cms, &names, &uid, &keep, &sts, &pods).await?;
     if observed.password_file.is_none() {
         prune(&secrets, &names.users_secret(), &uid).await?;
     }
@@ -876,116 +968,6 @@ pub fn template_hash(sts: &StatefulSet) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-struct ObservedPod {
-    ready: bool,
-    hash: Option<String>,
-    node: Option<crate::membership::NodeState>,
-}
-
-/// The cluster's pods and what each broker's Status says.
-struct Observation {
-    pods: BTreeMap<i32, ObservedPod>,
-}
-
-impl Observation {
-    fn facts(
-        &self,
-        cluster: &MqttCluster,
-        before: Option<&StatefulSet>,
-        hash: Option<&str>,
-        max_lag: u64,
-    ) -> Facts {
-        let before_hash = before
-            .and_then(|b| b.spec.template.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(TEMPLATE_HASH))
-            .map(String::as_str);
-        Facts {
-            desired: cluster.spec.replicas,
-            replicas: before.map(|b| b.spec.replicas.unwrap_or(1)),
-            partition: before
-                .and_then(|b| b.spec.update_strategy.as_ref())
-                .and_then(|u| u.rolling_update.as_ref())
-                .and_then(|r| r.partition),
-            template_changed: before.is_some() && hash.is_some() && before_hash != hash,
-            pods: self
-                .pods
-                .iter()
-                .map(|(o, p)| {
-                    (
-                        *o,
-                        PodFacts {
-                            ordinal: *o,
-                            exists: true,
-                            ready: p.ready,
-                            current: hash.is_some() && p.hash.as_deref() == hash,
-                            node: p.node.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            max_lag,
-        }
-    }
-}
-
-async fn observe_group(
-    ctx: &Context,
-    ns: &str,
-    names: &Names,
-    target: &Target,
-    before: Option<&StatefulSet>,
-) -> Result<Observation, kube::Error> {
-    let mut pods = BTreeMap::new();
-    if before.is_some() {
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-        let lp = kube::api::ListParams::default().labels(&render::selector_string(names));
-        let prefix = format!("{}-", names.statefulset());
-        for p in api.list(&lp).await?.items {
-            let name = p.name_any();
-            let Some(o) = name
-                .strip_prefix(&prefix)
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if p.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let hash = p
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TEMPLATE_HASH).cloned());
-            pods.insert(
-                o,
-                ObservedPod {
-                    ready,
-                    hash,
-                    node: None,
-                },
-            );
-        }
-    }
-    let ordinals: Vec<i32> = pods.keys().copied().collect();
-    let states =
-        futures::future::join_all(ordinals.iter().map(|o| ctx.membership.status(target, *o))).await;
-    for (o, st) in ordinals.into_iter().zip(states) {
-        if let Some(p) = pods.get_mut(&o) {
-            match st {
-                Ok(n) => p.node = Some(n),
-                Err(e) => tracing::debug!(pod = %names.pod(o), error = %e, "no Status"),
-            }
-        }
-    }
-    Ok(Observation { pods })
 }
 
 /// Runs the plan's step (if any) and works out what status says about it:
@@ -1193,7 +1175,100 @@ async fn execute(
                 format!("{} removed from the Raft group: {r}", pod(*ordinal)),
             ))
         }
+        Step::Undrain { ordinal } => match m.undrain(target, *ordinal).await {
+            Ok(r) => Ok((
+                "Undrained",
+                format!("{} takes clients again: {r}", pod(*ordinal)),
+            )),
+            // A broker without Undrain: a restart ends the drain too.
+            Err(MembershipError::Unsupported { .. }) => {
+                delete_pod(ctx, target, *ordinal).await?;
+                Ok((
+                    "Undrained",
+                    format!(
+                        "{} restarted to take clients again (its broker has no Undrain)",
+                        pod(*ordinal)
+                    ),
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        Step::RestartPod { ordinal } => {
+            delete_pod(ctx, target, *ordinal).await?;
+            Ok((
+                "PodRestarted",
+                format!(
+                    "deleted {} (it did not run); it comes back at the StatefulSet's current revision",
+                    pod(*ordinal)
+                ),
+            ))
+        }
     }
+}
+
+async fn delete_pod(ctx: &Context, target: &Target, ordinal: i32) -> Result<(), MembershipError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &target.names.namespace);
+    match api
+        .delete(&target.names.pod(ordinal), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(MembershipError::Api(api_message(&e))),
+    }
+}
+
+/// Whether every pod runs the StatefulSet's latest template.
+fn rollout_complete(sts: &StatefulSet) -> bool {
+    let Some(s) = &sts.status else {
+        return false;
+    };
+    s.observed_generation >= sts.metadata.generation
+        && s.current_revision.is_some()
+        && s.current_revision == s.update_revision
+        && s.updated_replicas.unwrap_or(0) >= sts.spec.replicas.unwrap_or(1)
+}
+
+/// Deletes the broker config ConfigMaps of earlier configs once the roll
+/// to the current one is complete and no pod mounts them (until then a pod
+/// that restarts, or comes back at the StatefulSet's current revision,
+/// needs its own).
+async fn prune_configs(
+    cms: &Api<ConfigMap>,
+    names: &Names,
+    uid: &str,
+    keep: &str,
+    sts: &StatefulSet,
+    pods: &[Pod],
+) -> Result<(), kube::Error> {
+    if !rollout_complete(sts) {
+        return Ok(());
+    }
+    let mounted: std::collections::BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.volumes.clone())
+        .flatten()
+        .filter_map(|v| v.config_map.map(|c| c.name))
+        .collect();
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{}={}",
+        render::CONFIG_OF,
+        names.cluster
+    ));
+    let mut old: Vec<String> = cms
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    old.push(names.legacy_config_map());
+    for name in old {
+        if name != keep && !mounted.contains(&name) && prune(cms, &name, uid).await? {
+            info!(cluster = %names.cluster, configmap = %name, "pruned an earlier broker config");
+        }
+    }
+    Ok(())
 }
 
 /// Bytes in a Kubernetes quantity (`1Gi`, `500M`, `1.5Ti`, `1e9`).
@@ -1227,28 +1302,37 @@ fn current_replicas_of(sts: &StatefulSet) -> i32 {
     sts.spec.replicas.unwrap_or(1)
 }
 
-/// Grows each pod's volume to `storage.size` (needs a StorageClass with
-/// `allowVolumeExpansion`; the PVC reports the outcome). Runs on every
-/// reconcile: a pod added by a scale-up gets the template's (old) size and
-/// is grown the next time round.
+/// Grows each pod's volume to `storage.size`, best effort: it needs a
+/// StorageClass with `allowVolumeExpansion` and a bound claim (unbound
+/// ones are skipped: there is nothing to grow yet). A refusal is returned
+/// as a problem to report (Degraded `VolumeExpansionFailed`), never as an
+/// error: the rest of the reconcile goes on. Runs on every reconcile: a pod
+/// added by a scale-up gets the template's (old) size and is grown the
+/// next time round.
 async fn expand_volumes(
     ctx: &Context,
     cluster: &MqttCluster,
     names: &Names,
     ns: &str,
     replicas: i32,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Problem>, kube::Error> {
     let Some(want) = quantity(&cluster.spec.storage.size) else {
-        return Ok(());
+        return Ok(None);
     };
     let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), ns);
     let mut grown = Vec::new();
+    let mut refused: Vec<(String, String)> = Vec::new();
     for i in 0..replicas.max(cluster.spec.replicas) {
         let name = format!("data-{}", names.pod(i));
         let Some(pvc) = pvcs.get_opt(&name).await? else {
             continue;
         };
+        let bound = pvc
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Bound");
         let have = pvc
             .spec
             .as_ref()
@@ -1256,13 +1340,20 @@ async fn expand_volumes(
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("storage"))
             .and_then(|q| quantity(&q.0));
-        if have.is_some_and(|h| h < want) {
-            let patch = json!({"spec": {"resources": {"requests": {"storage": cluster.spec.storage.size}}}});
-            pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            grown.push(name);
+        if !bound || !have.is_some_and(|h| h < want) {
+            continue;
+        }
+        let patch =
+            json!({"spec": {"resources": {"requests": {"storage": cluster.spec.storage.size}}}});
+        match pvcs
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => grown.push(name),
+            Err(e) => refused.push((name, api_message(&e))),
         }
     }
+    let size = &cluster.spec.storage.size;
     if !grown.is_empty() {
         publish(
             ctx,
@@ -1270,16 +1361,25 @@ async fn expand_volumes(
             EventType::Normal,
             "VolumesExpanding",
             "ExpandVolumes",
-            format!(
-                "asked to grow {} to {} (the StorageClass must allow volume expansion)",
-                grown.join(", "),
-                cluster.spec.storage.size
-            ),
+            format!("asked to grow {} to {size}", grown.join(", ")),
         )
         .await;
     }
-    Ok(())
+    let Some((_, why)) = refused.first() else {
+        return Ok(None);
+    };
+    let claims: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(Some(Problem {
+        reason: VOLUME_EXPANSION_FAILED,
+        message: format!(
+            "could not grow {} to {size}: {why}; the StorageClass must allow volume expansion (allowVolumeExpansion: true), or set storage.size back",
+            claims.join(", ")
+        ),
+    }))
 }
+
+/// Degraded reason of a refused volume resize.
+pub const VOLUME_EXPANSION_FAILED: &str = "VolumeExpansionFailed";
 
 async fn patch_status(
     ctx: &Context,
@@ -1302,9 +1402,14 @@ async fn patch_status(
     Ok(())
 }
 
-pub fn error_policy(cluster: Arc<MqttCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(30))
+/// Exponential backoff per cluster: `retry_base` doubling per failure in a
+/// row, up to `retry_max` (a success resets it).
+pub fn error_policy(cluster: Arc<MqttCluster>, _error: &Error, ctx: Arc<Context>) -> Action {
+    let n = lock(&ctx.failures)
+        .get(&cluster_key(&cluster))
+        .copied()
+        .unwrap_or(1);
+    Action::requeue(ctx.lifecycle.backoff(n))
 }
 
 /// Which MqttClusters in `store` a Secret matters to: the ones owning it

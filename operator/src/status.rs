@@ -120,6 +120,9 @@ pub struct Lifecycle {
     /// A stuck or failing step (Degraded=True with this reason).
     pub degraded: Option<(String, String)>,
     pub operation: Option<Operation>,
+    /// What keeps pods from running (Pending claims, unschedulable pods,
+    /// containers that cannot start), for the Ready message.
+    pub troubles: Vec<String>,
 }
 
 /// The status after a reconcile. `problems` non-empty means Degraded (the
@@ -237,7 +240,16 @@ pub fn build(
             } else {
                 "PodsNotReady"
             },
-            format!("{} of {} pods ready", rollout.ready, rollout.desired),
+            if life.troubles.is_empty() {
+                format!("{} of {} pods ready", rollout.ready, rollout.desired)
+            } else {
+                format!(
+                    "{} of {} pods ready: {}",
+                    rollout.ready,
+                    rollout.desired,
+                    life.troubles.join("; ")
+                )
+            },
             generation,
             prev,
             now,
@@ -263,4 +275,41 @@ pub fn build(
         endpoints: endpoints(&names, cluster),
         certificate_not_after: certificate_not_after.or(previous.certificate_not_after.clone()),
     }
+}
+
+/// The status after a failed reconcile: what was there, with Ready=False
+/// and Degraded=True saying what failed.
+pub fn failed(
+    cluster: &MqttCluster,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> MqttClusterStatus {
+    let mut st = cluster.status.clone().unwrap_or_default();
+    let prev = st.conditions.clone();
+    let generation = cluster.metadata.generation;
+    let mut set = |c: Condition| match st.conditions.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => *x = c,
+        None => st.conditions.push(c),
+    };
+    set(condition(
+        READY,
+        false,
+        reason,
+        message.to_string(),
+        generation,
+        &prev,
+        now,
+    ));
+    set(condition(
+        DEGRADED,
+        true,
+        reason,
+        message.to_string(),
+        generation,
+        &prev,
+        now,
+    ));
+    st.phase = Some(format!("Degraded: {reason}"));
+    st
 }

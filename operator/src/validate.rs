@@ -52,6 +52,37 @@ pub fn topic_filter_error(filter: &str) -> Option<String> {
     None
 }
 
+/// The longest cluster name: `controller-revision-hash` labels on its pods
+/// are `<name>-<10 characters>`, and a label value is at most 63.
+pub const NAME_MAX: usize = 52;
+
+/// Why a cluster cannot have this name: it names the cluster's Services, so
+/// it must be a DNS-1035 label (lower case letters, digits and '-',
+/// starting with a letter, ending with a letter or digit), and at most
+/// [`NAME_MAX`] characters. The CRD refuses such names; this catches
+/// clusters made before that rule (a CRD Helm did not upgrade).
+pub fn name_problem(name: &str) -> Option<Problem> {
+    let b = name.as_bytes();
+    let label = !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-';
+    let why = if !label {
+        "it names the cluster's Services, so it must be a DNS-1035 label: lower case letters, digits and '-', starting with a letter and ending with a letter or digit"
+    } else if b.len() > NAME_MAX {
+        "it must be at most 52 characters (StatefulSet pod labels derive from it)"
+    } else {
+        return None;
+    };
+    Some(Problem {
+        reason: "InvalidName",
+        message: format!(
+            "the cluster cannot be named {name:?}: {why}; create it again under another name"
+        ),
+    })
+}
+
 pub fn validate(spec: &MqttClusterSpec) -> Findings {
     let mut f = Findings::default();
     if spec.replicas < 1 {

@@ -4,118 +4,15 @@
 
 mod api_double;
 mod common;
+mod harness;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_double::{summary, ApiDouble};
+use api_double::summary;
 use base64::Engine;
-use raftmq_operator::crd::MqttCluster;
-use raftmq_operator::membership::Unmanaged;
-use raftmq_operator::reconcile::{reconcile, Context};
+use harness::{Harness, CR, NS};
 use raftmq_operator::render::secrets::verify_password;
-use raftmq_operator::render::CONFIG_CHECKSUM;
-use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
-
-const NS: &str = "mqtt";
-const CR: (&str, &str) = ("raftmq.io/v1alpha1", "mqttclusters");
-
-struct Harness {
-    api: ApiDouble,
-    ctx: Arc<Context>,
-    clock: Arc<Mutex<OffsetDateTime>>,
-}
-
-impl Harness {
-    fn new() -> Harness {
-        let api = ApiDouble::new();
-        let metrics = Metrics::new().expect("metrics");
-        let mut ctx = Context::new(api.client(), metrics, Arc::new(Unmanaged));
-        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
-        let c = clock.clone();
-        ctx.now = Arc::new(move || *c.lock().expect("clock"));
-        Harness {
-            api,
-            ctx: Arc::new(ctx),
-            clock,
-        }
-    }
-
-    /// Loads an example file into the double as `kubectl apply` would.
-    fn apply_example(&self, name: &str) {
-        for doc in common::example_docs(name) {
-            let (gv, res) = match doc["kind"].as_str() {
-                Some("Secret") => ("v1", "secrets"),
-                Some("MqttCluster") => CR,
-                other => panic!("unexpected {other:?}"),
-            };
-            let mut doc = doc;
-            if doc["kind"] == "MqttCluster" && doc.get("spec").is_none() {
-                doc["spec"] = json!({});
-            }
-            self.api.create(gv, res, NS, doc);
-        }
-    }
-
-    fn cluster(&self, name: &str) -> MqttCluster {
-        let v = self.api.get(CR.0, CR.1, NS, name).expect("cluster exists");
-        serde_json::from_value(v).expect("MqttCluster")
-    }
-
-    async fn reconcile(&self, name: &str) {
-        reconcile(Arc::new(self.cluster(name)), self.ctx.clone())
-            .await
-            .expect("reconcile");
-    }
-
-    fn get(&self, gv: &str, res: &str, name: &str) -> Option<Value> {
-        self.api.get(gv, res, NS, name)
-    }
-
-    fn condition(&self, name: &str, type_: &str) -> Value {
-        let c = self.get(CR.0, CR.1, name).expect("cluster");
-        c["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-            .unwrap_or(Value::Null)
-    }
-
-    fn event_reasons(&self, name: &str) -> Vec<String> {
-        self.api
-            .events(NS, name)
-            .iter()
-            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    fn rv(&self, gv: &str, res: &str, name: &str) -> String {
-        self.get(gv, res, name).expect("object")["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn checksum(&self, name: &str) -> String {
-        let sts = self.get("apps/v1", "statefulsets", name).expect("sts");
-        sts["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn secret_text(&self, name: &str, key: &str) -> String {
-        let s = self.get("v1", "secrets", name).expect("secret");
-        let b = s["data"][key].as_str().unwrap_or_default();
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_default(),
-        )
-        .unwrap_or_default()
-    }
-}
 
 fn passwd_hash<'a>(passwd: &'a str, user: &str) -> &'a str {
     passwd
@@ -134,8 +31,12 @@ async fn cluster_lifecycle() {
     // --- create ---------------------------------------------------------
     h.reconcile(name).await;
     let objs = summary(&h.api.keys());
+    assert!(
+        objs.contains(&format!("configmaps/{}", h.config_map(name))),
+        "{objs:?}"
+    );
     for want in [
-        "configmaps/secure-config",
+        "configmaps/secure-acl",
         "secrets/secure-users",
         "secrets/secure-ca",
         "secrets/secure-tls",
@@ -224,11 +125,13 @@ async fn cluster_lifecycle() {
 
     // --- a reconcile with nothing to do changes nothing -----------------
     let events_before = h.event_reasons(name).len();
+    let config = h.config_map(name);
     let rvs: Vec<String> = [
         ("v1", "secrets", "secure-users"),
         ("v1", "secrets", "secure-tls"),
         ("apps/v1", "statefulsets", name),
-        ("v1", "configmaps", "secure-config"),
+        ("v1", "configmaps", config.as_str()),
+        ("v1", "configmaps", "secure-acl"),
     ]
     .iter()
     .map(|(g, r, n)| h.rv(g, r, n))
@@ -238,7 +141,8 @@ async fn cluster_lifecycle() {
         ("v1", "secrets", "secure-users"),
         ("v1", "secrets", "secure-tls"),
         ("apps/v1", "statefulsets", name),
-        ("v1", "configmaps", "secure-config"),
+        ("v1", "configmaps", config.as_str()),
+        ("v1", "configmaps", "secure-acl"),
     ]
     .iter()
     .map(|(g, r, n)| h.rv(g, r, n))
@@ -264,7 +168,7 @@ async fn cluster_lifecycle() {
         ]}}),
     );
     h.reconcile(name).await;
-    let acl = h.get("v1", "configmaps", "secure-config").expect("cm")["data"]["acl"]
+    let acl = h.get("v1", "configmaps", "secure-acl").expect("cm")["data"]["acl"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -440,10 +344,7 @@ async fn cluster_lifecycle() {
         "{objs:?}"
     );
     assert!(!objs.contains("networkpolicies/secure"), "{objs:?}");
-    let toml = h.get("v1", "configmaps", "secure-config").expect("cm")["data"]["broker.toml"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let toml = h.config_toml("secure");
     assert!(!toml.contains("tls.crt"), "{toml}");
 
     // --- the operator's metrics counted all of it ---------------------------
@@ -553,10 +454,7 @@ async fn minimal_cluster_and_even_replicas_warning() {
     let h = Harness::new();
     h.apply_example("minimal.yaml");
     h.reconcile("demo").await;
-    let toml = h.get("v1", "configmaps", "demo-config").expect("cm")["data"]["broker.toml"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let toml = h.config_toml("demo");
     assert!(toml.contains("bind = \"0.0.0.0:1883\""), "{toml}");
     assert!(!toml.contains("password_file"));
     assert!(h.get("v1", "secrets", "demo-users").is_none());
@@ -687,10 +585,7 @@ async fn user_secret_tls_mode() {
         vols.iter().any(|v| v["secret"]["secretName"] == "my-cert"),
         "{vols:?}"
     );
-    let toml = h.get("v1", "configmaps", "own-config").expect("cm")["data"]["broker.toml"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let toml = h.config_toml("own");
     assert!(
         toml.contains("certfile = \"/etc/raftmq/tls/tls.crt\"") && !toml.contains("cafile"),
         "{toml}"

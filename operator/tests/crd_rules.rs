@@ -109,6 +109,24 @@ fn mistakes_are_refused_with_their_message() {
     );
 }
 
+#[test]
+fn a_name_services_cannot_have_is_refused() {
+    let named = |name: &str| {
+        json!({"apiVersion": "raftmq.io/v1alpha1", "kind": "MqttCluster",
+               "metadata": {"name": name, "namespace": "mqtt"}, "spec": {}})
+    };
+    for bad in ["1mqtt", "mqtt.prod", "Mqtt", "mqtt-"] {
+        let errs = errors(&named(bad));
+        assert!(
+            errs.iter().any(|e| e.contains("DNS-1035")),
+            "{bad}: {errs:?}"
+        );
+    }
+    for good in ["mqtt", "mqtt-prod", "a1"] {
+        assert_eq!(errors(&named(good)), Vec::<String>::new(), "{good}");
+    }
+}
+
 /// The API server estimates each rule's cost times how often it can run and
 /// refuses a CRD over budget; unbounded strings and lists around a rule are
 /// what blow the estimate. Every string a rule reads has a maxLength, every

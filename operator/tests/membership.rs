@@ -187,6 +187,7 @@ impl H {
             retry_max: Duration::from_secs(30),
             poll: Duration::from_secs(2),
             max_lag: 10,
+            unready_after: Duration::from_secs(300),
         };
         let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
         let c = clock.clone();

@@ -5,10 +5,15 @@
 //! and raw sockets speaking bytes.
 
 pub mod access;
+// The operator's in-process Kubernetes API double, and the lab built on it
+// (the operator, a kubelet stand-in running real brokers, QoS 1 load).
+#[path = "../../operator/tests/api_double/mod.rs"]
+pub mod api_double;
 pub mod certs;
 pub mod cluster;
 pub mod containers;
 pub mod load;
+pub mod operator_lab;
 pub mod process;
 pub mod raw;
 

@@ -628,6 +628,18 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn undrain(
+        &self,
+        _: Request<pb::UndrainRequest>,
+    ) -> Result<Response<pb::UndrainResponse>, Status> {
+        let broker = self
+            .engine
+            .get()
+            .ok_or_else(|| Status::unavailable("the broker is not started yet"))?;
+        let was_draining = broker.undrain().map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::UndrainResponse { was_draining }))
+    }
+
     async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
         self.raft.trigger().elect().await.map_err(unavailable)?;
         ok("election started")

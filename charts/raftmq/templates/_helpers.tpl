@@ -48,14 +48,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: [services, configmaps, secrets]
   verbs: [get, list, watch, create, patch, update, delete]
+# Volumes grow in place; status names claims that stay Pending.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, patch]
+  verbs: [get, list, patch]
+# Why a claim stays Pending (no default class?). Cluster-scoped: only with
+# the ClusterRole; without it status says less.
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [get, list]
 # Membership management reads the pods (ready, which template) before it
-# calls their brokers' Admin service.
+# calls their brokers' Admin service; a pod that does not run is restarted
+# (deleted) when a rollout needs it to.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, update, delete]

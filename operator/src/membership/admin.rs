@@ -133,6 +133,9 @@ impl AdminMembership {
             Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => {
                 Err(MembershipError::Timeout { call, pod, after })
             }
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                Err(MembershipError::Unsupported { call, pod })
+            }
             Ok(Err(s)) => Err(MembershipError::Rpc {
                 call,
                 pod,
@@ -280,6 +283,26 @@ impl Membership for AdminMembership {
             )
             .await
             .map(|r| r.message)
+        })
+    }
+
+    fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            self.call(
+                target,
+                ordinal,
+                "Undrain",
+                self.timeouts.call,
+                |mut c| async move { c.undrain(pb::UndrainRequest {}).await },
+            )
+            .await
+            .map(|r| {
+                if r.was_draining {
+                    "drain ended".to_string()
+                } else {
+                    "it was not draining".to_string()
+                }
+            })
         })
     }
 

@@ -95,6 +95,12 @@ pub enum MembershipError {
     },
     #[error("client TLS: {0}")]
     Tls(String),
+    /// The broker does not have this call (an older version).
+    #[error("{call} is not supported by the broker on {pod}")]
+    Unsupported { call: &'static str, pod: String },
+    /// A Kubernetes API call a step needed (a pod restart).
+    #[error("Kubernetes API: {0}")]
+    Api(String),
 }
 
 impl MembershipError {
@@ -105,6 +111,8 @@ impl MembershipError {
             MembershipError::Unreachable { .. } => "BrokerUnreachable",
             MembershipError::Rpc { .. } => "MembershipChangeFailed",
             MembershipError::Tls(_) => "AdminTlsInvalid",
+            MembershipError::Unsupported { .. } => "MembershipChangeFailed",
+            MembershipError::Api(_) => "PodRestartFailed",
         }
     }
 }
@@ -165,6 +173,18 @@ pub trait Membership: Send + Sync {
         ordinal: i32,
         server_reference: String,
     ) -> BoxFuture<'a, Result<(u64, u64)>>;
+
+    /// Ends a drain of pod `ordinal` (it takes clients and reports ready
+    /// again). Not every broker has it: [`MembershipError::Unsupported`].
+    fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {
+        let pod = target.names.pod(ordinal);
+        Box::pin(async move {
+            Err(MembershipError::Unsupported {
+                call: "Undrain",
+                pod,
+            })
+        })
+    }
 }
 
 /// No membership management: nothing observed, scale-downs and rollouts

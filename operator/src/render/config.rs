@@ -1,6 +1,8 @@
-//! The broker's TOML configuration and the mosquitto-format ACL file, both
-//! in one ConfigMap. Only the TOML feeds the checksum that rolls pods: the
-//! broker reloads the ACL file on change.
+//! The broker's TOML configuration, in a ConfigMap named by its checksum
+//! (a config change is a new ConfigMap and a new pod template, rolled
+//! under the health gate; pods that restart mid-roll keep the config their
+//! template names), and the mosquitto-format ACL file in a ConfigMap of its
+//! own that the brokers reload in place.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +10,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{
-    meta, Names, Observed, RenderError, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE, DATA_DIR,
-    HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
+    meta, Names, Observed, RenderError, ACL_DIR, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE,
+    CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use crate::crd::{AclRule, ListenerKind, MqttClusterSpec};
 
@@ -100,7 +102,7 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
         );
     }
     if has_acl(spec) {
-        auth.insert("acl_file".into(), s(format!("{CONFIG_DIR}/{ACL_FILE}")));
+        auth.insert("acl_file".into(), s(format!("{ACL_DIR}/{ACL_FILE}")));
     }
     if let Some(a) = spec.auth.allow_anonymous {
         auth.insert("allow_anonymous".into(), toml::Value::Boolean(a));
@@ -228,13 +230,22 @@ pub fn checksum(text: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn config_map(names: &Names, owner: &OwnerReference, toml: &str, acl: &str) -> ConfigMap {
+pub fn config_map(names: &Names, owner: &OwnerReference, toml: &str, checksum: &str) -> ConfigMap {
+    let label = BTreeMap::from([(CONFIG_OF.to_string(), names.cluster.clone())]);
     ConfigMap {
-        metadata: meta(names, names.config_map(), owner, &BTreeMap::new()),
-        data: Some(BTreeMap::from([
-            (CONFIG_FILE.to_string(), toml.to_string()),
-            (ACL_FILE.to_string(), acl.to_string()),
-        ])),
+        metadata: meta(names, names.config_map(checksum), owner, &label),
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_string(),
+            toml.to_string(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn acl_config_map(names: &Names, owner: &OwnerReference, acl: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(names, names.acl_config_map(), owner, &BTreeMap::new()),
+        data: Some(BTreeMap::from([(ACL_FILE.to_string(), acl.to_string())])),
         ..ConfigMap::default()
     }
 }

@@ -26,12 +26,19 @@ use crate::crd::{MqttCluster, TlsMode};
 
 /// Field manager name for server-side apply; also the `managed-by` label.
 pub const MANAGER: &str = "raftmq-operator";
+/// Annotation on an MqttCluster (and so on its pod template): a new value
+/// restarts every pod, one at a time under the health gate.
+pub const RESTART_ANNOTATION: &str = "raftmq.io/restart";
 /// Annotation carrying the hash of the broker config; a change rolls pods.
 pub const CONFIG_CHECKSUM: &str = "raftmq.io/config-checksum";
 pub const CLUSTER_PORT: i32 = 7100;
 pub const HTTP_PORT: i32 = 9100;
 pub const DATA_DIR: &str = "/var/lib/raftmq";
 pub const CONFIG_DIR: &str = "/etc/raftmq/config";
+pub const ACL_DIR: &str = "/etc/raftmq/acl";
+/// Label on the broker config ConfigMaps (value: the cluster), to find the
+/// old ones to prune.
+pub const CONFIG_OF: &str = "raftmq.io/config-of";
 pub const CONFIG_FILE: &str = "broker.toml";
 pub const ACL_FILE: &str = "acl";
 pub const USERS_DIR: &str = "/etc/raftmq/users";
@@ -64,8 +71,21 @@ impl Names {
     pub fn headless_service(&self) -> String {
         format!("{}-headless", self.cluster)
     }
-    pub fn config_map(&self) -> String {
+    /// The ConfigMap older versions kept the broker config and ACL in (it
+    /// is pruned after the first roll).
+    pub fn legacy_config_map(&self) -> String {
         format!("{}-config", self.cluster)
+    }
+    /// The broker config's ConfigMap: named by its content, so a new
+    /// config is a new ConfigMap and a new pod template. A pod that restarts
+    /// mid-roll for any other reason keeps the config its template names.
+    pub fn config_map(&self, checksum: &str) -> String {
+        let short: String = checksum.chars().take(10).collect();
+        format!("{}-config-{short}", self.cluster)
+    }
+    /// The ACL's ConfigMap (reloaded by the brokers in place).
+    pub fn acl_config_map(&self) -> String {
+        format!("{}-acl", self.cluster)
     }
     pub fn users_secret(&self) -> String {
         format!("{}-users", self.cluster)
@@ -168,7 +188,10 @@ pub struct Observed {
 /// Everything a cluster consists of.
 #[derive(Clone, Debug, Default)]
 pub struct Rendered {
+    /// The broker config, named by its checksum.
     pub config_map: ConfigMap,
+    /// The ACL file (when there are rules).
+    pub acl_config_map: Option<ConfigMap>,
     pub secrets: Vec<Secret>,
     pub headless_service: Service,
     pub client_service: Service,
@@ -189,6 +212,9 @@ impl Rendered {
             serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
         }
         let mut out = vec![v(&self.config_map)];
+        if let Some(a) = &self.acl_config_map {
+            out.push(v(a));
+        }
         out.extend(self.secrets.iter().map(v));
         if let Some(c) = &self.certificate {
             out.push(v(c));
@@ -257,7 +283,9 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
     let broker_toml = config::broker_toml(spec, observed)?;
     let acl = config::acl_file(spec);
     let config_checksum = config::checksum(&broker_toml);
-    let config_map = config::config_map(&names, &owner, &broker_toml, &acl);
+    let config_map = config::config_map(&names, &owner, &broker_toml, &config_checksum);
+    let acl_config_map =
+        config::has_acl(spec).then(|| config::acl_config_map(&names, &owner, &acl));
 
     let mut secrets = Vec::new();
     if let Some(pw) = &observed.password_file {
@@ -276,7 +304,21 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
         _ => None,
     };
 
-    let statefulset = statefulset::statefulset(&names, &owner, spec, observed, &config_checksum);
+    let mut statefulset =
+        statefulset::statefulset(&names, &owner, spec, observed, &config_checksum);
+    // `raftmq.io/restart: <anything new>` on the cluster: a new template,
+    // rolled pod by pod under the same health gate as any other change.
+    if let Some(v) = cluster.annotations().get(RESTART_ANNOTATION) {
+        if let Some(a) = statefulset
+            .spec
+            .template
+            .metadata
+            .as_mut()
+            .map(|m| m.annotations.get_or_insert_with(BTreeMap::new))
+        {
+            a.insert(RESTART_ANNOTATION.into(), v.clone());
+        }
+    }
     let headless_service = services::headless(&names, &owner);
     let client_service = services::client(&names, &owner, spec);
     let pdb = policy::pdb(&names, &owner);
@@ -289,6 +331,7 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
 
     Ok(Rendered {
         config_map,
+        acl_config_map,
         secrets,
         headless_service,
         client_service,

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::config_path;
 use super::{
-    common_labels, meta, selector_labels, Names, Observed, CLUSTER_PORT, CONFIG_CHECKSUM,
+    common_labels, meta, selector_labels, Names, Observed, ACL_DIR, CLUSTER_PORT, CONFIG_CHECKSUM,
     CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use crate::crd::{MqttClusterSpec, TlsMode};
@@ -53,17 +53,23 @@ fn secret_volume(name: &str, secret: String, items: Option<Vec<KeyToPath>>) -> V
 /// The volumes the pod template carries, besides the data claim. Whole
 /// directories, never `subPath`: kubelet updates those in place, which is
 /// what lets the broker reload users, ACL and certificates without a restart.
-pub fn mounts(names: &Names, spec: &MqttClusterSpec, observed: &Observed) -> Vec<Mount> {
+pub fn mounts(
+    names: &Names,
+    spec: &MqttClusterSpec,
+    observed: &Observed,
+    checksum: &str,
+) -> Vec<Mount> {
+    let config_map = |name: &str, cm: String| Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: cm,
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
     let mut v = vec![
         Mount {
-            volume: Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.config_map(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
+            volume: config_map("config", names.config_map(checksum)),
             path: CONFIG_DIR,
         },
         Mount {
@@ -75,6 +81,12 @@ pub fn mounts(names: &Names, spec: &MqttClusterSpec, observed: &Observed) -> Vec
             path: "/tmp",
         },
     ];
+    if super::config::has_acl(spec) {
+        v.push(Mount {
+            volume: config_map("acl", names.acl_config_map()),
+            path: ACL_DIR,
+        });
+    }
     if observed.password_file.is_some() {
         v.push(Mount {
             volume: secret_volume("users", names.users_secret(), None),
@@ -263,7 +275,7 @@ pub fn statefulset(
     observed: &Observed,
     checksum: &str,
 ) -> StatefulSet {
-    let mounts = mounts(names, spec, observed);
+    let mounts = mounts(names, spec, observed, checksum);
     let pod = &spec.pod;
     let mut pod_labels = pod.labels.clone();
     pod_labels.extend(common_labels(names));

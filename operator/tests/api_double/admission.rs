@@ -99,15 +99,24 @@ pub fn update(st: &State, key: &Key, old: &Value, new: &Value) -> Result<(), Ref
 }
 
 fn common(_st: &State, key: &Key, _old: Option<&Value>, obj: &Value) -> Result<(), Refusal> {
-    for (k, v) in obj["metadata"]["labels"].as_object().into_iter().flatten() {
-        let v = v.as_str().unwrap_or_default();
-        if !label_value(v) {
-            return Err(invalid(
-                key,
-                &format!("metadata.labels[{k}]"),
-                v,
-                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters",
-            ));
+    let labels = [
+        ("metadata.labels", &obj["metadata"]["labels"]),
+        (
+            "spec.template.metadata.labels",
+            &obj["spec"]["template"]["metadata"]["labels"],
+        ),
+    ];
+    for (at, map) in labels {
+        for (k, v) in map.as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or_default();
+            if !label_value(v) {
+                return Err(invalid(
+                    key,
+                    &format!("{at}[{k}]"),
+                    v,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters",
+                ));
+            }
         }
     }
     if key.resource == "events" {

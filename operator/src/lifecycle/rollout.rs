@@ -1,0 +1,265 @@
+//! Rollout: a changed template is held until the group is looked at with
+//! it applied; then one pod at a time from the highest ordinal, only while
+//! the group is healthy, leadership moved away and clients handed over
+//! before the partition is lowered to it.
+
+use super::*;
+
+/// 4. Rollout, one pod at a time from the highest ordinal.
+pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
+    let (facts, g, name) = (c.facts, c.g, c.name);
+    let (desired, current, partition_now, hold, leader_ord, target) = (
+        c.desired,
+        c.current,
+        c.partition_now,
+        c.hold,
+        c.leader_ord,
+        c.target,
+    );
+    let l = g.leader;
+    let _ = (
+        facts,
+        desired,
+        current,
+        partition_now,
+        hold,
+        leader_ord,
+        l,
+        target,
+    );
+    if facts.template_changed {
+        return Plan {
+            partition: desired,
+            progress: Some((
+                "RollingOut",
+                "the pod template changed; pods restart one at a time, highest ordinal first"
+                    .into(),
+            )),
+            ..base
+        };
+    }
+    let outdated: Vec<i32> = facts
+        .pods
+        .values()
+        .filter(|p| p.ordinal < desired && p.exists && !p.current)
+        .map(|p| p.ordinal)
+        .collect();
+    let unhealthy = |skip: Option<i32>| -> Option<String> {
+        for o in 0..desired {
+            if Some(o) == skip {
+                continue;
+            }
+            let p = facts.pods.get(&o);
+            if !p.is_some_and(|p| p.ready) {
+                return Some(format!("{} is not ready", name(o)));
+            }
+            if !g.healthy(node_id(o)) {
+                return Some(format!("{} has not caught up with the leader", name(o)));
+            }
+        }
+        None
+    };
+    let Some(&k) = outdated.iter().max() else {
+        let partition = desired;
+        return match unhealthy(None) {
+            None => Plan { partition, ..base },
+            Some(why) => Plan {
+                partition,
+                ..waiting(&base, "WaitingForHealthyGroup", "PodNotReady", why)
+            },
+        };
+    };
+    let done = desired - outdated.len() as i32;
+    if let Some(p) = broken_first(c, &base, &outdated, k, done) {
+        return p;
+    }
+    if k >= partition_now {
+        // The StatefulSet controller is restarting it.
+        return Plan {
+            partition: partition_now,
+            pod: Some(k),
+            ..waiting(
+                &base,
+                "RollingPod",
+                "PodNotReady",
+                format!(
+                    "restarting {} with the new template ({done} of {desired} updated)",
+                    name(k)
+                ),
+            )
+        };
+    }
+    let base = Plan {
+        partition: partition_now,
+        ..base
+    };
+    if let Some(why) = unhealthy(Some(k)) {
+        return waiting(
+            &base,
+            "WaitingForHealthyGroup",
+            "PodNotReady",
+            format!("rollout ({done} of {desired} updated) waits: {why}"),
+        );
+    }
+    if !g.caught_up(node_id(k)) {
+        return waiting(
+            &base,
+            "WaitingForHealthyGroup",
+            "PodNotReady",
+            format!(
+                "rollout waits: {} has not caught up with the leader",
+                name(k)
+            ),
+        );
+    }
+    if k == leader_ord {
+        let updated = |id: u64| facts.pods.get(&ordinal_of(id)).is_some_and(|p| p.current);
+        let to = g
+            .successor(node_id(k), updated)
+            .or_else(|| g.successor(node_id(k), |_| true));
+        return match to {
+            Some(to) => Plan {
+                progress: Some((
+                    "TransferringLeader",
+                    format!(
+                        "rollout: moving leadership from {} to {} before it restarts",
+                        name(k),
+                        name(ordinal_of(to))
+                    ),
+                )),
+                step: Some(Step::TransferLeader { from: k, to }),
+                ..base
+            },
+            None => waiting(
+                &base,
+                "WaitingForHealthyGroup",
+                "NoQuorum",
+                format!("{} leads and no other voter is caught up", name(k)),
+            ),
+        };
+    }
+    if facts
+        .pods
+        .get(&k)
+        .and_then(|p| p.node.as_ref())
+        .is_some_and(|n| !n.draining)
+    {
+        return Plan {
+            progress: Some((
+                "Draining",
+                format!(
+                    "rollout: handing {}'s clients over before it restarts",
+                    name(k)
+                ),
+            )),
+            step: Some(Step::Drain { ordinal: k }),
+            ..base
+        };
+    }
+    Plan {
+        partition: k,
+        pod: Some(k),
+        progress: Some((
+            "RollingPod",
+            format!(
+                "restarting {} with the new template ({done} of {desired} updated)",
+                name(k)
+            ),
+        )),
+        ..base
+    }
+}
+
+/// An outdated pod that does not run (crash-looping, its image not pulled,
+/// not ready for too long) serves nobody: waiting for it to be healthy
+/// before rolling it would wait forever, and rolling it costs the group
+/// nothing. The highest outdated pod, when broken, gets the partition at
+/// once (no drain, no health gate); a broken pod below healthy outdated
+/// ones is restarted (it comes back at the current revision) once it has
+/// been broken for long enough.
+fn broken_first(c: &Ctx, base: &Plan, outdated: &[i32], k: i32, done: i32) -> Option<Plan> {
+    let (facts, name, desired) = (c.facts, c.name, c.desired);
+    let broken = |o: &i32| facts.pods.get(o).and_then(|p| p.broken.clone());
+    let b = outdated
+        .iter()
+        .copied()
+        .filter(|o| broken(o).is_some())
+        .max()?;
+    let why = broken(&b).unwrap_or_default();
+    if b == k {
+        let leads = facts
+            .pods
+            .get(&k)
+            .and_then(|p| p.node.as_ref())
+            .is_some_and(|n| n.is_leader());
+        if leads || k >= c.partition_now {
+            // A leader is moved away first; at or above the partition the
+            // StatefulSet controller is replacing it already.
+            return None;
+        }
+        return Some(Plan {
+            partition: k,
+            pod: Some(k),
+            progress: Some((
+                "RollingBrokenPod",
+                format!(
+                    "{} does not run ({why}) and has an old template: replacing it at once ({done} of {desired} updated)",
+                    name(k)
+                ),
+            )),
+            ..base.clone()
+        });
+    }
+    let restartable = facts.pods.get(&b).is_some_and(|p| p.restartable);
+    restartable.then(|| {
+        with_step(
+            &Plan {
+                partition: c.partition_now,
+                ..base.clone()
+            },
+            Step::RestartPod { ordinal: b },
+            format!(
+                "{} does not run ({why}): restarting it before the rollout goes on",
+                name(b)
+            ),
+        )
+    })
+}
+
+/// The partition when no broker leads: held, except that a broken
+/// outdated pod that is the highest outdated one is rolled (there is no
+/// quorum to protect, and it may be why there is none: a one-pod cluster
+/// given a bad image).
+pub(super) fn leaderless_partition(facts: &Facts, hold: i32) -> i32 {
+    if facts.template_changed {
+        return hold;
+    }
+    let partition_now = facts.partition.unwrap_or(0);
+    let k = facts
+        .pods
+        .values()
+        .filter(|p| p.ordinal < facts.desired && p.exists && !p.current)
+        .map(|p| p.ordinal)
+        .max();
+    match k {
+        Some(k) if k < partition_now && facts.pods.get(&k).is_some_and(|p| p.broken.is_some()) => k,
+        _ => hold,
+    }
+}
+
+/// A member that is to stay but is draining (a scale-down cancelled after
+/// its drain step; a rollout whose template was reverted after it drained
+/// this pod) refuses clients for good unless it is told to take them again.
+pub(super) fn undrain(c: &Ctx, base: &Plan) -> Option<Plan> {
+    let (facts, g, name) = (c.facts, c.g, c.name);
+    let o = (0..c.desired).rev().find(|o| {
+        let p = facts.pods.get(o);
+        g.members.contains_key(&node_id(*o))
+            && p.is_some_and(|p| p.current && p.node.as_ref().is_some_and(|n| n.draining))
+    })?;
+    Some(with_step(
+        base,
+        Step::Undrain { ordinal: o },
+        format!("{} was drained but stays: it takes clients again", name(o)),
+    ))
+}
