@@ -236,20 +236,26 @@ pub async fn group(
     Observation { pods: out }
 }
 
-/// The StatefulSet's update revision, once its controller has seen the
-/// latest spec (before that, the revision on pods says nothing).
+/// The StatefulSet's update revision as its controller last reported it.
+/// Until it has seen the latest spec this is the one before; the operator's
+/// own template changes are held meanwhile (`template_changed`), and the
+/// partition alone does not change the revision.
 fn update_revision(sts: &StatefulSet) -> Option<&str> {
-    let s = sts.status.as_ref()?;
-    let seen = s.observed_generation? >= sts.metadata.generation?;
-    seen.then_some(s.update_revision.as_deref()).flatten()
+    sts.status.as_ref()?.update_revision.as_deref()
+}
+
+/// Whether the StatefulSet controller has seen the latest spec.
+fn settled(sts: &StatefulSet) -> bool {
+    let seen = sts.status.as_ref().and_then(|s| s.observed_generation);
+    seen.is_some() && seen >= sts.metadata.generation
 }
 
 impl Observation {
     /// The plan's facts. A pod is current when it runs the StatefulSet's
     /// update revision: the whole pod template, so drift someone else
-    /// made (`kubectl rollout restart`) counts too. Until the StatefulSet
-    /// controller has seen the latest spec, the operator's own template
-    /// hash decides.
+    /// made (`kubectl rollout restart`) counts too. Pods without a revision
+    /// label (made by something else than the StatefulSet controller) are
+    /// judged by the operator's own template hash.
     pub fn facts(
         &self,
         cluster: &MqttCluster,
@@ -274,6 +280,7 @@ impl Observation {
                 .and_then(|u| u.rolling_update.as_ref())
                 .and_then(|r| r.partition),
             template_changed: before.is_some() && hash.is_some() && before_hash != hash,
+            settled: before.is_none_or(settled),
             pods: self
                 .pods
                 .iter()

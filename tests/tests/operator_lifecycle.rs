@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use raftmq_e2e::operator_lab::mqtt_load::{finish_load, publisher, set_step, start_load};
-use raftmq_e2e::operator_lab::{lock, pod_name, pod_uids, Lab, NAME, NS};
+use raftmq_e2e::operator_lab::{lock, pod_config, pod_name, pod_uids, Lab, NAME, NS};
 use raftmq_operator::membership::Membership;
 use serde_json::{json, Value};
 
@@ -266,15 +266,10 @@ async fn membership_over_mutual_tls() {
         lab.tls.is_some(),
         "the operator issued the CA and peer certificate"
     );
-    let config = lab
-        .api
-        .get("v1", "configmaps", NS, &format!("{NAME}-config"))
-        .unwrap_or_default();
+    let (_, config) = pod_config(&lab, 0);
     assert!(
-        config["data"][raftmq_operator::render::CONFIG_FILE]
-            .as_str()
-            .is_some_and(|t| t.contains("cafile")),
-        "the brokers require client certificates on the cluster port"
+        config.contains("cafile"),
+        "the brokers require client certificates on the cluster port: {config}"
     );
     let events = lab.event_reasons();
     assert!(

@@ -63,6 +63,9 @@ pub struct Facts {
     pub partition: Option<i32>,
     /// The pod template about to be applied differs from the one applied.
     pub template_changed: bool,
+    /// The StatefulSet controller has seen the latest spec (its revisions
+    /// are up to date).
+    pub settled: bool,
     pub pods: BTreeMap<i32, PodFacts>,
     /// A voter is caught up when its matched index is at most this far
     /// behind the leader's last log index.

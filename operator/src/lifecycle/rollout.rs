@@ -8,25 +8,7 @@ use super::*;
 /// 4. Rollout, one pod at a time from the highest ordinal.
 pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
     let (facts, g, name) = (c.facts, c.g, c.name);
-    let (desired, current, partition_now, hold, leader_ord, target) = (
-        c.desired,
-        c.current,
-        c.partition_now,
-        c.hold,
-        c.leader_ord,
-        c.target,
-    );
-    let l = g.leader;
-    let _ = (
-        facts,
-        desired,
-        current,
-        partition_now,
-        hold,
-        leader_ord,
-        l,
-        target,
-    );
+    let (desired, partition_now, leader_ord) = (c.desired, c.partition_now, c.leader_ord);
     if facts.template_changed {
         return Plan {
             partition: desired,
@@ -60,6 +42,21 @@ pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
         None
     };
     let Some(&k) = outdated.iter().max() else {
+        // A pod the rollout deleted and the StatefulSet controller has not
+        // made again yet: raising the partition now would have it made at
+        // the old revision, and rolled again.
+        if let Some(m) = (partition_now..desired).find(|o| !facts.pods.contains_key(o)) {
+            return Plan {
+                partition: partition_now,
+                pod: Some(m),
+                ..waiting(
+                    &base,
+                    "RollingPod",
+                    "PodNotReady",
+                    format!("waiting for {} to come back with the new template", name(m)),
+                )
+            };
+        }
         let partition = desired;
         return match unhealthy(None) {
             None => Plan { partition, ..base },
@@ -252,6 +249,11 @@ pub(super) fn leaderless_partition(facts: &Facts, hold: i32) -> i32 {
 /// this pod) refuses clients for good unless it is told to take them again.
 pub(super) fn undrain(c: &Ctx, base: &Plan) -> Option<Plan> {
     let (facts, g, name) = (c.facts, c.g, c.name);
+    // Which pods are current is only sure once the StatefulSet controller
+    // has seen the latest spec.
+    if !facts.settled || facts.template_changed {
+        return None;
+    }
     let o = (0..c.desired).rev().find(|o| {
         let p = facts.pods.get(o);
         g.members.contains_key(&node_id(*o))

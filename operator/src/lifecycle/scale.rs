@@ -8,25 +8,8 @@ use super::*;
 /// 1. A member whose store came back empty: out first, in again later.
 pub(super) fn reset(c: &Ctx, base: &Plan) -> Option<Plan> {
     let (facts, g, name) = (c.facts, c.g, c.name);
-    let (desired, current, partition_now, hold, leader_ord, target) = (
-        c.desired,
-        c.current,
-        c.partition_now,
-        c.hold,
-        c.leader_ord,
-        c.target,
-    );
-    let l = g.leader;
-    let _ = (
-        facts,
-        desired,
-        current,
-        partition_now,
-        hold,
-        leader_ord,
-        l,
-        target,
-    );
+    let target = c.target;
+    let l = c.g.leader;
     for p in facts.pods.values() {
         let Some(n) = &p.node else { continue };
         let id = node_id(p.ordinal);
@@ -41,7 +24,7 @@ pub(super) fn reset(c: &Ctx, base: &Plan) -> Option<Plan> {
             rest.remove(&id);
             if !g.quorum_after(&rest) {
                 return Some(waiting(
-&base,
+                base,
                     "WaitingForQuorum",
                     "NoQuorum",
                     format!(
@@ -52,7 +35,7 @@ pub(super) fn reset(c: &Ctx, base: &Plan) -> Option<Plan> {
             }
         }
         return Some(with_step(
-&base,
+                base,
             Step::ResetMember { ordinal: p.ordinal },
             format!(
                 "{} came back with an empty volume: removing it from Raft to add it again as a new member",
@@ -65,26 +48,9 @@ pub(super) fn reset(c: &Ctx, base: &Plan) -> Option<Plan> {
 
 /// 2. Members that should not be (scale-down), highest ordinal first.
 pub(super) fn retire(c: &Ctx, base: &Plan) -> Option<Plan> {
-    let (facts, g, name) = (c.facts, c.g, c.name);
-    let (desired, current, partition_now, hold, leader_ord, target) = (
-        c.desired,
-        c.current,
-        c.partition_now,
-        c.hold,
-        c.leader_ord,
-        c.target,
-    );
-    let l = g.leader;
-    let _ = (
-        facts,
-        desired,
-        current,
-        partition_now,
-        hold,
-        leader_ord,
-        l,
-        target,
-    );
+    let (g, name) = (c.g, c.name);
+    let (desired, current, hold) = (c.desired, c.current, c.hold);
+    let l = c.g.leader;
     let retiring: Vec<u64> = g
         .members
         .keys()
@@ -178,25 +144,7 @@ pub(super) fn retire(c: &Ctx, base: &Plan) -> Option<Plan> {
 /// 3. Pods that should be members and are not (scale-up, re-added).
 pub(super) fn join(c: &Ctx, base: &Plan) -> Option<Plan> {
     let (facts, g, name) = (c.facts, c.g, c.name);
-    let (desired, current, partition_now, hold, leader_ord, target) = (
-        c.desired,
-        c.current,
-        c.partition_now,
-        c.hold,
-        c.leader_ord,
-        c.target,
-    );
-    let l = g.leader;
-    let _ = (
-        facts,
-        desired,
-        current,
-        partition_now,
-        hold,
-        leader_ord,
-        l,
-        target,
-    );
+    let desired = c.desired;
     for o in 0..desired {
         let id = node_id(o);
         if g.members.contains_key(&id) {
@@ -205,7 +153,7 @@ pub(super) fn join(c: &Ctx, base: &Plan) -> Option<Plan> {
         let p = facts.pods.get(&o);
         if p.is_some_and(|p| p.node.is_some()) {
             return Some(with_step(
-                &base,
+                base,
                 Step::AddLearner { ordinal: o },
                 format!(
                     "adding {} to the Raft group as a learner (waits until it has caught up)",
@@ -216,7 +164,7 @@ pub(super) fn join(c: &Ctx, base: &Plan) -> Option<Plan> {
         return Some(Plan {
             pod: Some(o),
             ..waiting(
-                &base,
+                base,
                 "ScalingUp",
                 "PodNotReady",
                 format!(
@@ -236,7 +184,7 @@ pub(super) fn join(c: &Ctx, base: &Plan) -> Option<Plan> {
         let mut voters = g.voters();
         voters.extend(learners.iter().map(|o| node_id(*o)));
         return Some(with_step(
-            &base,
+            base,
             Step::Promote {
                 ordinals: learners.clone(),
                 voters: voters.into_iter().collect(),

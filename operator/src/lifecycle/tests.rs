@@ -49,6 +49,7 @@ fn facts(n_pods: i32, voters: &[u64], learners: &[u64], leader: u64) -> Facts {
         replicas: Some(n_pods),
         partition: Some(n_pods),
         template_changed: false,
+        settled: true,
         pods,
         max_lag: 10,
     }
@@ -258,4 +259,20 @@ fn no_leader_waits_and_holds() {
     let p = plan(&f, name);
     assert_eq!(p.replicas, 3, "no scale-down without a leader");
     assert_eq!(p.wait.map(|w| w.stuck_reason), Some("NoLeader"));
+}
+
+#[test]
+fn a_pod_the_rollout_deleted_keeps_the_partition_until_it_is_back() {
+    // Pods 1 and 2 rolled; the partition went to 0 and pod 0 was deleted,
+    // not made again yet.
+    let mut f = facts(3, &[1, 2, 3], &[], 2);
+    f.partition = Some(0);
+    f.pods.remove(&0);
+    let p = plan(&f, name);
+    assert_eq!(p.partition, 0, "raised now, pod 0 would come back old");
+    assert_eq!(p.progress.map(|p| p.0), Some("RollingPod"));
+    // Back, current: the partition goes up again.
+    let mut f = facts(3, &[1, 2, 3], &[], 2);
+    f.partition = Some(0);
+    assert_eq!(plan(&f, name).partition, 3);
 }

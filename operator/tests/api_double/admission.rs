@@ -69,7 +69,7 @@ fn invalid(key: &Key, field: &str, value: &str, why: &str) -> Refusal {
 }
 
 /// Checks on a new object.
-pub fn create(st: &State, key: &Key, obj: &Value) -> Result<(), Refusal> {
+pub(crate) fn create(st: &State, key: &Key, obj: &Value) -> Result<(), Refusal> {
     let name = key.name.as_str();
     if key.resource == "services" {
         if !dns1035_label(name) {
@@ -92,7 +92,7 @@ pub fn create(st: &State, key: &Key, obj: &Value) -> Result<(), Refusal> {
 }
 
 /// Checks on a changed object.
-pub fn update(st: &State, key: &Key, old: &Value, new: &Value) -> Result<(), Refusal> {
+pub(crate) fn update(st: &State, key: &Key, old: &Value, new: &Value) -> Result<(), Refusal> {
     statefulset_immutable(key, old, new)?;
     pvc_resize(st, key, old, new)?;
     common(st, key, Some(old), new)
@@ -172,7 +172,7 @@ fn storage(v: &Value) -> Option<&str> {
 }
 
 /// The StorageClass a claim was provisioned from: its own, or the default.
-pub fn storage_class<'a>(st: &'a State, pvc: &Value) -> Option<&'a Value> {
+pub(crate) fn storage_class<'a>(st: &'a State, pvc: &Value) -> Option<&'a Value> {
     let classes: BTreeMap<&str, &Value> = st
         .objects
         .iter()

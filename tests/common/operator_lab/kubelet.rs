@@ -56,7 +56,7 @@ struct Kubelet {
     started: Instant,
 }
 
-fn b64(s: &str) -> Vec<u8> {
+pub fn b64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .unwrap_or_default()
@@ -423,23 +423,33 @@ impl Kubelet {
         self.report_readiness(&pods);
     }
 
-    /// Readiness from /readyz, into each pod's status.
+    /// Readiness from /readyz and the container's state (running, backing
+    /// off after a crash, being created), into each pod's status.
     fn report_readiness(&mut self, pods: &BTreeMap<i32, Value>) {
         let mut changed = false;
         for (&o, p) in pods {
             let running = self.procs.contains_key(&o);
             let ok = running && self.probe(o);
+            let state = if running {
+                json!({"running": {}})
+            } else if self.crashed.contains_key(&o) {
+                json!({"waiting": {"reason": "CrashLoopBackOff",
+                                   "message": "back-off 3s restarting failed container=broker"}})
+            } else {
+                json!({"waiting": {"reason": "ContainerCreating"}})
+            };
             let want = json!({
                 "phase": "Running",
                 "conditions": [{"type": "PodScheduled", "status": "True"},
                                {"type": "Ready", "status": if ok {"True"} else {"False"}}],
-                "containerStatuses": [{"name": "broker", "ready": ok, "restartCount": 0,
-                    "state": if running { json!({"running": {}}) } else { json!({"waiting": {"reason": "ContainerCreating"}}) }}],
+                "containerStatuses": [{"name": "broker", "ready": ok, "restartCount": 0, "state": state}],
             });
-            if self.ready.get(&o).copied() != Some(ok) || p["status"]["phase"] != "Running" {
+            if self.ready.get(&o).copied() != Some(ok) {
                 changed = true;
                 self.ready.insert(o, ok);
                 self.note(format!("{} ready={ok}", pod_name(o)));
+            }
+            if p["status"] != want {
                 self.api.set_status("v1", "pods", NS, &pod_name(o), want);
             }
         }

@@ -19,7 +19,7 @@ use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
 
 use crate::api_double::ApiDouble;
-use kubelet::{Cluster, PodPorts};
+use kubelet::{b64, Cluster, PodPorts};
 
 pub const NS: &str = "mqtt";
 pub const NAME: &str = "demo";
