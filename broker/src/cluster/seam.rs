@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::convert;
 use super::network::Network;
 use super::state_machine::StateMachine;
-use super::types::{Batch, Raft, WriteGate};
+use super::supervisor::RaftHandle;
+use super::types::{Batch, WriteGate};
 use crate::state::{Command, ReplicatedState, StateError, StateSeam, Ticket};
 
 /// Upper bounds of one group commit.
@@ -34,7 +35,7 @@ pub struct RaftSeam {
 
 impl RaftSeam {
     pub fn start(
-        raft: Raft,
+        raft: RaftHandle,
         node_id: u64,
         net: Network,
         machine: StateMachine,
@@ -78,7 +79,7 @@ fn weight(c: &Command) -> usize {
 }
 
 async fn writer(
-    raft: Raft,
+    raft: RaftHandle,
     node_id: u64,
     net: Network,
     gate: WriteGate,
@@ -133,7 +134,7 @@ async fn writer(
 /// latency, not as errors. A batch may then commit twice; every command is
 /// idempotent.
 async fn commit(
-    raft: &Raft,
+    raft: &RaftHandle,
     net: &Network,
     gate: &WriteGate,
     batch: Batch,
@@ -141,7 +142,7 @@ async fn commit(
     loop {
         let written = {
             let _open = gate.read().await;
-            raft.client_write(batch.clone()).await
+            raft.get().client_write(batch.clone()).await
         };
         match written {
             Ok(_) => return Ok(()),
