@@ -102,7 +102,8 @@ pub fn publish_retained(addr: SocketAddr, client_id: &str, n: u32) -> BTreeMap<S
     for i in 0..n {
         let topic = format!("r/{i}");
         let payload = format!("v{i}").into_bytes();
-        if c.publish_qos1(&topic, &payload, true, (i % 60000 + 1) as u16) == 0 {
+        // 0x10 (no matching subscribers) is a success too.
+        if c.publish_qos1(&topic, &payload, true, (i % 60000 + 1) as u16) < 0x80 {
             acked.insert(topic, payload);
         }
     }
@@ -240,6 +241,12 @@ pub fn drain_subscriber(
         c.ack(&p);
     }
     got
+}
+
+/// Whether a PUBACK reason code says success (0, or 0x10 "no matching
+/// subscribers").
+pub fn success(code: Option<u8>) -> bool {
+    code.is_some_and(|c| c < 0x80)
 }
 
 /// Publishes id `id` at QoS 1 to `topic` on a connection of its own;

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use raftmq::codec::{Packet, Protocol, QoS};
 use raftmq_e2e::cluster::{self, grpc_addr, wait_leader};
 use raftmq_e2e::raw::{self, RawClient};
-use raftmq_e2e::storage::{drain_subscriber, metric, park_subscriber, publish_one, Tmpfs};
+use raftmq_e2e::storage::{
+    drain_subscriber, metric, park_subscriber, publish_one, success, Tmpfs,
+};
 use raftmq_e2e::{eventually, Broker, BrokerConfig};
 
 /// Publishes ids `from..to` one at a time on `addr`, each retried until it
@@ -28,7 +30,7 @@ fn publish_all(
     let mut acked = BTreeSet::new();
     for id in ids {
         while Instant::now() < deadline {
-            if publish_one(addr, "d/full", id) == Some(0) {
+            if success(publish_one(addr, "d/full", id)) {
                 acked.insert(id);
                 break;
             }

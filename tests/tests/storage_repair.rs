@@ -32,6 +32,7 @@ fn names(log: &str, (file, offset, index): &(String, usize, u64)) -> bool {
 fn a_single_node_is_never_repaired_at_the_cost_of_committed_entries() {
     let mut b = Broker::start(BrokerConfig::new().env("RAFTMQ_CLUSTER__LOG_SEGMENT_BYTES", "2048"));
     let acked = publish_retained(b.tcp_addr(), "writer", 40);
+    assert_eq!(acked.len(), 40, "every write acknowledged");
     std::thread::sleep(Duration::from_millis(300));
     b.kill9();
     let hurt = damage_middle_record(&b);
@@ -68,6 +69,7 @@ fn a_member_with_a_damaged_log_is_repaired_on_request_and_caught_up_once_re_adde
     let n1 = grpc_addr(&nodes[0], 1);
     assert_eq!(wait_leader(&n1, None, Duration::from_secs(20)), Some(1));
     let mut acked = publish_retained(nodes[0].tcp_addr(), "writer", 40);
+    assert_eq!(acked.len(), 40, "every write acknowledged");
     // Node 3 holds all of it before it is hurt.
     let n3 = grpc_addr(&nodes[2], 3);
     let applied = |node: &str| {
@@ -118,6 +120,7 @@ fn a_member_with_a_damaged_log_is_repaired_on_request_and_caught_up_once_re_adde
     );
     // Writes go on meanwhile (nodes 1 and 2 are a quorum).
     let more = publish_retained(nodes[0].tcp_addr(), "writer2", 50);
+    assert_eq!(more.len(), 50, "writes go on without node 3");
     acked.extend(more);
     // The operator's move: remove it and add it again.
     let (code, out) = cli(&n1, &["remove", "--id", "3"]);
