@@ -33,10 +33,9 @@ pub fn publish_acked(
         }
         let addr = addrs[at % addrs.len()];
         at += 1;
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        let Ok(mut c) = RawClient::try_connect_tcp(addr, Protocol::V5) else {
             continue;
-        }
-        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
+        };
         c.send(&Packet::Connect(Box::new(raw::connect(
             Protocol::V5,
             client_id,

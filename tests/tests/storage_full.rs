@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use raftmq::codec::{Packet, Protocol, QoS};
 use raftmq_e2e::cluster::{self, grpc_addr, wait_leader};
 use raftmq_e2e::raw::{self, RawClient};
-use raftmq_e2e::storage::{
-    drain_subscriber, metric, park_subscriber, publish_one, success, Tmpfs,
-};
+use raftmq_e2e::storage::{drain_subscriber, metric, park_subscriber, publish_one, success, Tmpfs};
 use raftmq_e2e::{eventually, Broker, BrokerConfig};
 
 /// Publishes ids `from..to` one at a time on `addr`, each retried until it
