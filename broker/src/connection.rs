@@ -424,22 +424,25 @@ impl Connection {
         };
         // MQTT 5 enhanced authentication (AUTH exchanges) is not offered:
         // a client that asks for it is told so, not left waiting for AUTH.
-        let auth = &c.properties;
-        if auth.authentication_method.is_some() {
+        // (3.1.1 CONNECTs carry no properties.)
+        let props = &c.properties;
+        if props.authentication_method.is_some() {
+            let why = "authentication method not supported";
             refuse(
                 wbuf,
                 reason::BAD_AUTHENTICATION_METHOD,
-                0,
-                "authentication method not supported",
+                reason::v3::NOT_AUTHORIZED,
+                why,
             );
             return None;
         }
-        if auth.authentication_data.is_some() {
+        if props.authentication_data.is_some() {
+            let why = "authentication data without a method";
             refuse(
                 wbuf,
                 reason::PROTOCOL_ERROR,
-                0,
-                "authentication data without a method",
+                reason::v3::NOT_AUTHORIZED,
+                why,
             );
             return None;
         }
