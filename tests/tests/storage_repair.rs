@@ -136,3 +136,53 @@ fn a_member_with_a_damaged_log_is_repaired_on_request_and_caught_up_once_re_adde
         "the repaired member serves everything acknowledged"
     );
 }
+
+/// A member whose snapshot is damaged does not load it: it sets the
+/// snapshot and its log aside (keeping its vote), waits like a wiped member
+/// until it is removed and added again, then gets a new snapshot from the
+/// leader and serves everything acknowledged.
+#[test]
+fn a_member_with_a_damaged_snapshot_asks_the_leader_for_a_new_one() {
+    let mut nodes = cluster::start(3, "snapshot_logs = 20\nkeep_logs = 5\n");
+    let n1 = grpc_addr(&nodes[0], 1);
+    assert_eq!(wait_leader(&n1, None, Duration::from_secs(20)), Some(1));
+    let acked = publish_retained(nodes[0].tcp_addr(), "writer", 60);
+    assert_eq!(acked.len(), 60, "every write acknowledged");
+    let snap = nodes[2].path("data/raft/snapshot/snapshot.bin");
+    assert!(
+        eventually(Duration::from_secs(10), || snap.exists()),
+        "node 3 took a snapshot"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[2].kill9();
+    let len = std::fs::metadata(&snap).unwrap().len() as usize;
+    flip(&snap, len - 40, 0x08); // in the state, before its checksum
+    nodes[2]
+        .try_restart_with(&[])
+        .expect("a member starts, without the snapshot");
+    let logs = nodes[2].logs();
+    assert!(
+        logs.contains("raft snapshot damaged") && logs.contains("snapshot.bin"),
+        "{logs}"
+    );
+    assert!(
+        nodes[2].path("data/raft/damaged/snapshot.bin").exists(),
+        "kept aside"
+    );
+    assert!(
+        nodes[2].path("data/raft/log/vote.meta").exists(),
+        "the vote stays"
+    );
+    let n3 = grpc_addr(&nodes[2], 3);
+    let (_, s) = cli(&n3, &["status"]);
+    assert!(s.contains("store: empty"), "waits to be added again: {s}");
+    let (code, out) = cli(&n1, &["remove", "--id", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&n1, &["add", "--id", "3", "--addr", &n3]);
+    assert_eq!(code, Some(0), "{out}");
+    let got = retained(nodes[2].tcp_addr(), acked.len(), Duration::from_secs(20));
+    assert_eq!(
+        got, acked,
+        "node 3 serves everything from the leader's snapshot"
+    );
+}
