@@ -14,7 +14,7 @@ pub mod reason;
 mod tests;
 
 pub use bytestr::ByteStr;
-pub use decode::{decode, DecodeError};
+pub use decode::{connect_protocol, decode, DecodeError};
 pub use encode::{
     encode, encode_publish, encoded_len, encoded_publish_len, EncodeError, PublishRef,
 };
