@@ -145,6 +145,12 @@ if out=$("$helm" template raftmq "$chart" -f "$chart/ci/example-values.yaml" \
   echo "FAIL: an example cluster outside watchNamespaces was not refused:"; echo "$out" | tail -3; fail=1
 fi
 
+echo "-- ci/openshift-values.yaml: no fixed UID/GID in the operator pod"
+if "$helm" template raftmq "$chart" -f "$chart/ci/openshift-values.yaml" \
+    --show-only templates/deployment.yaml | grep -Eq 'runAs(User|Group):'; then
+  echo "FAIL: the operator Deployment still names a UID/GID with ci/openshift-values.yaml"; fail=1
+fi
+
 echo "-- the chart's PrometheusRule: promtool check + test rules"
 rules_dir=$(mktemp -d); trap 'rm -rf "$rules_dir"' EXIT
 "$helm" template raftmq "$chart" --set prometheusRule.enabled=true \
