@@ -136,11 +136,11 @@ impl RetainedStore {
 mod tests {
     use super::*;
     use crate::codec::{ByteStr, QoS};
-    use crate::message::Message;
+    use crate::message::{Message, MessageParts};
     use std::sync::Arc;
 
     fn msg(topic: &str) -> SharedMessage {
-        Arc::new(Message {
+        Arc::new(Message::new(MessageParts {
             topic: ByteStr::from(topic),
             payload: bytes::Bytes::from_static(b"x"),
             qos: QoS::AtMostOnce,
@@ -149,7 +149,7 @@ mod tests {
             expires_at: None,
             properties: None,
             received_at: std::time::Instant::now(),
-        })
+        }))
     }
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {

@@ -325,6 +325,12 @@ impl Broker {
     ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
+        // Past the memory budget QoS 0 copies go (QoS 1/2 ones were
+        // admitted with their publish, and are never dropped for memory).
+        if qos == QoS::AtMostOnce && !self.admit_qos0() {
+            self.stats.publish_dropped.inc();
+            return false;
+        }
         let mut s = cell.session.lock();
         if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
             return false;
@@ -603,6 +609,10 @@ impl Broker {
     /// from the cluster never keeps a retained message the others lack.
     pub fn retain(&self, message: SharedMessage) -> Ticket {
         let topic = message.topic.clone();
+        if !message.payload.is_empty() && message.qos == QoS::AtMostOnce && !self.admit_qos0() {
+            // Past the memory budget: not kept (QoS 1/2 ones were admitted).
+            return Ticket::Done(Ok(()));
+        }
         let command = if message.payload.is_empty() {
             self.retained.write().clear(&topic);
             Command::RetainClear {
