@@ -121,6 +121,21 @@ fn owner_keeps_everything(
     assert_eq!(ack.code, 0, "alice connects");
     assert_eq!(alice.subscribe(1, &topic, QoS::AtLeastOnce), vec![1]);
 
+    // A publish through the other node reaches her: that node has applied
+    // her claim and subscription (a 0x10 means not yet; nothing was sent).
+    let (mut bob, ack) = open(other_node, Protocol::V5, "bob-pub", Some("bob"), true);
+    assert_eq!(ack.code, 0);
+    let mut pid = 1;
+    while bob.publish_qos1(&topic, b"live", false, pid) == reason::NO_MATCHING_SUBSCRIBERS {
+        assert!(
+            pid < 200,
+            "the other node never learnt of alice's subscription"
+        );
+        pid += 1;
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(receive(&mut alice, 1), vec!["live"]);
+
     // While she is connected: nobody else takes the id, and her connection
     // stays up and keeps receiving.
     let mut refused = intruders_refused(other_node, protocol, &id);
@@ -128,16 +143,14 @@ fn owner_keeps_everything(
         alive(&mut alice),
         "{protocol:?}: alice's connection stays up"
     );
-    let (mut bob, ack) = open(other_node, Protocol::V5, "bob-pub", Some("bob"), true);
-    assert_eq!(ack.code, 0);
-    assert_eq!(bob.publish_qos1(&topic, b"live", false, 1), 0);
-    assert_eq!(receive(&mut alice, 1), vec!["live"]);
+    assert_eq!(bob.publish_qos1(&topic, b"still", false, 300), 0);
+    assert_eq!(receive(&mut alice, 1), vec!["still"]);
     alice.disconnect();
 
     // While she is away: 10 acknowledged messages wait in her session.
     for (i, m) in ten().iter().enumerate() {
         assert_eq!(
-            bob.publish_qos1(&topic, m.as_bytes(), false, 10 + i as u16),
+            bob.publish_qos1(&topic, m.as_bytes(), false, 400 + i as u16),
             0
         );
     }
