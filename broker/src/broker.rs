@@ -26,10 +26,6 @@ use crate::state::{Command, PersistedSession, StateError, StateSeam, Will};
 use crate::stats::Stats;
 use crate::topic_tree::{TopicLimits, TopicTree};
 
-/// How long a CONNECT waits for its claim of the client id to commit
-/// before the client is told the server is unavailable.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
-
 /// A session as the rest of the broker holds it.
 pub struct SessionCell {
     pub client_id: ByteStr,
@@ -246,6 +242,14 @@ impl Broker {
         })
     }
 
+    /// How long a client waits for a commit (a CONNECT's claim of its
+    /// client id, QoS 2 releases) before it is told the server is
+    /// unavailable: the seam's own deadline, which fails the commit first
+    /// ("outcome unknown"), and a second more for that answer to arrive.
+    pub fn commit_wait(&self) -> Duration {
+        self.config.cluster.commit_deadline() + Duration::from_secs(1)
+    }
+
     /// A sequence number for a new copy, unique in the cluster.
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
@@ -298,7 +302,7 @@ impl Broker {
                 });
                 return Ok(());
             }
-            let r = match tokio::time::timeout(CLAIM_TIMEOUT, ticket.wait()).await {
+            let r = match tokio::time::timeout(self.commit_wait(), ticket.wait()).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(
                     "claim not committed in time".into(),
@@ -323,7 +327,7 @@ impl Broker {
                 Err(ClaimError::OtherIdentity)
             }
         };
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
+        let claimed = tokio::time::timeout(self.commit_wait(), async {
             // The commit can fail before the claim is ever applied here.
             let committed = ticket.wait();
             tokio::pin!(committed);
@@ -404,17 +408,19 @@ impl Broker {
         if cell.kick(code) {
             tracing::debug!(%client_id, code, "connection closed: the id is served elsewhere");
         }
-        let filters = {
+        let (filters, cursors) = {
             let mut s = cell.session.lock();
             if let Some(id) = s.conn_id() {
                 s.detach(id);
             }
-            s.subscriptions.keys().cloned().collect::<Vec<_>>()
+            let filters = s.subscriptions.keys().cloned().collect::<Vec<_>>();
+            (filters, s.take_cursors())
         };
         cell.connected.store(false, Ordering::Release);
         drop(sessions);
         let commands = self.remove_from_tree(client_id, &filters);
         self.submit(commands);
+        self.cursors_dropped(client_id, cursors);
     }
 
     pub fn session_count(&self) -> usize {

@@ -361,6 +361,23 @@ pub struct ClusterConfig {
     pub peers: Vec<String>,
 }
 
+impl ClusterConfig {
+    /// How long a write waits for its commit before its writers are told
+    /// the cluster is unavailable (MQTT 5: 0x88, outcome unknown). Chosen
+    /// with the election timeout `E` so that losing a leader while a
+    /// majority is up costs latency, never that answer: followers honour
+    /// the old leader's lease (openraft: the maximum election timeout,
+    /// 2E) and then their own timeout (E..2E), so a new leader is normally
+    /// elected 3E..4E after the old one fell silent; writes in flight to
+    /// it are proposed again to the new one as soon as this node learns of
+    /// it. 8E leaves room for a failed vote round and a loaded machine; at
+    /// least 5 s. (README, Cluster.)
+    pub fn commit_deadline(&self) -> std::time::Duration {
+        let ms = self.election_timeout_ms.saturating_mul(8).max(5_000);
+        std::time::Duration::from_millis(ms)
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {

@@ -24,6 +24,7 @@ pub mod passwd;
 pub mod reload;
 pub mod restore;
 pub mod retained;
+pub mod retained_delivery;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -212,8 +212,7 @@ fn publish(broker: &Broker, topic: &str, value: String) {
         properties: None,
         received_at: now,
     }));
-    broker.retained.write().set(message.clone());
-    drop(broker.publish(message));
+    drop(broker.publish_retained(message, false));
 }
 
 #[cfg(test)]

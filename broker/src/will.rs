@@ -67,11 +67,12 @@ impl Broker {
     pub(crate) fn publish_will(&self, will: Will, now: Instant) {
         let message = will.to_message(now);
         tracing::debug!(client_id = %message.origin, topic = %message.topic, "publishing will");
+        // The will is fire-and-forget: nobody waits on its commit.
         if message.retain && self.config.mqtt.retain_available {
-            // The will is fire-and-forget: nobody waits on its commit.
-            drop(self.retain(message.clone()));
+            drop(self.publish_retained(message, true));
+        } else {
+            drop(self.publish(message));
         }
-        drop(self.publish(message));
     }
 
     /// Fires a will whose connection is gone after its delay.

@@ -17,6 +17,28 @@ use crate::raw::{self, RawClient, Read1};
 pub fn publish_acked(
     addrs: &[SocketAddr],
     client_id: &str,
+    next: impl FnMut() -> Option<u32>,
+    window: usize,
+    acked_count: &AtomicUsize,
+    reconnects: &AtomicUsize,
+) -> BTreeSet<u32> {
+    publish_acked_as(
+        Protocol::V5,
+        addrs,
+        client_id,
+        next,
+        window,
+        acked_count,
+        reconnects,
+    )
+}
+
+/// [`publish_acked`] speaking `protocol` (3.1.1 has no failing PUBACK: a
+/// publish the broker cannot commit closes the connection instead).
+pub fn publish_acked_as(
+    protocol: Protocol,
+    addrs: &[SocketAddr],
+    client_id: &str,
     mut next: impl FnMut() -> Option<u32>,
     window: usize,
     acked_count: &AtomicUsize,
@@ -36,11 +58,9 @@ pub fn publish_acked(
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
             continue;
         }
-        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
+        let mut c = RawClient::connect_tcp(addr, protocol);
         c.send(&Packet::Connect(Box::new(raw::connect(
-            Protocol::V5,
-            client_id,
-            true,
+            protocol, client_id, true,
         ))));
         match c.recv(Duration::from_secs(8)) {
             Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}

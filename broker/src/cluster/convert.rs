@@ -489,15 +489,33 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
 
 /// Encodes one group commit as the payload of a Raft entry.
 pub fn batch_to(origin: u64, commands: &[Command]) -> Batch {
+    batch_numbered(origin, BatchId::default(), commands)
+}
+
+/// Which batch of which writer (see `CommandBatch` in the proto); the
+/// default names none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchId {
+    pub writer: u64,
+    pub number: u64,
+}
+
+pub fn batch_numbered(origin: u64, id: BatchId, commands: &[Command]) -> Batch {
     use prost::Message as _;
     let b = pb::CommandBatch {
         origin,
         commands: commands.iter().map(command_to).collect(),
+        writer: id.writer,
+        number: id.number,
     };
     Batch(Bytes::from(b.encode_to_vec()))
 }
 
 pub fn batch_from(b: &Batch) -> Result<(u64, Vec<Command>), Invalid> {
+    batch_from_numbered(b).map(|(origin, _, commands)| (origin, commands))
+}
+
+pub fn batch_from_numbered(b: &Batch) -> Result<(u64, BatchId, Vec<Command>), Invalid> {
     use prost::Message as _;
     let b = pb::CommandBatch::decode(b.0.clone()).map_err(|_| Invalid("command batch"))?;
     let commands = b
@@ -505,7 +523,11 @@ pub fn batch_from(b: &Batch) -> Result<(u64, Vec<Command>), Invalid> {
         .into_iter()
         .map(command_from)
         .collect::<Result<_, _>>()?;
-    Ok((b.origin, commands))
+    let id = BatchId {
+        writer: b.writer,
+        number: b.number,
+    };
+    Ok((b.origin, id, commands))
 }
 
 pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {

@@ -45,6 +45,7 @@ const STREAM_WINDOW: usize = 8;
 struct Item {
     message: SharedMessage,
     shared: SmallVec<[ShareRef; 1]>,
+    in_log: bool,
 }
 
 /// The copies waiting for one peer.
@@ -146,10 +147,12 @@ impl Forward for ForwardHandle {
         node: u64,
         message: &SharedMessage,
         shared: SmallVec<[ShareRef; 1]>,
+        in_log: bool,
     ) -> Option<Pressure> {
         let item = Item {
             message: message.clone(),
             shared,
+            in_log,
         };
         let queue = self.0.queue(node);
         if queue.tx.try_send(item).is_err() {
@@ -234,6 +237,7 @@ async fn peer_stream(
                                 filter: s.filter.to_string(),
                             })
                             .collect(),
+                        in_log: i.in_log,
                     })
                     .collect(),
             };
@@ -314,7 +318,7 @@ impl pb::forward_server::Forward for ForwardService {
                     // congested have drained (a batch is larger than half a
                     // session's queue): the sender's stream, then its
                     // queue, then its publishers feel it.
-                    for cell in broker.deliver_forwarded(message, &shared) {
+                    for cell in broker.deliver_forwarded(message, &shared, f.in_log) {
                         backpressure::wait_for(&*cell).await;
                     }
                 }

@@ -253,6 +253,7 @@ impl Cluster {
             net.clone(),
             machine,
             gate,
+            c.commit_deadline(),
         ));
         Ok(Cluster {
             raft,

@@ -36,8 +36,8 @@ pub enum Applied {
 /// Whether the engine needs to hear of `c`, which took effect. Its own
 /// engine already holds the effect of what it proposed, except for copies
 /// it enqueued for sessions other nodes own; retained changes are applied
-/// in log order everywhere (see `Broker::retain`); acks concern only the
-/// owner.
+/// in log order everywhere (see `retained_delivery.rs`); acks concern only
+/// the owner.
 fn engine_needs(own: bool, c: &Command) -> bool {
     match c {
         Command::Ack { .. } | Command::Release { .. } | Command::SessionUpdate { .. } => false,
@@ -53,6 +53,31 @@ struct Inner {
     membership: StoredMembership,
     /// The last snapshot built or installed: (meta, encoded bytes).
     snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// The last numbered batch applied from each proposing node.
+    last_batch: std::collections::HashMap<u64, convert::BatchId>,
+}
+
+impl Inner {
+    /// Whether batch `id` of `origin` is applied for the first time. A
+    /// writer proposes its batches one at a time, in order, and proposes
+    /// one again (same id) only when it could not learn whether it was
+    /// committed (a leader change): a copy at or below the last one seen
+    /// from the same writer is such a repeat. Its commands are idempotent
+    /// for the state; the engine must not hear of them twice (a delivery
+    /// would be made twice).
+    fn first_time(&mut self, origin: u64, id: convert::BatchId) -> bool {
+        if id.number == 0 {
+            return true;
+        }
+        let repeat = self
+            .last_batch
+            .get(&origin)
+            .is_some_and(|last| last.writer == id.writer && last.number >= id.number);
+        if !repeat {
+            self.last_batch.insert(origin, id);
+        }
+        !repeat
+    }
 }
 
 #[derive(Clone)]
@@ -211,14 +236,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     // A batch that does not decode was written by a broken
                     // proposer; applying nothing keeps every node equal.
-                    match convert::batch_from(&batch) {
-                        Ok((origin, commands)) => {
+                    match convert::batch_from_numbered(&batch) {
+                        Ok((origin, id, commands)) => {
                             let own = origin == self.node_id;
+                            let first = inner.first_time(origin, id);
+                            if !first {
+                                tracing::debug!(
+                                    origin,
+                                    ?id,
+                                    "batch committed again: engine not told twice"
+                                );
+                            }
                             let mut events = Vec::new();
                             for c in commands {
                                 let Ok(effect) = inner.state.apply(origin, &c) else {
                                     continue;
                                 };
+                                if !first {
+                                    continue;
+                                }
                                 if let Some(Effect::ClaimRefused {
                                     client_id,
                                     node,

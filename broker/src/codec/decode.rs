@@ -110,6 +110,26 @@ pub fn decode(
     Ok(Some(packet))
 }
 
+/// The protocol a CONNECT at the front of `buf` names, read before the
+/// packet is decoded: a CONNECT that then fails to decode can still be
+/// answered in its client's own format (MQTT 5: a CONNACK with the reason
+/// code). `None` unless the bytes start a CONNECT naming a known protocol.
+pub fn connect_protocol(buf: &[u8]) -> Option<Protocol> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let (header_len, _) = fixed_header(buf).ok()??;
+    let body = buf.get(header_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let name = body.get(2..2 + name_len)?;
+    match (name, *body.get(2 + name_len)?) {
+        (b"MQTT", 5) => Some(Protocol::V5),
+        (b"MQTT", 4) => Some(Protocol::V311),
+        (b"MQIsdp", 3) => Some(Protocol::V31),
+        _ => None,
+    }
+}
+
 /// Reads the fixed header: its length and the remaining length, or `None`
 /// if it is not complete yet.
 fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>> {
@@ -612,7 +632,10 @@ fn property_entries(r: &mut Reader, ctx: Ctx) -> Result<Properties> {
             0x1F => set(&mut p.reason_string, r.string()?)?,
             0x21 => set(&mut p.receive_maximum, non_zero_u16(r)?)?,
             0x22 => set(&mut p.topic_alias_maximum, r.u16()?)?,
-            0x23 => set(&mut p.topic_alias, non_zero_u16(r)?)?,
+            // 0 is not a valid alias, but the connection judges aliases
+            // (it knows the maximum too) and answers 0x94 Topic Alias
+            // invalid, which says more than a protocol error.
+            0x23 => set(&mut p.topic_alias, r.u16()?)?,
             0x24 => set(&mut p.maximum_qos, flag(r)?)?,
             0x25 => set(&mut p.retain_available, flag(r)?)?,
             0x26 => {

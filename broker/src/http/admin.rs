@@ -348,12 +348,16 @@ async fn publish(
         properties: ForwardedProperties::from_properties(&properties),
         received_at: now,
     }));
-    let retained = message.retain.then(|| broker.retain(message.clone()));
-    let routed = broker.publish(message);
-    let mut committed = routed.committed.wait().await;
-    if let Some(r) = retained {
-        committed = committed.and(r.wait().await);
-    }
-    committed.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(Json(json!({ "matched": routed.matched })))
+    let routed = if message.retain {
+        broker.publish_retained(message, true)
+    } else {
+        broker.publish(message)
+    };
+    let matched = routed.matched;
+    routed
+        .committed
+        .wait()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "matched": matched })))
 }
