@@ -2,7 +2,11 @@
 //! resumed, taken over), close (will, expiry), end.
 //!
 //! Lock order, everywhere: `sessions` map, then the topic tree, then one
-//! session cell. Nothing takes them the other way round.
+//! session cell. Nothing takes them the other way round. The retained
+//! store's lock comes before the topic tree's (a retained publish routes
+//! under it, a subscription enters the tree under it, a retained stream
+//! hands copies to its session under it) and is never taken with the
+//! `sessions` map held.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

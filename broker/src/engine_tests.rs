@@ -405,3 +405,25 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
         .await;
     assert_eq!(b.drain_mode(), Some(DrainMode::shutdown()));
 }
+
+#[tokio::test]
+async fn a_session_that_leaves_the_node_mid_stream_counts_what_it_did_not_get() {
+    let (b, _) = broker();
+    for i in 0..30 {
+        b.publish_retained(retained(&format!("m/{i:02}"), b"x", QoS::AtLeastOnce), true);
+    }
+    let s = open(&b, "mover", false, 3600);
+    sub_streaming(&b, &s, "m/#", QoS::AtLeastOnce);
+    b.pump_retained(&s.cell);
+    let window = usize::from(b.session_limits.max_inflight);
+    assert_eq!(publishes(&s).len(), window);
+    // Offline: the stream pauses, nothing more is taken from the store.
+    b.close_session(&s.cell, s.conn_id, Departure::Unclean, None);
+    assert!(b.pump_retained(&s.cell), "the cursor is kept");
+    let sess = s.cell.session.lock();
+    assert_eq!((sess.inflight_len(), sess.queued_len()), (window, 0));
+    drop(sess);
+    // Another node claims it: the cursor cannot follow.
+    b.release(&ByteStr::from("mover"));
+    assert_eq!(b.stats.publish_dropped.get(), (30 - window) as u64);
+}

@@ -30,11 +30,14 @@ pub fn publish_acked(
         window,
         acked_count,
         reconnects,
+        &AtomicUsize::new(0),
     )
 }
 
 /// [`publish_acked`] speaking `protocol` (3.1.1 has no failing PUBACK: a
-/// publish the broker cannot commit closes the connection instead).
+/// publish the broker cannot commit closes the connection instead), and
+/// counting failing PUBACKs (5.0) in `refused`.
+#[allow(clippy::too_many_arguments)]
 pub fn publish_acked_as(
     protocol: Protocol,
     addrs: &[SocketAddr],
@@ -43,6 +46,7 @@ pub fn publish_acked_as(
     window: usize,
     acked_count: &AtomicUsize,
     reconnects: &AtomicUsize,
+    refused: &AtomicUsize,
 ) -> BTreeSet<u32> {
     let mut acked = BTreeSet::new();
     let mut retry: VecDeque<u32> = VecDeque::new();
@@ -100,6 +104,7 @@ pub fn publish_acked_as(
                             acked.insert(id);
                             acked_count.fetch_add(1, Ordering::Relaxed);
                         } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
                             retry.push_back(id);
                         }
                     }

@@ -16,6 +16,8 @@ use raftmq_e2e::raw::{self, RawClient, Read1};
 use raftmq_e2e::{eventually, Broker};
 
 const T: Duration = Duration::from_secs(20);
+/// One publish per this per publisher at most (250/s).
+const PACE: Duration = Duration::from_millis(4);
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -27,6 +29,8 @@ struct Publisher {
     protocol: Protocol,
     thread: std::thread::JoinHandle<BTreeSet<u32>>,
     reconnects: Arc<AtomicUsize>,
+    /// Failing PUBACKs (5.0 0x88).
+    refused: Arc<AtomicUsize>,
 }
 
 /// A QoS 1 publisher on `addrs[0]` (the others only if it is thrown off),
@@ -39,30 +43,30 @@ fn publisher(
     acked: Arc<AtomicUsize>,
 ) -> Publisher {
     let reconnects = Arc::new(AtomicUsize::new(0));
-    let r = reconnects.clone();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (r, f) = (reconnects.clone(), refused.clone());
     let thread = std::thread::spawn(move || {
         let mut id = first;
+        let start = Instant::now();
         let next = || {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
+            // Paced, so that the run (and the subscriber's drain) takes
+            // the same time on a fast machine as on a slow one.
+            let due = start + PACE * (id - first);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
             id += 1;
             Some(id)
         };
-        publish_acked_as(
-            protocol,
-            &addrs,
-            &format!("pub-{protocol:?}"),
-            next,
-            16,
-            &acked,
-            &r,
-        )
+        let id = format!("pub-{protocol:?}");
+        publish_acked_as(protocol, &addrs, &id, next, 16, &acked, &r, &f)
     });
     Publisher {
         protocol,
         thread,
         reconnects,
+        refused,
     }
 }
 
@@ -153,25 +157,32 @@ fn leader_fails_under_load(fault: Fault) {
     let mut disconnects = Vec::new();
     for p in publishers {
         let got = p.thread.join().expect("publisher");
-        disconnects.push((p.protocol, p.reconnects.load(Ordering::Relaxed)));
+        disconnects.push((
+            p.protocol,
+            p.reconnects.load(Ordering::Relaxed),
+            p.refused.load(Ordering::Relaxed),
+        ));
         all.extend(got);
     }
     busy.store(false, Ordering::Relaxed);
     let worst = stalls.join().expect("stall watcher");
+    let drain = Instant::now();
     let received = drain_subscriber(&nodes[2]);
+    println!("{fault:?}: subscriber drained in {:?}", drain.elapsed());
     let lost: Vec<u32> = all.difference(&received).copied().take(10).collect();
     println!(
         "{fault:?}: new leader {new_leader} after {elected:?}; {} acknowledged ({during} by \
-         the end of the fault), longest stall {worst:?}; disconnects {disconnects:?}; \
+         the end of the fault), longest stall {worst:?}; (publisher, disconnects, failing PUBACKs) {disconnects:?}; \
          {} lost",
         all.len(),
         all.difference(&received).count()
     );
-    for (protocol, n) in disconnects {
+    for (protocol, lost_connection, refused) in disconnects {
         assert_eq!(
-            n, 0,
+            lost_connection, 0,
             "{fault:?}: the {protocol:?} publisher lost its connection"
         );
+        assert_eq!(refused, 0, "{fault:?}: the {protocol:?} publisher got 0x88");
     }
     assert!(
         lost.is_empty(),

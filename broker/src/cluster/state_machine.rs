@@ -374,4 +374,22 @@ mod tests {
         assert!(decode_file(&raw[..6]).is_err());
         assert!(decode_file(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
     }
+
+    #[test]
+    fn a_batch_committed_twice_is_told_to_the_engine_once() {
+        let mut inner = Inner::default();
+        let id = |writer, number| convert::BatchId { writer, number };
+        assert!(inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 2)));
+        // Proposed again after a leader change, committed a second time.
+        assert!(!inner.first_time(2, id(7, 2)));
+        assert!(!inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 3)));
+        // Another node, or this node after a restart (a new writer).
+        assert!(inner.first_time(3, id(7, 1)));
+        assert!(inner.first_time(2, id(9, 1)));
+        // Unnumbered batches (admin writes) are never taken for repeats.
+        assert!(inner.first_time(2, id(0, 0)));
+        assert!(inner.first_time(2, id(0, 0)));
+    }
 }
