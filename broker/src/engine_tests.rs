@@ -10,7 +10,7 @@ use crate::auth::{Auth, Policy};
 use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
-use crate::message::Message;
+use crate::message::{Message, MessageParts};
 use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
 use crate::topic_tree::parse_filter;
@@ -38,11 +38,13 @@ fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
         clean_start: clean,
         will: None,
         username: None,
+        same_identity_only: false,
     }]));
     b.open_session(
         SessionRequest {
             client_id: ByteStr::from(id),
             username: None,
+            nonce: 1,
             clean_start: clean,
             expiry,
             receive_maximum: u16::MAX,
@@ -70,7 +72,7 @@ fn sub_opts(b: &Broker, s: &OpenedSession, filter: &str, o: SubOptions, id: Opti
 }
 
 fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
-    Arc::new(Message {
+    Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(topic),
         payload: Bytes::from_static(b"m"),
         qos,
@@ -79,7 +81,7 @@ fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
         expires_at: None,
         properties: None,
         received_at: std::time::Instant::now(),
-    })
+    }))
 }
 
 /// (qos, subscription ids, retain) of each PUBLISH in the outbox.

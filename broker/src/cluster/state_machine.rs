@@ -255,6 +255,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 if !first {
                                     continue;
                                 }
+                                if let Some(Effect::ClaimRefused {
+                                    client_id,
+                                    node,
+                                    nonce,
+                                }) = effect
+                                {
+                                    // It changed nothing: only its proposer hears.
+                                    if node == self.node_id {
+                                        events.push(Committed::ClaimRefused { client_id, nonce });
+                                    }
+                                    continue;
+                                }
                                 if engine_needs(own, &c) {
                                     events.push(Committed::Command { origin, command: c });
                                 }
