@@ -20,7 +20,9 @@ use crate::auth::Auth;
 use crate::backpressure::Drain;
 use crate::cluster_view::ClusterView;
 use crate::codec::{reason, ByteStr, LastWill};
-use crate::config::Config;
+use crate::config::{Config, SessionTakeover};
+use crate::memory_budget::MemoryBudget;
+use crate::ownership::ClaimError;
 use crate::retained::RetainedStore;
 use crate::router::Forward;
 use crate::session::{Session, SessionLimits};
@@ -100,6 +102,8 @@ pub struct OpenedSession {
 pub struct SessionRequest {
     pub client_id: ByteStr,
     pub username: Option<ByteStr>,
+    /// The claim that let this connection in (see [`Claim::nonce`]).
+    pub nonce: u64,
     pub clean_start: bool,
     pub expiry: u32,
     pub receive_maximum: u16,
@@ -151,6 +155,8 @@ pub struct Broker {
     pub(crate) seam: Arc<dyn StateSeam>,
     pub auth: Auth,
     pub stats: Stats,
+    /// The bytes held messages may take (see [`crate::memory_budget`]).
+    pub memory: MemoryBudget,
     next_conn_id: AtomicU64,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
@@ -166,8 +172,10 @@ pub struct Broker {
     /// Sequence numbers of copies this node creates: its id in the top 16
     /// bits, so that every node can number copies for any session.
     next_seq: AtomicU64,
-    /// CONNECTs waiting for their claim to be committed, by client id.
-    claims: Mutex<HashMap<ByteStr, (u64, oneshot::Sender<()>)>>,
+    /// CONNECTs waiting for their claim to be committed, by client id and
+    /// claim nonce (two may race for one id); told `true` when the claim
+    /// took effect, `false` when it was refused.
+    pub(crate) claims: Mutex<HashMap<(ByteStr, u64), oneshot::Sender<bool>>>,
     /// Claims this node submitted that it has not applied yet (client id
     /// to nonce). Another node's claim applied meanwhile is older in the
     /// log than ours: it must not close our connection, ours will win.
@@ -200,6 +208,7 @@ impl Broker {
         auth: Auth,
     ) -> Arc<Broker> {
         let m = &config.mqtt;
+        let memory = MemoryBudget::new(m.max_memory);
         Arc::new(Broker {
             session_limits: SessionLimits {
                 max_inflight: m.max_inflight_messages,
@@ -220,6 +229,7 @@ impl Broker {
             seam,
             auth,
             stats: Stats::default(),
+            memory,
             next_conn_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             has_leader: AtomicBool::new(true),
@@ -265,8 +275,9 @@ impl Broker {
     /// node, waits until the claim is committed and the session's state has
     /// moved here; a clean session goes on at once (the claim then only
     /// closes a connection with the same id elsewhere). An error means the
-    /// client must be refused: the cluster cannot serve its session now.
-    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), StateError> {
+    /// client must be refused: the cluster cannot serve its session now, or
+    /// the id belongs to another identity.
+    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), ClaimError> {
         let client_id = claim.client_id.clone();
         let command = Command::ClaimClient {
             client_id: client_id.clone(),
@@ -275,6 +286,8 @@ impl Broker {
             clean_start: claim.clean_start,
             will: claim.will,
             username: claim.username,
+            same_identity_only: self.config.auth.allow_session_takeover
+                == SessionTakeover::SameIdentity,
         };
         let local = self.sessions.lock().contains_key(&client_id);
         let wait_state = self.seam.follows_log() && !claim.clean_start && !local;
@@ -305,45 +318,49 @@ impl Broker {
             if r.is_err() {
                 self.forget_claim(&client_id, claim.nonce);
             }
-            return r;
+            return r.map_err(ClaimError::Unavailable);
         }
         let (tx, rx) = oneshot::channel();
         self.claims
             .lock()
-            .insert(client_id.clone(), (claim.nonce, tx));
+            .insert((client_id.clone(), claim.nonce), tx);
         let ticket = self.seam.submit(vec![command]);
+        let superseded =
+            || ClaimError::Unavailable(StateError::Unavailable("claim superseded".into()));
+        let outcome = |took_effect: bool| {
+            if took_effect {
+                Ok(())
+            } else {
+                Err(ClaimError::OtherIdentity)
+            }
+        };
         let claimed = tokio::time::timeout(self.commit_wait(), async {
             // The commit can fail before the claim is ever applied here.
             let committed = ticket.wait();
             tokio::pin!(committed);
             let mut rx = rx;
             tokio::select! {
-                state = &mut rx => return state.map_err(|_| StateError::Unavailable("claim superseded".into())),
-                r = &mut committed => r?,
+                state = &mut rx => return state.map_err(|_| superseded()).and_then(outcome),
+                r = &mut committed => r.map_err(ClaimError::Unavailable)?,
             }
-            rx.await
-                .map_err(|_| StateError::Unavailable("claim superseded".into()))
+            rx.await.map_err(|_| superseded()).and_then(outcome)
         })
         .await;
         let state = match claimed {
             Ok(r) => r,
-            Err(_) => Err(StateError::Unavailable("claim not applied in time".into())),
+            Err(_) => Err(ClaimError::Unavailable(StateError::Unavailable(
+                "claim not applied in time".into(),
+            ))),
         };
         if state.is_err() {
             self.forget_claim(&client_id, claim.nonce);
-            let mut claims = self.claims.lock();
-            if claims
-                .get(&client_id)
-                .is_some_and(|(n, _)| *n == claim.nonce)
-            {
-                claims.remove(&client_id);
-            }
+            self.claims.lock().remove(&(client_id, claim.nonce));
         }
         state
     }
 
     /// Our claim `nonce` of `client_id` was applied here, or will never be.
-    fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
+    pub(crate) fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
         let mut unapplied = self.unapplied_claims.lock();
         if unapplied.get(client_id) == Some(&nonce) {
             unapplied.remove(client_id);
@@ -377,11 +394,8 @@ impl Broker {
                 self.install_session(client_id.clone(), persisted, username);
             }
         }
-        let mut claims = self.claims.lock();
-        if claims.get(client_id).is_some_and(|(n, _)| *n == nonce) {
-            if let Some((_, tx)) = claims.remove(client_id) {
-                let _ = tx.send(());
-            }
+        if let Some(tx) = self.claims.lock().remove(&(client_id.clone(), nonce)) {
+            let _ = tx.send(true);
         }
     }
 
@@ -389,12 +403,17 @@ impl Broker {
     /// is closed with 0x8E and the session leaves this node. Nothing is
     /// ended in the replicated state: the session lives on over there.
     pub(crate) fn release(self: &Arc<Self>, client_id: &ByteStr) {
+        self.release_with(client_id, reason::SESSION_TAKEN_OVER);
+    }
+
+    /// [`Broker::release`], telling the connection `code`.
+    pub(crate) fn release_with(self: &Arc<Self>, client_id: &ByteStr, code: u8) {
         let mut sessions = self.sessions.lock();
         let Some(cell) = sessions.remove(client_id) else {
             return;
         };
-        if cell.kick(reason::SESSION_TAKEN_OVER) {
-            tracing::debug!(%client_id, "session taken over by another node");
+        if cell.kick(code) {
+            tracing::debug!(%client_id, code, "connection closed: the id is served elsewhere");
         }
         let (filters, cursors) = {
             let mut s = cell.session.lock();
@@ -454,6 +473,10 @@ impl Broker {
         st.messages_queued.set(queued as i64);
         st.subscriptions.set(self.subscription_count() as i64);
         st.retained_messages.set(self.retained_count() as i64);
+        st.memory_budget_bytes
+            .set(i64::try_from(self.memory.limit()).unwrap_or(i64::MAX));
+        st.memory_held_bytes
+            .set(i64::try_from(crate::memory_budget::held_bytes()).unwrap_or(i64::MAX));
         if let Some(h) = self.storage.get() {
             h.refresh_space();
         }
@@ -531,6 +554,7 @@ impl Broker {
         {
             let mut s = cell.session.lock();
             s.username = req.username;
+            s.claim_nonce = req.nonce;
             s.attach(conn_id, req.receive_maximum, now);
         }
         cell.connected.store(true, Ordering::Release);

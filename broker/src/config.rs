@@ -138,6 +138,11 @@ pub struct MqttConfig {
     pub allow_zero_length_clientid: bool,
     /// Largest Receive Maximum we announce for inbound QoS 1/2 (MQTT 5).
     pub receive_maximum: u16,
+    /// Bytes all held messages (queued, in flight, retained, wills, and
+    /// the replicated copies) may take together; past it new QoS 1/2
+    /// publishes are refused and QoS 0 copies dropped. 0 = half the
+    /// container's memory limit, or half the machine's memory.
+    pub max_memory: u64,
 }
 
 impl Default for MqttConfig {
@@ -161,6 +166,7 @@ impl Default for MqttConfig {
             max_session_expiry: u32::MAX,
             allow_zero_length_clientid: true,
             receive_maximum: 65535,
+            max_memory: 0,
         }
     }
 }
@@ -178,6 +184,24 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
     /// Delay before answering a failed authentication, milliseconds.
     pub auth_fail_delay_ms: u64,
+    /// Whether a CONNECT may take a client id (its live connection and
+    /// its session) from another identity.
+    pub allow_session_takeover: SessionTakeover,
+}
+
+/// Who may take over a client id that is in use (a live connection or a
+/// persistent session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionTakeover {
+    /// Only the identity that made the session (same username, same
+    /// certificate or PSK identity, or anonymous again): anyone else is
+    /// refused with "not authorized" and the owner keeps everything.
+    #[default]
+    SameIdentity,
+    /// Anyone who may connect (mosquitto's behaviour): the old connection
+    /// is closed and the session resumed under the new identity.
+    Any,
 }
 
 impl Default for AuthConfig {
@@ -187,6 +211,7 @@ impl Default for AuthConfig {
             password_file: None,
             acl_file: None,
             auth_fail_delay_ms: 500,
+            allow_session_takeover: SessionTakeover::SameIdentity,
         }
     }
 }

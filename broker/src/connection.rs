@@ -24,6 +24,7 @@ use crate::codec::{
 };
 use crate::drain::DrainMode;
 use crate::message::Message;
+use crate::ownership::ClaimError;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome, RetainedCursor};
 use crate::state::{Command, StateError, Ticket};
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
@@ -522,6 +523,17 @@ impl Connection {
             }
         }
 
+        if let Err(owner) = broker.owner_check(&client_id, username.as_ref()) {
+            broker.takeover_refused(&client_id, username.as_ref(), owner.as_ref(), Some(peer));
+            refuse(
+                wbuf,
+                reason::NOT_AUTHORIZED,
+                reason::v3::NOT_AUTHORIZED,
+                "the client id belongs to another identity",
+            );
+            return None;
+        }
+
         let requested_expiry = if v5 {
             c.properties.session_expiry_interval.unwrap_or(0)
         } else if c.clean_start {
@@ -546,20 +558,35 @@ impl Connection {
                 .map(|w| crate::state::Will::from_last_will(w, &client_id)),
             username: username.clone(),
         };
-        if let Err(e) = broker.claim(claim).await {
-            tracing::info!(%client_id, %peer, "CONNECT refused: {e}");
-            refuse(
-                wbuf,
-                reason::SERVER_UNAVAILABLE,
-                reason::v3::SERVER_UNAVAILABLE,
-                "the cluster cannot serve this session now",
-            );
-            return None;
+        match broker.claim(claim).await {
+            Ok(()) => {}
+            Err(ClaimError::OtherIdentity) => {
+                let owner = broker.view_owner_identity(&client_id);
+                broker.takeover_refused(&client_id, username.as_ref(), owner.as_ref(), Some(peer));
+                refuse(
+                    wbuf,
+                    reason::NOT_AUTHORIZED,
+                    reason::v3::NOT_AUTHORIZED,
+                    "the client id belongs to another identity",
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::info!(%client_id, %peer, "CONNECT refused: {e}");
+                refuse(
+                    wbuf,
+                    reason::SERVER_UNAVAILABLE,
+                    reason::v3::SERVER_UNAVAILABLE,
+                    "the cluster cannot serve this session now",
+                );
+                return None;
+            }
         }
         let opened = broker.open_session(
             SessionRequest {
                 client_id: client_id.clone(),
                 username: username.clone(),
+                nonce,
                 clean_start: c.clean_start,
                 expiry,
                 receive_maximum,
@@ -996,7 +1023,8 @@ impl Connection {
             Action::Write,
         );
         if !allowed {
-            tracing::debug!(topic = %p.topic, "publish denied by ACL");
+            self.broker.stats.publish_denied.inc();
+            tracing::debug!(topic = %p.topic, "publish denied (ACL, or a $SYS topic)");
             // 3.x has no way to say no: acknowledge and drop, as mosquitto.
             let code = if self.protocol.is_v5() {
                 reason::NOT_AUTHORIZED
@@ -1004,6 +1032,18 @@ impl Connection {
                 reason::SUCCESS
             };
             self.answer(wbuf, p.qos, p.packet_id, code);
+            return Ok(());
+        }
+        if !self.broker.admit_publish(&p) {
+            // Past the memory budget: 5.0 says so (the client may retry
+            // later); 3.1.1 cannot, and a PUBACK would claim it stored.
+            if !self.protocol.is_v5() {
+                return Err(Exit::Close(
+                    reason::QUOTA_EXCEEDED,
+                    "the broker's memory budget is spent",
+                ));
+            }
+            self.answer(wbuf, p.qos, p.packet_id, reason::QUOTA_EXCEEDED);
             return Ok(());
         }
         if p.qos == QoS::AtLeastOnce && self.cell.session.lock().inbound_qos2_pending(p.packet_id) {
@@ -1375,7 +1415,7 @@ impl Connection {
             .iter()
             .map(|o| match o {
                 Outgoing::Publish { delivery, .. } => {
-                    delivery.message.payload.len() + delivery.message.topic.len() + 16
+                    delivery.message.body_len() + delivery.message.topic.len() + 16
                 }
                 Outgoing::PubRel { .. } => 4,
             })
@@ -1494,13 +1534,18 @@ impl Connection {
         };
         let v5 = self.protocol.is_v5();
         let mut properties = None;
-        if v5 && (m.properties.is_some() || remaining.is_some() || !d.subscription_ids.is_empty()) {
-            let mut p = Properties::default();
-            if let Some(f) = &m.properties {
-                f.write_into(&mut p);
-            }
-            p.message_expiry_interval = remaining;
-            p.subscription_identifiers = d.subscription_ids.to_vec();
+        // The forwarded ones are written as stored (wire form); only what
+        // differs per copy is built here.
+        let forwarded = match &m.properties {
+            Some(f) if v5 => &f.as_wire()[..],
+            _ => &[],
+        };
+        if v5 && (remaining.is_some() || !d.subscription_ids.is_empty()) {
+            let p = Properties {
+                message_expiry_interval: remaining,
+                subscription_identifiers: d.subscription_ids.to_vec(),
+                ..Properties::default()
+            };
             properties = Some(p);
         }
         let full = PublishRef {
@@ -1510,6 +1555,7 @@ impl Connection {
             topic: m.topic.as_bytes(),
             packet_id,
             properties: properties.as_ref(),
+            forwarded,
             payload: &m.payload,
         };
         // Only a client that set a Maximum Packet Size makes us measure
@@ -1552,6 +1598,7 @@ impl Connection {
             topic,
             packet_id,
             properties: properties.as_ref(),
+            forwarded,
             payload: &m.payload,
         };
         codec::encode_publish(&publish, self.protocol, wbuf)?;

@@ -10,7 +10,7 @@ use crate::auth::{Auth, Policy};
 use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
-use crate::message::Message;
+use crate::message::{Message, MessageParts};
 use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
 use crate::topic_tree::parse_filter;
@@ -38,11 +38,13 @@ fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
         clean_start: clean,
         will: None,
         username: None,
+        same_identity_only: false,
     }]));
     b.open_session(
         SessionRequest {
             client_id: ByteStr::from(id),
             username: None,
+            nonce: 1,
             clean_start: clean,
             expiry,
             receive_maximum: u16::MAX,
@@ -70,7 +72,7 @@ fn sub_opts(b: &Broker, s: &OpenedSession, filter: &str, o: SubOptions, id: Opti
 }
 
 fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
-    Arc::new(Message {
+    Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(topic),
         payload: Bytes::from_static(b"m"),
         qos,
@@ -79,7 +81,7 @@ fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
         expires_at: None,
         properties: None,
         received_at: std::time::Instant::now(),
-    })
+    }))
 }
 
 /// (qos, subscription ids, retain) of each PUBLISH in the outbox.
@@ -402,4 +404,26 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
     b.drain(DrainMode::hand_over("x:1"), Duration::from_secs(1))
         .await;
     assert_eq!(b.drain_mode(), Some(DrainMode::shutdown()));
+}
+
+#[tokio::test]
+async fn a_session_that_leaves_the_node_mid_stream_counts_what_it_did_not_get() {
+    let (b, _) = broker();
+    for i in 0..30 {
+        b.publish_retained(retained(&format!("m/{i:02}"), b"x", QoS::AtLeastOnce), true);
+    }
+    let s = open(&b, "mover", false, 3600);
+    sub_streaming(&b, &s, "m/#", QoS::AtLeastOnce);
+    b.pump_retained(&s.cell);
+    let window = usize::from(b.session_limits.max_inflight);
+    assert_eq!(publishes(&s).len(), window);
+    // Offline: the stream pauses, nothing more is taken from the store.
+    b.close_session(&s.cell, s.conn_id, Departure::Unclean, None);
+    assert!(b.pump_retained(&s.cell), "the cursor is kept");
+    let sess = s.cell.session.lock();
+    assert_eq!((sess.inflight_len(), sess.queued_len()), (window, 0));
+    drop(sess);
+    // Another node claims it: the cursor cannot follow.
+    b.release(&ByteStr::from("mover"));
+    assert_eq!(b.stats.publish_dropped.get(), (30 - window) as u64);
 }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod backpressure;
 pub mod broker;
+pub mod client;
 pub mod cluster;
 pub mod cluster_view;
 pub mod codec;
@@ -17,7 +18,9 @@ pub mod connection;
 pub mod drain;
 pub mod http;
 pub mod listener;
+pub mod memory_budget;
 pub mod message;
+pub mod ownership;
 pub mod passwd;
 pub mod reload;
 pub mod restore;

@@ -180,6 +180,9 @@ impl Broker {
                     username,
                 } => self.claimed(&client_id, nonce, session, username),
                 Committed::WillFired { will, .. } => self.publish_will(will, Instant::now()),
+                Committed::ClaimRefused { client_id, nonce } => {
+                    self.claim_refused(&client_id, nonce)
+                }
             }
         }
         if view_changed {

@@ -343,11 +343,11 @@ fn walk(
 mod tests {
     use super::*;
     use crate::codec::{ByteStr, QoS};
-    use crate::message::Message;
+    use crate::message::{Message, MessageParts};
     use std::sync::Arc;
 
     fn msg(topic: &str) -> SharedMessage {
-        Arc::new(Message {
+        Arc::new(Message::new(MessageParts {
             topic: ByteStr::from(topic),
             payload: bytes::Bytes::from_static(b"x"),
             qos: QoS::AtMostOnce,
@@ -356,7 +356,7 @@ mod tests {
             expires_at: None,
             properties: None,
             received_at: std::time::Instant::now(),
-        })
+        }))
     }
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
@@ -400,10 +400,11 @@ mod tests {
 mod cursor_tests {
     use super::*;
     use crate::codec::QoS;
+    use crate::message::MessageParts;
     use std::sync::Arc;
 
     fn msg(topic: &str, payload: &'static [u8]) -> SharedMessage {
-        Arc::new(Message {
+        Arc::new(Message::new(MessageParts {
             topic: ByteStr::from(topic),
             payload: bytes::Bytes::from_static(payload),
             qos: QoS::AtMostOnce,
@@ -412,7 +413,7 @@ mod cursor_tests {
             expires_at: None,
             properties: None,
             received_at: Instant::now(),
-        })
+        }))
     }
 
     /// Every step of a cursor of `max`, as topics.

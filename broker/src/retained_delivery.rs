@@ -23,7 +23,7 @@
 use std::time::Instant;
 
 use crate::broker::{Broker, SessionCell};
-use crate::codec::ByteStr;
+use crate::codec::{ByteStr, QoS};
 use crate::message::SharedMessage;
 use crate::router::Routed;
 use crate::session::{Delivery, RetainedCursor};
@@ -40,6 +40,11 @@ impl Broker {
     pub fn publish_retained(&self, message: SharedMessage, replicate: bool) -> Routed {
         let topic = message.topic.clone();
         let set = !message.payload.is_empty();
+        if set && message.qos == QoS::AtMostOnce && !self.admit_qos0() {
+            // Past the memory budget: not stored (its copies go too; QoS
+            // 1/2 ones were admitted with their publish).
+            return self.publish(message);
+        }
         // Our own change comes back from the log: it must not undo a newer
         // one of ours by then (see `RetainedStore::applied`).
         let follows = replicate && self.seam.follows_log();

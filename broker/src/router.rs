@@ -377,6 +377,12 @@ impl Broker {
     ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
+        // Past the memory budget QoS 0 copies go (QoS 1/2 ones were
+        // admitted with their publish, and are never dropped for memory).
+        if qos == QoS::AtMostOnce && !self.admit_qos0() {
+            self.stats.publish_dropped.inc();
+            return false;
+        }
         let mut s = cell.session.lock();
         if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
             return false;

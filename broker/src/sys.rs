@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::codec::{ByteStr, QoS};
-use crate::message::Message;
+use crate::message::{Message, MessageParts};
 
 /// Exponentially weighted per-minute rates over 1, 5 and 15 minutes, as
 /// mosquitto computes its `load/...` topics.
@@ -208,7 +208,7 @@ pub fn notice(broker: &Broker, topic: &str, value: String) {
 /// replicated.
 fn publish(broker: &Broker, topic: &str, value: String) {
     let now = Instant::now();
-    let message = Arc::new(Message {
+    let message = Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(format!("$SYS/broker/{topic}")),
         payload: Bytes::from(value),
         qos: QoS::AtMostOnce,
@@ -217,7 +217,7 @@ fn publish(broker: &Broker, topic: &str, value: String) {
         expires_at: None,
         properties: None,
         received_at: now,
-    });
+    }));
     drop(broker.publish_retained(message, false));
 }
 

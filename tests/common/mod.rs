@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cluster;
 pub mod containers;
 pub mod load;
+pub mod probe;
 pub mod process;
 pub mod raw;
 pub mod storage;

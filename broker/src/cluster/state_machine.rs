@@ -346,6 +346,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 if !first {
                                     continue;
                                 }
+                                if let Some(Effect::ClaimRefused {
+                                    client_id,
+                                    node,
+                                    nonce,
+                                }) = effect
+                                {
+                                    // It changed nothing: only its proposer hears.
+                                    if node == self.node_id {
+                                        events.push(Committed::ClaimRefused { client_id, nonce });
+                                    }
+                                    continue;
+                                }
                                 if engine_needs(own, &c) {
                                     events.push(Committed::Command { origin, command: c });
                                 }
@@ -436,5 +448,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(data.as_ref().clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_committed_twice_is_told_to_the_engine_once() {
+        let mut inner = Inner::default();
+        let id = |writer, number| convert::BatchId { writer, number };
+        assert!(inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 2)));
+        // Proposed again after a leader change, committed a second time.
+        assert!(!inner.first_time(2, id(7, 2)));
+        assert!(!inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 3)));
+        // Another node, or this node after a restart (a new writer).
+        assert!(inner.first_time(3, id(7, 1)));
+        assert!(inner.first_time(2, id(9, 1)));
+        // Unnumbered batches (admin writes) are never taken for repeats.
+        assert!(inner.first_time(2, id(0, 0)));
+        assert!(inner.first_time(2, id(0, 0)));
     }
 }

@@ -321,7 +321,7 @@ fn publish_props() -> impl Strategy<Value = Properties> {
             response_topic: rt,
             correlation_data: cd,
             subscription_identifiers: ids,
-            user_properties: up,
+            user_properties: UserProperties::from_pairs(up).expect("short strings"),
             ..Properties::default()
         })
 }
@@ -333,7 +333,7 @@ fn ack_props() -> impl Strategy<Value = Properties> {
     )
         .prop_map(|(rs, up)| Properties {
             reason_string: rs,
-            user_properties: up,
+            user_properties: UserProperties::from_pairs(up).expect("short strings"),
             ..Properties::default()
         })
 }
@@ -554,6 +554,7 @@ proptest! {
                 topic: p.topic.as_bytes(),
                 packet_id: p.packet_id,
                 properties: (!p.properties.is_empty()).then_some(&p.properties),
+                forwarded: &[],
                 payload: &p.payload,
             };
             let mut fast = BytesMut::new();

@@ -140,6 +140,8 @@ pub struct Session {
     pub client_id: ByteStr,
     /// The username of the connection bound last (ACL checks on delivery).
     pub username: Option<ByteStr>,
+    /// The claim (see `Claim::nonce`) of the connection bound last.
+    pub claim_nonce: u64,
     /// Seconds the session outlives its connection; 0 = it ends with it,
     /// `u32::MAX` = never expires.
     pub expiry: u32,
@@ -179,6 +181,7 @@ impl Session {
         Session {
             client_id,
             username: None,
+            claim_nonce: 0,
             expiry,
             subscriptions: HashMap::new(),
             limits,
@@ -271,7 +274,7 @@ impl Session {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for d in self.queue.drain(..) {
             if d.share.is_some() {
-                self.queued_bytes -= d.message.payload.len();
+                self.queued_bytes -= d.message.body_len();
                 handed_over.push(d);
             } else {
                 kept.push_back(d);
@@ -338,7 +341,7 @@ impl Session {
     }
 
     fn enqueue(&mut self, d: Delivery) -> Disposition {
-        let size = d.message.payload.len();
+        let size = d.message.body_len();
         let over = |s: &Self| {
             s.queue.len() >= s.limits.max_queued_messages
                 || (s.limits.max_queued_bytes > 0
@@ -357,7 +360,7 @@ impl Session {
                             self.dropped += 1;
                             return Disposition::Dropped;
                         };
-                        self.queued_bytes -= old.message.payload.len();
+                        self.queued_bytes -= old.message.body_len();
                         self.dropped += 1;
                     }
                 }
@@ -422,7 +425,7 @@ impl Session {
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= d.message.payload.len();
+            self.queued_bytes -= d.message.body_len();
             if dead {
                 expired.push(d.seq);
                 self.expired += 1;
@@ -701,7 +704,7 @@ impl Session {
             });
         } else {
             d.redelivery = d.qos != QoS::AtMostOnce;
-            self.queued_bytes += d.message.payload.len();
+            self.queued_bytes += d.message.body_len();
             self.queue.push_back(d);
         }
     }
