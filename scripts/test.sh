@@ -45,6 +45,8 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The tests' raftmq-faulty binary: the broker with storage fault injection.
+cargo clippy -p raftmq --all-targets --features fault-injection -- -D warnings
 
 if [ -x scripts/fuzz.sh ]; then
   echo "== fuzz (bounded)"
@@ -56,4 +58,7 @@ if [ -x scripts/operator-checks.sh ]; then
 fi
 
 echo "== tests"
+# The storage tests' raftmq-faulty (the broker with fault injection), built
+# here rather than inside a test's time limit; beside raftmq, never over it.
+cargo build -p raftmq --bin raftmq-faulty --features fault-injection
 cargo nextest run --workspace --no-fail-fast

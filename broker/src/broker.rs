@@ -2,7 +2,11 @@
 //! resumed, taken over), close (will, expiry), end.
 //!
 //! Lock order, everywhere: `sessions` map, then the topic tree, then one
-//! session cell. Nothing takes them the other way round.
+//! session cell. Nothing takes them the other way round. The retained
+//! store's lock comes before the topic tree's (a retained publish routes
+//! under it, a subscription enters the tree under it, a retained stream
+//! hands copies to its session under it) and is never taken with the
+//! `sessions` map held.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,17 +20,15 @@ use crate::auth::Auth;
 use crate::backpressure::Drain;
 use crate::cluster_view::ClusterView;
 use crate::codec::{reason, ByteStr, LastWill};
-use crate::config::Config;
+use crate::config::{Config, SessionTakeover};
+use crate::memory_budget::MemoryBudget;
+use crate::ownership::ClaimError;
 use crate::retained::RetainedStore;
 use crate::router::Forward;
 use crate::session::{Session, SessionLimits};
 use crate::state::{Command, PersistedSession, StateError, StateSeam, Will};
 use crate::stats::Stats;
 use crate::topic_tree::{TopicLimits, TopicTree};
-
-/// How long a CONNECT waits for its claim of the client id to commit
-/// before the client is told the server is unavailable.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A session as the rest of the broker holds it.
 pub struct SessionCell {
@@ -100,6 +102,8 @@ pub struct OpenedSession {
 pub struct SessionRequest {
     pub client_id: ByteStr,
     pub username: Option<ByteStr>,
+    /// The claim that let this connection in (see [`Claim::nonce`]).
+    pub nonce: u64,
     pub clean_start: bool,
     pub expiry: u32,
     pub receive_maximum: u16,
@@ -151,11 +155,15 @@ pub struct Broker {
     pub(crate) seam: Arc<dyn StateSeam>,
     pub auth: Auth,
     pub stats: Stats,
+    /// The bytes held messages may take (see [`crate::memory_budget`]).
+    pub memory: MemoryBudget,
     next_conn_id: AtomicU64,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
     /// Whether the Raft group has a leader (always, without a cluster).
     pub has_leader: AtomicBool,
+    /// Whether this node can write its Raft storage (set by the cluster).
+    pub storage: OnceLock<Arc<crate::cluster::health::StorageHealth>>,
     /// What this node knows of the other nodes (routes, sessions, wills).
     pub(crate) view: RwLock<ClusterView>,
     /// `view.has_remote()`, cached for the router's fast path: a single
@@ -164,8 +172,10 @@ pub struct Broker {
     /// Sequence numbers of copies this node creates: its id in the top 16
     /// bits, so that every node can number copies for any session.
     next_seq: AtomicU64,
-    /// CONNECTs waiting for their claim to be committed, by client id.
-    claims: Mutex<HashMap<ByteStr, (u64, oneshot::Sender<()>)>>,
+    /// CONNECTs waiting for their claim to be committed, by client id and
+    /// claim nonce (two may race for one id); told `true` when the claim
+    /// took effect, `false` when it was refused.
+    pub(crate) claims: Mutex<HashMap<(ByteStr, u64), oneshot::Sender<bool>>>,
     /// Claims this node submitted that it has not applied yet (client id
     /// to nonce). Another node's claim applied meanwhile is older in the
     /// log than ours: it must not close our connection, ours will win.
@@ -198,6 +208,7 @@ impl Broker {
         auth: Auth,
     ) -> Arc<Broker> {
         let m = &config.mqtt;
+        let memory = MemoryBudget::new(m.max_memory);
         Arc::new(Broker {
             session_limits: SessionLimits {
                 max_inflight: m.max_inflight_messages,
@@ -218,9 +229,11 @@ impl Broker {
             seam,
             auth,
             stats: Stats::default(),
+            memory,
             next_conn_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             has_leader: AtomicBool::new(true),
+            storage: OnceLock::new(),
             view: RwLock::new(ClusterView::new(node_id)),
             remote: AtomicBool::new(false),
             next_seq: AtomicU64::new(seq_base(node_id)),
@@ -234,6 +247,14 @@ impl Broker {
             drain: RwLock::new(None),
             live_connections: AtomicU64::new(0),
         })
+    }
+
+    /// How long a client waits for a commit (a CONNECT's claim of its
+    /// client id, QoS 2 releases) before it is told the server is
+    /// unavailable: the seam's own deadline, which fails the commit first
+    /// ("outcome unknown"), and a second more for that answer to arrive.
+    pub fn commit_wait(&self) -> Duration {
+        self.config.cluster.commit_deadline() + Duration::from_secs(1)
     }
 
     /// A sequence number for a new copy, unique in the cluster.
@@ -254,8 +275,9 @@ impl Broker {
     /// node, waits until the claim is committed and the session's state has
     /// moved here; a clean session goes on at once (the claim then only
     /// closes a connection with the same id elsewhere). An error means the
-    /// client must be refused: the cluster cannot serve its session now.
-    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), StateError> {
+    /// client must be refused: the cluster cannot serve its session now, or
+    /// the id belongs to another identity.
+    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), ClaimError> {
         let client_id = claim.client_id.clone();
         let command = Command::ClaimClient {
             client_id: client_id.clone(),
@@ -264,6 +286,8 @@ impl Broker {
             clean_start: claim.clean_start,
             will: claim.will,
             username: claim.username,
+            same_identity_only: self.config.auth.allow_session_takeover
+                == SessionTakeover::SameIdentity,
         };
         let local = self.sessions.lock().contains_key(&client_id);
         let wait_state = self.seam.follows_log() && !claim.clean_start && !local;
@@ -285,7 +309,7 @@ impl Broker {
                 });
                 return Ok(());
             }
-            let r = match tokio::time::timeout(CLAIM_TIMEOUT, ticket.wait()).await {
+            let r = match tokio::time::timeout(self.commit_wait(), ticket.wait()).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(
                     "claim not committed in time".into(),
@@ -294,45 +318,49 @@ impl Broker {
             if r.is_err() {
                 self.forget_claim(&client_id, claim.nonce);
             }
-            return r;
+            return r.map_err(ClaimError::Unavailable);
         }
         let (tx, rx) = oneshot::channel();
         self.claims
             .lock()
-            .insert(client_id.clone(), (claim.nonce, tx));
+            .insert((client_id.clone(), claim.nonce), tx);
         let ticket = self.seam.submit(vec![command]);
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
+        let superseded =
+            || ClaimError::Unavailable(StateError::Unavailable("claim superseded".into()));
+        let outcome = |took_effect: bool| {
+            if took_effect {
+                Ok(())
+            } else {
+                Err(ClaimError::OtherIdentity)
+            }
+        };
+        let claimed = tokio::time::timeout(self.commit_wait(), async {
             // The commit can fail before the claim is ever applied here.
             let committed = ticket.wait();
             tokio::pin!(committed);
             let mut rx = rx;
             tokio::select! {
-                state = &mut rx => return state.map_err(|_| StateError::Unavailable("claim superseded".into())),
-                r = &mut committed => r?,
+                state = &mut rx => return state.map_err(|_| superseded()).and_then(outcome),
+                r = &mut committed => r.map_err(ClaimError::Unavailable)?,
             }
-            rx.await
-                .map_err(|_| StateError::Unavailable("claim superseded".into()))
+            rx.await.map_err(|_| superseded()).and_then(outcome)
         })
         .await;
         let state = match claimed {
             Ok(r) => r,
-            Err(_) => Err(StateError::Unavailable("claim not applied in time".into())),
+            Err(_) => Err(ClaimError::Unavailable(StateError::Unavailable(
+                "claim not applied in time".into(),
+            ))),
         };
         if state.is_err() {
             self.forget_claim(&client_id, claim.nonce);
-            let mut claims = self.claims.lock();
-            if claims
-                .get(&client_id)
-                .is_some_and(|(n, _)| *n == claim.nonce)
-            {
-                claims.remove(&client_id);
-            }
+            self.claims.lock().remove(&(client_id, claim.nonce));
         }
         state
     }
 
     /// Our claim `nonce` of `client_id` was applied here, or will never be.
-    fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
+    pub(crate) fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
         let mut unapplied = self.unapplied_claims.lock();
         if unapplied.get(client_id) == Some(&nonce) {
             unapplied.remove(client_id);
@@ -366,11 +394,8 @@ impl Broker {
                 self.install_session(client_id.clone(), persisted, username);
             }
         }
-        let mut claims = self.claims.lock();
-        if claims.get(client_id).is_some_and(|(n, _)| *n == nonce) {
-            if let Some((_, tx)) = claims.remove(client_id) {
-                let _ = tx.send(());
-            }
+        if let Some(tx) = self.claims.lock().remove(&(client_id.clone(), nonce)) {
+            let _ = tx.send(true);
         }
     }
 
@@ -378,24 +403,31 @@ impl Broker {
     /// is closed with 0x8E and the session leaves this node. Nothing is
     /// ended in the replicated state: the session lives on over there.
     pub(crate) fn release(self: &Arc<Self>, client_id: &ByteStr) {
+        self.release_with(client_id, reason::SESSION_TAKEN_OVER);
+    }
+
+    /// [`Broker::release`], telling the connection `code`.
+    pub(crate) fn release_with(self: &Arc<Self>, client_id: &ByteStr, code: u8) {
         let mut sessions = self.sessions.lock();
         let Some(cell) = sessions.remove(client_id) else {
             return;
         };
-        if cell.kick(reason::SESSION_TAKEN_OVER) {
-            tracing::debug!(%client_id, "session taken over by another node");
+        if cell.kick(code) {
+            tracing::debug!(%client_id, code, "connection closed: the id is served elsewhere");
         }
-        let filters = {
+        let (filters, cursors) = {
             let mut s = cell.session.lock();
             if let Some(id) = s.conn_id() {
                 s.detach(id);
             }
-            s.subscriptions.keys().cloned().collect::<Vec<_>>()
+            let filters = s.subscriptions.keys().cloned().collect::<Vec<_>>();
+            (filters, s.take_cursors())
         };
         cell.connected.store(false, Ordering::Release);
         drop(sessions);
         let commands = self.remove_from_tree(client_id, &filters);
         self.submit(commands);
+        self.cursors_dropped(client_id, cursors);
     }
 
     pub fn session_count(&self) -> usize {
@@ -411,13 +443,15 @@ impl Broker {
     }
 
     /// Whether this node should receive traffic, and if not why.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub fn readiness(&self) -> Result<(), String> {
         if !self.ready.load(Ordering::Acquire) {
-            Err("listeners are not bound yet")
+            Err("listeners are not bound yet".into())
+        } else if let Some(fault) = self.storage.get().and_then(|h| h.fault()) {
+            Err(fault)
         } else if self.is_draining() {
-            Err("draining: clients are handed to other nodes")
+            Err("draining: clients are handed to other nodes".into())
         } else if !self.has_leader.load(Ordering::Acquire) {
-            Err("the cluster has no leader")
+            Err("the cluster has no leader".into())
         } else {
             Ok(())
         }
@@ -439,6 +473,13 @@ impl Broker {
         st.messages_queued.set(queued as i64);
         st.subscriptions.set(self.subscription_count() as i64);
         st.retained_messages.set(self.retained_count() as i64);
+        st.memory_budget_bytes
+            .set(i64::try_from(self.memory.limit()).unwrap_or(i64::MAX));
+        st.memory_held_bytes
+            .set(i64::try_from(crate::memory_budget::held_bytes()).unwrap_or(i64::MAX));
+        if let Some(h) = self.storage.get() {
+            h.refresh_space();
+        }
     }
 
     /// A snapshot of every session for the admin API.
@@ -513,6 +554,7 @@ impl Broker {
         {
             let mut s = cell.session.lock();
             s.username = req.username;
+            s.claim_nonce = req.nonce;
             s.attach(conn_id, req.receive_maximum, now);
         }
         cell.connected.store(true, Ordering::Release);

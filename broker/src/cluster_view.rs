@@ -25,6 +25,8 @@ pub struct ClusterView {
     persistent: TopicTree<ByteStr, ()>,
     subscriptions: HashMap<ByteStr, BTreeMap<ByteStr, SubOptions>>,
     owners: HashMap<ByteStr, u64>,
+    /// The username that owns each owned client id (absent: anonymous).
+    identities: HashMap<ByteStr, ByteStr>,
     pub wills: HashMap<ByteStr, WillRecord>,
 }
 
@@ -59,6 +61,7 @@ impl ClusterView {
             }
         }
         self.owners = state.owners.clone();
+        self.identities = state.usernames.clone();
         self.wills = state.wills.clone();
     }
 
@@ -75,6 +78,14 @@ impl ClusterView {
         self.owners.get(client_id).copied()
     }
 
+    /// The identity that owns `client_id`: `None` if nobody does,
+    /// `Some(None)` if an anonymous client does.
+    pub fn owner_identity(&self, client_id: &str) -> Option<Option<&ByteStr>> {
+        self.owners
+            .contains_key(client_id)
+            .then(|| self.identities.get(client_id))
+    }
+
     /// Follows one command that took effect (as the state machine said).
     pub fn apply(&mut self, command: &Command) {
         match command {
@@ -82,15 +93,21 @@ impl ClusterView {
                 client_id,
                 node,
                 clean_start,
+                username,
                 ..
             } => {
                 self.owners.insert(client_id.clone(), *node);
+                match username {
+                    Some(u) => self.identities.insert(client_id.clone(), u.clone()),
+                    None => self.identities.remove(client_id),
+                };
                 if *clean_start {
                     self.end_session(client_id);
                 }
             }
             Command::Unclaim { client_id, .. } => {
                 self.owners.remove(client_id);
+                self.identities.remove(client_id);
             }
             Command::SessionCreate { client_id, .. } => {
                 self.end_session(client_id);
@@ -100,6 +117,7 @@ impl ClusterView {
             Command::SessionEnd { client_id } => {
                 self.end_session(client_id);
                 self.owners.remove(client_id);
+                self.identities.remove(client_id);
             }
             Command::Subscribe {
                 client_id,
@@ -127,6 +145,8 @@ impl ClusterView {
                 let subs = &self.subscriptions;
                 self.owners
                     .retain(|c, n| *n != *node || subs.contains_key(c));
+                let owners = &self.owners;
+                self.identities.retain(|c, _| owners.contains_key(c));
             }
             Command::NodeGone { node } => self.forget_routes(*node),
             _ => {}
@@ -319,6 +339,7 @@ mod tests {
             clean_start: true,
             will: None,
             username: None,
+            same_identity_only: false,
         });
         v.apply(&Command::SessionCreate {
             client_id: c.clone(),
@@ -341,6 +362,7 @@ mod tests {
             clean_start: false,
             will: None,
             username: None,
+            same_identity_only: false,
         });
         let mut n = 0;
         v.remote_sessions("x/y", |_| n += 1);

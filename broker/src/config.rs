@@ -138,6 +138,11 @@ pub struct MqttConfig {
     pub allow_zero_length_clientid: bool,
     /// Largest Receive Maximum we announce for inbound QoS 1/2 (MQTT 5).
     pub receive_maximum: u16,
+    /// Bytes all held messages (queued, in flight, retained, wills, and
+    /// the replicated copies) may take together; past it new QoS 1/2
+    /// publishes are refused and QoS 0 copies dropped. 0 = half the
+    /// container's memory limit, or half the machine's memory.
+    pub max_memory: u64,
 }
 
 impl Default for MqttConfig {
@@ -161,6 +166,7 @@ impl Default for MqttConfig {
             max_session_expiry: u32::MAX,
             allow_zero_length_clientid: true,
             receive_maximum: 65535,
+            max_memory: 0,
         }
     }
 }
@@ -178,6 +184,24 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
     /// Delay before answering a failed authentication, milliseconds.
     pub auth_fail_delay_ms: u64,
+    /// Whether a CONNECT may take a client id (its live connection and
+    /// its session) from another identity.
+    pub allow_session_takeover: SessionTakeover,
+}
+
+/// Who may take over a client id that is in use (a live connection or a
+/// persistent session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionTakeover {
+    /// Only the identity that made the session (same username, same
+    /// certificate or PSK identity, or anonymous again): anyone else is
+    /// refused with "not authorized" and the owner keeps everything.
+    #[default]
+    SameIdentity,
+    /// Anyone who may connect (mosquitto's behaviour): the old connection
+    /// is closed and the session resumed under the new identity.
+    Any,
 }
 
 impl Default for AuthConfig {
@@ -187,6 +211,7 @@ impl Default for AuthConfig {
             password_file: None,
             acl_file: None,
             auth_fail_delay_ms: 500,
+            allow_session_takeover: SessionTakeover::SameIdentity,
         }
     }
 }
@@ -334,6 +359,29 @@ pub struct ClusterConfig {
     /// Empty = derived from `advertise` for a StatefulSet pod
     /// (`<set>-0.<rest>` asks `<set>-1.<rest>` .. `<set>-6.<rest>`).
     pub peers: Vec<String>,
+    /// The Raft log's segment files roll over at this size (bytes).
+    pub log_segment_bytes: u64,
+    /// Cut a damaged Raft log at its bad record at start, on a member of a
+    /// cluster of several nodes (also `raftmq serve --repair-log`). Meant
+    /// for one start: see the README's Storage section.
+    pub repair_log: bool,
+}
+
+impl ClusterConfig {
+    /// How long a write waits for its commit before its writers are told
+    /// the cluster is unavailable (MQTT 5: 0x88, outcome unknown). Chosen
+    /// with the election timeout `E` so that losing a leader while a
+    /// majority is up costs latency, never that answer: followers honour
+    /// the old leader's lease (openraft: the maximum election timeout,
+    /// 2E) and then their own timeout (E..2E), so a new leader is normally
+    /// elected 3E..4E after the old one fell silent; writes in flight to
+    /// it are proposed again to the new one as soon as this node learns of
+    /// it. 8E leaves room for a failed vote round and a loaded machine; at
+    /// least 5 s. (README, Cluster.)
+    pub fn commit_deadline(&self) -> std::time::Duration {
+        let ms = self.election_timeout_ms.saturating_mul(8).max(5_000);
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 impl Default for ClusterConfig {
@@ -351,6 +399,8 @@ impl Default for ClusterConfig {
             keyfile: None,
             cafile: None,
             peers: Vec::new(),
+            log_segment_bytes: 16 * 1024 * 1024,
+            repair_log: false,
         }
     }
 }
@@ -461,6 +511,12 @@ impl Config {
             if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/') {
                 return Err(invalid(&key("path"), "must start with '/'"));
             }
+        }
+        if self.cluster.log_segment_bytes < 1024 {
+            return Err(invalid(
+                "cluster.log_segment_bytes",
+                "must be at least 1024 bytes",
+            ));
         }
         let mut binds: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
         binds.sort();

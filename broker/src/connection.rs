@@ -24,7 +24,8 @@ use crate::codec::{
 };
 use crate::drain::DrainMode;
 use crate::message::Message;
-use crate::session::{InboundQos2, Outgoing, PubRecOutcome};
+use crate::ownership::ClaimError;
+use crate::session::{InboundQos2, Outgoing, PubRecOutcome, RetainedCursor};
 use crate::state::{Command, StateError, Ticket};
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
 
@@ -40,10 +41,6 @@ pub struct ListenerInfo {
     /// the CONNECT username.
     pub use_identity_as_username: bool,
 }
-
-/// How long PUBRELs wait for their releases to commit before the
-/// connection gives up (the client resends PUBREC after reconnecting).
-const RELEASE_COMMIT_WAIT: Duration = Duration::from_secs(6);
 
 /// How long SUBACK waits for the cluster to learn of a subscription.
 const SUBSCRIBE_COMMIT_WAIT: Duration = Duration::from_secs(3);
@@ -220,12 +217,15 @@ async fn run<S: Transport>(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "connection refused before CONNECT: {e}");
-            if let Some(DecodeError::UnsupportedProtocol { .. }) = e.decode_error() {
-                // We cannot know which format the client reads: 3.1.1's
-                // "unacceptable protocol version" is the one all accept.
-                let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            }
             broker.stats.connects_refused.inc();
+            if let Some(connack) = e.connack() {
+                if stream.write_all(&connack).await.is_ok() {
+                    broker.stats.messages_sent.inc();
+                    broker.stats.bytes_sent.inc_by(connack.len() as u64);
+                    let _ = stream.flush().await;
+                }
+                let _ = stream.shutdown().await;
+            }
             return;
         }
         Err(_) => {
@@ -264,8 +264,10 @@ async fn run<S: Transport>(
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
+    /// The CONNECT did not decode; the protocol it named, if that much
+    /// was readable.
     #[error("{0}")]
-    Decode(DecodeError),
+    Decode(DecodeError, Option<Protocol>),
     #[error("first packet was {0}, not CONNECT")]
     NotConnect(&'static str),
     #[error("socket closed")]
@@ -275,11 +277,35 @@ enum ConnectError {
 }
 
 impl ConnectError {
-    fn decode_error(&self) -> Option<&DecodeError> {
-        match self {
-            ConnectError::Decode(e) => Some(e),
-            _ => None,
+    /// The CONNACK that tells the client why, where one may be sent: an
+    /// MQTT 5 client reads the reason code (and string) of any CONNECT it
+    /// got wrong (MQTT 5 §3.1.4, §4.13); 3.1.1 has codes for none of them
+    /// and closes without an answer, except for an unknown protocol level.
+    fn connack(&self) -> Option<BytesMut> {
+        let ConnectError::Decode(e, protocol) = self else {
+            return None;
+        };
+        if let DecodeError::UnsupportedProtocol { .. } = e {
+            // We cannot know which format the client reads: 3.1.1's
+            // "unacceptable protocol version" is the one all accept.
+            return Some(BytesMut::from(&[0x20, 0x02, 0x00, 0x01][..]));
         }
+        if *protocol != Some(Protocol::V5) {
+            return None;
+        }
+        let ack = ConnAck {
+            session_present: false,
+            code: e.reason_code(),
+            // Allowed even if the client asked for no reason strings (it
+            // is a CONNACK), and we could not read whether it did.
+            properties: Properties {
+                reason_string: Some(ByteStr::from(decode_reason(e))),
+                ..Properties::default()
+            },
+        };
+        let mut out = BytesMut::new();
+        codec::encode(&Packet::ConnAck(ack), Protocol::V5, &mut out).ok()?;
+        Some(out)
     }
 }
 
@@ -290,6 +316,8 @@ async fn read_connect<S: AsyncRead + Unpin>(
     max_packet_size: u32,
 ) -> Result<Box<Connect>, ConnectError> {
     loop {
+        // Read first: a CONNECT that fails to decode is gone from `rbuf`.
+        let protocol = codec::connect_protocol(rbuf);
         match codec::decode(rbuf, None, max_packet_size) {
             Ok(Some(Packet::Connect(c))) => {
                 broker.stats.messages_received.inc();
@@ -299,7 +327,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => {
                 broker.stats.protocol_errors.inc();
-                return Err(ConnectError::Decode(e));
+                return Err(ConnectError::Decode(e, protocol));
             }
         }
         rbuf.reserve(256);
@@ -349,6 +377,8 @@ struct Connection {
     /// How many `acks` may hold before input waits (u16: it sits in the
     /// padding beside the other small fields).
     ack_window: u16,
+    /// The session has retained messages to stream (new subscriptions).
+    streaming: bool,
 }
 
 impl Connection {
@@ -393,6 +423,30 @@ impl Connection {
                 broker.stats.messages_sent.inc();
             }
         };
+        // MQTT 5 enhanced authentication (AUTH exchanges) is not offered:
+        // a client that asks for it is told so, not left waiting for AUTH.
+        // (3.1.1 CONNECTs carry no properties.)
+        let props = &c.properties;
+        if props.authentication_method.is_some() {
+            let why = "authentication method not supported";
+            refuse(
+                wbuf,
+                reason::BAD_AUTHENTICATION_METHOD,
+                reason::v3::NOT_AUTHORIZED,
+                why,
+            );
+            return None;
+        }
+        if props.authentication_data.is_some() {
+            let why = "authentication data without a method";
+            refuse(
+                wbuf,
+                reason::PROTOCOL_ERROR,
+                reason::v3::NOT_AUTHORIZED,
+                why,
+            );
+            return None;
+        }
 
         // Copied out of the CONNECT frame: a slice of it would keep the
         // whole read buffer alive for as long as the session (and the
@@ -469,6 +523,17 @@ impl Connection {
             }
         }
 
+        if let Err(owner) = broker.owner_check(&client_id, username.as_ref()) {
+            broker.takeover_refused(&client_id, username.as_ref(), owner.as_ref(), Some(peer));
+            refuse(
+                wbuf,
+                reason::NOT_AUTHORIZED,
+                reason::v3::NOT_AUTHORIZED,
+                "the client id belongs to another identity",
+            );
+            return None;
+        }
+
         let requested_expiry = if v5 {
             c.properties.session_expiry_interval.unwrap_or(0)
         } else if c.clean_start {
@@ -493,20 +558,35 @@ impl Connection {
                 .map(|w| crate::state::Will::from_last_will(w, &client_id)),
             username: username.clone(),
         };
-        if let Err(e) = broker.claim(claim).await {
-            tracing::info!(%client_id, %peer, "CONNECT refused: {e}");
-            refuse(
-                wbuf,
-                reason::SERVER_UNAVAILABLE,
-                reason::v3::SERVER_UNAVAILABLE,
-                "the cluster cannot serve this session now",
-            );
-            return None;
+        match broker.claim(claim).await {
+            Ok(()) => {}
+            Err(ClaimError::OtherIdentity) => {
+                let owner = broker.view_owner_identity(&client_id);
+                broker.takeover_refused(&client_id, username.as_ref(), owner.as_ref(), Some(peer));
+                refuse(
+                    wbuf,
+                    reason::NOT_AUTHORIZED,
+                    reason::v3::NOT_AUTHORIZED,
+                    "the client id belongs to another identity",
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::info!(%client_id, %peer, "CONNECT refused: {e}");
+                refuse(
+                    wbuf,
+                    reason::SERVER_UNAVAILABLE,
+                    reason::v3::SERVER_UNAVAILABLE,
+                    "the cluster cannot serve this session now",
+                );
+                return None;
+            }
         }
         let opened = broker.open_session(
             SessionRequest {
                 client_id: client_id.clone(),
                 username: username.clone(),
+                nonce,
                 clean_start: c.clean_start,
                 expiry,
                 receive_maximum,
@@ -559,6 +639,8 @@ impl Connection {
         }
         tracing::debug!(%client_id, protocol = ?c.protocol, clean = c.clean_start, "connected");
         let ack_window = cfg.receive_maximum.min(ACK_WINDOW);
+        // A resumed session may have a retained stream to go on with.
+        let streaming = opened.cell.session.lock().has_cursors();
 
         Some(Connection {
             broker,
@@ -582,6 +664,7 @@ impl Connection {
             spare: Vec::new(),
             acks: None,
             ack_window,
+            streaming,
         })
     }
 
@@ -595,8 +678,18 @@ impl Connection {
         let mut busy = false;
         let keepalive = tokio::time::sleep(self.keepalive.max(Duration::from_secs(1)));
         tokio::pin!(keepalive);
+        // A client may send before CONNACK (async libraries do): what came
+        // in the same reads as CONNECT is handled now, not when the socket
+        // next has something, which may be never (keep alive 0).
+        if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
+            return exit;
+        }
         loop {
-            self.drain_outbox(wbuf);
+            if self.streaming {
+                self.streaming = self.broker.pump_retained(&self.cell);
+            }
+            // Room for more of a retained stream once this is written.
+            let stream_on = self.drain_outbox(wbuf);
             if !wbuf.is_empty() {
                 // Flush too: TLS and WebSocket streams buffer until told.
                 let written = async {
@@ -681,6 +774,9 @@ impl Connection {
                     }
                     keepalive.as_mut().reset(tokio::time::Instant::from_std(deadline));
                 }
+                // Last: a retained stream goes on only while nothing else
+                // is waiting (the socket paced it in the write above).
+                () = std::future::ready(()), if stream_on => {}
             }
             // Drop a large buffer once it is empty (other transports keep
             // theirs between reads).
@@ -849,7 +945,9 @@ impl Connection {
             return Ok(());
         }
         let all = futures_util::future::join_all(self.releases.drain(..).map(|t| t.wait()));
-        match tokio::time::timeout(RELEASE_COMMIT_WAIT, all).await {
+        // At most `Broker::commit_wait`; then the client resends PUBREC
+        // after reconnecting.
+        match tokio::time::timeout(self.broker.commit_wait(), all).await {
             Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
             _ => Err(Exit::Close(
                 reason::SERVER_UNAVAILABLE,
@@ -925,7 +1023,8 @@ impl Connection {
             Action::Write,
         );
         if !allowed {
-            tracing::debug!(topic = %p.topic, "publish denied by ACL");
+            self.broker.stats.publish_denied.inc();
+            tracing::debug!(topic = %p.topic, "publish denied (ACL, or a $SYS topic)");
             // 3.x has no way to say no: acknowledge and drop, as mosquitto.
             let code = if self.protocol.is_v5() {
                 reason::NOT_AUTHORIZED
@@ -933,6 +1032,18 @@ impl Connection {
                 reason::SUCCESS
             };
             self.answer(wbuf, p.qos, p.packet_id, code);
+            return Ok(());
+        }
+        if !self.broker.admit_publish(&p) {
+            // Past the memory budget: 5.0 says so (the client may retry
+            // later); 3.1.1 cannot, and a PUBACK would claim it stored.
+            if !self.protocol.is_v5() {
+                return Err(Exit::Close(
+                    reason::QUOTA_EXCEEDED,
+                    "the broker's memory budget is spent",
+                ));
+            }
+            self.answer(wbuf, p.qos, p.packet_id, reason::QUOTA_EXCEEDED);
             return Ok(());
         }
         if p.qos == QoS::AtLeastOnce && self.cell.session.lock().inbound_qos2_pending(p.packet_id) {
@@ -982,21 +1093,17 @@ impl Connection {
             self.client_id.clone(),
             Instant::now(),
         ));
-        let retained = message.retain.then(|| self.broker.retain(message.clone()));
-        let mut routed = self.broker.publish(message);
+        let mut routed = if message.retain {
+            self.broker.publish_retained(message, true)
+        } else {
+            self.broker.publish(message)
+        };
         // Waiting for ourselves would never end.
         routed
             .congested
             .retain(|c| !backpressure::is(c, &self.cell));
         self.congested.extend(routed.congested.drain(..));
-        let commit = match (routed.committed, retained) {
-            (c, None) => c,
-            (Ticket::Done(Ok(())), Some(r)) => r,
-            (c, Some(r)) => Ticket::Pending(Box::pin(async move {
-                let c = c.wait().await;
-                c.and(r.wait().await)
-            })),
-        };
+        let commit = routed.committed;
         let queue_empty = self.acks.as_ref().is_none_or(|q| q.is_empty());
         match commit {
             // Nothing to wait for, nothing waiting before it: at once.
@@ -1081,11 +1188,11 @@ impl Connection {
         }
     }
 
-    /// Waits for every pending answer (at most [`RELEASE_COMMIT_WAIT`]) and
+    /// Waits for every pending answer (at most [`Broker::commit_wait`]) and
     /// writes them; those not committed by then get none (the client sends
     /// them again).
     async fn settle_acks(&mut self, wbuf: &mut BytesMut) -> Flow {
-        let deadline = tokio::time::Instant::now() + RELEASE_COMMIT_WAIT;
+        let deadline = tokio::time::Instant::now() + self.broker.commit_wait();
         while self.acks.as_ref().is_some_and(|q| !q.is_empty()) {
             let ready = first_ack_ready(&mut self.acks);
             if tokio::time::timeout_at(deadline, ready).await.is_err() {
@@ -1142,9 +1249,8 @@ impl Connection {
         let identifier = s.properties.subscription_identifiers.first().copied();
         let max_subs = cfg.max_subscriptions_per_client;
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
+        let mut cursors = Vec::new();
         let mut tickets = Vec::new();
-        let now = Instant::now();
         for (raw, mut options) in s.filters {
             let parsed = match parse_filter(&raw, self.broker.topic_limits) {
                 Ok(p) => p,
@@ -1192,7 +1298,7 @@ impl Connection {
             if options.qos as u8 > cfg.max_qos {
                 options.qos = QoS::from_u8(cfg.max_qos).unwrap_or(QoS::AtMostOnce);
             }
-            let (existed, ticket) = self
+            let (existed, ticket, since) = self
                 .broker
                 .subscribe(&self.cell, &raw, &parsed, options, identifier);
             tickets.extend(ticket);
@@ -1204,10 +1310,14 @@ impl Connection {
             };
             // Shared subscriptions get no retained messages (MQTT 5 4.8.2).
             if wanted && parsed.group.is_none() {
-                let messages = self.broker.retained_matching(parsed.filter, now);
-                if !messages.is_empty() {
-                    retained.push((messages, options.qos));
-                }
+                cursors.push(RetainedCursor {
+                    filter: ByteStr::from(parsed.filter),
+                    key: raw,
+                    qos: options.qos,
+                    identifier,
+                    since,
+                    after: None,
+                });
             }
         }
         // Other nodes route to this subscription once its route is
@@ -1236,9 +1346,13 @@ impl Connection {
                 properties: Properties::default(),
             }),
         );
-        for (messages, qos) in retained {
-            self.broker
-                .deliver_retained(&self.cell, messages, qos, identifier);
+        // Streamed after SUBACK, as the window and the socket take them.
+        if !cursors.is_empty() {
+            let mut session = self.cell.session.lock();
+            for c in cursors {
+                session.start_cursor(c);
+            }
+            self.streaming = true;
         }
         Ok(())
     }
@@ -1249,6 +1363,7 @@ impl Connection {
             let code = match parse_filter(&raw, self.broker.topic_limits) {
                 Err(_) => reason::TOPIC_FILTER_INVALID,
                 Ok(parsed) => {
+                    self.cell.session.lock().stop_cursor(&raw);
                     if self.broker.unsubscribe(&self.cell, &raw, &parsed) {
                         reason::SUCCESS
                     } else {
@@ -1279,26 +1394,28 @@ impl Connection {
     }
 
     /// Moves what the session has for the client into the write buffer.
-    fn drain_outbox(&mut self, wbuf: &mut BytesMut) {
+    /// Returns whether a retained stream has room to go on.
+    fn drain_outbox(&mut self, wbuf: &mut BytesMut) -> bool {
         let mut outbox = std::mem::take(&mut self.spare);
-        let wake_publishers = {
+        let (wake_publishers, stream_on) = {
             let mut s = self.cell.session.lock();
             s.swap_outbox(&mut outbox);
-            s.publishers_to_wake()
+            let stream_on = self.streaming && s.cursor_room() > 0;
+            (s.publishers_to_wake(), stream_on)
         };
         if wake_publishers {
             self.cell.drained.notify_waiters();
         }
         if outbox.is_empty() {
             self.spare = outbox;
-            return;
+            return stream_on;
         }
         // One allocation for the batch (the buffer is dropped when idle).
         let estimate: usize = outbox
             .iter()
             .map(|o| match o {
                 Outgoing::Publish { delivery, .. } => {
-                    delivery.message.payload.len() + delivery.message.topic.len() + 16
+                    delivery.message.body_len() + delivery.message.topic.len() + 16
                 }
                 Outgoing::PubRel { .. } => 4,
             })
@@ -1397,6 +1514,7 @@ impl Connection {
                 self.cell.wake.notify_one();
             }
         }
+        stream_on
     }
 
     /// Encodes one copy into `wbuf`: `Ok(false)` if it must not be sent
@@ -1416,13 +1534,18 @@ impl Connection {
         };
         let v5 = self.protocol.is_v5();
         let mut properties = None;
-        if v5 && (m.properties.is_some() || remaining.is_some() || !d.subscription_ids.is_empty()) {
-            let mut p = Properties::default();
-            if let Some(f) = &m.properties {
-                f.write_into(&mut p);
-            }
-            p.message_expiry_interval = remaining;
-            p.subscription_identifiers = d.subscription_ids.to_vec();
+        // The forwarded ones are written as stored (wire form); only what
+        // differs per copy is built here.
+        let forwarded = match &m.properties {
+            Some(f) if v5 => &f.as_wire()[..],
+            _ => &[],
+        };
+        if v5 && (remaining.is_some() || !d.subscription_ids.is_empty()) {
+            let p = Properties {
+                message_expiry_interval: remaining,
+                subscription_identifiers: d.subscription_ids.to_vec(),
+                ..Properties::default()
+            };
             properties = Some(p);
         }
         let full = PublishRef {
@@ -1432,6 +1555,7 @@ impl Connection {
             topic: m.topic.as_bytes(),
             packet_id,
             properties: properties.as_ref(),
+            forwarded,
             payload: &m.payload,
         };
         // Only a client that set a Maximum Packet Size makes us measure
@@ -1474,6 +1598,7 @@ impl Connection {
             topic,
             packet_id,
             properties: properties.as_ref(),
+            forwarded,
             payload: &m.payload,
         };
         codec::encode_publish(&publish, self.protocol, wbuf)?;

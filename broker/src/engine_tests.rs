@@ -10,8 +10,8 @@ use crate::auth::{Auth, Policy};
 use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
-use crate::message::Message;
-use crate::session::Outgoing;
+use crate::message::{Message, MessageParts};
+use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
 use crate::topic_tree::parse_filter;
 
@@ -38,11 +38,13 @@ fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
         clean_start: clean,
         will: None,
         username: None,
+        same_identity_only: false,
     }]));
     b.open_session(
         SessionRequest {
             client_id: ByteStr::from(id),
             username: None,
+            nonce: 1,
             clean_start: clean,
             expiry,
             receive_maximum: u16::MAX,
@@ -70,7 +72,7 @@ fn sub_opts(b: &Broker, s: &OpenedSession, filter: &str, o: SubOptions, id: Opti
 }
 
 fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
-    Arc::new(Message {
+    Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(topic),
         payload: Bytes::from_static(b"m"),
         qos,
@@ -79,7 +81,7 @@ fn msg(topic: &str, qos: QoS, origin: &str) -> Arc<Message> {
         expires_at: None,
         properties: None,
         received_at: std::time::Instant::now(),
-    })
+    }))
 }
 
 /// (qos, subscription ids, retain) of each PUBLISH in the outbox.
@@ -176,18 +178,135 @@ async fn retained_set_clear_and_seam_agree() {
     let (b, seam) = broker();
     let mut m = (*msg("r/1", QoS::AtLeastOnce, "p")).clone();
     m.retain = true;
-    b.retain(Arc::new(m.clone())).wait().await.unwrap();
+    let routed = b.publish_retained(Arc::new(m.clone()), true);
+    routed.committed.wait().await.unwrap();
     assert_eq!(b.retained_count(), 1);
     assert_eq!(seam.snapshot().retained.len(), 1);
     let s = open(&b, "s", true, 0);
-    let found = b.retained_matching("r/#", Instant::now());
-    assert_eq!(found.len(), 1);
-    b.deliver_retained(&s.cell, found, QoS::AtMostOnce, None);
-    assert_eq!(drained(&s), vec![(QoS::AtMostOnce, vec![], true)]);
+    assert_eq!(b.retained_matching("r/#", Instant::now()).len(), 1);
+    sub_streaming(&b, &s, "r/#", QoS::AtMostOnce);
+    assert_eq!(streamed(&b, &s).len(), 1);
     m.payload = Bytes::new();
-    b.retain(Arc::new(m)).wait().await.unwrap();
+    let routed = b.publish_retained(Arc::new(m), true);
+    routed.committed.wait().await.unwrap();
     assert_eq!(b.retained_count(), 0);
     assert!(seam.snapshot().retained.is_empty());
+}
+
+fn retained(topic: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
+    let mut m = (*msg(topic, qos, "p")).clone();
+    m.retain = true;
+    m.payload = Bytes::from_static(payload);
+    Arc::new(m)
+}
+
+/// Subscribes as a connection does: into the tree, then a cursor over the
+/// retained messages from the stamp the subscription took.
+fn sub_streaming(b: &Broker, s: &OpenedSession, filter: &str, qos: QoS) {
+    let parsed = parse_filter(filter, b.topic_limits).unwrap();
+    let o = SubOptions {
+        qos,
+        ..Default::default()
+    };
+    let (_, _, since) = b.subscribe(&s.cell, &ByteStr::from(filter), &parsed, o, None);
+    s.cell.session.lock().start_cursor(RetainedCursor {
+        key: ByteStr::from(filter),
+        filter: ByteStr::from(filter),
+        qos,
+        identifier: None,
+        since,
+        after: None,
+    });
+}
+
+/// (packet id, topic, payload) of each PUBLISH in the outbox.
+fn publishes(s: &OpenedSession) -> Vec<(u16, String, Bytes)> {
+    s.cell
+        .session
+        .lock()
+        .take_outbox()
+        .into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish {
+                packet_id,
+                delivery,
+                ..
+            } => Some((
+                packet_id,
+                delivery.message.topic.to_string(),
+                delivery.message.payload.clone(),
+            )),
+            Outgoing::PubRel { .. } => None,
+        })
+        .collect()
+}
+
+/// Pumps a QoS 0 stream to its end as a connection does, writing (taking)
+/// the outbox between steps; returns what went out.
+fn streamed(b: &Broker, s: &OpenedSession) -> Vec<(u16, String, Bytes)> {
+    let mut out = Vec::new();
+    loop {
+        let more = b.pump_retained(&s.cell);
+        out.extend(publishes(s));
+        if !more {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_retained_publish_meets_a_new_subscription_exactly_once() {
+    let (b, _) = broker();
+    // Stored before the subscription: from the store, not live.
+    let s = open(&b, "s", true, 0);
+    b.publish_retained(retained("t", b"1", QoS::ExactlyOnce), true);
+    sub_streaming(&b, &s, "t", QoS::ExactlyOnce);
+    assert!(publishes(&s).is_empty(), "nothing live");
+    b.pump_retained(&s.cell);
+    let got = publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].2[..], b"1");
+    // Subscribed before the publish: live, and the cursor leaves it out.
+    let s2 = open(&b, "s2", true, 0);
+    sub_streaming(&b, &s2, "t", QoS::ExactlyOnce);
+    b.publish_retained(retained("t", b"2", QoS::ExactlyOnce), true);
+    let live = publishes(&s2);
+    assert_eq!(live.len(), 1);
+    assert_eq!(&live[0].2[..], b"2");
+    while b.pump_retained(&s2.cell) {}
+    assert!(publishes(&s2).is_empty(), "not again from the store");
+}
+
+#[tokio::test]
+async fn a_retained_stream_goes_as_fast_as_the_window_takes_it() {
+    let (b, _) = broker();
+    let topics: Vec<String> = (0..100).map(|i| format!("w/{i:03}")).collect();
+    for t in &topics {
+        b.publish_retained(retained(t, b"x", QoS::AtLeastOnce), true);
+    }
+    let s = open(&b, "s", true, 0);
+    sub_streaming(&b, &s, "w/#", QoS::AtLeastOnce);
+    let window = usize::from(b.session_limits.max_inflight);
+    let mut got = Vec::new();
+    let mut inflight = Vec::new();
+    loop {
+        let more = b.pump_retained(&s.cell);
+        b.pump_retained(&s.cell);
+        let out = publishes(&s);
+        inflight.extend(out.iter().map(|o| o.0));
+        got.extend(out.into_iter().map(|o| o.1));
+        let sess = s.cell.session.lock();
+        assert!(sess.inflight_len() <= window, "{}", sess.inflight_len());
+        assert_eq!(sess.queued_len(), 0, "nothing piles up in the queue");
+        drop(sess);
+        if !more && inflight.is_empty() {
+            break;
+        }
+        for id in inflight.drain(..) {
+            s.cell.session.lock().on_puback(id, Instant::now());
+        }
+    }
+    assert_eq!(got, topics, "all of them, in topic order");
 }
 
 #[tokio::test]
@@ -306,4 +425,26 @@ async fn an_undrain_makes_the_node_ready_again() {
     assert_eq!(b.undrain(), Ok(true));
     assert!(b.readiness().is_ok());
     assert_eq!(b.drain_mode(), None, "new connections are accepted");
+}
+
+#[tokio::test]
+async fn a_session_that_leaves_the_node_mid_stream_counts_what_it_did_not_get() {
+    let (b, _) = broker();
+    for i in 0..30 {
+        b.publish_retained(retained(&format!("m/{i:02}"), b"x", QoS::AtLeastOnce), true);
+    }
+    let s = open(&b, "mover", false, 3600);
+    sub_streaming(&b, &s, "m/#", QoS::AtLeastOnce);
+    b.pump_retained(&s.cell);
+    let window = usize::from(b.session_limits.max_inflight);
+    assert_eq!(publishes(&s).len(), window);
+    // Offline: the stream pauses, nothing more is taken from the store.
+    b.close_session(&s.cell, s.conn_id, Departure::Unclean, None);
+    assert!(b.pump_retained(&s.cell), "the cursor is kept");
+    let sess = s.cell.session.lock();
+    assert_eq!((sess.inflight_len(), sess.queued_len()), (window, 0));
+    drop(sess);
+    // Another node claims it: the cursor cannot follow.
+    b.release(&ByteStr::from("mover"));
+    assert_eq!(b.stats.publish_dropped.get(), (30 - window) as u64);
 }

@@ -32,6 +32,11 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
+        /// On a member of a cluster of several nodes whose Raft log is
+        /// damaged: cut the log at the bad record and be caught up by the
+        /// leader (see the README's Storage section). For one start.
+        #[arg(long)]
+        repair_log: bool,
     },
     /// Manage a mosquitto-format password file (mosquitto_passwd's
     /// options). Writes $7$ PBKDF2-SHA512 hashes that mosquitto 2 reads too.
@@ -61,6 +66,14 @@ enum Command {
     },
     /// Inspect and change the Raft cluster through a node's gRPC Admin
     /// service (membership changes go to the leader).
+    /// Publish a message (mosquitto_pub's options: -h -p -t -m -q -r -u -P
+    /// -i -V, --cafile/--cert/--key, --psk/--psk-identity, -f -s -l -n).
+    #[command(disable_help_flag = true)]
+    Pub(raftmq::client::PubArgs),
+    /// Subscribe and print what arrives (mosquitto_sub's options: -h -p
+    /// -t... -q -v -C -W -R -N -E -u -P -i -c -V, TLS and PSK as pub).
+    #[command(disable_help_flag = true)]
+    Sub(raftmq::client::SubArgs),
     Cluster {
         /// Any node's gRPC address.
         #[arg(long, default_value = "127.0.0.1:7100", global = true)]
@@ -72,13 +85,20 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, log_json } => {
+        Command::Serve {
+            config,
+            log_json,
+            repair_log,
+        } => {
             let mut config = Config::load(config.as_deref(), std::env::vars())?;
             if log_json {
                 config.log.format = LogFormat::Json;
+            }
+            if repair_log {
+                config.cluster.repair_log = true;
             }
             init_logging(&config);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,12 +120,24 @@ fn main() -> anyhow::Result<()> {
             passwd::edit_file(&file, &edit)?;
             Ok(())
         }
+        Command::Pub(args) => client_runtime()?.block_on(raftmq::client::publish::run(args)),
+        Command::Sub(args) => {
+            let outcome = client_runtime()?.block_on(raftmq::client::subscribe::run(args))?;
+            std::process::exit(outcome.exit_code())
+        }
         Command::Cluster { node, tls, command } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
             .block_on(raftmq::cluster::cli::run(&node, &tls, command)),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn passwd_edit(

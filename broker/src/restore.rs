@@ -23,8 +23,10 @@ impl Broker {
         {
             let mut retained = self.retained.write();
             *retained = RetainedStore::default();
+            // Never routed here: cursors of subscriptions made before
+            // deliver them (see `RetainedStore::restore`).
             for m in state.retained.values() {
-                retained.set(m.clone());
+                retained.restore(m.clone());
             }
         }
         {
@@ -165,10 +167,11 @@ impl Broker {
             return;
         }
         let mut view_changed = false;
+        let enqueued = enqueued_by_others(self.node_id, &events);
         for event in events {
             match event {
-                Committed::Command { command, .. } => {
-                    view_changed |= self.follow(&command);
+                Committed::Command { origin, command } => {
+                    view_changed |= self.follow(origin, &command, &enqueued);
                 }
                 Committed::Claimed {
                     client_id,
@@ -177,6 +180,9 @@ impl Broker {
                     username,
                 } => self.claimed(&client_id, nonce, session, username),
                 Committed::WillFired { will, .. } => self.publish_will(will, Instant::now()),
+                Committed::ClaimRefused { client_id, nonce } => {
+                    self.claim_refused(&client_id, nonce)
+                }
             }
         }
         if view_changed {
@@ -185,16 +191,22 @@ impl Broker {
         }
     }
 
-    /// Applies one committed command to the local indexes; true when the
-    /// cluster view changed.
-    fn follow(self: &Arc<Self>, command: &Command) -> bool {
+    /// Applies one committed command (proposed by `origin`) to the local
+    /// indexes; true when the cluster view changed. `enqueued`: copies
+    /// other nodes enqueued in the same entry.
+    fn follow(self: &Arc<Self>, origin: u64, command: &Command, enqueued: &[Enqueued]) -> bool {
         match command {
             Command::RetainSet(m) => {
-                self.retained.write().set(m.clone());
+                let for_sessions: Vec<ByteStr> = enqueued
+                    .iter()
+                    .filter(|e| e.origin == origin && e.topic == m.topic)
+                    .map(|e| e.client_id.clone())
+                    .collect();
+                self.retained_committed(origin, &m.topic, Some(m), &for_sessions);
                 return false;
             }
             Command::RetainClear { topic } => {
-                self.retained.write().clear(topic);
+                self.retained_committed(origin, topic, None, &[]);
                 return false;
             }
             Command::Enqueue {
@@ -247,4 +259,44 @@ impl Broker {
         self.view.write().apply(command);
         true
     }
+}
+
+/// A copy another node enqueued for a persistent session (through Raft).
+pub(crate) struct Enqueued {
+    origin: u64,
+    client_id: ByteStr,
+    topic: ByteStr,
+}
+
+/// The copies other nodes enqueued in one entry, when it also holds a
+/// retained message another node published (the only case that asks):
+/// the sessions they were for get those copies, not a second one when the
+/// retained message is applied (see `Broker::deliver_applied`).
+fn enqueued_by_others(me: u64, events: &[Committed]) -> Vec<Enqueued> {
+    let foreign_retain = events.iter().any(|e| {
+        matches!(e, Committed::Command { origin, command: Command::RetainSet(_) } if *origin != me)
+    });
+    if !foreign_retain {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Committed::Command {
+                origin,
+                command:
+                    Command::Enqueue {
+                        client_id,
+                        message,
+                        local: false,
+                        ..
+                    },
+            } => Some(Enqueued {
+                origin: *origin,
+                client_id: client_id.clone(),
+                topic: message.topic.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
 }

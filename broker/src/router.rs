@@ -23,13 +23,16 @@ use crate::topic_tree::{Hit, Hits, ParsedFilter, SharedGroup, Subscriber};
 /// counts them) rather than holding the publisher's memory. Copies owed to
 /// persistent sessions never travel this way; they go through Raft.
 pub trait Forward: Send + Sync {
-    /// `shared`: the shared groups this node was chosen to serve. Returns
+    /// `shared`: the shared groups this node was chosen to serve. `in_log`:
+    /// a retained message whose store change is in the log; the peer
+    /// delivers it to its plain subscribers when it applies that. Returns
     /// the peer's queue when it is congested: the publisher should wait.
     fn forward(
         &self,
         node: u64,
         message: &SharedMessage,
         shared: SmallVec<[ShareRef; 1]>,
+        in_log: bool,
     ) -> Option<Pressure>;
 }
 
@@ -134,7 +137,20 @@ impl Broker {
     /// subscriptions of one session yield one copy at the highest QoS,
     /// carrying all their subscription identifiers.
     pub fn publish(&self, message: SharedMessage) -> Routed {
-        let mut commands = Vec::new();
+        self.route(message, Vec::new(), false)
+    }
+
+    /// [`Broker::publish`], committing `commands` with the copies (one log
+    /// entry: a retained message's store change, which other nodes then
+    /// apply together with the copies owed to their persistent sessions).
+    /// `in_log`: other nodes' plain subscribers get the message when they
+    /// apply its retained copy, so it is forwarded only to shared groups.
+    pub(crate) fn route(
+        &self,
+        message: SharedMessage,
+        mut commands: Vec<Command>,
+        in_log: bool,
+    ) -> Routed {
         let remote = if self.remote.load(Ordering::Acquire) {
             self.route_remote(&message, &mut commands)
         } else {
@@ -180,7 +196,9 @@ impl Broker {
         drop(tree);
         if let Some(f) = self.forwarder.get() {
             for (node, groups) in remote.nodes {
-                congested.extend(f.forward(node, &message, groups));
+                if !in_log || !groups.is_empty() {
+                    congested.extend(f.forward(node, &message, groups, in_log));
+                }
             }
         }
         let committed = if commands.is_empty() {
@@ -263,17 +281,19 @@ impl Broker {
     /// Delivers a publish another node forwarded here: to local
     /// subscribers only, and to the shared groups this node was chosen to
     /// serve. Copies owed to persistent sessions at QoS 1/2 are skipped:
-    /// they arrive through Raft, committed.
+    /// they arrive through Raft, committed. `in_log`: a retained message
+    /// the plain subscribers get when its store change is applied here.
     pub fn deliver_forwarded(
         &self,
         message: SharedMessage,
         shared: &[ShareRef],
+        in_log: bool,
     ) -> SmallVec<[Arc<SessionCell>; 1]> {
         let tree = self.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         tree.for_each_match(&message.topic, |hit| match hit {
             Hit::Subscriber(s) => {
-                if s.options.no_local && s.key == message.origin {
+                if in_log || (s.options.no_local && s.key == message.origin) {
                     return;
                 }
                 targets.push(Target::new(s, message.qos, None));
@@ -309,6 +329,38 @@ impl Broker {
         congested
     }
 
+    /// Delivers a retained message another node published, as this node
+    /// applies its store change (the caller holds the store's lock): to
+    /// the local plain subscribers (shared groups had it forwarded). A
+    /// persistent session at QoS 1/2 the publisher's node enqueued a copy
+    /// for (`enqueued`: from the same log entry) gets that copy instead;
+    /// one that node did not know of yet gets this one.
+    pub(crate) fn deliver_applied(&self, message: &SharedMessage, enqueued: &[ByteStr]) {
+        let tree = self.subscriptions.read();
+        let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
+        tree.for_each_match(&message.topic, |hit| {
+            if let Hit::Subscriber(s) = hit {
+                if !(s.options.no_local && s.key == message.origin) {
+                    targets.push(Target::new(s, message.qos, None));
+                }
+            }
+        });
+        if targets.len() > 1 {
+            merge_overlaps(&mut targets);
+        }
+        let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
+        let mut commands = Vec::new();
+        for t in targets {
+            let durable_elsewhere = enqueued.contains(&t.cell.client_id);
+            let (cell, d) = t.delivery(message);
+            // Applied from the log: nobody publishes here to hold back.
+            let _ = self.deliver_to(cell, d, acl, durable_elsewhere, &mut commands);
+        }
+        drop(tree);
+        self.submit(commands);
+    }
+
     /// Puts one copy into a session, if the ACL (when there is one) lets
     /// its client read the topic; records what the seam must persist.
     /// `durable_elsewhere`: a copy for a persistent session at QoS 1/2
@@ -325,6 +377,12 @@ impl Broker {
     ) -> bool {
         let qos = d.qos;
         let retain = d.retain;
+        // Past the memory budget QoS 0 copies go (QoS 1/2 ones were
+        // admitted with their publish, and are never dropped for memory).
+        if qos == QoS::AtMostOnce && !self.admit_qos0() {
+            self.stats.publish_dropped.inc();
+            return false;
+        }
         let mut s = cell.session.lock();
         if durable_elsewhere && qos != QoS::AtMostOnce && s.is_persistent() {
             return false;
@@ -446,9 +504,11 @@ impl Broker {
     }
 
     /// Adds (or replaces) a subscription of `cell`. Returns whether the
-    /// session already had one on this filter, and the ticket of what the
+    /// session already had one on this filter, the ticket of what the
     /// cluster must learn of it (the session's subscription, a new route),
-    /// so that SUBACK can wait until other nodes will route to it.
+    /// so that SUBACK can wait until other nodes will route to it, and the
+    /// retained store's stamp as of the moment it went into the tree (see
+    /// `retained.rs`: which retained messages it gets from the store).
     pub fn subscribe(
         &self,
         cell: &Arc<SessionCell>,
@@ -456,9 +516,14 @@ impl Broker {
         parsed: &ParsedFilter<'_>,
         options: SubOptions,
         identifier: Option<u32>,
-    ) -> (bool, Option<Ticket>) {
+    ) -> (bool, Option<Ticket>, u64) {
+        // Under the store's lock, which retained publishes store and route
+        // under: the stamp splits them into routed to us and not.
+        let store = self.retained.read();
         let (existed, persistent, route) =
             self.subscribe_local(cell, raw, parsed, options, identifier);
+        let since = store.stamp();
+        drop(store);
         let mut commands = Vec::new();
         if persistent {
             commands.push(Command::Subscribe {
@@ -470,7 +535,7 @@ impl Broker {
         }
         commands.extend(route);
         let ticket = (!commands.is_empty()).then(|| self.seam.submit(commands));
-        (existed, ticket)
+        (existed, ticket, since)
     }
 
     /// Counts a local subscription on `raw`; the first announces a route.
@@ -592,78 +657,9 @@ impl Broker {
         commands
     }
 
-    /// Stores (or, for an empty payload, clears) the retained message of
-    /// its topic.
-    ///
-    /// The local store changes at once, so that this node's next
-    /// subscriber sees it; every node, this one included, then applies the
-    /// committed change in log order, which is what makes concurrent
-    /// retains on several nodes end the same everywhere. A change that
-    /// cannot commit (no quorum) is undone here, so that a node cut off
-    /// from the cluster never keeps a retained message the others lack.
-    pub fn retain(&self, message: SharedMessage) -> Ticket {
-        let topic = message.topic.clone();
-        let command = if message.payload.is_empty() {
-            self.retained.write().clear(&topic);
-            Command::RetainClear {
-                topic: topic.clone(),
-            }
-        } else {
-            self.retained.write().set(message.clone());
-            Command::RetainSet(message)
-        };
-        let ticket = self.seam.submit(vec![command]);
-        if !self.seam.follows_log() {
-            return ticket;
-        }
-        let (retained, seam) = (self.retained.clone(), self.seam.clone());
-        Ticket::Pending(Box::pin(async move {
-            let r = ticket.wait().await;
-            if r.is_err() {
-                let committed = seam.snapshot().retained.get(&topic).cloned();
-                let mut store = retained.write();
-                match committed {
-                    Some(m) => store.set(m),
-                    None => {
-                        store.clear(&topic);
-                    }
-                }
-            }
-            r
-        }))
-    }
-
     /// Retained messages for a new subscription on `filter`.
     pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<SharedMessage> {
         self.retained.read().matching(filter, now)
-    }
-
-    /// Hands retained messages to a subscriber at subscribe time: RETAIN
-    /// set, QoS capped by the subscription.
-    pub fn deliver_retained(
-        &self,
-        cell: &SessionCell,
-        messages: Vec<SharedMessage>,
-        granted: QoS,
-        identifier: Option<u32>,
-    ) {
-        let policy = self.auth.policy();
-        let acl = policy.has_acl().then_some(&*policy);
-        let mut commands = Vec::new();
-        for message in messages {
-            let d = Delivery {
-                qos: message.qos.min(granted),
-                retain: true,
-                message,
-                subscription_ids: identifier.into_iter().collect(),
-                share: None,
-                seq: 0,
-                redelivery: false,
-            };
-            // Retained messages come from the store, not a publisher.
-            let _ = self.deliver_to(cell, d, acl, false, &mut commands);
-        }
-        self.submit(commands);
     }
 
     pub fn is_live(cell: &SessionCell) -> bool {

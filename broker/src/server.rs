@@ -45,6 +45,11 @@ impl Server {
             cluster.seam.clone(),
             Auth::new(policy),
         );
+        tracing::info!(
+            bytes = broker.memory.limit(),
+            source = ?broker.memory.source,
+            "memory budget for held messages"
+        );
         cluster.attach(&broker)?;
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();

@@ -100,6 +100,10 @@ metrics! {
         connections_refused => "Sockets refused at accept because a connection limit was reached",
         connects_refused => "CONNECTs refused (protocol, client id, authentication)",
         auth_failures => "CONNECTs refused for bad or missing credentials",
+        session_takeover_refused => "CONNECTs refused because their client id (its connection or session) belongs to another identity",
+        publish_denied => "PUBLISHes refused by the ACL or because their topic is reserved to the broker ($SYS)",
+        publish_quota_refused => "QoS 1/2 PUBLISHes refused because the memory budget (mqtt.max_memory) was spent",
+        memory_dropped => "QoS 0 copies and retained QoS 0 messages dropped because the memory budget was spent",
         handshake_failures => "TLS or WebSocket handshakes that failed or timed out",
         messages_received => "MQTT packets received",
         messages_sent => "MQTT packets sent",
@@ -122,6 +126,8 @@ metrics! {
         retained_messages => "Retained messages",
         messages_inflight => "QoS 1/2 copies sent and not yet acknowledged",
         messages_queued => "Copies queued for sessions beyond their in-flight window",
+        memory_budget_bytes => "The memory budget for held messages (mqtt.max_memory)",
+        memory_held_bytes => "Bytes of the messages held now (queued, in flight, retained, wills, replicated copies)",
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::codec::{ByteStr, QoS};
-use crate::message::Message;
+use crate::message::{Message, MessageParts};
 
 /// Exponentially weighted per-minute rates over 1, 5 and 15 minutes, as
 /// mosquitto computes its `load/...` topics.
@@ -198,11 +198,17 @@ fn heap() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Publishes one `$SYS/broker/{topic}` value now, between the periodic
+/// rounds (a notice: the storage failed or recovered).
+pub fn notice(broker: &Broker, topic: &str, value: String) {
+    publish(broker, topic, value);
+}
+
 /// Retained on this node only: `$SYS` describes one broker, so it is never
 /// replicated.
 fn publish(broker: &Broker, topic: &str, value: String) {
     let now = Instant::now();
-    let message = Arc::new(Message {
+    let message = Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(format!("$SYS/broker/{topic}")),
         payload: Bytes::from(value),
         qos: QoS::AtMostOnce,
@@ -211,9 +217,8 @@ fn publish(broker: &Broker, topic: &str, value: String) {
         expires_at: None,
         properties: None,
         received_at: now,
-    });
-    broker.retained.write().set(message.clone());
-    drop(broker.publish(message));
+    }));
+    drop(broker.publish_retained(message, false));
 }
 
 #[cfg(test)]

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::codec::{ByteStr, LastWill};
-use crate::message::{ForwardedProperties, Message, SharedMessage};
+use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
 use crate::state::{Command, Will, WillRecord};
 
 impl Will {
     pub fn from_last_will(w: &LastWill, client_id: &ByteStr) -> Will {
         Will {
-            message: Arc::new(Message {
+            message: Arc::new(Message::new(MessageParts {
                 topic: w.topic.clone(),
                 payload: w.payload.clone(),
                 qos: w.qos,
@@ -24,7 +24,7 @@ impl Will {
                 expires_at: None,
                 properties: ForwardedProperties::from_properties(&w.properties),
                 received_at: Instant::now(),
-            }),
+            })),
             delay: w.properties.will_delay_interval.unwrap_or(0),
             expiry_interval: w.properties.message_expiry_interval,
         }
@@ -67,11 +67,12 @@ impl Broker {
     pub(crate) fn publish_will(&self, will: Will, now: Instant) {
         let message = will.to_message(now);
         tracing::debug!(client_id = %message.origin, topic = %message.topic, "publishing will");
+        // The will is fire-and-forget: nobody waits on its commit.
         if message.retain && self.config.mqtt.retain_available {
-            // The will is fire-and-forget: nobody waits on its commit.
-            drop(self.retain(message.clone()));
+            drop(self.publish_retained(message, true));
+        } else {
+            drop(self.publish(message));
         }
-        drop(self.publish(message));
     }
 
     /// Fires a will whose connection is gone after its delay.

@@ -17,10 +17,36 @@ use crate::raw::{self, RawClient, Read1};
 pub fn publish_acked(
     addrs: &[SocketAddr],
     client_id: &str,
+    next: impl FnMut() -> Option<u32>,
+    window: usize,
+    acked_count: &AtomicUsize,
+    reconnects: &AtomicUsize,
+) -> BTreeSet<u32> {
+    publish_acked_as(
+        Protocol::V5,
+        addrs,
+        client_id,
+        next,
+        window,
+        acked_count,
+        reconnects,
+        &AtomicUsize::new(0),
+    )
+}
+
+/// [`publish_acked`] speaking `protocol` (3.1.1 has no failing PUBACK: a
+/// publish the broker cannot commit closes the connection instead), and
+/// counting failing PUBACKs (5.0) in `refused`.
+#[allow(clippy::too_many_arguments)]
+pub fn publish_acked_as(
+    protocol: Protocol,
+    addrs: &[SocketAddr],
+    client_id: &str,
     mut next: impl FnMut() -> Option<u32>,
     window: usize,
     acked_count: &AtomicUsize,
     reconnects: &AtomicUsize,
+    refused: &AtomicUsize,
 ) -> BTreeSet<u32> {
     let mut acked = BTreeSet::new();
     let mut retry: VecDeque<u32> = VecDeque::new();
@@ -33,14 +59,11 @@ pub fn publish_acked(
         }
         let addr = addrs[at % addrs.len()];
         at += 1;
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        let Ok(mut c) = RawClient::try_connect_tcp(addr, protocol) else {
             continue;
-        }
-        let mut c = RawClient::connect_tcp(addr, Protocol::V5);
+        };
         c.send(&Packet::Connect(Box::new(raw::connect(
-            Protocol::V5,
-            client_id,
-            true,
+            protocol, client_id, true,
         ))));
         match c.recv(Duration::from_secs(8)) {
             Read1::Packet(Packet::ConnAck(a)) if a.code == 0 => {}
@@ -80,6 +103,7 @@ pub fn publish_acked(
                             acked.insert(id);
                             acked_count.fetch_add(1, Ordering::Relaxed);
                         } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
                             retry.push_back(id);
                         }
                     }

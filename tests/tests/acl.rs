@@ -82,15 +82,21 @@ impl std::ops::Deref for Acl {
 }
 
 fn start(sys_interval: u64) -> Acl {
+    start_with(sys_interval, ACL, "")
+}
+
+/// A broker with the ACL text `acl`, the users above, and `extra` lines in
+/// its `[auth]` table.
+fn start_with(sys_interval: u64, acl_text: &str, extra: &str) -> Acl {
     let dir = tempfile::tempdir().unwrap();
     let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).unwrap();
+    std::fs::write(&acl, acl_text).unwrap();
     let pw = password_file(dir.path(), "passwd", USERS);
     let broker = Broker::start(
         BrokerConfig::new()
             .sys_interval(sys_interval)
             .raw(&format!(
-                "[auth]\nallow_anonymous = true\nauth_fail_delay_ms = 10\npassword_file = \"{}\"\nacl_file = \"{}\"\n",
+                "[auth]\nallow_anonymous = true\nauth_fail_delay_ms = 10\npassword_file = \"{}\"\nacl_file = \"{}\"\n{extra}\n",
                 pw.display(),
                 acl.display()
             )),
@@ -582,9 +588,11 @@ fn over_long_usernames_are_refused_and_harm_nothing() {
     assert!(alive(&mut admin));
 }
 
+/// Only where takeovers across identities are allowed (by default bob is
+/// refused: see tests/session_ownership.rs).
 #[test]
 fn a_session_resumed_under_another_username_keeps_nothing_of_the_first() {
-    let b = start(0);
+    let b = start_with(0, ACL, "allow_session_takeover = \"any\"");
     let a = b.tcp_addr();
     // alice's persistent session, with a subscription and, once she is
     // gone, a queued message only she may read.
@@ -636,4 +644,118 @@ fn a_restored_session_gets_what_its_user_may_read_after_a_restart() {
             ("alice/x", "queued after restart", false)
         ]
     );
+}
+
+/// Users that the ACL lets write `$SYS`, for the tests that show nobody
+/// may.
+const SYS_ACL: &str = "\
+user admin
+topic readwrite #
+topic readwrite $SYS/#
+topic readwrite $SYSTEM/#
+
+user monitor
+topic read $SYS/#
+
+pattern readwrite %c/#
+";
+
+#[test]
+fn nobody_publishes_under_sys_whatever_the_acl_grants() {
+    let b = start_with(1, SYS_ACL, "");
+    let a = b.tcp_addr();
+    let forged = b"raftmq 0.0.0-forged";
+    let mut admin = connect(&b, Protocol::V5, "admin-1", Some("admin"));
+    assert_eq!(
+        admin.publish_qos1("$SYS/broker/version", forged, true, 1),
+        reason::NOT_AUTHORIZED,
+        "5.0 QoS 1"
+    );
+    admin.publish("$SYS/broker/version", forged, QoS::ExactlyOnce, true, 2);
+    let rec = admin.recv_until(T, |p| match p {
+        Packet::PubRec(r) if r.packet_id == 2 => Some(r.code),
+        _ => None,
+    });
+    assert_eq!(rec, Some(reason::NOT_AUTHORIZED), "5.0 QoS 2");
+    assert_eq!(
+        admin.publish_qos1("$SYS", forged, true, 3),
+        reason::NOT_AUTHORIZED,
+        "`$SYS` itself"
+    );
+    // 3.1.1 cannot say no: acknowledged, dropped, counted.
+    let mut v3 = connect(&b, Protocol::V311, "admin-3", Some("admin"));
+    assert_eq!(v3.publish_qos1("$SYS/broker/version", forged, true, 1), 0);
+    v3.publish(
+        "$SYS/broker/clients/total",
+        forged,
+        QoS::AtMostOnce,
+        true,
+        0,
+    );
+    assert!(alive(&mut v3));
+    // Other `$` topics are the ACL's to decide, as before.
+    assert_eq!(admin.publish_qos1("$SYSTEM/x", b"ok", false, 4), 0x10);
+
+    // A later `$SYS` reader gets the broker's own version, never the
+    // forged one, retained or live.
+    let mut monitor = connect(&b, Protocol::V5, "m-1", Some("monitor"));
+    assert_eq!(subscribe_all(&mut monitor, 1, &["$SYS/#"]), vec![1]);
+    let mut version = None;
+    let mut uptime = 0;
+    while uptime < 2 {
+        let p = monitor.next_publish(T).expect("$SYS messages");
+        monitor.ack(&p);
+        assert_ne!(&p.payload[..], &forged[..], "forged {p:?}");
+        match &*p.topic {
+            "$SYS/broker/version" => version = Some(p.payload.clone()),
+            "$SYS/broker/uptime" => uptime += 1,
+            _ => {}
+        }
+    }
+    let version = version.expect("the retained version");
+    assert!(version.starts_with(b"raftmq "), "{version:?}");
+    let denied = raftmq_e2e::probe::metric(&b, "raftmq_publish_denied_total");
+    assert_eq!(denied, 5.0, "every refused publish counted");
+
+    // A will under `$SYS` is refused at CONNECT, whoever asks.
+    for (protocol, code) in [
+        (Protocol::V5, reason::NOT_AUTHORIZED),
+        (Protocol::V311, reason::v3::NOT_AUTHORIZED),
+    ] {
+        let mut c = login(protocol, "admin-w", true, Some(("admin", "admin-pw")));
+        c.will = Some(raw::will(
+            "$SYS/broker/version",
+            forged,
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (_, ack) = RawClient::open(a, c);
+        assert_eq!(ack.code, code, "{protocol:?}: will under $SYS");
+    }
+}
+
+#[test]
+fn a_client_id_of_sys_gets_nothing_under_sys_through_a_pattern() {
+    let b = start_with(1, SYS_ACL, "");
+    for id in ["$SYS", "$SYS/broker"] {
+        // `pattern readwrite %c/#` would read `$SYS/#` for it.
+        let mut c = connect(&b, Protocol::V5, id, None);
+        assert_eq!(
+            subscribe_all(
+                &mut c,
+                1,
+                &["$SYS/#", "$SYS/broker/uptime", "$SYS/broker/+"]
+            ),
+            vec![reason::NOT_AUTHORIZED; 3],
+            "client id {id}"
+        );
+        // Two `$SYS` rounds (sys_interval 1) pass without a copy for it.
+        c.expect_no_publish(Duration::from_millis(2500));
+    }
+    // The pattern still serves ordinary client ids.
+    let mut dev = connect(&b, Protocol::V5, "dev-1", None);
+    assert_eq!(subscribe_all(&mut dev, 1, &["dev-1/#"]), vec![1]);
+    let mut admin = connect(&b, Protocol::V5, "admin-9", Some("admin"));
+    admin.publish_qos1("dev-1/cmd", b"sentinel", false, 1);
+    assert!(until_sentinel(&mut dev, "sentinel").is_empty());
 }

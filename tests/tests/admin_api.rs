@@ -222,11 +222,7 @@ fn publish_api_delivers_at_each_qos_with_v5_properties() {
     );
     assert_eq!(props.response_topic.as_deref(), Some("reply/7"));
     assert_eq!(props.correlation_data.as_deref(), Some(&b"id-1"[..]));
-    let users: Vec<(&str, &str)> = props
-        .user_properties
-        .iter()
-        .map(|(k, v)| (&**k, &**v))
-        .collect();
+    let users: Vec<(&str, &str)> = props.user_properties.iter().collect();
     assert_eq!(users, [("k", "1"), ("k", "2"), ("other", "x")]);
 
     // Retained: a later subscriber gets it, flagged, and /retained lists it.

@@ -34,10 +34,21 @@ fn wildcards_match_as_the_spec_says() {
         ("#", &["a", "a/b", "a/b/c", "a//c", "b", "/x"]),
         ("+/+", &["/x", "a/b"]),
         ("/+", &["/x"]),
-        ("$SYS/#", &["$SYS/x"]),
+        // A `$` topic only for a filter that names its first level.
+        // (`$SYS` itself is the broker's: no client publishes there.)
+        ("$dollar/#", &["$dollar/x"]),
         ("+/x", &["/x"]),
     ];
-    let topics = ["a", "a/b", "a/b/c", "a//c", "b", "/x", "$SYS/x", "$other"];
+    let topics = [
+        "a",
+        "a/b",
+        "a/b/c",
+        "a//c",
+        "b",
+        "/x",
+        "$dollar/x",
+        "$other",
+    ];
     let mut subs = Vec::new();
     for (i, (filter, _)) in cases.iter().enumerate() {
         let mut s = open(&b, &format!("s{i}"), Protocol::V311);

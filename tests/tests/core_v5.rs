@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftmq::codec::{Packet, Protocol, QoS, SubOptions, Subscribe};
+use raftmq::codec::{Packet, Protocol, QoS, SubOptions, Subscribe, UserProperties};
 use raftmq_e2e::raw::{self, RawClient};
 use raftmq_e2e::{Broker, BrokerConfig};
 
@@ -150,11 +150,8 @@ fn properties_pass_through_unchanged() {
     s.subscribe(1, "req", QoS::AtMostOnce);
     let mut p = open5(&b, "p");
     let mut m = raw::publish("req", "{\"a\":1}".as_bytes(), QoS::AtLeastOnce, false, 1);
-    m.properties.user_properties = vec![
-        ("k".into(), "v1".into()),
-        ("k".into(), "v2".into()),
-        ("trace".into(), "abc".into()),
-    ];
+    m.properties.user_properties =
+        UserProperties::from_pairs([("k", "v1"), ("k", "v2"), ("trace", "abc")]).unwrap();
     m.properties.content_type = Some("application/json".into());
     m.properties.response_topic = Some("resp/1".into());
     m.properties.correlation_data = Some(Bytes::from_static(b"\x00\x01"));

@@ -352,7 +352,12 @@ impl RuleTree {
             self.walk(c, rest, false, who, bits);
         }
         for (template, c) in &node.templates {
-            if fill(template, who).is_some_and(|t| t == *level) {
+            // `dollar`: this is the first level and it starts with `$`,
+            // which a client id or username filled in must never produce.
+            if dollar && !template.starts_with('$') {
+                continue;
+            }
+            if fill_levels(template, who).is_some_and(|t| t == *level) {
                 self.walk(*c, rest, false, who, bits);
             }
         }
@@ -362,8 +367,19 @@ impl RuleTree {
 /// A pattern's text with `%c` and `%u` filled in for `who`; `None` if the
 /// pattern applies to nobody for this client: a client id or username
 /// that would carry a wildcard or a level separator (which would widen
-/// the grant), or `%u` without a username.
+/// the grant), one that would make the first level start with `$` (a
+/// client id `$SYS` with `pattern read %c/#` must not read `$SYS/#`), or
+/// `%u` without a username.
 fn fill<'a>(pattern: &'a str, who: Principal<'_>) -> Option<Cow<'a, str>> {
+    let filter = fill_levels(pattern, who)?;
+    if filter.starts_with('$') && !pattern.starts_with('$') {
+        return None;
+    }
+    Some(filter)
+}
+
+/// [`fill`] for some levels of a pattern (not necessarily its first).
+fn fill_levels<'a>(pattern: &'a str, who: Principal<'_>) -> Option<Cow<'a, str>> {
     let unsafe_level = |s: &str| s.contains(['+', '#', '/']);
     let mut filter = Cow::Borrowed(pattern);
     if filter.contains("%c") {
@@ -494,6 +510,28 @@ pattern read users/%u/inbox
     }
 
     #[test]
+    fn substitution_never_reaches_dollar_topics() {
+        let a = AclFile::parse(
+            "pattern readwrite %c/#\npattern read %u/+/x\npattern read $SYS/%c/#\n",
+            Path::new("acl"),
+        )
+        .unwrap();
+        let sys = who(Some("$SYS"), "$SYS");
+        assert!(!a.check_topic(sys, "$SYS/broker/version", Action::Read));
+        assert!(!a.check_topic_linear(sys, "$SYS/broker/version", Action::Read));
+        assert!(!a.check_subscribe(sys, "$SYS/#"));
+        assert!(!a.check_subscribe(sys, "$SYS/broker/+"));
+        assert!(!a.check_topic(sys, "$SYS/a/x", Action::Read));
+        // An administrator's own `$` in the pattern stays as written.
+        let c = who(None, "c7");
+        assert!(a.check_topic(c, "$SYS/c7/load", Action::Read));
+        assert!(a.check_subscribe(c, "$SYS/c7/#"));
+        // The same patterns still serve ordinary identities.
+        assert!(a.check_topic(who(Some("u"), "dev"), "dev/a", Action::Write));
+        assert!(a.check_topic(who(Some("u"), "dev"), "u/a/x", Action::Read));
+    }
+
+    #[test]
     fn a_denial_after_a_grant_still_wins() {
         let a = AclFile::parse(
             "user u\ntopic readwrite a/#\ntopic deny a/b\npattern deny a/%c\n",
@@ -620,8 +658,9 @@ pattern read users/%u/inbox
             Some("%c"),
             Some("b/c"),
             Some("+"),
+            Some("$s"),
         ];
-        const IDS: &[&str] = &["a", "c", "x", "u", "", "+", "%u", "b/c", "$s"];
+        const IDS: &[&str] = &["a", "c", "x", "u", "", "+", "%u", "b/c", "$s", "$"];
 
         fn filter() -> impl Strategy<Value = String> {
             prop::collection::vec(prop::sample::select(LEVELS), 1..5).prop_map(|levels| {

@@ -84,7 +84,14 @@ impl Policy {
         }
     }
 
+    /// May `who` do `action` on `topic`? Nobody publishes (or leaves a
+    /// will) under `$SYS`, whatever the ACL grants: those topics are the
+    /// broker's own, and a forged `$SYS/broker/version` would mislead
+    /// every monitor that reads it (mosquitto refuses them too).
     pub fn may(&self, who: Principal<'_>, topic: &str, action: Action) -> bool {
+        if action == Action::Write && is_sys_topic(topic) {
+            return false;
+        }
         self.acl
             .as_ref()
             .is_none_or(|a| a.check_topic(who, topic, action))
@@ -99,6 +106,11 @@ impl Policy {
     pub fn has_acl(&self) -> bool {
         self.acl.is_some()
     }
+}
+
+/// Whether `topic` is under `$SYS` (the broker's own topics).
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 /// The policy in force, swappable at run time.

@@ -12,8 +12,8 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use raftmq_proto::v1 as pb;
 
 use super::types::{Batch, Entry, LogId, Membership, Node, SnapshotMeta, StoredMembership, Vote};
-use crate::codec::{ByteStr, QoS, SubOptions};
-use crate::message::{ForwardedProperties, Message, SharedMessage};
+use crate::codec::{ByteStr, Properties, QoS, SubOptions, UserProperties};
+use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
 use crate::state::{
     Command, PersistedMessage, PersistedSession, ReplicatedState, Will, WillRecord,
 };
@@ -205,11 +205,12 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// Messages carry monotonic instants; on the wire and on disk their expiry
-/// is wall-clock time, so it survives restarts and crosses machines.
+/// is wall-clock time, so it survives restarts and crosses machines. Their
+/// forwarded properties go as one field in MQTT wire form (the fields 7 to
+/// 11 of `Message` are only read, from records written before).
 pub fn message_to(m: &Message) -> pb::Message {
     let now = Instant::now();
     let wall = SystemTime::now();
-    let p = m.properties.as_deref();
     pb::Message {
         topic: m.topic.to_string(),
         payload: m.payload.clone(),
@@ -219,54 +220,67 @@ pub fn message_to(m: &Message) -> pb::Message {
         expires_at_unix_ms: m
             .expires_at
             .map(|e| unix_ms(wall + e.saturating_duration_since(now))),
-        payload_format_indicator: p.and_then(|p| p.payload_format_indicator.map(u32::from)),
-        content_type: p.and_then(|p| p.content_type.as_ref().map(|s| s.to_string())),
-        response_topic: p.and_then(|p| p.response_topic.as_ref().map(|s| s.to_string())),
-        correlation_data: p.and_then(|p| p.correlation_data.clone()),
-        user_properties: p
-            .map(|p| {
-                p.user_properties
-                    .iter()
-                    .map(|(k, v)| pb::UserProperty {
-                        key: k.to_string(),
-                        value: v.to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        properties: m.properties.as_ref().map(|p| p.as_wire().clone()),
+        ..Default::default()
     }
 }
 
+/// A message from a peer or the disk. Its bytes are copied: a slice would
+/// keep the whole batch or snapshot it came in alive for as long as the
+/// message is stored.
 pub fn message_from(m: Option<pb::Message>) -> Result<SharedMessage, Invalid> {
     let m = need(m, "message")?;
     let now = Instant::now();
     let wall_now = unix_ms(SystemTime::now());
-    let properties = ForwardedProperties {
-        payload_format_indicator: m
-            .payload_format_indicator
-            .map(|v| u8::try_from(v).map_err(|_| Invalid("payload format indicator")))
-            .transpose()?,
-        content_type: m.content_type.map(ByteStr::from),
-        response_topic: m.response_topic.map(ByteStr::from),
-        correlation_data: m.correlation_data,
-        user_properties: m
-            .user_properties
-            .into_iter()
-            .map(|u| (ByteStr::from(u.key), ByteStr::from(u.value)))
-            .collect(),
+    let properties = match &m.properties {
+        Some(wire) => {
+            ForwardedProperties::from_wire(wire).map_err(|_| Invalid("message properties"))?
+        }
+        None => legacy_properties(&m)?,
     };
-    Ok(Arc::new(Message {
+    Ok(Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(m.topic),
-        payload: m.payload,
+        payload: Bytes::copy_from_slice(&m.payload),
         qos: qos_from(m.qos)?,
         retain: m.retain,
         origin: ByteStr::from(m.origin),
         expires_at: m
             .expires_at_unix_ms
             .map(|at| now + Duration::from_millis(at.saturating_sub(wall_now))),
-        properties: (properties != ForwardedProperties::default()).then(|| Box::new(properties)),
+        properties,
         received_at: now,
-    }))
+    })))
+}
+
+/// The forwarded properties of a record written before they were kept in
+/// wire form (one field each).
+fn legacy_properties(m: &pb::Message) -> Result<Option<ForwardedProperties>, Invalid> {
+    let text = |v: &Option<String>, what| match v {
+        Some(s) if s.len() > 0xFFFF || s.contains('\0') => Err(Invalid(what)),
+        v => Ok(v.as_deref().map(ByteStr::from)),
+    };
+    let payload_format_indicator = m
+        .payload_format_indicator
+        .map(|v| u8::try_from(v).ok().filter(|v| *v <= 1))
+        .map(|v| v.ok_or(Invalid("payload format indicator")))
+        .transpose()?;
+    let correlation_data = m
+        .correlation_data
+        .as_ref()
+        .map(|c| Bytes::copy_from_slice(c))
+        .filter(|c| c.len() <= 0xFFFF);
+    let pairs = m.user_properties.iter().map(|u| (&u.key, &u.value));
+    let user_properties =
+        UserProperties::from_pairs(pairs).map_err(|_| Invalid("user property"))?;
+    let p = Properties {
+        payload_format_indicator,
+        content_type: text(&m.content_type, "content type")?,
+        response_topic: text(&m.response_topic, "response topic")?,
+        correlation_data,
+        user_properties,
+        ..Properties::default()
+    };
+    Ok(ForwardedProperties::from_properties(&p))
 }
 
 fn will_to(w: &Will) -> pb::Will {
@@ -301,6 +315,7 @@ pub fn command_to(c: &Command) -> pb::Command {
             clean_start,
             will,
             username,
+            same_identity_only,
         } => Kind::ClaimClient(pb::ClaimClient {
             client_id: client_id.to_string(),
             node: *node,
@@ -308,6 +323,7 @@ pub fn command_to(c: &Command) -> pb::Command {
             clean_start: *clean_start,
             will: will.as_ref().map(will_to),
             username: username.as_ref().map(|u| u.to_string()),
+            same_identity_only: *same_identity_only,
         }),
         Command::Unclaim { client_id, node } => Kind::Unclaim(pb::Unclaim {
             client_id: client_id.to_string(),
@@ -403,6 +419,7 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
             clean_start: r.clean_start,
             will: r.will.map(will_from).transpose()?,
             username: r.username.map(ByteStr::from),
+            same_identity_only: r.same_identity_only,
         },
         Kind::Unclaim(r) => Command::Unclaim {
             client_id: r.client_id.into(),
@@ -472,15 +489,33 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
 
 /// Encodes one group commit as the payload of a Raft entry.
 pub fn batch_to(origin: u64, commands: &[Command]) -> Batch {
+    batch_numbered(origin, BatchId::default(), commands)
+}
+
+/// Which batch of which writer (see `CommandBatch` in the proto); the
+/// default names none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchId {
+    pub writer: u64,
+    pub number: u64,
+}
+
+pub fn batch_numbered(origin: u64, id: BatchId, commands: &[Command]) -> Batch {
     use prost::Message as _;
     let b = pb::CommandBatch {
         origin,
         commands: commands.iter().map(command_to).collect(),
+        writer: id.writer,
+        number: id.number,
     };
     Batch(Bytes::from(b.encode_to_vec()))
 }
 
 pub fn batch_from(b: &Batch) -> Result<(u64, Vec<Command>), Invalid> {
+    batch_from_numbered(b).map(|(origin, _, commands)| (origin, commands))
+}
+
+pub fn batch_from_numbered(b: &Batch) -> Result<(u64, BatchId, Vec<Command>), Invalid> {
     use prost::Message as _;
     let b = pb::CommandBatch::decode(b.0.clone()).map_err(|_| Invalid("command batch"))?;
     let commands = b
@@ -488,7 +523,11 @@ pub fn batch_from(b: &Batch) -> Result<(u64, Vec<Command>), Invalid> {
         .into_iter()
         .map(command_from)
         .collect::<Result<_, _>>()?;
-    Ok((b.origin, commands))
+    let id = BatchId {
+        writer: b.writer,
+        number: b.number,
+    };
+    Ok((b.origin, id, commands))
 }
 
 pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
@@ -614,20 +653,20 @@ mod tests {
     use super::*;
 
     fn msg() -> SharedMessage {
-        Arc::new(Message {
+        Arc::new(Message::new(MessageParts {
             topic: "a/b".into(),
             payload: Bytes::from_static(b"hello"),
             qos: QoS::ExactlyOnce,
             retain: true,
             origin: "pub1".into(),
             expires_at: None,
-            properties: Some(Box::new(ForwardedProperties {
+            properties: ForwardedProperties::from_properties(&Properties {
                 content_type: Some("text/plain".into()),
-                user_properties: vec![("k".into(), "v".into())],
+                user_properties: UserProperties::from_pairs([("k", "v")]).unwrap(),
                 ..Default::default()
-            })),
+            }),
             received_at: Instant::now(),
-        })
+        }))
     }
 
     #[test]
@@ -723,5 +762,35 @@ mod tests {
             nodes: [(1, pb::Node { addr: "a".into() })].into(),
         };
         assert!(membership_from(Some(voter_without_node)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod big_tests {
+    use super::*;
+
+    #[test]
+    fn many_empty_user_properties_round_trip() {
+        let p = Properties {
+            user_properties: UserProperties::from_pairs(std::iter::repeat_n(("", ""), 200_000))
+                .unwrap(),
+            ..Default::default()
+        };
+        let m = Arc::new(Message::new(MessageParts {
+            topic: "a/b".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            origin: "pub1".into(),
+            expires_at: None,
+            properties: ForwardedProperties::from_properties(&p),
+            received_at: Instant::now(),
+        }));
+        let b = batch_to(1, &[Command::RetainSet(m)]);
+        let (_, back) = batch_from(&b).unwrap();
+        match &back[0] {
+            Command::RetainSet(m) => assert_eq!(m.properties.as_ref().unwrap().len(), 1_000_000),
+            other => panic!("{other:?}"),
+        }
     }
 }

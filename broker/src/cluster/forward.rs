@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
-use super::types::Raft;
+use super::supervisor::RaftHandle;
 use crate::backpressure::{self, Drain, Pressure};
 use crate::broker::Broker;
 use crate::message::SharedMessage;
@@ -45,6 +45,7 @@ const STREAM_WINDOW: usize = 8;
 struct Item {
     message: SharedMessage,
     shared: SmallVec<[ShareRef; 1]>,
+    in_log: bool,
 }
 
 /// The copies waiting for one peer.
@@ -85,14 +86,14 @@ impl Drain for PeerQueue {
 /// The sending side: a queue and a stream task per peer.
 pub struct Forwarder {
     me: u64,
-    raft: Raft,
+    raft: RaftHandle,
     net: Network,
     stats: RaftStats,
     peers: Mutex<HashMap<u64, Arc<PeerQueue>>>,
 }
 
 impl Forwarder {
-    pub fn new(me: u64, raft: Raft, net: Network, stats: RaftStats) -> Arc<Forwarder> {
+    pub fn new(me: u64, raft: RaftHandle, net: Network, stats: RaftStats) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             me,
             raft,
@@ -119,6 +120,7 @@ impl Forwarder {
 
     fn address(&self, node: u64) -> Option<String> {
         self.raft
+            .get()
             .metrics()
             .borrow()
             .membership_config
@@ -146,10 +148,12 @@ impl Forward for ForwardHandle {
         node: u64,
         message: &SharedMessage,
         shared: SmallVec<[ShareRef; 1]>,
+        in_log: bool,
     ) -> Option<Pressure> {
         let item = Item {
             message: message.clone(),
             shared,
+            in_log,
         };
         let queue = self.0.queue(node);
         if queue.tx.try_send(item).is_err() {
@@ -234,6 +238,7 @@ async fn peer_stream(
                                 filter: s.filter.to_string(),
                             })
                             .collect(),
+                        in_log: i.in_log,
                     })
                     .collect(),
             };
@@ -314,7 +319,7 @@ impl pb::forward_server::Forward for ForwardService {
                     // congested have drained (a batch is larger than half a
                     // session's queue): the sender's stream, then its
                     // queue, then its publishers feel it.
-                    for cell in broker.deliver_forwarded(message, &shared) {
+                    for cell in broker.deliver_forwarded(message, &shared, f.in_log) {
                         backpressure::wait_for(&*cell).await;
                     }
                 }

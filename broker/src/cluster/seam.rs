@@ -2,6 +2,14 @@
 //! in one queue; a single writer takes everything queued, proposes it as one
 //! Raft entry, and while that entry is in flight the next batch
 //! accumulates. Many concurrent writers cost few Raft round trips.
+//!
+//! A leader change costs latency, not errors: a batch in flight to a leader
+//! that stops answering (paused, dead, cut off) is proposed again to the
+//! next leader as soon as this node learns of it, under the same batch id
+//! (see `state_machine.rs`: engines hear of a batch committed twice once).
+//! Writers are told "unavailable" only when no commit comes within the
+//! commit deadline (`ClusterConfig::commit_deadline`), which outlasts an
+//! election: an answer that means "outcome unknown", never "not done".
 
 use std::time::Duration;
 
@@ -9,18 +17,16 @@ use openraft::error::{ClientWriteError, RaftError};
 use raftmq_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use super::convert;
+use super::convert::{self, BatchId};
 use super::network::Network;
 use super::state_machine::StateMachine;
+use super::supervisor::RaftHandle;
 use super::types::{Batch, Raft, WriteGate};
 use crate::state::{Command, ReplicatedState, StateError, StateSeam, Ticket};
 
 /// Upper bounds of one group commit.
 const MAX_BATCH_COMMANDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// How long a batch may wait for a quorum before its writers are told the
-/// state is unavailable (a minority side of a partition).
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Pending {
     commands: Vec<Command>,
@@ -33,15 +39,26 @@ pub struct RaftSeam {
 }
 
 impl RaftSeam {
+    /// `deadline`: how long a batch may wait for its commit before its
+    /// writers are told the state is unavailable (a minority side of a
+    /// partition; see `ClusterConfig::commit_deadline`).
     pub fn start(
-        raft: Raft,
+        raft: RaftHandle,
         node_id: u64,
         net: Network,
         machine: StateMachine,
         gate: WriteGate,
+        deadline: Duration,
     ) -> RaftSeam {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(raft, node_id, net, gate, rx));
+        let w = Writer {
+            raft,
+            node_id,
+            net,
+            gate,
+            deadline,
+        };
+        tokio::spawn(w.run(rx));
         RaftSeam { queue, machine }
     }
 }
@@ -77,87 +94,120 @@ fn weight(c: &Command) -> usize {
     }
 }
 
-async fn writer(
-    raft: Raft,
+/// The one task that proposes this node's batches, in order.
+struct Writer {
+    raft: RaftHandle,
     node_id: u64,
     net: Network,
     gate: WriteGate,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-) {
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
+    deadline: Duration,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>) {
+        // Names this process's batches (see `CommandBatch` in the proto).
+        let mut id = BatchId {
+            writer: rand::random::<u64>() | 1,
+            number: 0,
         };
-        let mut bytes: usize = first.commands.iter().map(weight).sum();
-        let mut count = first.commands.len();
-        let mut group = vec![first];
-        while count < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    count += p.commands.len();
-                    bytes += p.commands.iter().map(weight).sum::<usize>();
-                    group.push(p);
+        let mut carry: Option<Pending> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let mut bytes: usize = first.commands.iter().map(weight).sum();
+            let mut count = first.commands.len();
+            let mut group = vec![first];
+            while count < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        count += p.commands.len();
+                        bytes += p.commands.iter().map(weight).sum::<usize>();
+                        group.push(p);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
-        let commands: Vec<Command> = group
-            .iter()
-            .flat_map(|p| p.commands.iter().cloned())
-            .collect();
-        let batch = convert::batch_to(node_id, &commands);
-        let result =
-            match tokio::time::timeout(COMMIT_TIMEOUT, commit(&raft, &net, &gate, batch)).await {
+            let commands: Vec<Command> = group
+                .iter()
+                .flat_map(|p| p.commands.iter().cloned())
+                .collect();
+            id.number += 1;
+            let batch = convert::batch_numbered(self.node_id, id, &commands);
+            let result = match tokio::time::timeout(self.deadline, self.commit(batch)).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(
-                    "no quorum within the commit timeout".into(),
+                    "no quorum within the commit deadline".into(),
                 )),
             };
-        if let Err(e) = &result {
-            tracing::warn!(commands = commands.len(), "raft commit failed: {e}");
+            if let Err(e) = &result {
+                tracing::warn!(commands = commands.len(), "raft commit failed: {e}");
+            }
+            for p in group {
+                let _ = p.done.send(result.clone());
+            }
         }
-        for p in group {
-            let _ = p.done.send(result.clone());
+    }
+
+    /// Proposes on the leader: locally when this node leads, else over
+    /// gRPC. A leader that cannot be reached is retried (an election is
+    /// likely under way), and one that stops answering is given up for the
+    /// next leader this node learns of: writers see a failover as latency,
+    /// not as errors (until the caller's deadline). A batch may so commit
+    /// twice: every command is idempotent, and the state machine tells the
+    /// engines of it once.
+    async fn commit(&self, batch: Batch) -> Result<(), StateError> {
+        loop {
+            let written = {
+                let _open = self.gate.read().await;
+                self.raft.get().client_write(batch.clone()).await
+            };
+            let f = match written {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f,
+                Err(e) => return Err(StateError::Unavailable(e.to_string())),
+            };
+            let Some(leader) = f.leader_node else {
+                // An election is under way: wait for its outcome.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // A paused leader holds the call open and answers nothing: the
+            // proposal goes to whoever leads next, once this node knows.
+            let core = self.raft.get();
+            let forwarded = tokio::select! {
+                r = forward(&self.net, &leader.addr, batch.clone()) => r,
+                () = leader_changes(&core, f.leader_id) => {
+                    Forwarded::Unreachable(format!("leader {:?} replaced", f.leader_id))
+                }
+            };
+            match forwarded {
+                Forwarded::Committed => return Ok(()),
+                Forwarded::Refused(e) => return Err(e),
+                Forwarded::Unreachable(e) => {
+                    tracing::debug!("{e}; proposing again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
     }
 }
 
-/// Proposes on the leader: locally when this node leads, else over gRPC.
-/// A leader that cannot be reached is retried (an election is likely under
-/// way) until the caller's commit timeout: writers see a failover as
-/// latency, not as errors. A batch may then commit twice; every command is
-/// idempotent.
-async fn commit(
-    raft: &Raft,
-    net: &Network,
-    gate: &WriteGate,
-    batch: Batch,
-) -> Result<(), StateError> {
+/// Resolves once this node's Raft no longer names `leader` as the leader
+/// (it voted in an election, or heard from a new leader).
+async fn leader_changes(raft: &Raft, leader: Option<u64>) {
+    let mut metrics = raft.metrics();
     loop {
-        let written = {
-            let _open = gate.read().await;
-            raft.client_write(batch.clone()).await
-        };
-        match written {
-            Ok(_) => return Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(leader) => match forward(net, &leader.addr, batch.clone()).await {
-                    Forwarded::Committed => return Ok(()),
-                    Forwarded::Refused(e) => return Err(e),
-                    Forwarded::Unreachable(e) => {
-                        tracing::debug!("{e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                // An election is under way: wait for its outcome.
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            },
-            Err(e) => return Err(StateError::Unavailable(e.to_string())),
+        if metrics.borrow_and_update().current_leader != leader {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            // Raft stopped: the deadline ends the wait.
+            std::future::pending::<()>().await;
         }
     }
 }

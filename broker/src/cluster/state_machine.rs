@@ -7,6 +7,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,10 @@ use raftmq_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::convert;
+use super::fault::{self, Point};
+use super::health::StorageHealth;
 use super::metrics::RaftStats;
+use super::snapshot_file::{self, Loaded};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Command, Committed, Effect, ReplicatedState};
 
@@ -36,8 +40,8 @@ pub enum Applied {
 /// Whether the engine needs to hear of `c`, which took effect. Its own
 /// engine already holds the effect of what it proposed, except for copies
 /// it enqueued for sessions other nodes own; retained changes are applied
-/// in log order everywhere (see `Broker::retain`); acks concern only the
-/// owner.
+/// in log order everywhere (see `retained_delivery.rs`); acks concern only
+/// the owner.
 fn engine_needs(own: bool, c: &Command) -> bool {
     match c {
         Command::Ack { .. } | Command::Release { .. } | Command::SessionUpdate { .. } => false,
@@ -53,6 +57,31 @@ struct Inner {
     membership: StoredMembership,
     /// The last snapshot built or installed: (meta, encoded bytes).
     snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// The last numbered batch applied from each proposing node.
+    last_batch: std::collections::HashMap<u64, convert::BatchId>,
+}
+
+impl Inner {
+    /// Whether batch `id` of `origin` is applied for the first time. A
+    /// writer proposes its batches one at a time, in order, and proposes
+    /// one again (same id) only when it could not learn whether it was
+    /// committed (a leader change): a copy at or below the last one seen
+    /// from the same writer is such a repeat. Its commands are idempotent
+    /// for the state; the engine must not hear of them twice (a delivery
+    /// would be made twice).
+    fn first_time(&mut self, origin: u64, id: convert::BatchId) -> bool {
+        if id.number == 0 {
+            return true;
+        }
+        let repeat = self
+            .last_batch
+            .get(&origin)
+            .is_some_and(|last| last.writer == id.writer && last.number >= id.number);
+        if !repeat {
+            self.last_batch.insert(origin, id);
+        }
+        !repeat
+    }
 }
 
 #[derive(Clone)]
@@ -62,6 +91,16 @@ pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     applied: mpsc::UnboundedSender<Applied>,
     stats: RaftStats,
+    health: Arc<StorageHealth>,
+    /// Which Raft core may change the state: after a core stopped on a
+    /// storage error and a new one took over (see `supervisor`), whatever
+    /// the old one still had queued is refused.
+    generation: Arc<AtomicU64>,
+    mine: u64,
+}
+
+fn stale() -> StorageError {
+    snap_err(ErrorVerb::Write, "a stopped raft core's state machine call")
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -70,46 +109,45 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-/// The snapshot file: `[u32 LE meta length][meta][state]`.
-fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-    let meta = convert::snapshot_meta_to(meta).encode_to_vec();
-    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(data);
-    out
-}
-
-fn decode_file(raw: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
-    let len = raw
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or("snapshot file too short")? as usize;
-    let meta = raw.get(4..4 + len).ok_or("snapshot meta truncated")?;
-    let meta = pb::SnapshotMeta::decode(meta).map_err(|e| e.to_string())?;
-    let meta = convert::snapshot_meta_from(Some(meta)).map_err(|e| e.to_string())?;
-    Ok((meta, raw[4 + len..].to_vec()))
-}
-
 fn decode_state(data: &[u8]) -> Result<ReplicatedState, String> {
     let s = pb::StateSnapshot::decode(data).map_err(|e| e.to_string())?;
     convert::state_from(s).map_err(|e| e.to_string())
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the
-/// new file, never half of one.
+/// new file, never half of one; the written file is read back and checked
+/// before it replaces the old one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
+    fault::hit(Point::SnapshotWrite)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    drop(f);
+    let back = std::fs::read(&tmp)?;
+    if let Err(d) = snapshot_file::decode_file(&back) {
+        return Err(std::io::Error::other(format!(
+            "{} does not read back: {}",
+            tmp.display(),
+            d.error
+        )));
+    }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// `snapshot.bin` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {error}")]
+pub struct SnapshotLoadError {
+    pub path: PathBuf,
+    pub error: String,
+    /// The damaged file's meta, when its own checksum held.
+    pub meta: Option<SnapshotMeta>,
 }
 
 impl StateMachine {
@@ -120,28 +158,62 @@ impl StateMachine {
         dir: &Path,
         applied: mpsc::UnboundedSender<Applied>,
         stats: RaftStats,
-    ) -> anyhow::Result<StateMachine> {
-        std::fs::create_dir_all(dir)?;
-        let mut inner = Inner::default();
+        health: Arc<StorageHealth>,
+    ) -> Result<StateMachine, SnapshotLoadError> {
         let path = dir.join("snapshot.bin");
-        if path.exists() {
-            let raw = std::fs::read(&path)?;
-            let (meta, data) =
-                decode_file(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            inner.state =
-                decode_state(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let fail = |error: String, meta| SnapshotLoadError {
+            path: path.clone(),
+            error,
+            meta,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string(), None))?;
+        let mut inner = Inner::default();
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => Some(raw),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(fail(e.to_string(), None)),
+        };
+        let mut legacy = false;
+        if let Some(raw) = raw {
+            let (meta, blob) = match snapshot_file::decode_file(&raw) {
+                Ok(Loaded::Checked { meta, blob }) => (meta, blob),
+                Ok(Loaded::Legacy { meta, state }) => {
+                    legacy = true;
+                    (meta, snapshot_file::seal(&state))
+                }
+                Err(d) => return Err(fail(d.error.to_string(), d.meta)),
+            };
+            let state = snapshot_file::unseal(&blob).map_err(|e| fail(e.to_string(), None))?;
+            inner.state = decode_state(state).map_err(|e| fail(e, Some(meta.clone())))?;
             inner.state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta, Arc::new(data)));
+            inner.snapshot = Some((meta, Arc::new(blob)));
         }
-        Ok(StateMachine {
+        let machine = StateMachine {
             node_id,
             dir: dir.to_path_buf(),
             inner: Arc::new(Mutex::new(inner)),
             applied,
             stats,
-        })
+            health,
+            generation: Arc::default(),
+            mine: 0,
+        };
+        if legacy {
+            // Accepted once: it had no checksum to check. From now on it has.
+            tracing::warn!(
+                path = %path.display(),
+                "snapshot from before checksums loaded unverified; rewriting it with a checksum"
+            );
+            let snap = machine.inner.lock().snapshot.clone();
+            if let Some((meta, blob)) = snap {
+                machine
+                    .save(&meta, &blob)
+                    .map_err(|e| fail(format!("rewriting with a checksum: {e}"), None))?;
+            }
+        }
+        Ok(machine)
     }
 
     /// A copy of the replicated state.
@@ -149,19 +221,62 @@ impl StateMachine {
         self.inner.lock().state.clone()
     }
 
+    /// The index of the last entry applied.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner.lock().last_applied.map(|l| l.index)
+    }
+
+    /// The handle a new Raft core gets; every older one stops changing
+    /// the state (taken under the state's lock, so an apply of the old
+    /// core is either finished or refused).
+    pub fn for_new_core(&self) -> StateMachine {
+        let _inner = self.inner.lock();
+        let mine = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        StateMachine {
+            mine,
+            ..self.clone()
+        }
+    }
+
+    fn current(&self) -> Result<(), StorageError> {
+        if self.generation.load(Ordering::Acquire) == self.mine {
+            Ok(())
+        } else {
+            Err(stale())
+        }
+    }
+
+    /// The voters of the membership the state machine last applied.
+    pub fn membership_voters(&self) -> std::collections::BTreeSet<u64> {
+        self.inner
+            .lock()
+            .membership
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Whether a snapshot was taken, installed or loaded.
     pub fn has_snapshot(&self) -> bool {
         self.inner.lock().snapshot.is_some()
     }
 
-    fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_atomic(&self.dir.join("snapshot.bin"), &encode_file(meta, data))
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    /// Writes `blob` (sealed state) and `meta` to `snapshot.bin`.
+    fn save(&self, meta: &SnapshotMeta, blob: &[u8]) -> Result<(), StorageError> {
+        write_atomic(
+            &self.dir.join("snapshot.bin"),
+            &snapshot_file::encode_file(meta, blob),
+        )
+        .map_err(|e| {
+            self.health.failed("raft snapshot", &e);
+            snap_err(ErrorVerb::Write, e)
+        })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.current()?;
         let (meta, data) = {
             let inner = self.inner.lock();
             let data = convert::state_to(&inner.state).encode_to_vec();
@@ -174,7 +289,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: inner.membership.clone(),
                 snapshot_id: id,
             };
-            (meta, data)
+            (meta, snapshot_file::seal(&data))
         };
         self.save(&meta, &data)?;
         self.stats.snapshot_built(data.len());
@@ -203,6 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let mut out = Vec::new();
         let mut inner = self.inner.lock();
+        self.current()?;
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             inner.state.applied_index = entry.log_id.index;
@@ -211,14 +327,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     // A batch that does not decode was written by a broken
                     // proposer; applying nothing keeps every node equal.
-                    match convert::batch_from(&batch) {
-                        Ok((origin, commands)) => {
+                    match convert::batch_from_numbered(&batch) {
+                        Ok((origin, id, commands)) => {
                             let own = origin == self.node_id;
+                            let first = inner.first_time(origin, id);
+                            if !first {
+                                tracing::debug!(
+                                    origin,
+                                    ?id,
+                                    "batch committed again: engine not told twice"
+                                );
+                            }
                             let mut events = Vec::new();
                             for c in commands {
                                 let Ok(effect) = inner.state.apply(origin, &c) else {
                                     continue;
                                 };
+                                if !first {
+                                    continue;
+                                }
+                                if let Some(Effect::ClaimRefused {
+                                    client_id,
+                                    node,
+                                    nonce,
+                                }) = effect
+                                {
+                                    // It changed nothing: only its proposer hears.
+                                    if node == self.node_id {
+                                        events.push(Committed::ClaimRefused { client_id, nonce });
+                                    }
+                                    continue;
+                                }
                                 if engine_needs(own, &c) {
                                     events.push(Committed::Command { origin, command: c });
                                 }
@@ -283,8 +422,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        self.current()?;
+        // The Raft service checked the blob as it arrived; checked again
+        // here, as nothing unchecked may replace the state.
         let data = snapshot.into_inner();
-        let mut state = decode_state(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let state = snapshot_file::unseal(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let mut state = decode_state(state).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
         self.save(meta, &data)?;
         self.stats.snapshot_installed(data.len());
@@ -312,18 +455,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    fn open(dir: &Path) -> Result<StateMachine, SnapshotLoadError> {
+        let health = Arc::new(StorageHealth::new(dir));
+        StateMachine::open(
+            1,
+            dir,
+            mpsc::unbounded_channel().0,
+            RaftStats::default(),
+            health,
+        )
+    }
+
     #[test]
-    fn snapshot_file_round_trip_and_garbage() {
+    fn a_snapshot_from_before_checksums_is_loaded_once_and_rewritten_with_them() {
+        let d = tempfile::tempdir().unwrap();
         let meta = SnapshotMeta {
             last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
             last_membership: StoredMembership::default(),
-            snapshot_id: "x".into(),
+            snapshot_id: "2-9-1".into(),
         };
-        let raw = encode_file(&meta, b"state");
-        let (m, d) = decode_file(&raw).unwrap();
-        assert_eq!(m, meta);
-        assert_eq!(d, b"state");
-        assert!(decode_file(&raw[..6]).is_err());
-        assert!(decode_file(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
+        let mut state = ReplicatedState::default();
+        state
+            .routes
+            .insert("s/183".into(), [1u64].into_iter().collect());
+        let m = convert::snapshot_meta_to(&meta).encode_to_vec();
+        let mut legacy = (m.len() as u32).to_le_bytes().to_vec();
+        legacy.extend_from_slice(&m);
+        legacy.extend_from_slice(&convert::state_to(&state).encode_to_vec());
+        let path = d.path().join("snapshot.bin");
+        std::fs::write(&path, &legacy).unwrap();
+        let sm = open(d.path()).expect("accepted once");
+        assert_eq!(sm.applied_index(), Some(9));
+        assert_eq!(sm.state().routes, state.routes);
+        // Rewritten with checksums: a flipped byte is now found.
+        let raw = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            snapshot_file::decode_file(&raw),
+            Ok(Loaded::Checked { .. })
+        ));
+        let mut flipped = raw.clone();
+        let n = flipped.len();
+        flipped[n - 40] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        let e = open(d.path()).err().expect("refused");
+        assert!(e.to_string().contains("snapshot.bin"), "{e}");
+        assert!(e.meta.is_some(), "the meta's own checksum held");
+    }
+
+    #[test]
+    fn a_batch_committed_twice_is_told_to_the_engine_once() {
+        let mut inner = Inner::default();
+        let id = |writer, number| convert::BatchId { writer, number };
+        assert!(inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 2)));
+        // Proposed again after a leader change, committed a second time.
+        assert!(!inner.first_time(2, id(7, 2)));
+        assert!(!inner.first_time(2, id(7, 1)));
+        assert!(inner.first_time(2, id(7, 3)));
+        // Another node, or this node after a restart (a new writer).
+        assert!(inner.first_time(3, id(7, 1)));
+        assert!(inner.first_time(2, id(9, 1)));
+        // Unnumbered batches (admin writes) are never taken for repeats.
+        assert!(inner.first_time(2, id(0, 0)));
+        assert!(inner.first_time(2, id(0, 0)));
     }
 }

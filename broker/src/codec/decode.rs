@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
     Auth, ByteStr, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, PubResp,
-    Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
+    Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, UserProperties,
 };
 
 /// Why bytes are not an acceptable packet. Each maps to the MQTT 5 reason
@@ -108,6 +108,26 @@ pub fn decode(
         ));
     }
     Ok(Some(packet))
+}
+
+/// The protocol a CONNECT at the front of `buf` names, read before the
+/// packet is decoded: a CONNECT that then fails to decode can still be
+/// answered in its client's own format (MQTT 5: a CONNACK with the reason
+/// code). `None` unless the bytes start a CONNECT naming a known protocol.
+pub fn connect_protocol(buf: &[u8]) -> Option<Protocol> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let (header_len, _) = fixed_header(buf).ok()??;
+    let body = buf.get(header_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let name = body.get(2..2 + name_len)?;
+    match (name, *body.get(2 + name_len)?) {
+        (b"MQTT", 5) => Some(Protocol::V5),
+        (b"MQTT", 4) => Some(Protocol::V311),
+        (b"MQIsdp", 3) => Some(Protocol::V31),
+        _ => None,
+    }
 }
 
 /// Reads the fixed header: its length and the remaining length, or `None`
@@ -553,8 +573,24 @@ fn properties(r: &mut Reader, protocol: Protocol, ctx: Ctx) -> Result<Properties
     }
     let len = r.varint()? as usize;
     let mut r = Reader { buf: r.take(len)? };
+    property_entries(&mut r, ctx)
+}
+
+/// The properties of a PUBLISH written without their length prefix (a
+/// stored message's forwarded properties, read back from disk or a peer),
+/// checked as the decoder checks a PUBLISH's.
+pub fn decode_publish_properties(bytes: Bytes) -> Result<Properties> {
+    property_entries(&mut Reader { buf: bytes }, Ctx::Publish)
+}
+
+/// Every property in `r` (a property block without its length).
+fn property_entries(r: &mut Reader, ctx: Ctx) -> Result<Properties> {
+    let block = r.buf.clone();
+    let at = |r: &Reader| block.len() - r.buf.len();
+    let mut users = UserEntries::default();
     let mut p = Properties::default();
     while !r.is_empty() {
+        let start = at(r);
         let id = r.varint()?;
         let id = u8::try_from(id).map_err(|_| DecodeError::Malformed("unknown property"))?;
         let mask = allowed(id).ok_or(DecodeError::Malformed("unknown property"))?;
@@ -562,7 +598,7 @@ fn properties(r: &mut Reader, protocol: Protocol, ctx: Ctx) -> Result<Properties
             return Err(DecodeError::Protocol("property not allowed in this packet"));
         }
         match id {
-            0x01 => set(&mut p.payload_format_indicator, flag(&mut r)?)?,
+            0x01 => set(&mut p.payload_format_indicator, flag(r)?)?,
             0x02 => set(&mut p.message_expiry_interval, r.u32()?)?,
             0x03 => set(&mut p.content_type, r.string()?)?,
             0x08 => {
@@ -588,21 +624,25 @@ fn properties(r: &mut Reader, protocol: Protocol, ctx: Ctx) -> Result<Properties
             0x13 => set(&mut p.server_keep_alive, r.u16()?)?,
             0x15 => set(&mut p.authentication_method, r.string()?)?,
             0x16 => set(&mut p.authentication_data, r.binary()?)?,
-            0x17 => set(&mut p.request_problem_information, flag(&mut r)?)?,
+            0x17 => set(&mut p.request_problem_information, flag(r)?)?,
             0x18 => set(&mut p.will_delay_interval, r.u32()?)?,
-            0x19 => set(&mut p.request_response_information, flag(&mut r)?)?,
+            0x19 => set(&mut p.request_response_information, flag(r)?)?,
             0x1A => set(&mut p.response_information, r.string()?)?,
             0x1C => set(&mut p.server_reference, r.string()?)?,
             0x1F => set(&mut p.reason_string, r.string()?)?,
-            0x21 => set(&mut p.receive_maximum, non_zero_u16(&mut r)?)?,
+            0x21 => set(&mut p.receive_maximum, non_zero_u16(r)?)?,
             0x22 => set(&mut p.topic_alias_maximum, r.u16()?)?,
-            0x23 => set(&mut p.topic_alias, non_zero_u16(&mut r)?)?,
-            0x24 => set(&mut p.maximum_qos, flag(&mut r)?)?,
-            0x25 => set(&mut p.retain_available, flag(&mut r)?)?,
+            // 0 is not a valid alias, but the connection judges aliases
+            // (it knows the maximum too) and answers 0x94 Topic Alias
+            // invalid, which says more than a protocol error.
+            0x23 => set(&mut p.topic_alias, r.u16()?)?,
+            0x24 => set(&mut p.maximum_qos, flag(r)?)?,
+            0x25 => set(&mut p.retain_available, flag(r)?)?,
             0x26 => {
-                let key = r.string()?;
-                let value = r.string()?;
-                p.user_properties.push((key, value));
+                // Checked here, kept as the wire has them (see UserEntries).
+                r.string()?;
+                r.string()?;
+                users.add(&block, start, at(r));
             }
             0x27 => {
                 let v = r.u32()?;
@@ -611,13 +651,47 @@ fn properties(r: &mut Reader, protocol: Protocol, ctx: Ctx) -> Result<Properties
                 }
                 set(&mut p.maximum_packet_size, v)?
             }
-            0x28 => set(&mut p.wildcard_subscription_available, flag(&mut r)?)?,
-            0x29 => set(&mut p.subscription_identifier_available, flag(&mut r)?)?,
-            0x2A => set(&mut p.shared_subscription_available, flag(&mut r)?)?,
+            0x28 => set(&mut p.wildcard_subscription_available, flag(r)?)?,
+            0x29 => set(&mut p.subscription_identifier_available, flag(r)?)?,
+            0x2A => set(&mut p.shared_subscription_available, flag(r)?)?,
             _ => return Err(DecodeError::Malformed("unknown property")),
         }
     }
+    p.user_properties = users.finish(&block);
     Ok(p)
+}
+
+/// Where the user property entries of a block are: one range of it when
+/// they come together (the usual case: a slice, no copy), else a copy of
+/// each in order.
+#[derive(Default)]
+struct UserEntries {
+    range: Option<(usize, usize)>,
+    copied: Option<BytesMut>,
+}
+
+impl UserEntries {
+    fn add(&mut self, block: &Bytes, start: usize, end: usize) {
+        match (&mut self.copied, &mut self.range) {
+            (Some(buf), _) => buf.extend_from_slice(&block[start..end]),
+            (None, Some((_, e))) if *e == start => *e = end,
+            (None, Some((s, e))) => {
+                let mut buf = BytesMut::with_capacity(*e - *s + end - start);
+                buf.extend_from_slice(&block[*s..*e]);
+                buf.extend_from_slice(&block[start..end]);
+                self.copied = Some(buf);
+            }
+            (None, None) => self.range = Some((start, end)),
+        }
+    }
+
+    fn finish(self, block: &Bytes) -> UserProperties {
+        match (self.copied, self.range) {
+            (Some(buf), _) => UserProperties::from_checked(buf.freeze()),
+            (None, Some((s, e))) => UserProperties::from_checked(block.slice(s..e)),
+            (None, None) => UserProperties::new(),
+        }
+    }
 }
 
 /// Properties other than user properties and subscription identifiers

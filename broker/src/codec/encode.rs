@@ -47,6 +47,9 @@ pub struct PublishRef<'a> {
     pub packet_id: u16,
     /// MQTT 5 only; `None` is an empty property block.
     pub properties: Option<&'a Properties>,
+    /// MQTT 5 only: properties already in wire form (a message's forwarded
+    /// ones), written after `properties` in the same block.
+    pub forwarded: &'a [u8],
     pub payload: &'a [u8],
 }
 
@@ -79,10 +82,16 @@ fn publish_body(s: &mut impl Sink, v5: bool, p: &PublishRef<'_>) -> Result<()> {
     if p.qos != QoS::AtMostOnce {
         s.u16(p.packet_id);
     }
-    match p.properties {
-        Some(props) => properties(s, v5, props)?,
-        None if v5 => s.varint(0),
-        None => {}
+    if v5 {
+        let mut len = p.forwarded.len();
+        if let Some(props) = p.properties {
+            property_list(&mut len, props)?;
+        }
+        s.varint(len);
+        if let Some(props) = p.properties {
+            property_list(s, props)?;
+        }
+        s.slice(p.forwarded);
     }
     s.slice(p.payload);
     Ok(())
@@ -240,6 +249,7 @@ fn body(packet: &Packet, protocol: Protocol, s: &mut impl Sink) -> Result<()> {
                 topic: p.topic.as_bytes(),
                 packet_id: p.packet_id,
                 properties: Some(&p.properties),
+                forwarded: &[],
                 payload: &p.payload,
             },
         )?,
@@ -382,11 +392,8 @@ fn property_list(s: &mut impl Sink, p: &Properties) -> Result<()> {
     two(s, 0x23, p.topic_alias);
     byte(s, 0x24, p.maximum_qos);
     byte(s, 0x25, p.retain_available);
-    for (k, v) in &p.user_properties {
-        s.u8(0x26);
-        binary(s, k.as_bytes())?;
-        binary(s, v.as_bytes())?;
-    }
+    // Kept in wire form: one copy of the bytes, however many there are.
+    s.slice(p.user_properties.as_wire());
     four(s, 0x27, p.maximum_packet_size);
     byte(s, 0x28, p.wildcard_subscription_available);
     byte(s, 0x29, p.subscription_identifier_available);

@@ -12,12 +12,14 @@ mod encode;
 pub mod reason;
 #[cfg(test)]
 mod tests;
+mod user_props;
 
 pub use bytestr::ByteStr;
-pub use decode::{decode, DecodeError};
+pub use decode::{connect_protocol, decode, decode_publish_properties, DecodeError};
 pub use encode::{
     encode, encode_publish, encoded_len, encoded_publish_len, EncodeError, PublishRef,
 };
+pub use user_props::UserProperties;
 
 use bytes::Bytes;
 
@@ -116,8 +118,8 @@ pub struct Properties {
     pub maximum_qos: Option<u8>,
     /// 0x25, CONNACK: 0 or 1.
     pub retain_available: Option<u8>,
-    /// 0x26, everywhere; order kept, duplicates allowed.
-    pub user_properties: Vec<(ByteStr, ByteStr)>,
+    /// 0x26, everywhere; order kept, duplicates allowed; kept in wire form.
+    pub user_properties: UserProperties,
     /// 0x27, CONNECT / CONNACK, non-zero.
     pub maximum_packet_size: Option<u32>,
     /// 0x28, CONNACK: 0 or 1.

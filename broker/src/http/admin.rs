@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::broker::{Broker, SessionCell};
-use crate::codec::{reason, ByteStr, QoS};
-use crate::message::{ForwardedProperties, Message};
+use crate::codec::{reason, ByteStr, Properties, QoS, UserProperties};
+use crate::message::{ForwardedProperties, Message, MessageParts};
 use crate::topic_tree::validate_topic_name;
 
 type ApiError = (StatusCode, Json<Value>);
@@ -306,19 +306,37 @@ async fn publish(
                 format!("correlation_data is not base64: {e}"),
             )
         })?;
-    let forwarded = ForwardedProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type.map(ByteStr::from),
-        response_topic: p.response_topic.map(ByteStr::from),
-        correlation_data,
-        user_properties: p
-            .user_properties
-            .into_iter()
-            .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
-            .collect(),
+    let too_long = |what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{what} is longer than MQTT can carry (65535 bytes)"),
+        )
     };
+    let text = |v: Option<String>, what: &str| match v {
+        Some(v) if v.len() > 0xFFFF => Err(too_long(what)),
+        v => Ok(v.map(ByteStr::from)),
+    };
+    if correlation_data.as_ref().is_some_and(|c| c.len() > 0xFFFF) {
+        return Err(too_long("correlation_data"));
+    }
+    let properties = Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: text(p.content_type, "content_type")?,
+        response_topic: text(p.response_topic, "response_topic")?,
+        correlation_data,
+        user_properties: UserProperties::from_pairs(p.user_properties)
+            .map_err(|_| too_long("a user property"))?,
+        ..Properties::default()
+    };
+    if qos != QoS::AtMostOnce && !broker.memory.admits(payload.len()) {
+        broker.stats.publish_quota_refused.inc();
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker's memory budget (mqtt.max_memory) is spent",
+        ));
+    }
     let now = Instant::now();
-    let message = Arc::new(Message {
+    let message = Arc::new(Message::new(MessageParts {
         topic: ByteStr::from(req.topic),
         payload,
         qos,
@@ -327,15 +345,19 @@ async fn publish(
         expires_at: p
             .message_expiry_interval
             .map(|s| now + Duration::from_secs(u64::from(s))),
-        properties: (forwarded != ForwardedProperties::default()).then(|| Box::new(forwarded)),
+        properties: ForwardedProperties::from_properties(&properties),
         received_at: now,
-    });
-    let retained = message.retain.then(|| broker.retain(message.clone()));
-    let routed = broker.publish(message);
-    let mut committed = routed.committed.wait().await;
-    if let Some(r) = retained {
-        committed = committed.and(r.wait().await);
-    }
-    committed.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(Json(json!({ "matched": routed.matched })))
+    }));
+    let routed = if message.retain {
+        broker.publish_retained(message, true)
+    } else {
+        broker.publish(message)
+    };
+    let matched = routed.matched;
+    routed
+        .committed
+        .wait()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "matched": matched })))
 }

@@ -106,6 +106,28 @@ pub enum Disposition {
     Discarded,
 }
 
+/// A new subscription's walk through the retained store (see
+/// `retained_delivery.rs`). The session keeps it while it has messages to
+/// go, across reconnects of its client to this node.
+#[derive(Debug, Clone)]
+pub struct RetainedCursor {
+    /// The subscription as written (its key in `subscriptions`).
+    pub key: ByteStr,
+    /// The filter it walks (never a shared one: those get no retained).
+    pub filter: ByteStr,
+    /// The QoS granted: each copy goes at the lower of this and its own.
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+    /// The store's stamp when the subscription went into the tree.
+    pub since: u64,
+    /// The topic the last step ended on; `None`: from the start.
+    pub after: Option<ByteStr>,
+}
+
+/// Retained copies a cursor puts into the outbox at most per step (one
+/// write's worth at QoS 0: the socket paces the rest).
+const CURSOR_STEP: usize = 64;
+
 /// A subscription as the session remembers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRecord {
@@ -118,6 +140,8 @@ pub struct Session {
     pub client_id: ByteStr,
     /// The username of the connection bound last (ACL checks on delivery).
     pub username: Option<ByteStr>,
+    /// The claim (see `Claim::nonce`) of the connection bound last.
+    pub claim_nonce: u64,
     /// Seconds the session outlives its connection; 0 = it ends with it,
     /// `u32::MAX` = never expires.
     pub expiry: u32,
@@ -147,6 +171,9 @@ pub struct Session {
     pub dropped: u64,
     /// Copies that expired before delivery.
     pub expired: u64,
+    /// Retained messages still to stream to new subscriptions, oldest
+    /// subscription first.
+    cursors: Vec<RetainedCursor>,
 }
 
 impl Session {
@@ -154,6 +181,7 @@ impl Session {
         Session {
             client_id,
             username: None,
+            claim_nonce: 0,
             expiry,
             subscriptions: HashMap::new(),
             limits,
@@ -169,6 +197,7 @@ impl Session {
             generation: 0,
             dropped: 0,
             expired: 0,
+            cursors: Vec::new(),
         }
     }
 
@@ -245,7 +274,7 @@ impl Session {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for d in self.queue.drain(..) {
             if d.share.is_some() {
-                self.queued_bytes -= d.message.payload.len();
+                self.queued_bytes -= d.message.body_len();
                 handed_over.push(d);
             } else {
                 kept.push_back(d);
@@ -312,7 +341,7 @@ impl Session {
     }
 
     fn enqueue(&mut self, d: Delivery) -> Disposition {
-        let size = d.message.payload.len();
+        let size = d.message.body_len();
         let over = |s: &Self| {
             s.queue.len() >= s.limits.max_queued_messages
                 || (s.limits.max_queued_bytes > 0
@@ -331,7 +360,7 @@ impl Session {
                             self.dropped += 1;
                             return Disposition::Dropped;
                         };
-                        self.queued_bytes -= old.message.payload.len();
+                        self.queued_bytes -= old.message.body_len();
                         self.dropped += 1;
                     }
                 }
@@ -396,7 +425,7 @@ impl Session {
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= d.message.payload.len();
+            self.queued_bytes -= d.message.body_len();
             if dead {
                 expired.push(d.seq);
                 self.expired += 1;
@@ -573,6 +602,66 @@ impl Session {
         self.binding.as_ref().is_some_and(|b| !b.outbox.is_empty())
     }
 
+    /// Starts streaming a new subscription's retained messages; it
+    /// replaces an unfinished cursor of the same subscription (subscribing
+    /// again sends them again).
+    pub fn start_cursor(&mut self, cursor: RetainedCursor) {
+        self.cursors.retain(|c| c.key != cursor.key);
+        self.cursors.push(cursor);
+    }
+
+    /// The subscription `key` is gone: so is what it had still to get.
+    pub fn stop_cursor(&mut self, key: &str) {
+        self.cursors.retain(|c| &*c.key != key);
+    }
+
+    pub fn has_cursors(&self) -> bool {
+        !self.cursors.is_empty()
+    }
+
+    /// The cursor to take the next step of.
+    pub fn cursor(&self) -> Option<&RetainedCursor> {
+        self.cursors.first()
+    }
+
+    /// The first cursor's step ended on `last`; `done`: it is finished.
+    pub fn advance_cursor(&mut self, last: Option<ByteStr>, done: bool) {
+        if done {
+            if !self.cursors.is_empty() {
+                self.cursors.remove(0);
+            }
+        } else if let Some(c) = self.cursors.first_mut() {
+            if last.is_some() {
+                c.after = last;
+            }
+        }
+    }
+
+    /// Takes every cursor away (the session leaves this node).
+    pub fn take_cursors(&mut self) -> Vec<RetainedCursor> {
+        std::mem::take(&mut self.cursors)
+    }
+
+    /// How many retained copies the first cursor may hand over now: none
+    /// while offline or while anything is queued; at QoS 1/2 what the
+    /// window has free; at most one step of the outbox. A client that
+    /// reads nothing so holds at most a window or a step of them.
+    pub fn cursor_room(&self) -> usize {
+        let (Some(b), Some(c)) = (self.binding.as_ref(), self.cursors.first()) else {
+            return 0;
+        };
+        if !self.queue.is_empty() {
+            return 0;
+        }
+        let step = CURSOR_STEP.min(self.limits.max_queued_messages.max(1));
+        let outbox = step.saturating_sub(b.outbox.len());
+        if c.qos == QoS::AtMostOnce {
+            outbox
+        } else {
+            outbox.min(b.window.saturating_sub(self.inflight.len()))
+        }
+    }
+
     /// Inbound QoS 2: records `packet_id` between PUBREC and PUBREL, at
     /// most `limit` at a time (our Receive Maximum).
     pub fn begin_inbound_qos2(&mut self, packet_id: u16, limit: usize) -> InboundQos2 {
@@ -615,7 +704,7 @@ impl Session {
             });
         } else {
             d.redelivery = d.qos != QoS::AtMostOnce;
-            self.queued_bytes += d.message.payload.len();
+            self.queued_bytes += d.message.body_len();
             self.queue.push_back(d);
         }
     }

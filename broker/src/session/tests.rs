@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::message::Message;
+use crate::message::{Message, MessageParts};
 
 fn limits(max_inflight: u16, max_queued: usize) -> SessionLimits {
     SessionLimits {
@@ -16,7 +16,7 @@ fn limits(max_inflight: u16, max_queued: usize) -> SessionLimits {
 
 fn delivery(n: u8, qos: QoS) -> Delivery {
     Delivery {
-        message: Arc::new(Message {
+        message: Arc::new(Message::new(MessageParts {
             topic: ByteStr::from("t"),
             payload: bytes::Bytes::from(vec![n]),
             qos,
@@ -25,7 +25,7 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
             expires_at: None,
             properties: None,
             received_at: std::time::Instant::now(),
-        }),
+        })),
         qos,
         retain: false,
         subscription_ids: SmallVec::new(),

@@ -71,6 +71,13 @@ pub enum Effect {
     },
     /// The will passed its guard; the proposer publishes it.
     WillFired { client_id: ByteStr, will: Will },
+    /// The claim changed nothing: the client id is owned by another
+    /// identity. Only its proposer (`node`) needs to hear of it.
+    ClaimRefused {
+        client_id: ByteStr,
+        node: u64,
+        nonce: u64,
+    },
 }
 
 impl ReplicatedState {
@@ -95,7 +102,15 @@ impl ReplicatedState {
                 clean_start,
                 will,
                 username,
+                same_identity_only,
             } => {
+                if *same_identity_only && self.owned_by_other(client_id, username.as_ref()) {
+                    return Ok(Some(Effect::ClaimRefused {
+                        client_id: client_id.clone(),
+                        node: *node,
+                        nonce: *nonce,
+                    }));
+                }
                 self.owners.insert(client_id.clone(), *node);
                 match username {
                     Some(u) => self.usernames.insert(client_id.clone(), u.clone()),
@@ -192,6 +207,12 @@ impl ReplicatedState {
             _ => self.apply_session(origin, command)?,
         }
         Ok(None)
+    }
+
+    /// Whether `client_id` is owned (a live connection or a session) by an
+    /// identity other than `username` (`None`: anonymous, an identity too).
+    pub fn owned_by_other(&self, client_id: &ByteStr, username: Option<&ByteStr>) -> bool {
+        self.owners.contains_key(client_id) && self.usernames.get(client_id) != username
     }
 
     /// The owner's commands about its session.
@@ -350,11 +371,11 @@ impl ReplicatedState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::message::{Message, MessageParts};
     use std::sync::Arc;
 
     fn msg(topic: &str) -> SharedMessage {
-        Arc::new(Message {
+        Arc::new(Message::new(MessageParts {
             topic: ByteStr::from(topic),
             payload: bytes::Bytes::from_static(b"p"),
             qos: QoS::AtLeastOnce,
@@ -363,7 +384,7 @@ mod tests {
             expires_at: None,
             properties: None,
             received_at: std::time::Instant::now(),
-        })
+        }))
     }
 
     fn claim(c: &ByteStr, node: u64, clean_start: bool, will: Option<Will>) -> Command {
@@ -374,6 +395,7 @@ mod tests {
             clean_start,
             will,
             username: Some("u".into()),
+            same_identity_only: false,
         }
     }
 
@@ -517,6 +539,64 @@ mod tests {
             },
         );
         assert!(s.owners.is_empty());
+    }
+
+    #[test]
+    fn a_claim_under_another_identity_changes_nothing() {
+        let c = ByteStr::from("c");
+        let mut s = ReplicatedState::default();
+        let _ = s.apply(1, &claim(&c, 1, false, None));
+        let _ = s.apply(
+            1,
+            &Command::SessionCreate {
+                client_id: c.clone(),
+                expiry: 60,
+            },
+        );
+        let _ = s.apply(1, &enqueue(&c, 10));
+        let before = s.digest();
+        let as_user = |user: Option<&str>, clean_start: bool, only: bool| Command::ClaimClient {
+            client_id: c.clone(),
+            node: 2,
+            nonce: 9,
+            clean_start,
+            will: None,
+            username: user.map(ByteStr::from),
+            same_identity_only: only,
+        };
+        for (user, clean) in [(Some("m"), false), (Some("m"), true), (None, true)] {
+            assert_eq!(
+                s.apply(2, &as_user(user, clean, true)),
+                Ok(Some(Effect::ClaimRefused {
+                    client_id: c.clone(),
+                    node: 2,
+                    nonce: 9
+                })),
+                "{user:?}"
+            );
+            assert_eq!(s.digest(), before, "{user:?} clean {clean}");
+        }
+        // The same identity takes its own id from any node.
+        assert!(matches!(
+            s.apply(2, &as_user(Some("u"), false, true)),
+            Ok(Some(Effect::Claimed { node: 2, .. }))
+        ));
+        assert_eq!(s.owners[&c], 2);
+        assert_eq!(s.sessions[&c].messages.len(), 1);
+        // Records from before the check (or "any"): whoever asks.
+        let _ = s.apply(2, &as_user(Some("m"), false, false));
+        assert_eq!(s.usernames[&c], ByteStr::from("m"));
+        // Once nobody owns the id, anyone may claim it.
+        let _ = s.apply(
+            2,
+            &Command::SessionEnd {
+                client_id: c.clone(),
+            },
+        );
+        assert!(matches!(
+            s.apply(2, &as_user(None, true, true)),
+            Ok(Some(Effect::Claimed { .. }))
+        ));
     }
 
     #[test]

@@ -58,8 +58,15 @@ pub enum Command {
         clean_start: bool,
         will: Option<Will>,
         /// Who the connection authenticated as: the ACL a resumed or
-        /// restored session's copies are checked against.
+        /// restored session's copies are checked against, and the
+        /// identity that owns the client id once the claim takes effect.
         username: Option<ByteStr>,
+        /// The claim counts only if the client id is free or owned by the
+        /// same identity (`username`); otherwise it changes nothing and its
+        /// proposer hears [`Committed::ClaimRefused`]. Records written
+        /// before the field existed read as `false`: they took effect
+        /// whoever owned the id, and replaying them must do the same.
+        same_identity_only: bool,
     },
     /// A clean session on `node` ended: the id is nobody's now.
     Unclaim {
@@ -187,6 +194,9 @@ pub enum Committed {
     },
     /// A will this node asked to fire passed its guard: publish it.
     WillFired { client_id: ByteStr, will: Will },
+    /// This node's claim `nonce` of `client_id` did not take effect: the id
+    /// belongs to another identity (see `ClaimClient::same_identity_only`).
+    ClaimRefused { client_id: ByteStr, nonce: u64 },
 }
 
 /// Where replicable changes go. Implementations batch as they see fit; a
