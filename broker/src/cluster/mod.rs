@@ -20,6 +20,7 @@ pub mod metrics;
 mod network;
 mod seam;
 mod service;
+mod snapshot_stream;
 mod standing;
 mod state_machine;
 pub mod tls;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::convert;
 use super::metrics::RaftStats;
+use super::snapshot_stream;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Command, Committed, Effect, ReplicatedState};
 
@@ -51,8 +52,9 @@ struct Inner {
     state: ReplicatedState,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// The last snapshot built or installed: (meta, encoded bytes).
-    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// The last snapshot built or installed; its bytes are in its file
+    /// only (read when a follower needs them), never kept in memory.
+    snapshot: Option<SnapshotMeta>,
     /// The last numbered batch applied from each proposing node.
     last_batch: std::collections::HashMap<u64, convert::BatchId>,
 }
@@ -105,6 +107,7 @@ fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 fn decode_file(raw: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let len = raw
         .get(..4)
@@ -117,9 +120,46 @@ fn decode_file(raw: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     Ok((meta, raw[4 + len..].to_vec()))
 }
 
-fn decode_state(data: &[u8]) -> Result<ReplicatedState, String> {
-    let s = pb::StateSnapshot::decode(data).map_err(|e| e.to_string())?;
-    convert::state_from(s).map_err(|e| e.to_string())
+fn decode_state(mut data: &[u8]) -> Result<ReplicatedState, String> {
+    snapshot_stream::read_state(&mut data).map_err(|e| e.to_string())
+}
+
+/// Writes the snapshot file of `state` as [`write_atomic`] does, the state
+/// a message at a time (see `snapshot_stream`); returns the state's size.
+fn write_streamed(
+    path: &Path,
+    meta: &SnapshotMeta,
+    state: &ReplicatedState,
+) -> std::io::Result<u64> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let meta = convert::snapshot_meta_to(meta).encode_to_vec();
+    f.write_all(&(meta.len() as u32).to_le_bytes())?;
+    f.write_all(&meta)?;
+    let written = snapshot_stream::write_state(state, &mut f)?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(written)
+}
+
+/// Opens a snapshot file: its meta, and a reader positioned at its state.
+fn open_file(path: &Path) -> Result<(SnapshotMeta, std::io::BufReader<std::fs::File>), String> {
+    use std::io::Read;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)
+        .map_err(|_| "snapshot file too short")?;
+    let mut meta = vec![0u8; u32::from_le_bytes(len).min(1 << 20) as usize];
+    f.read_exact(&mut meta)
+        .map_err(|_| "snapshot meta truncated")?;
+    let meta = pb::SnapshotMeta::decode(&meta[..]).map_err(|e| e.to_string())?;
+    let meta = convert::snapshot_meta_from(Some(meta)).map_err(|e| e.to_string())?;
+    Ok((meta, f))
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the
@@ -150,15 +190,16 @@ impl StateMachine {
         let mut inner = Inner::default();
         let path = dir.join("snapshot.bin");
         if path.exists() {
-            let raw = std::fs::read(&path)?;
-            let (meta, data) =
-                decode_file(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            inner.state =
-                decode_state(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            // Streamed: the state is built as the file is read, never the
+            // file and a decoded copy of it besides.
+            let (meta, mut data) =
+                open_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            inner.state = snapshot_stream::read_state(&mut data)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             inner.state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta, Arc::new(data)));
+            inner.snapshot = Some(meta);
         }
         Ok(StateMachine {
             node_id,
@@ -187,9 +228,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = {
+        // A copy of the maps only (messages are shared), so that applying
+        // goes on while the file is written.
+        let (meta, state) = {
             let inner = self.inner.lock();
-            let data = convert::state_to(&inner.state).encode_to_vec();
             let id = match &inner.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("0-0-{}", rand::random::<u32>()),
@@ -199,15 +241,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: inner.membership.clone(),
                 snapshot_id: id,
             };
-            (meta, data)
+            (meta, inner.state.clone())
         };
-        self.save(&meta, &data)?;
-        self.stats.snapshot_built(data.len());
-        let data = Arc::new(data);
-        self.inner.lock().snapshot = Some((meta.clone(), data.clone()));
+        let written = write_streamed(&self.dir.join("snapshot.bin"), &meta, &state)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        drop(state);
+        self.stats.snapshot_built(written as usize);
+        self.inner.lock().snapshot = Some(meta.clone());
+        // openraft keeps only the meta of a snapshot it asked us to build;
+        // a follower that needs the bytes gets them from the file.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -341,17 +386,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.state = state.clone();
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta.clone(), Arc::new(data)));
+            inner.snapshot = Some(meta.clone());
         }
+        drop(data);
         let _ = self.applied.send(Applied::Reset(Box::new(state)));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let inner = self.inner.lock();
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        use std::io::Read;
+        let Some(meta) = self.inner.lock().snapshot.clone() else {
+            return Ok(None);
+        };
+        // The bytes for a follower, from the file (held only while sent).
+        let read = |e: String| snap_err(ErrorVerb::Read, e);
+        let (on_disk, mut f) = open_file(&self.dir.join("snapshot.bin")).map_err(read)?;
+        if on_disk.snapshot_id != meta.snapshot_id {
+            return Err(read("snapshot file replaced while being read".into()));
+        }
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).map_err(|e| read(e.to_string()))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
@@ -373,6 +430,22 @@ mod tests {
         assert_eq!(d, b"state");
         assert!(decode_file(&raw[..6]).is_err());
         assert!(decode_file(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
+        // Written streamed, read streamed: the same meta and state.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.bin");
+        let state = ReplicatedState {
+            routes: [("a/#".into(), [1u64].into_iter().collect())].into(),
+            ..Default::default()
+        };
+        write_streamed(&path, &meta, &state).unwrap();
+        let (m, mut rest) = open_file(&path).unwrap();
+        assert_eq!(m, meta);
+        let back = snapshot_stream::read_state(&mut rest).unwrap();
+        assert_eq!(back.digest(), state.digest());
+        // The whole-file reader agrees on the layout.
+        let (m, d) = decode_file(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(decode_state(&d).unwrap().digest(), state.digest());
     }
 
     #[test]
