@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod backpressure;
 pub mod broker;
+pub mod client;
 pub mod cluster;
 pub mod cluster_view;
 pub mod codec;

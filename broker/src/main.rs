@@ -61,6 +61,14 @@ enum Command {
     },
     /// Inspect and change the Raft cluster through a node's gRPC Admin
     /// service (membership changes go to the leader).
+    /// Publish a message (mosquitto_pub's options: -h -p -t -m -q -r -u -P
+    /// -i -V, --cafile/--cert/--key, --psk/--psk-identity, -f -s -l -n).
+    #[command(disable_help_flag = true)]
+    Pub(raftmq::client::PubArgs),
+    /// Subscribe and print what arrives (mosquitto_sub's options: -h -p
+    /// -t... -q -v -C -W -R -N -E -u -P -i -c -V, TLS and PSK as pub).
+    #[command(disable_help_flag = true)]
+    Sub(raftmq::client::SubArgs),
     Cluster {
         /// Any node's gRPC address.
         #[arg(long, default_value = "127.0.0.1:7100", global = true)]
@@ -100,12 +108,24 @@ fn main() -> anyhow::Result<()> {
             passwd::edit_file(&file, &edit)?;
             Ok(())
         }
+        Command::Pub(args) => client_runtime()?.block_on(raftmq::client::publish::run(args)),
+        Command::Sub(args) => {
+            let outcome = client_runtime()?.block_on(raftmq::client::subscribe::run(args))?;
+            std::process::exit(outcome.exit_code())
+        }
         Command::Cluster { node, tls, command } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
             .block_on(raftmq::cluster::cli::run(&node, &tls, command)),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn passwd_edit(

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    Affinity, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext,
+    Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -518,6 +519,18 @@ pub struct PodOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Replaces the pods' securityContext (default: runAsNonRoot,
+    /// runAsUser/runAsGroup/fsGroup 65532, RuntimeDefault seccomp). Leave
+    /// runAsUser, runAsGroup and fsGroup out where the platform assigns
+    /// them (OpenShift restricted-v2); the broker container then names no
+    /// UID or GID of its own either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// Replaces the broker container's securityContext (default: no
+    /// privilege escalation, read-only root filesystem, every capability
+    /// dropped, and UID/GID 65532 unless `securityContext` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
 }
 
 /// What the operator last saw.

@@ -81,6 +81,14 @@ impl Ca {
         self.sign(params, "localhost", ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for other names only (a certificate that does
+    /// not name the host the test connects to).
+    pub fn server_for(&self, names: &[&str]) -> Pair {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let params = CertificateParams::new(names).expect("server names");
+        self.sign(params, "elsewhere", ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A cluster node's certificate: server and client at once (nodes call
     /// each other), for 127.0.0.1 to 127.0.0.5 where the test nodes live.
     pub fn peer(&self) -> Pair {

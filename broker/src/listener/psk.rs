@@ -45,17 +45,23 @@ pub fn parse_psk_file(text: &str, path: &Path) -> Result<PskKeys, AuthFileError>
         if id.is_empty() {
             return Err(err("empty identity"));
         }
-        if hex.is_empty() || hex.len() % 2 != 0 {
-            return Err(err("the key must be an even number of hex digits"));
-        }
-        let key = (0..hex.len())
-            .step_by(2)
-            .map(|j| u8::from_str_radix(hex.get(j..j + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| err("the key is not hexadecimal"))?;
+        let key = decode_key(hex).map_err(err)?;
         keys.insert(id.to_string(), key);
     }
     Ok(keys)
+}
+
+/// A PSK as mosquitto writes it: an even number of hex digits (the
+/// listener's file and `raftmq pub/sub --psk` both take this).
+pub fn decode_key(hex: &str) -> Result<Vec<u8>, &'static str> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return Err("the key must be an even number of hex digits");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|j| u8::from_str_radix(hex.get(j..j + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| "the key is not hexadecimal")
 }
 
 fn load(path: &Path) -> Result<PskKeys, AuthFileError> {

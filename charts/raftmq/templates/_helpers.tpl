@@ -72,3 +72,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* The example cluster's name. */}}
+{{- define "raftmq.exampleClusterName" -}}
+{{- printf "%s-mqtt" .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Where the example cluster goes, and the namespace the NOTES' commands use:
+exampleCluster.namespace, else the first watched namespace, else the
+release namespace. A namespace the operator does not watch is refused: the
+cluster would sit there with nobody reconciling it.
+*/}}
+{{- define "raftmq.clusterNamespace" -}}
+{{- $ns := .Values.exampleCluster.namespace | default (first .Values.watchNamespaces) | default .Release.Namespace -}}
+{{- if and .Values.watchNamespaces (not (has $ns .Values.watchNamespaces)) -}}
+{{- fail (printf "exampleCluster.namespace %s is not one of watchNamespaces (%s): the operator would never reconcile a cluster there" $ns (join ", " .Values.watchNamespaces)) -}}
+{{- end -}}
+{{- $ns -}}
+{{- end -}}

@@ -183,6 +183,48 @@ fn default_affinity(names: &Names) -> Affinity {
     }
 }
 
+/// `spec.pod.containerSecurityContext`, or the default. The default names
+/// the UID/GID only when the pod's securityContext is ours too: with a
+/// platform-assigned UID (OpenShift) a fixed one here would be refused.
+fn container_security(spec: &MqttClusterSpec) -> SecurityContext {
+    if let Some(custom) = &spec.pod.container_security_context {
+        return custom.clone();
+    }
+    let fixed_ids = spec.pod.security_context.is_none();
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: fixed_ids.then_some(RUN_AS),
+        run_as_group: fixed_ids.then_some(RUN_AS),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// `spec.pod.securityContext`, or the default: non-root as the image's
+/// user, which also owns the data volume (fsGroup).
+fn pod_security(spec: &MqttClusterSpec) -> PodSecurityContext {
+    spec.pod
+        .security_context
+        .clone()
+        .unwrap_or(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        })
+}
+
 pub fn container(names: &Names, spec: &MqttClusterSpec, mounts: &[Mount]) -> Container {
     let mut ports: Vec<ContainerPort> = spec
         .listeners
@@ -239,18 +281,7 @@ pub fn container(names: &Names, spec: &MqttClusterSpec, mounts: &[Mount]) -> Con
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         startup_probe: Some(probe("/healthz", 2, 60)),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security(spec)),
         volume_mounts: Some(volume_mounts),
         ..Container::default()
     }
@@ -369,18 +400,7 @@ pub fn statefulset(
                         pod.termination_grace_period_seconds.unwrap_or(30),
                     ),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        fs_group_change_policy: Some("OnRootMismatch".into()),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security(spec)),
                     ..PodSpec::default()
                 }),
             },

@@ -98,4 +98,9 @@ pub fn example_observed(name: &str) -> Observed {
     }
 }
 
-pub const EXAMPLES: &[&str] = &["minimal.yaml", "tls-users-acl.yaml", "cert-manager.yaml"];
+pub const EXAMPLES: &[&str] = &[
+    "minimal.yaml",
+    "tls-users-acl.yaml",
+    "cert-manager.yaml",
+    "restricted.yaml",
+];
