@@ -269,7 +269,9 @@ fn twenty_clients_flooding_a_256_mib_budget() {
     // Still past the budget: QoS 0 copies are dropped, and counted.
     let dropped_before = metric(&b, "raftmq_memory_dropped_total");
     let (mut p0, _) = RawClient::open(a, raw::connect(Protocol::V5, "qos0", true));
-    let big = vec![7u8; PAYLOAD];
+    // A flood stops once a 256 KiB message did not fit twice over: one of
+    // 1000 KiB surely does not fit once.
+    let big = vec![7u8; 1000 * 1024];
     for _ in 0..10 {
         p0.publish("flood/live", &big, QoS::AtMostOnce, false, 0);
     }
