@@ -45,6 +45,8 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The tests' raftmq-faulty binary: the broker with storage fault injection.
+cargo clippy -p raftmq --all-targets --features fault-injection -- -D warnings
 
 if [ -x scripts/fuzz.sh ]; then
   echo "== fuzz (bounded)"

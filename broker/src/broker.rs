@@ -162,6 +162,8 @@ pub struct Broker {
     pub ready: AtomicBool,
     /// Whether the Raft group has a leader (always, without a cluster).
     pub has_leader: AtomicBool,
+    /// Whether this node can write its Raft storage (set by the cluster).
+    pub storage: OnceLock<Arc<crate::cluster::health::StorageHealth>>,
     /// What this node knows of the other nodes (routes, sessions, wills).
     pub(crate) view: RwLock<ClusterView>,
     /// `view.has_remote()`, cached for the router's fast path: a single
@@ -231,6 +233,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             has_leader: AtomicBool::new(true),
+            storage: OnceLock::new(),
             view: RwLock::new(ClusterView::new(node_id)),
             remote: AtomicBool::new(false),
             next_seq: AtomicU64::new(seq_base(node_id)),
@@ -440,13 +443,15 @@ impl Broker {
     }
 
     /// Whether this node should receive traffic, and if not why.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub fn readiness(&self) -> Result<(), String> {
         if !self.ready.load(Ordering::Acquire) {
-            Err("listeners are not bound yet")
+            Err("listeners are not bound yet".into())
+        } else if let Some(fault) = self.storage.get().and_then(|h| h.fault()) {
+            Err(fault)
         } else if self.is_draining() {
-            Err("draining: clients are handed to other nodes")
+            Err("draining: clients are handed to other nodes".into())
         } else if !self.has_leader.load(Ordering::Acquire) {
-            Err("the cluster has no leader")
+            Err("the cluster has no leader".into())
         } else {
             Ok(())
         }
@@ -472,6 +477,9 @@ impl Broker {
             .set(i64::try_from(self.memory.limit()).unwrap_or(i64::MAX));
         st.memory_held_bytes
             .set(i64::try_from(crate::memory_budget::held_bytes()).unwrap_or(i64::MAX));
+        if let Some(h) = self.storage.get() {
+            h.refresh_space();
+        }
     }
 
     /// A snapshot of every session for the admin API.

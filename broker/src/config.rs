@@ -359,6 +359,12 @@ pub struct ClusterConfig {
     /// Empty = derived from `advertise` for a StatefulSet pod
     /// (`<set>-0.<rest>` asks `<set>-1.<rest>` .. `<set>-6.<rest>`).
     pub peers: Vec<String>,
+    /// The Raft log's segment files roll over at this size (bytes).
+    pub log_segment_bytes: u64,
+    /// Cut a damaged Raft log at its bad record at start, on a member of a
+    /// cluster of several nodes (also `raftmq serve --repair-log`). Meant
+    /// for one start: see the README's Storage section.
+    pub repair_log: bool,
 }
 
 impl ClusterConfig {
@@ -393,6 +399,8 @@ impl Default for ClusterConfig {
             keyfile: None,
             cafile: None,
             peers: Vec::new(),
+            log_segment_bytes: 16 * 1024 * 1024,
+            repair_log: false,
         }
     }
 }
@@ -503,6 +511,12 @@ impl Config {
             if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/') {
                 return Err(invalid(&key("path"), "must start with '/'"));
             }
+        }
+        if self.cluster.log_segment_bytes < 1024 {
+            return Err(invalid(
+                "cluster.log_segment_bytes",
+                "must be at least 1024 bytes",
+            ));
         }
         let mut binds: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
         binds.sort();

@@ -32,6 +32,11 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
+        /// On a member of a cluster of several nodes whose Raft log is
+        /// damaged: cut the log at the bad record and be caught up by the
+        /// leader (see the README's Storage section). For one start.
+        #[arg(long)]
+        repair_log: bool,
     },
     /// Manage a mosquitto-format password file (mosquitto_passwd's
     /// options). Writes $7$ PBKDF2-SHA512 hashes that mosquitto 2 reads too.
@@ -80,13 +85,20 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, log_json } => {
+        Command::Serve {
+            config,
+            log_json,
+            repair_log,
+        } => {
             let mut config = Config::load(config.as_deref(), std::env::vars())?;
             if log_json {
                 config.log.format = LogFormat::Json;
+            }
+            if repair_log {
+                config.cluster.repair_log = true;
             }
             init_logging(&config);
             let runtime = tokio::runtime::Builder::new_multi_thread()

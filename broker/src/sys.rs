@@ -198,6 +198,12 @@ fn heap() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Publishes one `$SYS/broker/{topic}` value now, between the periodic
+/// rounds (a notice: the storage failed or recovered).
+pub fn notice(broker: &Broker, topic: &str, value: String) {
+    publish(broker, topic, value);
+}
+
 /// Retained on this node only: `$SYS` describes one broker, so it is never
 /// replicated.
 fn publish(broker: &Broker, topic: &str, value: String) {

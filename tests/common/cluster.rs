@@ -62,7 +62,16 @@ pub fn wait_leader(node: &str, not: Option<u64>, timeout: Duration) -> Option<u6
 /// Starts node 1 (which bootstraps) and nodes 2..=n, adding each as a
 /// voter through node 1.
 pub fn start(n: u64, extra: &str) -> Vec<Broker> {
-    let mut nodes = vec![Broker::start(node_config(1, extra))];
+    start_each(n, extra, |_, c| c)
+}
+
+/// [`start`], with `edit` changing each node's config (by node id) first.
+pub fn start_each(
+    n: u64,
+    extra: &str,
+    edit: impl Fn(u64, BrokerConfig) -> BrokerConfig,
+) -> Vec<Broker> {
+    let mut nodes = vec![Broker::start(edit(1, node_config(1, extra)))];
     let first = grpc_addr(&nodes[0], 1);
     assert_eq!(
         wait_leader(&first, None, Duration::from_secs(20)),
@@ -70,7 +79,7 @@ pub fn start(n: u64, extra: &str) -> Vec<Broker> {
         "node 1 leads its new cluster"
     );
     for id in 2..=n {
-        let b = Broker::start(node_config(id, extra));
+        let b = Broker::start(edit(id, node_config(id, extra)));
         let addr = grpc_addr(&b, id);
         let (code, out) = cli(&first, &["add", "--id", &id.to_string(), "--addr", &addr]);
         assert_eq!(code, Some(0), "add node {id}: {out}");

@@ -59,10 +59,9 @@ pub fn publish_acked_as(
         }
         let addr = addrs[at % addrs.len()];
         at += 1;
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        let Ok(mut c) = RawClient::try_connect_tcp(addr, protocol) else {
             continue;
-        }
-        let mut c = RawClient::connect_tcp(addr, protocol);
+        };
         c.send(&Packet::Connect(Box::new(raw::connect(
             protocol, client_id, true,
         ))));

@@ -12,6 +12,7 @@ pub mod load;
 pub mod probe;
 pub mod process;
 pub mod raw;
+pub mod storage;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,46 +29,71 @@ pub fn broker_bin() -> PathBuf {
         if let Ok(bin) = std::env::var("RAFTMQ_BIN") {
             return PathBuf::from(bin);
         }
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps");
-        let release = profile_dir.ends_with("release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "raftmq", "--bin", "raftmq"]);
-        // Cargo sets these for the test process (the tests' own package);
-        // ring's build script tracks some of them, so passing them on
-        // would rebuild ring and all above it here, and again at the next
-        // `cargo nextest run`.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            let per_package = [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p));
-            if per_package
-                || k == "CARGO_PRIMARY_PACKAGE"
-                || k == "CARGO_TARGET_TMPDIR"
-                || k == "OUT_DIR"
-            {
-                cmd.env_remove(&key);
-            }
-        }
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p raftmq failed");
-        profile_dir.join("raftmq")
+        build_bin("raftmq", &[])
     })
     .clone()
+}
+
+/// `raftmq-faulty`: the broker with storage fault injection compiled in
+/// (`FAULT_INJECTION`, see `raftmq::cluster::fault`), a binary of its own
+/// beside `raftmq`, so building it never replaces the one the other tests
+/// run. `RAFTMQ_FAULTY_BIN` points at a prebuilt one instead.
+pub fn faulty_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("RAFTMQ_FAULTY_BIN") {
+            return PathBuf::from(bin);
+        }
+        build_bin("raftmq-faulty", &["--features", "fault-injection"])
+    })
+    .clone()
+}
+
+/// `cargo build -p raftmq --bin <name> <extra>` in the profile the tests
+/// run in; returns the binary's path.
+fn build_bin(name: &str, extra: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let release = profile_dir.ends_with("release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "raftmq", "--bin", name]);
+    cmd.args(extra);
+    // Cargo sets these for the test process (the tests' own package);
+    // ring's build script tracks some of them, so passing them on
+    // would rebuild ring and all above it here, and again at the next
+    // `cargo nextest run`.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p));
+        if per_package
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p raftmq --bin {name} failed"
+    );
+    profile_dir.join(name)
 }
 
 /// A port nobody listens on right now.
@@ -89,6 +115,8 @@ pub struct BrokerConfig {
     /// Written as the top-level `sys_interval` key; 0 (no `$SYS`) unless a
     /// test asks for it with [`BrokerConfig::sys_interval`].
     sys_interval: u64,
+    /// The binary to run; `broker_bin()` unless set ([`faulty_bin`]).
+    bin: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -105,7 +133,14 @@ impl BrokerConfig {
             env: Vec::new(),
             args: Vec::new(),
             sys_interval: 0,
+            bin: None,
         }
+    }
+
+    /// Runs `bin` instead of the normal broker binary.
+    pub fn binary(mut self, bin: PathBuf) -> Self {
+        self.bin = Some(bin);
+        self
     }
 
     /// Seconds between `$SYS` updates (the harness default is 0: off).
@@ -161,6 +196,7 @@ pub struct Broker {
     config_path: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    bin: Option<PathBuf>,
 }
 
 impl Broker {
@@ -221,6 +257,7 @@ impl Broker {
             config_path,
             env: config.env.clone(),
             args: config.args.clone(),
+            bin: config.bin.clone(),
         };
         broker.spawn()?;
         Ok(broker)
@@ -231,7 +268,7 @@ impl Broker {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = Command::new(broker_bin());
+        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(broker_bin));
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -332,6 +369,24 @@ impl Broker {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn().expect("broker restarts");
+    }
+
+    /// kill -9, then starts again with `extra` arguments for this start
+    /// only; the error carries the broker's log when it does not start.
+    pub fn try_restart_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.kill9();
+        let kept = self.args.clone();
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        let started = self.spawn();
+        self.args = kept;
+        started
+    }
+
+    /// Whether the process still runs (a node that exits on its own).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Rewrites the config file (for reload tests); placeholders allowed.

@@ -67,15 +67,20 @@ pub enum Read1 {
 
 impl RawClient {
     pub fn connect_tcp(addr: SocketAddr, protocol: Protocol) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::try_connect_tcp(addr, protocol).expect("connect")
+    }
+
+    /// For a broker that may be gone (killed) by the time we connect.
+    pub fn try_connect_tcp(addr: SocketAddr, protocol: Protocol) -> std::io::Result<RawClient> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         stream.set_nodelay(true).ok();
-        RawClient {
+        Ok(RawClient {
             stream,
             buf: BytesMut::new(),
             protocol,
             sent: Tally::default(),
             received: Tally::default(),
-        }
+        })
     }
 
     /// Opens a socket and completes an MQTT CONNECT with `connect`;

@@ -147,7 +147,7 @@ pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::
                 if s.initialized {
                     "initialized"
                 } else {
-                    "empty (fresh volume)"
+                    "empty (fresh volume, or repaired: waits to be added again)"
                 },
                 if s.draining { "draining" } else { "serving" }
             );

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
-use super::types::Raft;
+use super::supervisor::RaftHandle;
 use crate::backpressure::{self, Drain, Pressure};
 use crate::broker::Broker;
 use crate::message::SharedMessage;
@@ -86,14 +86,14 @@ impl Drain for PeerQueue {
 /// The sending side: a queue and a stream task per peer.
 pub struct Forwarder {
     me: u64,
-    raft: Raft,
+    raft: RaftHandle,
     net: Network,
     stats: RaftStats,
     peers: Mutex<HashMap<u64, Arc<PeerQueue>>>,
 }
 
 impl Forwarder {
-    pub fn new(me: u64, raft: Raft, net: Network, stats: RaftStats) -> Arc<Forwarder> {
+    pub fn new(me: u64, raft: RaftHandle, net: Network, stats: RaftStats) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             me,
             raft,
@@ -120,6 +120,7 @@ impl Forwarder {
 
     fn address(&self, node: u64) -> Option<String> {
         self.raft
+            .get()
             .metrics()
             .borrow()
             .membership_config

@@ -13,7 +13,7 @@ use raftmq_proto::v1::admin_client::AdminClient;
 
 use super::metrics::RaftStats;
 use super::network::Network;
-use super::types::Raft;
+use super::supervisor::RaftHandle;
 use crate::broker::Broker;
 
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -25,7 +25,7 @@ pub fn down_after(election_timeout_ms: u64) -> Duration {
 }
 
 pub fn spawn(
-    raft: Raft,
+    raft: RaftHandle,
     net: Network,
     broker: Arc<Broker>,
     stats: RaftStats,
@@ -37,8 +37,9 @@ pub fn spawn(
         let mut heard: HashMap<u64, Instant> = HashMap::new();
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let m = raft.metrics().borrow().clone();
-            if m.current_leader != Some(me) {
+            let m = raft.get().metrics().borrow().clone();
+            // A core stopped on a storage error leads nothing.
+            if m.current_leader != Some(me) || m.running_state.is_err() {
                 heard.clear();
                 broker.set_down_nodes(Vec::new());
                 stats.nodes_down.set(0);

@@ -4,7 +4,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,15 +15,18 @@ use prost::Message as _;
 use raftmq_proto::v1 as pb;
 
 use super::convert;
-use super::log_file::{LogError, LogFile};
+use super::health::StorageHealth;
+use super::log_file::{Damage, LogError, LogFile};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// Segments roll over at this size; purge frees whole segments.
-const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-
+/// Clones share one [`LogFile`]; [`LogStore::reopen`] replaces it for all.
 #[derive(Clone)]
 pub struct LogStore {
     file: Arc<Mutex<LogFile>>,
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Told of every failed write, fsync or delete.
+    health: Arc<StorageHealth>,
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &dyn std::error::Error) -> StorageError {
@@ -37,19 +40,99 @@ fn log_err(verb: ErrorVerb, e: &LogError) -> StorageError {
 }
 
 impl LogStore {
-    /// Opens the log in `dir`; a torn tail is cut off and logged.
-    pub fn open(dir: &Path) -> Result<LogStore, LogError> {
-        let (file, recovery) = LogFile::open(dir, SEGMENT_BYTES)?;
-        if recovery.discarded_bytes > 0 {
+    /// Opens the log in `dir` (segments roll over at `segment_bytes`).
+    /// Damage is returned for the caller to judge (`log_repair`); until it
+    /// is cut the store refuses writes.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        health: Arc<StorageHealth>,
+    ) -> Result<(LogStore, Option<Damage>), LogError> {
+        let (file, damage) = Self::open_file(dir, segment_bytes)?;
+        let store = LogStore {
+            file: Arc::new(Mutex::new(file)),
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            health,
+        };
+        Ok((store, damage))
+    }
+
+    fn open_file(dir: &Path, segment_bytes: u64) -> Result<(LogFile, Option<Damage>), LogError> {
+        let (file, recovery) = LogFile::open(dir, segment_bytes)?;
+        if recovery.skipped_purged > 0 {
             tracing::warn!(
-                discarded_bytes = recovery.discarded_bytes,
-                at = ?recovery.discarded_at,
-                "raft log: discarded a torn or corrupt tail"
+                records = recovery.skipped_purged,
+                "raft log: damaged records below the purge point (in the snapshot) stepped over"
             );
         }
-        Ok(LogStore {
-            file: Arc::new(Mutex::new(file)),
-        })
+        Ok((file, recovery.damage))
+    }
+
+    /// Reads the log from its files again (after a failed write: the
+    /// supervisor), for every clone.
+    pub fn reopen(&self) -> Result<Option<Damage>, LogError> {
+        let (file, damage) = Self::open_file(&self.dir, self.segment_bytes)?;
+        *self.file.lock() = file;
+        Ok(damage)
+    }
+
+    /// Writes every metadata file again, fsynced: after a failed fsync
+    /// what the page cache shows of them is not trusted to be on disk.
+    pub fn rewrite_meta(&self) -> Result<(), LogError> {
+        let f = self.file.lock();
+        for name in ["vote", "committed", "purged", "purge_point"] {
+            if let Some(bytes) = f.read_meta(name)? {
+                f.write_meta(name, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn last_index(&self) -> Option<u64> {
+        self.file.lock().last_index()
+    }
+
+    /// Reports a failed write to the node's storage health.
+    fn failed<T>(&self, what: &str, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &r {
+            self.health.failed(what, e);
+        }
+        r
+    }
+
+    /// Cuts the log at the damage `open` found.
+    pub fn cut_damage(&self) -> Result<(), LogError> {
+        self.file.lock().cut_damage()
+    }
+
+    /// The committed index saved beside the log.
+    pub fn saved_committed(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.meta::<pb::LogId>("committed")?.map(|l| l.index))
+    }
+
+    /// The last purged index (entries in the snapshot).
+    pub fn saved_purged(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.meta::<pb::LogId>("purged")?.map(|l| l.index))
+    }
+
+    /// The voters of the last membership entry the log holds, if any.
+    pub fn last_voters(&self) -> Result<Option<std::collections::BTreeSet<u64>>, StorageError> {
+        let f = self.file.lock();
+        let (Some(first), Some(last)) = (f.first_index(), f.last_index()) else {
+            return Ok(None);
+        };
+        let records = f
+            .read(first, last + 1)
+            .map_err(|e| log_err(ErrorVerb::Read, &e))?;
+        drop(f);
+        let mut voters = None;
+        for (i, raw) in &records {
+            if let openraft::EntryPayload::Membership(m) = Self::decode(*i, raw)?.payload {
+                voters = Some(m.voter_ids().collect());
+            }
+        }
+        Ok(voters)
     }
 
     fn meta<T: prost::Message + Default>(&self, name: &str) -> Result<Option<T>, StorageError> {
@@ -64,9 +147,8 @@ impl LogStore {
     }
 
     fn set_meta(&self, name: &str, value: &impl prost::Message) -> Result<(), StorageError> {
-        self.file
-            .lock()
-            .write_meta(name, &value.encode_to_vec())
+        let written = self.file.lock().write_meta(name, &value.encode_to_vec());
+        self.failed(&format!("raft {name} file"), written)
             .map_err(|e| log_err(ErrorVerb::Write, &e))
     }
 
@@ -170,14 +252,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(convert::log_id_from);
         let purged = self.meta::<pb::LogId>("purged")?.map(convert::log_id_from);
         let last = self.last_entry_id()?.or(purged);
-        // A damaged tail may have held committed entries: they are gone
-        // from this disk, so replay only what is here and let the leader
-        // send the rest again.
+        // Only a member repaired by the operator (`--repair-log`) gets
+        // here (a single node refuses to start instead, see log_repair):
+        // replay what is here; the leader sends the rest once the member
+        // is added again.
         if committed.is_some_and(|c| last.is_none_or(|l| c.index > l.index)) {
             tracing::warn!(
                 ?committed,
                 ?last,
-                "raft log ends before its committed index; the leader resends the rest"
+                "raft log ends before its committed index (repaired member)"
             );
             return Ok(last);
         }
@@ -207,7 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = tokio::task::spawn_blocking(move || file.lock().append(&records))
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        match result {
+        match self.failed("raft log append", result) {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -220,9 +303,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.file
-            .lock()
-            .truncate_from(log_id.index)
+        let cut = self.file.lock().truncate_from(log_id.index);
+        self.failed("raft log truncate", cut)
             .map_err(|e| log_err(ErrorVerb::Delete, &e))
     }
 
@@ -230,9 +312,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: if we crash in between, the
         // leftover entries below it are simply ignored.
         self.set_meta("purged", &convert::log_id_to(&log_id))?;
-        self.file
-            .lock()
-            .purge_to(log_id.index)
+        let purged = self.file.lock().purge_to(log_id.index);
+        self.failed("raft log purge", purged)
             .map_err(|e| log_err(ErrorVerb::Delete, &e))
     }
 }

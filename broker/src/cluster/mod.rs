@@ -12,19 +12,28 @@
 
 pub mod cli;
 mod convert;
+pub mod fault;
 mod forward;
+pub mod health;
 pub mod liveness;
 pub mod log_file;
+mod log_repair;
+mod log_scan;
 mod log_store;
 pub mod metrics;
 mod network;
 mod seam;
 mod service;
+mod snapshot_file;
+mod snapshot_inbox;
 mod snapshot_stream;
 mod standing;
 mod state_machine;
+mod storage;
+mod supervisor;
 pub mod tls;
 mod types;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -44,11 +53,17 @@ use crate::config::Config;
 pub use metrics::RaftStats;
 pub use seam::RaftSeam;
 pub use state_machine::Applied;
+pub use supervisor::RaftHandle;
 pub use types::Raft;
 
 /// A started cluster node; [`Cluster::attach`] connects it to the engine.
 pub struct Cluster {
-    pub raft: Raft,
+    /// The node's Raft core (replaced when one stops on a storage error).
+    pub raft: RaftHandle,
+    pub health: Arc<health::StorageHealth>,
+    /// Set on an orderly stop: the supervisor then lets the core go.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    supervisor: tokio::task::JoinHandle<()>,
     pub seam: Arc<RaftSeam>,
     pub stats: RaftStats,
     pub node_id: u64,
@@ -132,11 +147,12 @@ impl Cluster {
         .context("cluster timing settings")?;
 
         let stats = RaftStats::default();
-        let log = log_store::LogStore::open(&dir.join("log")).context("raft log")?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let machine =
-            state_machine::StateMachine::open(node_id, &dir.join("snapshot"), tx, stats.clone())
-                .context("raft snapshot")?;
+        let health = Arc::new(health::StorageHealth::new(&config.data_dir));
+        let storage::Opened {
+            log,
+            machine,
+            applied: rx,
+        } = storage::open(config, node_id, &stats, &health)?;
         let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
         let peer_tls = tls::PeerTls::from_config(c)?;
         let net = network::Network::new(peer_tls.clone());
@@ -167,16 +183,17 @@ impl Cluster {
                 "empty raft store: waiting to be added to a cluster"
             );
         }
-        let log_for_admin = log.clone();
-        let raft = Raft::new(
+        let raft_config = Arc::new(raft_config);
+        let first = Raft::new(
             node_id,
-            Arc::new(raft_config),
+            raft_config.clone(),
             net.clone(),
-            log,
+            log.clone(),
             machine.clone(),
         )
         .await
         .context("raft start")?;
+        let (raft, raft_tx) = RaftHandle::new(first);
 
         let listener = tokio::net::TcpListener::bind(c.bind)
             .await
@@ -188,6 +205,7 @@ impl Cluster {
             gate: gate.clone(),
             node_id,
             standing: standing.clone(),
+            inbox: Arc::default(),
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
@@ -197,17 +215,29 @@ impl Cluster {
             machine: machine.clone(),
             net: net.clone(),
             gate: gate.clone(),
-            log: log_for_admin,
+            log: log.clone(),
             engine: engine.clone(),
             standing: standing.clone(),
         };
-        if standing.removed() {
-            tracing::warn!(
-                node_id,
-                "this node was removed from its cluster; it does not campaign"
-            );
-            raft.runtime_config().elect(false);
-        }
+        standing.hold_elections_if_out(&raft.get(), fresh);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = {
+            let standing = standing.clone();
+            supervisor::spawn(
+                raft_tx,
+                supervisor::Rebuild {
+                    node_id,
+                    config: raft_config,
+                    net: net.clone(),
+                    raft_dir: dir.clone(),
+                    log,
+                    machine: machine.clone(),
+                    health: health.clone(),
+                    standing: Box::new(move |r| standing.hold_elections_if_out(r, fresh)),
+                    stopping: stopping.clone(),
+                },
+            )
+        };
         let admin_svc = AdminServer::new(admin.clone());
         let forward_svc = ForwardServer::new(forward::ForwardService {
             broker: engine.clone(),
@@ -240,10 +270,11 @@ impl Cluster {
             "cluster gRPC listening"
         );
 
-        if bootstrap && !raft.is_initialized().await? {
+        if bootstrap && !raft.get().is_initialized().await? {
             let addr = advertise(config);
             tracing::info!(%addr, "empty store on node 1: initialising a new cluster");
-            raft.initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
+            raft.get()
+                .initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
                 .await
                 .context("raft initialise")?;
         }
@@ -258,6 +289,9 @@ impl Cluster {
         ));
         Ok(Cluster {
             raft,
+            health,
+            stopping,
+            supervisor,
             seam,
             stats,
             node_id,
@@ -314,37 +348,17 @@ impl Cluster {
             self.stats.clone(),
             self.down_after,
         );
-        let mut metrics = self.raft.metrics();
-        let standing = self.admin.standing.clone();
-        let stats = self.stats.clone();
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            loop {
-                let has_leader = {
-                    let m = metrics.borrow_and_update();
-                    stats.observe(&m);
-                    *broker.raft_summary.write() = format!(
-                        "raft: node {} {:?} term {} leader {} last log {} applied {} voters {}",
-                        m.id,
-                        m.state,
-                        m.current_term,
-                        m.current_leader.map_or("none".into(), |l| l.to_string()),
-                        m.last_log_index.unwrap_or(0),
-                        m.last_applied.map_or(0, |l| l.index),
-                        m.membership_config.membership().voter_ids().count(),
-                    );
-                    // A removed node keeps the leader it last heard of
-                    // (it no longer campaigns): it has none to serve.
-                    m.current_leader.is_some() && !standing.removed()
-                };
-                broker.has_leader.store(has_leader, Ordering::Release);
-                // Lag gauges move without a metrics change; refresh anyway.
-                let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
-                if metrics.has_changed().is_err() {
-                    return;
-                }
-            }
-        });
+        watch::spawn_leader(
+            self.raft.clone(),
+            self.admin.standing.clone(),
+            self.stats.clone(),
+            broker.clone(),
+        );
+        self.health
+            .register(&broker.stats.registry)
+            .context("storage metrics")?;
+        let _ = broker.storage.set(self.health.clone());
+        watch::spawn_storage_notices(self.health.clone(), broker.clone());
         Ok(())
     }
 
@@ -353,7 +367,7 @@ impl Cluster {
     /// election timeout. Gives up (the group then elects as usual) when the
     /// target has not caught up, or not won, within `limit` each.
     pub async fn hand_over_leadership(&self, limit: Duration) {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.get().metrics().borrow().clone();
         if m.current_leader != Some(self.node_id) {
             return;
         }
@@ -383,7 +397,9 @@ impl Cluster {
     }
 
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        self.stopping.store(true, Ordering::Release);
+        self.supervisor.abort();
+        if let Err(e) = self.raft.get().shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
     }

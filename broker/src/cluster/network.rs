@@ -6,18 +6,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::SnapshotSegmentId;
 use parking_lot::Mutex;
 use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
+use super::fault::{self, Point};
 use super::tls::PeerTls;
 use super::types::{Node, NodeId, TypeConfig};
 
@@ -70,6 +75,7 @@ impl Network {
 }
 
 pub struct Peer {
+    target: NodeId,
     addr: String,
     net: Network,
 }
@@ -77,8 +83,9 @@ pub struct Peer {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, _target: NodeId, node: &Node) -> Peer {
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
         Peer {
+            target,
             addr: node.addr.clone(),
             net: self.clone(),
         }
@@ -164,17 +171,46 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        let mut data = rpc.data;
+        fault::flip(Point::SnapshotSendFlip, &mut data);
         let req = pb::InstallSnapshotRequest {
             vote: Some(convert::vote_to(&rpc.vote)),
             meta: Some(convert::snapshot_meta_to(&rpc.meta)),
             offset: rpc.offset,
-            data: rpc.data.into(),
+            data: data.into(),
             done: rpc.done,
         };
         let mut client = self.client()?;
-        let resp = self
-            .call(option.hard_ttl(), client.install_snapshot(req))
-            .await?;
+        let sent = tokio::time::timeout(option.hard_ttl(), client.install_snapshot(req)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r.into_inner(),
+            // The member refused the snapshot (a bad checksum, a chunk out
+            // of place): openraft sends it again from the start.
+            Ok(Err(s)) if s.code() == tonic::Code::DataLoss => {
+                tracing::warn!(target = self.target, "{}", s.message());
+                let id = rpc.meta.snapshot_id.clone();
+                let mismatch = SnapshotMismatch {
+                    expect: SnapshotSegmentId {
+                        id: id.clone(),
+                        offset: 0,
+                    },
+                    got: SnapshotSegmentId {
+                        id,
+                        offset: rpc.offset,
+                    },
+                };
+                return Err(RPCError::RemoteError(RemoteError::new(
+                    self.target,
+                    RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)),
+                )));
+            }
+            Ok(Err(s)) => return Err(rpc_err(s)),
+            Err(_) => {
+                return Err(rpc_err(tonic::Status::deadline_exceeded(
+                    "raft rpc timed out",
+                )))
+            }
+        };
         Ok(InstallSnapshotResponse {
             vote: convert::vote_from(resp.vote).map_err(invalid)?,
         })

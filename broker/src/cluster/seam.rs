@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::convert::{self, BatchId};
 use super::network::Network;
 use super::state_machine::StateMachine;
+use super::supervisor::RaftHandle;
 use super::types::{Batch, Raft, WriteGate};
 use crate::state::{Command, ReplicatedState, StateError, StateSeam, Ticket};
 
@@ -42,7 +43,7 @@ impl RaftSeam {
     /// writers are told the state is unavailable (a minority side of a
     /// partition; see `ClusterConfig::commit_deadline`).
     pub fn start(
-        raft: Raft,
+        raft: RaftHandle,
         node_id: u64,
         net: Network,
         machine: StateMachine,
@@ -95,7 +96,7 @@ fn weight(c: &Command) -> usize {
 
 /// The one task that proposes this node's batches, in order.
 struct Writer {
-    raft: Raft,
+    raft: RaftHandle,
     node_id: u64,
     net: Network,
     gate: WriteGate,
@@ -166,7 +167,7 @@ impl Writer {
         loop {
             let written = {
                 let _open = self.gate.read().await;
-                self.raft.client_write(batch.clone()).await
+                self.raft.get().client_write(batch.clone()).await
             };
             let f = match written {
                 Ok(_) => return Ok(()),
@@ -180,9 +181,10 @@ impl Writer {
             };
             // A paused leader holds the call open and answers nothing: the
             // proposal goes to whoever leads next, once this node knows.
+            let core = self.raft.get();
             let forwarded = tokio::select! {
                 r = forward(&self.net, &leader.addr, batch.clone()) => r,
-                () = leader_changes(&self.raft, f.leader_id) => {
+                () = leader_changes(&core, f.leader_id) => {
                     Forwarded::Unreachable(format!("leader {:?} replaced", f.leader_id))
                 }
             };

@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::log_store::LogStore;
 use super::network::Network;
+use super::snapshot_inbox::SnapshotInbox;
 use super::standing::Standing;
 use super::state_machine::StateMachine;
+use super::supervisor::RaftHandle;
 use super::types::{Batch, NodeId, Raft, WriteGate};
 use crate::broker::Broker;
 use crate::drain::DrainMode;
@@ -31,10 +33,12 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 }
 
 pub struct RaftService {
-    pub raft: Raft,
+    pub raft: RaftHandle,
     pub gate: WriteGate,
     pub node_id: NodeId,
     pub standing: Arc<Standing>,
+    /// Snapshot chunks from the leader, checked before they are installed.
+    pub inbox: Arc<SnapshotInbox>,
 }
 
 impl RaftService {
@@ -70,7 +74,12 @@ impl pb::raft_server::Raft for RaftService {
                 .map_err(bad_request)?,
             leader_commit: convert::opt_log_id_from(r.leader_commit),
         };
-        let resp = self.raft.append_entries(rpc).await.map_err(unavailable)?;
+        let resp = self
+            .raft
+            .get()
+            .append_entries(rpc)
+            .await
+            .map_err(unavailable)?;
         use openraft::raft::AppendEntriesResponse as A;
         use pb::append_entries_response::Result as R;
         let result = match resp {
@@ -96,7 +105,7 @@ impl pb::raft_server::Raft for RaftService {
             vote: convert::vote_from(r.vote).map_err(bad_request)?,
             last_log_id: convert::opt_log_id_from(r.last_log_id),
         };
-        let resp = self.raft.vote(rpc).await.map_err(unavailable)?;
+        let resp = self.raft.get().vote(rpc).await.map_err(unavailable)?;
         Ok(Response::new(pb::VoteResponse {
             vote: Some(convert::vote_to(&resp.vote)),
             vote_granted: resp.vote_granted,
@@ -110,14 +119,34 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         self.refuse_if_unjoined()?;
         let r = req.into_inner();
-        let rpc = openraft::raft::InstallSnapshotRequest {
-            vote: convert::vote_from(r.vote).map_err(bad_request)?,
-            meta: convert::snapshot_meta_from(r.meta).map_err(bad_request)?,
-            offset: r.offset,
-            data: r.data.to_vec(),
-            done: r.done,
+        let vote = convert::vote_from(r.vote).map_err(bad_request)?;
+        let meta = convert::snapshot_meta_from(r.meta).map_err(bad_request)?;
+        // A leader whose term has passed gets our vote back, as openraft
+        // answers, before any of its bytes are kept.
+        let mine = self.raft.get().metrics().borrow().vote;
+        if vote < mine {
+            return Ok(Response::new(pb::InstallSnapshotResponse {
+                vote: Some(convert::vote_to(&mine)),
+            }));
+        }
+        let blob = self
+            .inbox
+            .take(&meta.snapshot_id, r.offset, &r.data, r.done)?;
+        let Some(blob) = blob else {
+            return Ok(Response::new(pb::InstallSnapshotResponse {
+                vote: Some(convert::vote_to(&mine)),
+            }));
         };
-        let resp = self.raft.install_snapshot(rpc).await.map_err(unavailable)?;
+        let snapshot = openraft::Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(blob)),
+        };
+        let resp = self
+            .raft
+            .get()
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(convert::vote_to(&resp.vote)),
         }))
@@ -127,7 +156,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = leader_read_index(&self.raft).await?;
+        let index = leader_read_index(&self.raft.get()).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
@@ -143,7 +172,7 @@ impl pb::raft_server::Raft for RaftService {
             )));
         }
         self.standing
-            .set_member(&self.raft, r.member)
+            .set_member(&self.raft.get(), r.member)
             .map_err(|e| Status::internal(format!("membership marker: {e}")))?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -161,6 +190,7 @@ impl pb::raft_server::Raft for RaftService {
         // must not commit any more.
         let member = self
             .raft
+            .get()
             .metrics()
             .borrow()
             .membership_config
@@ -176,7 +206,7 @@ impl pb::raft_server::Raft for RaftService {
         }
         let written = {
             let _open = self.gate.read().await;
-            self.raft.client_write(batch).await
+            self.raft.get().client_write(batch).await
         };
         let resp = match written {
             Ok(_) => pb::ProposeResponse::default(),
@@ -230,7 +260,7 @@ pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
 
 #[derive(Clone)]
 pub struct AdminService {
-    pub raft: Raft,
+    pub raft: RaftHandle,
     pub machine: StateMachine,
     pub net: Network,
     pub gate: WriteGate,
@@ -253,7 +283,7 @@ const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 impl AdminService {
     /// Waits until `target` holds this leader's whole log.
     async fn caught_up(&self, target: NodeId, limit: Duration) -> Result<(), Status> {
-        let mut watch = self.raft.metrics();
+        let mut watch = self.raft.get().metrics();
         let done = tokio::time::timeout(limit, async {
             loop {
                 {
@@ -287,7 +317,7 @@ impl AdminService {
         let mut client = pb::admin_client::AdminClient::new(channel);
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
-            if self.raft.metrics().borrow().current_leader == Some(target) {
+            if self.raft.get().metrics().borrow().current_leader == Some(target) {
                 return Ok(());
             }
             if let Err(e) = client.elect(pb::Empty {}).await {
@@ -307,7 +337,7 @@ impl AdminService {
     /// waits (catch-up, election) takes at most `limit`; it is not to be
     /// cancelled from outside, which would leave elections held.
     pub async fn transfer(&self, target: NodeId, limit: Duration) -> Result<String, Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.get().metrics().borrow().clone();
         if m.current_leader == Some(target) {
             return Ok(format!("node {target} already leads"));
         }
@@ -349,11 +379,11 @@ impl AdminService {
             }
         };
         futures_util::future::join_all(others.iter().cloned().map(|a| hold(a, true))).await;
-        self.raft.runtime_config().elect(false);
-        self.raft.runtime_config().heartbeat(false);
+        self.raft.get().runtime_config().elect(false);
+        self.raft.get().runtime_config().heartbeat(false);
         let moved = self.campaign(target, &addr, limit).await;
-        self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
+        self.raft.get().runtime_config().heartbeat(true);
+        self.raft.get().runtime_config().elect(true);
         futures_util::future::join_all(others.into_iter().map(|a| hold(a, false))).await;
         moved.map(|()| format!("node {target} leads"))
     }
@@ -392,7 +422,9 @@ impl AdminService {
             .log
             .holds_state()
             .map_err(|e| Status::internal(format!("raft store: {e}")))?;
-        Ok(holds || self.machine.has_snapshot())
+        // A member that lost committed entries to damage waits like one
+        // with a wiped volume (see Standing).
+        Ok((holds || self.machine.has_snapshot()) && !self.standing.unjoined())
     }
 }
 
@@ -426,7 +458,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.get().metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         // A removed node's log still lists it (see Standing): it says what
@@ -481,6 +513,7 @@ impl pb::admin_server::Admin for AdminService {
         // it (a fresh store otherwise waits: see Standing).
         self.notify(r.node_id, &r.addr, true).await?;
         self.raft
+            .get()
             .add_learner(r.node_id, BasicNode::new(&r.addr), true)
             .await
             .map_err(write_err)?;
@@ -499,6 +532,7 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("at least one voter is required"));
         }
         self.raft
+            .get()
             .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
             .await
             .map_err(write_err)?;
@@ -512,6 +546,7 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().node_id;
         let membership = self
             .raft
+            .get()
             .metrics()
             .borrow()
             .membership_config
@@ -524,11 +559,13 @@ impl pb::admin_server::Admin for AdminService {
                 return Err(Status::failed_precondition("cannot remove the last voter"));
             }
             self.raft
+                .get()
                 .change_membership(ChangeMembers::ReplaceAllVoters(rest), false)
                 .await
                 .map_err(write_err)?;
         } else if membership.get_node(&id).is_some() {
             self.raft
+                .get()
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
                 .map_err(write_err)?;
@@ -538,10 +575,10 @@ impl pb::admin_server::Admin for AdminService {
         // Its routes go with it (its sessions stay until their clients
         // claim them elsewhere; its wills are fired by the liveness probe).
         let gone = convert::batch_to(
-            self.raft.metrics().borrow().id,
+            self.raft.get().metrics().borrow().id,
             &[Command::NodeGone { node: id }],
         );
-        if let Err(e) = self.raft.client_write(gone).await {
+        if let Err(e) = self.raft.get().client_write(gone).await {
             tracing::warn!(node = id, "routes of the removed node not dropped: {e}");
         }
         // It will not hear the final membership from the log; a node that
@@ -568,13 +605,13 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::HoldElectionsRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
         let hold = req.into_inner().hold;
-        self.raft.runtime_config().elect(!hold);
+        self.raft.get().runtime_config().elect(!hold);
         if hold {
             // Never held for good, whatever happens to the transfer.
             let raft = self.raft.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(ELECTION_HOLD_MAX).await;
-                raft.runtime_config().elect(true);
+                raft.get().runtime_config().elect(true);
             });
         }
         ok(if hold {
@@ -589,7 +626,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
         if req.into_inner().fresh {
-            read_fresh(&self.raft, &self.net).await?;
+            read_fresh(&self.raft.get(), &self.net).await?;
         }
         let state = self.machine.state();
         Ok(Response::new(pb::DigestResponse {
@@ -629,7 +666,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
-        self.raft.trigger().elect().await.map_err(unavailable)?;
+        self.raft
+            .get()
+            .trigger()
+            .elect()
+            .await
+            .map_err(unavailable)?;
         ok("election started")
     }
 }

@@ -7,7 +7,11 @@
 //!   leader within a heartbeat, under its old identity but without the
 //!   votes and entries that identity gave (it could then vote a stale
 //!   candidate in). It stays visibly fresh (`Status.initialized = false`)
-//!   until the operator removes it and adds it again.
+//!   until the operator removes it and adds it again. A member whose
+//!   damaged log or snapshot was cut below what it knew as committed
+//!   (`log_repair`, `storage`) is put in the same place, with a marker file
+//!   that a restart keeps: it may have counted towards entries it no
+//!   longer holds.
 //! - Removed: a leader took the node out. It never receives the final
 //!   membership entry (the leader stops replicating to it first), so its
 //!   own log still lists it as a voter: without this it would campaign
@@ -23,16 +27,29 @@ pub struct Standing {
     unjoined: AtomicBool,
     removed: AtomicBool,
     marker: PathBuf,
+    unjoined_marker: PathBuf,
+}
+
+/// Marks a node whose store lost committed entries as unjoined, across
+/// restarts, until a leader adds it again.
+pub fn mark_unjoined(raft_dir: &std::path::Path, why: &str) -> std::io::Result<()> {
+    let path = raft_dir.join("unjoined");
+    let mut f = std::fs::File::create(&path)?;
+    std::io::Write::write_all(&mut f, format!("{why}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::File::open(raft_dir)?.sync_all()
 }
 
 impl Standing {
     /// `unjoined`: the store is fresh and this node does not bootstrap.
     pub fn open(raft_dir: &std::path::Path, unjoined: bool) -> Standing {
         let marker = raft_dir.join("removed");
+        let unjoined_marker = raft_dir.join("unjoined");
         Standing {
-            unjoined: AtomicBool::new(unjoined),
+            unjoined: AtomicBool::new(unjoined || unjoined_marker.exists()),
             removed: AtomicBool::new(marker.exists()),
             marker,
+            unjoined_marker,
         }
     }
 
@@ -44,12 +61,32 @@ impl Standing {
         self.removed.load(Ordering::Acquire)
     }
 
+    /// Holds a core's elections while the node is out of the group:
+    /// removed, or unjoined with a store that is not fresh (repaired below
+    /// its committed index: its campaigns would only disturb the group).
+    pub fn hold_elections_if_out(&self, raft: &Raft, fresh: bool) {
+        if self.removed() {
+            tracing::warn!("this node was removed from its cluster; it does not campaign");
+            raft.runtime_config().elect(false);
+        } else if self.unjoined() && !fresh {
+            tracing::warn!(
+                "this node lost committed entries and waits to be removed and added again; \
+                 it does not campaign"
+            );
+            raft.runtime_config().elect(false);
+        }
+    }
+
     /// Applies what a leader says; elections stop while removed (a removed
     /// voter's campaigns only disturb the group).
     pub fn set_member(&self, raft: &Raft, member: bool) -> std::io::Result<()> {
         if member {
             if self.unjoined.swap(false, Ordering::AcqRel) {
                 tracing::info!("a leader is adding this node: Raft traffic accepted");
+            }
+            match std::fs::remove_file(&self.unjoined_marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
             if self.removed.swap(false, Ordering::AcqRel) {
                 tracing::info!("a leader is adding this node again");

@@ -7,6 +7,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,12 +16,13 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
 };
 use parking_lot::Mutex;
-use prost::Message as _;
-use raftmq_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::convert;
+use super::fault::{self, Point};
+use super::health::StorageHealth;
 use super::metrics::RaftStats;
+use super::snapshot_file;
 use super::snapshot_stream;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Command, Committed, Effect, ReplicatedState};
@@ -89,6 +91,16 @@ pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     applied: mpsc::UnboundedSender<Applied>,
     stats: RaftStats,
+    health: Arc<StorageHealth>,
+    /// Which Raft core may change the state: after a core stopped on a
+    /// storage error and a new one took over (see `supervisor`), whatever
+    /// the old one still had queued is refused.
+    generation: Arc<AtomicU64>,
+    mine: u64,
+}
+
+fn stale() -> StorageError {
+    snap_err(ErrorVerb::Write, "a stopped raft core's state machine call")
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -97,84 +109,48 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-/// The snapshot file: `[u32 LE meta length][meta][state]`.
-fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-    let meta = convert::snapshot_meta_to(meta).encode_to_vec();
-    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(data);
-    out
-}
-
-#[cfg(test)]
-fn decode_file(raw: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
-    let len = raw
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or("snapshot file too short")? as usize;
-    let meta = raw.get(4..4 + len).ok_or("snapshot meta truncated")?;
-    let meta = pb::SnapshotMeta::decode(meta).map_err(|e| e.to_string())?;
-    let meta = convert::snapshot_meta_from(Some(meta)).map_err(|e| e.to_string())?;
-    Ok((meta, raw[4 + len..].to_vec()))
-}
-
+/// The state in a sealed blob's state bytes, built a message at a time.
 fn decode_state(mut data: &[u8]) -> Result<ReplicatedState, String> {
     snapshot_stream::read_state(&mut data).map_err(|e| e.to_string())
 }
 
-/// Writes the snapshot file of `state` as [`write_atomic`] does, the state
-/// a message at a time (see `snapshot_stream`); returns the state's size.
-fn write_streamed(
+/// Writes the file `write` makes to `path` so that a crash leaves either
+/// the old or the new file, never half of one; the written file is read
+/// back and checked (a piece at a time) before it replaces the old one.
+fn write_atomic(
     path: &Path,
-    meta: &SnapshotMeta,
-    state: &ReplicatedState,
-) -> std::io::Result<u64> {
-    use std::io::Write;
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let meta = convert::snapshot_meta_to(meta).encode_to_vec();
-    f.write_all(&(meta.len() as u32).to_le_bytes())?;
-    f.write_all(&meta)?;
-    let written = snapshot_stream::write_state(state, &mut f)?;
-    let f = f.into_inner().map_err(|e| e.into_error())?;
+    let f = std::fs::File::create(&tmp)?;
+    fault::hit(Point::SnapshotWrite)?;
+    let mut w = std::io::BufWriter::new(f);
+    write(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+    drop(f);
+    if let Err(d) = snapshot_file::verify(&tmp) {
+        return Err(std::io::Error::other(format!(
+            "{} does not read back: {}",
+            tmp.display(),
+            d.error
+        )));
     }
-    Ok(written)
-}
-
-/// Opens a snapshot file: its meta, and a reader positioned at its state.
-fn open_file(path: &Path) -> Result<(SnapshotMeta, std::io::BufReader<std::fs::File>), String> {
-    use std::io::Read;
-    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
-    let mut len = [0u8; 4];
-    f.read_exact(&mut len)
-        .map_err(|_| "snapshot file too short")?;
-    let mut meta = vec![0u8; u32::from_le_bytes(len).min(1 << 20) as usize];
-    f.read_exact(&mut meta)
-        .map_err(|_| "snapshot meta truncated")?;
-    let meta = pb::SnapshotMeta::decode(&meta[..]).map_err(|e| e.to_string())?;
-    let meta = convert::snapshot_meta_from(Some(meta)).map_err(|e| e.to_string())?;
-    Ok((meta, f))
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old or the
-/// new file, never half of one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// `snapshot.bin` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {error}")]
+pub struct SnapshotLoadError {
+    pub path: PathBuf,
+    pub error: String,
+    /// The damaged file's meta, when its own checksum held.
+    pub meta: Option<SnapshotMeta>,
 }
 
 impl StateMachine {
@@ -185,29 +161,62 @@ impl StateMachine {
         dir: &Path,
         applied: mpsc::UnboundedSender<Applied>,
         stats: RaftStats,
-    ) -> anyhow::Result<StateMachine> {
-        std::fs::create_dir_all(dir)?;
-        let mut inner = Inner::default();
+        health: Arc<StorageHealth>,
+    ) -> Result<StateMachine, SnapshotLoadError> {
         let path = dir.join("snapshot.bin");
-        if path.exists() {
-            // Streamed: the state is built as the file is read, never the
-            // file and a decoded copy of it besides.
-            let (meta, mut data) =
-                open_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            inner.state = snapshot_stream::read_state(&mut data)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let fail = |error: String, meta| SnapshotLoadError {
+            path: path.clone(),
+            error,
+            meta,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string(), None))?;
+        let mut inner = Inner::default();
+        let exists = match std::fs::metadata(&path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(fail(e.to_string(), None)),
+        };
+        let mut legacy = false;
+        if exists {
+            // Streamed: the state is built as the file goes through its
+            // checksum, never the file and a decoded copy besides.
+            let read = snapshot_file::read_streamed(&path)
+                .map_err(|d| fail(d.error.to_string(), d.meta))?;
+            legacy = read.legacy;
+            let meta = read.meta;
+            inner.state = read.state;
             inner.state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.snapshot = Some(meta);
         }
-        Ok(StateMachine {
+        let machine = StateMachine {
             node_id,
             dir: dir.to_path_buf(),
             inner: Arc::new(Mutex::new(inner)),
             applied,
             stats,
-        })
+            health,
+            generation: Arc::default(),
+            mine: 0,
+        };
+        if legacy {
+            // Accepted once: it had no checksum to check. From now on it has.
+            tracing::warn!(
+                path = %path.display(),
+                "snapshot from before checksums loaded unverified; rewriting it with a checksum"
+            );
+            let snap = {
+                let inner = machine.inner.lock();
+                inner.snapshot.clone().map(|m| (m, inner.state.clone()))
+            };
+            if let Some((meta, state)) = snap {
+                machine
+                    .save_state(&meta, &state)
+                    .map_err(|e| fail(format!("rewriting with a checksum: {e}"), None))?;
+            }
+        }
+        Ok(machine)
     }
 
     /// A copy of the replicated state.
@@ -215,21 +224,82 @@ impl StateMachine {
         self.inner.lock().state.clone()
     }
 
+    /// The index of the last entry applied.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner.lock().last_applied.map(|l| l.index)
+    }
+
+    /// The handle a new Raft core gets; every older one stops changing
+    /// the state (taken under the state's lock, so an apply of the old
+    /// core is either finished or refused).
+    pub fn for_new_core(&self) -> StateMachine {
+        let _inner = self.inner.lock();
+        let mine = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        StateMachine {
+            mine,
+            ..self.clone()
+        }
+    }
+
+    fn current(&self) -> Result<(), StorageError> {
+        if self.generation.load(Ordering::Acquire) == self.mine {
+            Ok(())
+        } else {
+            Err(stale())
+        }
+    }
+
+    /// The voters of the membership the state machine last applied.
+    pub fn membership_voters(&self) -> std::collections::BTreeSet<u64> {
+        self.inner
+            .lock()
+            .membership
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Whether a snapshot was taken, installed or loaded.
     pub fn has_snapshot(&self) -> bool {
         self.inner.lock().snapshot.is_some()
     }
 
-    fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_atomic(&self.dir.join("snapshot.bin"), &encode_file(meta, data))
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    /// Writes `blob` (sealed state) and `meta` to `snapshot.bin`.
+    fn save(&self, meta: &SnapshotMeta, blob: &[u8]) -> Result<(), StorageError> {
+        write_atomic(&self.dir.join("snapshot.bin"), |w| {
+            snapshot_file::write_with_blob(w, meta, blob)
+        })
+        .map_err(|e| {
+            self.health.failed("raft snapshot", &e);
+            snap_err(ErrorVerb::Write, e)
+        })
+    }
+
+    /// Writes `state` and `meta` to `snapshot.bin` a message at a time;
+    /// returns the blob's size.
+    fn save_state(
+        &self,
+        meta: &SnapshotMeta,
+        state: &ReplicatedState,
+    ) -> Result<u64, StorageError> {
+        let mut size = 0;
+        write_atomic(&self.dir.join("snapshot.bin"), |w| {
+            size = snapshot_file::write_streamed(w, meta, state)?;
+            Ok(())
+        })
+        .map_err(|e| {
+            self.health.failed("raft snapshot", &e);
+            snap_err(ErrorVerb::Write, e)
+        })?;
+        Ok(size)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.current()?;
         // A copy of the maps only (messages are shared), so that applying
-        // goes on while the file is written.
+        // goes on while the file is written a message at a time.
         let (meta, state) = {
             let inner = self.inner.lock();
             let id = match &inner.last_applied {
@@ -243,10 +313,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             (meta, inner.state.clone())
         };
-        let written = write_streamed(&self.dir.join("snapshot.bin"), &meta, &state)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let size = self.save_state(&meta, &state)?;
         drop(state);
-        self.stats.snapshot_built(written as usize);
+        self.stats.snapshot_built(size as usize);
         self.inner.lock().snapshot = Some(meta.clone());
         // openraft keeps only the meta of a snapshot it asked us to build;
         // a follower that needs the bytes gets them from the file.
@@ -273,6 +342,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let mut out = Vec::new();
         let mut inner = self.inner.lock();
+        self.current()?;
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             inner.state.applied_index = entry.log_id.index;
@@ -376,8 +446,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        self.current()?;
+        // The Raft service checked the blob as it arrived; checked again
+        // here, as nothing unchecked may replace the state.
         let data = snapshot.into_inner();
-        let mut state = decode_state(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let state = snapshot_file::unseal(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let mut state = decode_state(state).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
         self.save(meta, &data)?;
         self.stats.snapshot_installed(data.len());
@@ -394,21 +468,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        use std::io::Read;
         let Some(meta) = self.inner.lock().snapshot.clone() else {
             return Ok(None);
         };
         // The bytes for a follower, from the file (held only while sent).
-        let read = |e: String| snap_err(ErrorVerb::Read, e);
-        let (on_disk, mut f) = open_file(&self.dir.join("snapshot.bin")).map_err(read)?;
+        let (on_disk, blob) = snapshot_file::read_blob(&self.dir.join("snapshot.bin"))
+            .map_err(|d| snap_err(ErrorVerb::Read, d.error))?;
         if on_disk.snapshot_id != meta.snapshot_id {
-            return Err(read("snapshot file replaced while being read".into()));
+            return Err(snap_err(
+                ErrorVerb::Read,
+                "the snapshot file was replaced while it was read",
+            ));
         }
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).map_err(|e| read(e.to_string()))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(blob)),
         }))
     }
 }
@@ -416,37 +490,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snapshot_file_round_trip_and_garbage() {
-        let meta = SnapshotMeta {
-            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
-            last_membership: StoredMembership::default(),
-            snapshot_id: "x".into(),
-        };
-        let raw = encode_file(&meta, b"state");
-        let (m, d) = decode_file(&raw).unwrap();
-        assert_eq!(m, meta);
-        assert_eq!(d, b"state");
-        assert!(decode_file(&raw[..6]).is_err());
-        assert!(decode_file(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
-        // Written streamed, read streamed: the same meta and state.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snapshot.bin");
-        let state = ReplicatedState {
-            routes: [("a/#".into(), [1u64].into_iter().collect())].into(),
-            ..Default::default()
-        };
-        write_streamed(&path, &meta, &state).unwrap();
-        let (m, mut rest) = open_file(&path).unwrap();
-        assert_eq!(m, meta);
-        let back = snapshot_stream::read_state(&mut rest).unwrap();
-        assert_eq!(back.digest(), state.digest());
-        // The whole-file reader agrees on the layout.
-        let (m, d) = decode_file(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(m, meta);
-        assert_eq!(decode_state(&d).unwrap().digest(), state.digest());
-    }
 
     #[test]
     fn a_batch_committed_twice_is_told_to_the_engine_once() {

@@ -1,0 +1,87 @@
+//! What the engine learns of the node's Raft core and its storage: the
+//! leader it knows (for `/readyz`), the Raft gauges and summary line, and
+//! `$SYS` notices when the storage fails or recovers. Both follow the core
+//! across a rebuild (see `supervisor`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::health::StorageHealth;
+use super::metrics::RaftStats;
+use super::standing::Standing;
+use super::supervisor::{self, RaftHandle};
+use crate::broker::Broker;
+
+/// Copies each core's metrics into the gauges and the broker's leader flag,
+/// moving to the next core when one is rebuilt.
+pub fn spawn_leader(
+    mut raft: RaftHandle,
+    standing: Arc<Standing>,
+    stats: RaftStats,
+    broker: Arc<Broker>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let core = raft.get();
+            let mut metrics = core.metrics();
+            loop {
+                let has_leader = {
+                    let m = metrics.borrow_and_update();
+                    stats.observe(&m);
+                    *broker.raft_summary.write() = format!(
+                        "raft: node {} {:?} term {} leader {} last log {} applied {} voters {}",
+                        m.id,
+                        m.state,
+                        m.current_term,
+                        m.current_leader.map_or("none".into(), |l| l.to_string()),
+                        m.last_log_index.unwrap_or(0),
+                        m.last_applied.map_or(0, |l| l.index),
+                        m.membership_config.membership().voter_ids().count(),
+                    );
+                    // A removed node keeps the leader it last heard of
+                    // (it no longer campaigns): it has none to serve. A
+                    // stopped core serves nothing either.
+                    m.current_leader.is_some() && !standing.removed() && m.running_state.is_ok()
+                };
+                broker.has_leader.store(has_leader, Ordering::Release);
+                if supervisor::stopped(&core).is_some() {
+                    break;
+                }
+                // Lag gauges move without a metrics change; refresh anyway.
+                let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+                if metrics.has_changed().is_err() {
+                    break;
+                }
+            }
+            // This core stopped: wait for the next one.
+            if !raft.replaced().await {
+                return;
+            }
+        }
+    });
+}
+
+/// `$SYS/broker/storage/healthy` (`1`/`0`) and `$SYS/broker/storage/error`
+/// (the reason, empty once recovered), published as the storage changes
+/// (when `$SYS` is on).
+pub fn spawn_storage_notices(health: Arc<StorageHealth>, broker: Arc<Broker>) {
+    if broker.config.sys_interval == 0 {
+        return;
+    }
+    let mut changes = health.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let fault = changes.borrow_and_update().clone();
+            crate::sys::notice(
+                &broker,
+                "storage/healthy",
+                if fault.is_none() { "1" } else { "0" }.into(),
+            );
+            crate::sys::notice(&broker, "storage/error", fault.unwrap_or_default());
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
