@@ -58,4 +58,7 @@ if [ -x scripts/operator-checks.sh ]; then
 fi
 
 echo "== tests"
+# The storage tests' raftmq-faulty (the broker with fault injection), built
+# here rather than inside a test's time limit; beside raftmq, never over it.
+cargo build -p raftmq --bin raftmq-faulty --features fault-injection
 cargo nextest run --workspace --no-fail-fast

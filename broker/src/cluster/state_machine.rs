@@ -491,6 +491,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    fn open(dir: &Path) -> Result<StateMachine, SnapshotLoadError> {
+        let health = Arc::new(StorageHealth::new(dir));
+        StateMachine::open(
+            1,
+            dir,
+            mpsc::unbounded_channel().0,
+            RaftStats::default(),
+            health,
+        )
+    }
+
+    #[test]
+    fn a_snapshot_from_before_checksums_is_loaded_once_and_rewritten_with_them() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "2-9-1".into(),
+        };
+        let mut state = ReplicatedState::default();
+        state
+            .routes
+            .insert("s/183".into(), [1u64].into_iter().collect());
+        let m = convert::snapshot_meta_to(&meta).encode_to_vec();
+        let mut legacy = (m.len() as u32).to_le_bytes().to_vec();
+        legacy.extend_from_slice(&m);
+        legacy.extend_from_slice(&convert::state_to(&state).encode_to_vec());
+        let path = d.path().join("snapshot.bin");
+        std::fs::write(&path, &legacy).unwrap();
+        let sm = open(d.path()).expect("accepted once");
+        assert_eq!(sm.applied_index(), Some(9));
+        assert_eq!(sm.state().routes, state.routes);
+        // Rewritten with checksums: a flipped byte is now found.
+        let raw = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            snapshot_file::decode_file(&raw),
+            Ok(Loaded::Checked { .. })
+        ));
+        let mut flipped = raw.clone();
+        let n = flipped.len();
+        flipped[n - 40] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        let e = open(d.path()).err().expect("refused");
+        assert!(e.to_string().contains("snapshot.bin"), "{e}");
+        assert!(e.meta.is_some(), "the meta's own checksum held");
+    }
+
     #[test]
     fn a_batch_committed_twice_is_told_to_the_engine_once() {
         let mut inner = Inner::default();

@@ -76,6 +76,8 @@ pub struct Rebuild {
 /// From the first failed probe to this, doubling.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a rebuilt core must run before the node says it is healthy.
+const STABLE: Duration = Duration::from_millis(500);
 
 pub fn spawn(tx: watch::Sender<Raft>, r: Rebuild) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -99,9 +101,15 @@ pub fn spawn(tx: watch::Sender<Raft>, r: Rebuild) -> tokio::task::JoinHandle<()>
                 match rebuild(&r).await {
                     Ok(new) => {
                         (r.standing)(&new);
-                        tx.send_replace(new);
-                        r.health.recovered();
+                        tx.send_replace(new.clone());
                         tracing::info!("raft core rebuilt from disk");
+                        // Healthy once the new core has lasted a moment (a
+                        // write that still fails, e.g. a snapshot that does
+                        // not fit, stops it at once): no flapping /readyz.
+                        tokio::time::sleep(STABLE).await;
+                        if stopped(&new).is_none() {
+                            r.health.recovered();
+                        }
                         break;
                     }
                     Err(e) => tracing::warn!("raft core not rebuilt yet: {e:#}"),
