@@ -490,6 +490,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn open(dir: &Path) -> Result<StateMachine, SnapshotLoadError> {
         let health = Arc::new(StorageHealth::new(dir));
@@ -527,7 +528,7 @@ mod tests {
         let raw = std::fs::read(&path).unwrap();
         assert!(matches!(
             snapshot_file::decode_file(&raw),
-            Ok(Loaded::Checked { .. })
+            Ok(snapshot_file::Loaded::Checked { .. })
         ));
         let mut flipped = raw.clone();
         let n = flipped.len();
