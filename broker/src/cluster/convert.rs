@@ -834,3 +834,67 @@ mod big_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod legacy_tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Records written before properties were kept in wire form, and
+    /// claims from before the ownership flag, still load.
+    #[test]
+    fn old_records_load() {
+        let old = pb::Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: 1,
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01")),
+            payload_format_indicator: Some(1),
+            user_properties: vec![
+                pb::UserProperty {
+                    key: "k".into(),
+                    value: "v1".into(),
+                },
+                pb::UserProperty {
+                    key: "k".into(),
+                    value: "v2".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let m = message_from(Some(old)).unwrap();
+        let p = m.properties.as_ref().unwrap().decode();
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.payload_format_indicator, Some(1));
+        assert_eq!(
+            p.user_properties.iter().collect::<Vec<_>>(),
+            [("k", "v1"), ("k", "v2")]
+        );
+        // Written back, it uses the new field only.
+        let new = message_to(&m);
+        assert!(new.user_properties.is_empty() && new.content_type.is_none());
+        assert_eq!(message_from(Some(new)).unwrap().properties, m.properties);
+
+        let claim = pb::Command {
+            kind: Some(pb::command::Kind::ClaimClient(pb::ClaimClient {
+                client_id: "c".into(),
+                node: 1,
+                nonce: 2,
+                username: Some("u".into()),
+                ..Default::default()
+            })),
+        };
+        // An old encoder never wrote field 7: the bytes have none.
+        let bytes = claim.encode_to_vec();
+        let back = command_from(pb::Command::decode(&bytes[..]).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            Command::ClaimClient {
+                same_identity_only: false,
+                ..
+            }
+        ));
+    }
+}
