@@ -73,7 +73,7 @@ pub struct MemoryBudget {
 }
 
 /// One part in this many of the budget is kept for work in progress.
-const WORKING_SHARE: usize = 8;
+const WORKING_SHARE: usize = 6;
 
 /// When neither a container limit nor the machine's memory is known.
 const FALLBACK: usize = 1024 * 1024 * 1024;

@@ -14,9 +14,7 @@ use raftmq_proto::v1 as pb;
 use super::types::{Batch, Entry, LogId, Membership, Node, SnapshotMeta, StoredMembership, Vote};
 use crate::codec::{ByteStr, Properties, QoS, SubOptions, UserProperties};
 use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
-use crate::state::{
-    Command, PersistedMessage, PersistedSession, ReplicatedState, Will, WillRecord,
-};
+use crate::state::{Command, PersistedMessage, ReplicatedState, Will, WillRecord};
 
 /// A protobuf message from a peer that is not a valid value.
 #[derive(Debug, thiserror::Error)]
@@ -530,6 +528,102 @@ pub fn batch_from_numbered(b: &Batch) -> Result<(u64, BatchId, Vec<Command>), In
     Ok((b.origin, id, commands))
 }
 
+pub fn subscription_to(
+    filter: &ByteStr,
+    options: &SubOptions,
+    id: Option<u32>,
+) -> pb::PersistedSubscription {
+    pb::PersistedSubscription {
+        filter: filter.to_string(),
+        options: Some(sub_options_to(options)),
+        identifier: id,
+    }
+}
+
+pub type Subscription = (ByteStr, (SubOptions, Option<u32>));
+
+pub fn subscription_from(sub: pb::PersistedSubscription) -> Result<Subscription, Invalid> {
+    Ok((
+        sub.filter.into(),
+        (sub_options_from(sub.options)?, sub.identifier),
+    ))
+}
+
+pub fn persisted_message_to(seq: u64, m: &PersistedMessage) -> pb::PersistedMessage {
+    pb::PersistedMessage {
+        seq,
+        qos: m.qos as u32,
+        retain: m.retain,
+        released: m.released,
+        message: Some(message_to(&m.message)),
+        subscription_ids: m.subscription_ids.to_vec(),
+    }
+}
+
+pub fn persisted_message_from(m: pb::PersistedMessage) -> Result<(u64, PersistedMessage), Invalid> {
+    Ok((
+        m.seq,
+        PersistedMessage {
+            qos: qos_from(m.qos)?,
+            retain: m.retain,
+            released: m.released,
+            subscription_ids: m.subscription_ids.into_iter().collect(),
+            message: message_from(m.message)?,
+        },
+    ))
+}
+
+pub fn owner_to(s: &ReplicatedState, client_id: &ByteStr, node: u64) -> pb::Owner {
+    pb::Owner {
+        client_id: client_id.to_string(),
+        node,
+        username: s.usernames.get(client_id).map(|u| u.to_string()),
+    }
+}
+
+/// An owner into `state` (its node and, if any, its username).
+pub fn owner_into(state: &mut ReplicatedState, o: pb::Owner) {
+    let client_id = ByteStr::from(o.client_id);
+    if let Some(u) = o.username {
+        state.usernames.insert(client_id.clone(), u.into());
+    }
+    state.owners.insert(client_id, o.node);
+}
+
+pub fn will_entry_to(client_id: &ByteStr, w: &WillRecord) -> pb::WillEntry {
+    pb::WillEntry {
+        client_id: client_id.to_string(),
+        node: w.node,
+        nonce: w.nonce,
+        will: Some(will_to(&w.will)),
+    }
+}
+
+pub fn will_entry_from(w: pb::WillEntry) -> Result<(ByteStr, WillRecord), Invalid> {
+    Ok((
+        w.client_id.into(),
+        WillRecord {
+            node: w.node,
+            nonce: w.nonce,
+            will: will_from(need(w.will, "will")?)?,
+        },
+    ))
+}
+
+pub fn route_to(filter: &ByteStr, nodes: &BTreeSet<u64>) -> pb::Route {
+    pb::Route {
+        filter: filter.to_string(),
+        nodes: nodes.iter().copied().collect(),
+    }
+}
+
+pub fn route_from(r: pb::Route) -> (ByteStr, BTreeSet<u64>) {
+    (r.filter.into(), r.nodes.into_iter().collect())
+}
+
+/// The whole state as one message: the reference for `snapshot_stream`,
+/// which writes and reads the same bytes a piece at a time.
+#[cfg(test)]
 pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
     pb::StateSnapshot {
         retained: s.retained.values().map(|m| message_to(m)).collect(),
@@ -542,57 +636,24 @@ pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
                 subscriptions: sess
                     .subscriptions
                     .iter()
-                    .map(|(f, (o, i))| pb::PersistedSubscription {
-                        filter: f.to_string(),
-                        options: Some(sub_options_to(o)),
-                        identifier: *i,
-                    })
+                    .map(|(f, (o, i))| subscription_to(f, o, *i))
                     .collect(),
                 messages: sess
                     .messages
                     .iter()
-                    .map(|(seq, m)| pb::PersistedMessage {
-                        seq: *seq,
-                        qos: m.qos as u32,
-                        retain: m.retain,
-                        released: m.released,
-                        message: Some(message_to(&m.message)),
-                        subscription_ids: m.subscription_ids.to_vec(),
-                    })
+                    .map(|(seq, m)| persisted_message_to(*seq, m))
                     .collect(),
             })
             .collect(),
-        owners: s
-            .owners
-            .iter()
-            .map(|(c, n)| pb::Owner {
-                client_id: c.to_string(),
-                node: *n,
-                username: s.usernames.get(c).map(|u| u.to_string()),
-            })
-            .collect(),
-        wills: s
-            .wills
-            .iter()
-            .map(|(c, w)| pb::WillEntry {
-                client_id: c.to_string(),
-                node: w.node,
-                nonce: w.nonce,
-                will: Some(will_to(&w.will)),
-            })
-            .collect(),
-        routes: s
-            .routes
-            .iter()
-            .map(|(f, nodes)| pb::Route {
-                filter: f.to_string(),
-                nodes: nodes.iter().copied().collect(),
-            })
-            .collect(),
+        owners: s.owners.iter().map(|(c, n)| owner_to(s, c, *n)).collect(),
+        wills: s.wills.iter().map(|(c, w)| will_entry_to(c, w)).collect(),
+        routes: s.routes.iter().map(|(f, n)| route_to(f, n)).collect(),
     }
 }
 
+#[cfg(test)]
 pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
+    use crate::state::PersistedSession;
     let mut state = ReplicatedState::default();
     for m in s.retained {
         let m = message_from(Some(m))?;
@@ -604,46 +665,25 @@ pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
             ..Default::default()
         };
         for sub in sess.subscriptions {
-            p.subscriptions.insert(
-                sub.filter.into(),
-                (sub_options_from(sub.options)?, sub.identifier),
-            );
+            let (f, v) = subscription_from(sub)?;
+            p.subscriptions.insert(f, v);
         }
         for m in sess.messages {
-            p.messages.insert(
-                m.seq,
-                PersistedMessage {
-                    qos: qos_from(m.qos)?,
-                    retain: m.retain,
-                    released: m.released,
-                    subscription_ids: m.subscription_ids.into_iter().collect(),
-                    message: message_from(m.message)?,
-                },
-            );
+            let (seq, m) = persisted_message_from(m)?;
+            p.messages.insert(seq, m);
         }
         state.sessions.insert(sess.client_id.into(), p);
     }
     for o in s.owners {
-        let client_id = ByteStr::from(o.client_id);
-        if let Some(u) = o.username {
-            state.usernames.insert(client_id.clone(), u.into());
-        }
-        state.owners.insert(client_id, o.node);
+        owner_into(&mut state, o);
     }
     for w in s.wills {
-        state.wills.insert(
-            w.client_id.into(),
-            WillRecord {
-                node: w.node,
-                nonce: w.nonce,
-                will: will_from(need(w.will, "will")?)?,
-            },
-        );
+        let (c, w) = will_entry_from(w)?;
+        state.wills.insert(c, w);
     }
     for r in s.routes {
-        state
-            .routes
-            .insert(r.filter.into(), r.nodes.into_iter().collect());
+        let (f, n) = route_from(r);
+        state.routes.insert(f, n);
     }
     Ok(state)
 }
@@ -792,5 +832,69 @@ mod big_tests {
             Command::RetainSet(m) => assert_eq!(m.properties.as_ref().unwrap().len(), 1_000_000),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Records written before properties were kept in wire form, and
+    /// claims from before the ownership flag, still load.
+    #[test]
+    fn old_records_load() {
+        let old = pb::Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: 1,
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01")),
+            payload_format_indicator: Some(1),
+            user_properties: vec![
+                pb::UserProperty {
+                    key: "k".into(),
+                    value: "v1".into(),
+                },
+                pb::UserProperty {
+                    key: "k".into(),
+                    value: "v2".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let m = message_from(Some(old)).unwrap();
+        let p = m.properties.as_ref().unwrap().decode();
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.payload_format_indicator, Some(1));
+        assert_eq!(
+            p.user_properties.iter().collect::<Vec<_>>(),
+            [("k", "v1"), ("k", "v2")]
+        );
+        // Written back, it uses the new field only.
+        let new = message_to(&m);
+        assert!(new.user_properties.is_empty() && new.content_type.is_none());
+        assert_eq!(message_from(Some(new)).unwrap().properties, m.properties);
+
+        let claim = pb::Command {
+            kind: Some(pb::command::Kind::ClaimClient(pb::ClaimClient {
+                client_id: "c".into(),
+                node: 1,
+                nonce: 2,
+                username: Some("u".into()),
+                ..Default::default()
+            })),
+        };
+        // An old encoder never wrote field 7: the bytes have none.
+        let bytes = claim.encode_to_vec();
+        let back = command_from(pb::Command::decode(&bytes[..]).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            Command::ClaimClient {
+                same_identity_only: false,
+                ..
+            }
+        ));
     }
 }

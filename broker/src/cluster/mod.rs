@@ -26,6 +26,7 @@ mod seam;
 mod service;
 mod snapshot_file;
 mod snapshot_inbox;
+mod snapshot_stream;
 mod standing;
 mod state_machine;
 mod storage;

@@ -138,6 +138,9 @@ impl Writer {
                 .collect();
             id.number += 1;
             let batch = convert::batch_numbered(self.node_id, id, &commands);
+            // Counted in the memory budget while it is on its way: its
+            // bytes, and the log's copy of them as they are written.
+            let _in_flight = crate::memory_budget::Held::new(2 * batch.0.len());
             let result = match tokio::time::timeout(self.deadline, self.commit(batch)).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(

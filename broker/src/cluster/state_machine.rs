@@ -16,15 +16,14 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
 };
 use parking_lot::Mutex;
-use prost::Message as _;
-use raftmq_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::convert;
 use super::fault::{self, Point};
 use super::health::StorageHealth;
 use super::metrics::RaftStats;
-use super::snapshot_file::{self, Loaded};
+use super::snapshot_file;
+use super::snapshot_stream;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Command, Committed, Effect, ReplicatedState};
 
@@ -55,8 +54,9 @@ struct Inner {
     state: ReplicatedState,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// The last snapshot built or installed: (meta, encoded bytes).
-    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// The last snapshot built or installed; its bytes are in its file
+    /// only (read when a follower needs them), never kept in memory.
+    snapshot: Option<SnapshotMeta>,
     /// The last numbered batch applied from each proposing node.
     last_batch: std::collections::HashMap<u64, convert::BatchId>,
 }
@@ -109,24 +109,27 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-fn decode_state(data: &[u8]) -> Result<ReplicatedState, String> {
-    let s = pb::StateSnapshot::decode(data).map_err(|e| e.to_string())?;
-    convert::state_from(s).map_err(|e| e.to_string())
+/// The state in a sealed blob's state bytes, built a message at a time.
+fn decode_state(mut data: &[u8]) -> Result<ReplicatedState, String> {
+    snapshot_stream::read_state(&mut data).map_err(|e| e.to_string())
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the
-/// new file, never half of one; the written file is read back and checked
-/// before it replaces the old one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// Writes the file `write` makes to `path` so that a crash leaves either
+/// the old or the new file, never half of one; the written file is read
+/// back and checked (a piece at a time) before it replaces the old one.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let f = std::fs::File::create(&tmp)?;
     fault::hit(Point::SnapshotWrite)?;
-    f.write_all(bytes)?;
+    let mut w = std::io::BufWriter::new(f);
+    write(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     drop(f);
-    let back = std::fs::read(&tmp)?;
-    if let Err(d) = snapshot_file::decode_file(&back) {
+    if let Err(d) = snapshot_file::verify(&tmp) {
         return Err(std::io::Error::other(format!(
             "{} does not read back: {}",
             tmp.display(),
@@ -168,27 +171,24 @@ impl StateMachine {
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string(), None))?;
         let mut inner = Inner::default();
-        let raw = match std::fs::read(&path) {
-            Ok(raw) => Some(raw),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let exists = match std::fs::metadata(&path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(fail(e.to_string(), None)),
         };
         let mut legacy = false;
-        if let Some(raw) = raw {
-            let (meta, blob) = match snapshot_file::decode_file(&raw) {
-                Ok(Loaded::Checked { meta, blob }) => (meta, blob),
-                Ok(Loaded::Legacy { meta, state }) => {
-                    legacy = true;
-                    (meta, snapshot_file::seal(&state))
-                }
-                Err(d) => return Err(fail(d.error.to_string(), d.meta)),
-            };
-            let state = snapshot_file::unseal(&blob).map_err(|e| fail(e.to_string(), None))?;
-            inner.state = decode_state(state).map_err(|e| fail(e, Some(meta.clone())))?;
+        if exists {
+            // Streamed: the state is built as the file goes through its
+            // checksum, never the file and a decoded copy besides.
+            let read = snapshot_file::read_streamed(&path)
+                .map_err(|d| fail(d.error.to_string(), d.meta))?;
+            legacy = read.legacy;
+            let meta = read.meta;
+            inner.state = read.state;
             inner.state.applied_index = meta.last_log_id.map_or(0, |l| l.index);
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta, Arc::new(blob)));
+            inner.snapshot = Some(meta);
         }
         let machine = StateMachine {
             node_id,
@@ -206,10 +206,13 @@ impl StateMachine {
                 path = %path.display(),
                 "snapshot from before checksums loaded unverified; rewriting it with a checksum"
             );
-            let snap = machine.inner.lock().snapshot.clone();
-            if let Some((meta, blob)) = snap {
+            let snap = {
+                let inner = machine.inner.lock();
+                inner.snapshot.clone().map(|m| (m, inner.state.clone()))
+            };
+            if let Some((meta, state)) = snap {
                 machine
-                    .save(&meta, &blob)
+                    .save_state(&meta, &state)
                     .map_err(|e| fail(format!("rewriting with a checksum: {e}"), None))?;
             }
         }
@@ -263,23 +266,42 @@ impl StateMachine {
 
     /// Writes `blob` (sealed state) and `meta` to `snapshot.bin`.
     fn save(&self, meta: &SnapshotMeta, blob: &[u8]) -> Result<(), StorageError> {
-        write_atomic(
-            &self.dir.join("snapshot.bin"),
-            &snapshot_file::encode_file(meta, blob),
-        )
+        write_atomic(&self.dir.join("snapshot.bin"), |w| {
+            snapshot_file::write_with_blob(w, meta, blob)
+        })
         .map_err(|e| {
             self.health.failed("raft snapshot", &e);
             snap_err(ErrorVerb::Write, e)
         })
+    }
+
+    /// Writes `state` and `meta` to `snapshot.bin` a message at a time;
+    /// returns the blob's size.
+    fn save_state(
+        &self,
+        meta: &SnapshotMeta,
+        state: &ReplicatedState,
+    ) -> Result<u64, StorageError> {
+        let mut size = 0;
+        write_atomic(&self.dir.join("snapshot.bin"), |w| {
+            size = snapshot_file::write_streamed(w, meta, state)?;
+            Ok(())
+        })
+        .map_err(|e| {
+            self.health.failed("raft snapshot", &e);
+            snap_err(ErrorVerb::Write, e)
+        })?;
+        Ok(size)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.current()?;
-        let (meta, data) = {
+        // A copy of the maps only (messages are shared), so that applying
+        // goes on while the file is written a message at a time.
+        let (meta, state) = {
             let inner = self.inner.lock();
-            let data = convert::state_to(&inner.state).encode_to_vec();
             let id = match &inner.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("0-0-{}", rand::random::<u32>()),
@@ -289,15 +311,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: inner.membership.clone(),
                 snapshot_id: id,
             };
-            (meta, snapshot_file::seal(&data))
+            (meta, inner.state.clone())
         };
-        self.save(&meta, &data)?;
-        self.stats.snapshot_built(data.len());
-        let data = Arc::new(data);
-        self.inner.lock().snapshot = Some((meta.clone(), data.clone()));
+        let size = self.save_state(&meta, &state)?;
+        drop(state);
+        self.stats.snapshot_built(size as usize);
+        self.inner.lock().snapshot = Some(meta.clone());
+        // openraft keeps only the meta of a snapshot it asked us to build;
+        // a follower that needs the bytes gets them from the file.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -436,17 +460,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.state = state.clone();
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta.clone(), Arc::new(data)));
+            inner.snapshot = Some(meta.clone());
         }
+        drop(data);
         let _ = self.applied.send(Applied::Reset(Box::new(state)));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let inner = self.inner.lock();
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        let Some(meta) = self.inner.lock().snapshot.clone() else {
+            return Ok(None);
+        };
+        // The bytes for a follower, from the file (held only while sent).
+        let (on_disk, blob) = snapshot_file::read_blob(&self.dir.join("snapshot.bin"))
+            .map_err(|d| snap_err(ErrorVerb::Read, d.error))?;
+        if on_disk.snapshot_id != meta.snapshot_id {
+            return Err(snap_err(
+                ErrorVerb::Read,
+                "the snapshot file was replaced while it was read",
+            ));
+        }
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(blob)),
         }))
     }
 }
@@ -454,6 +490,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn open(dir: &Path) -> Result<StateMachine, SnapshotLoadError> {
         let health = Arc::new(StorageHealth::new(dir));
@@ -491,7 +528,7 @@ mod tests {
         let raw = std::fs::read(&path).unwrap();
         assert!(matches!(
             snapshot_file::decode_file(&raw),
-            Ok(Loaded::Checked { .. })
+            Ok(snapshot_file::Loaded::Checked { .. })
         ));
         let mut flipped = raw.clone();
         let n = flipped.len();

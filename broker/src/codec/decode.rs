@@ -213,6 +213,20 @@ impl Reader {
         ByteStr::from_utf8(bytes).map_err(|_| DecodeError::Malformed("string is not UTF-8"))
     }
 
+    /// Checks a UTF-8 string as [`Reader::string`] does and steps over
+    /// it, making nothing of it (user properties stay in wire form).
+    fn check_string(&mut self) -> Result<()> {
+        let n = self.u16()? as usize;
+        self.need(n)?;
+        let bytes = &self.buf[..n];
+        if bytes.contains(&0) {
+            return Err(DecodeError::Malformed("string contains U+0000"));
+        }
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::Malformed("string is not UTF-8"))?;
+        self.buf.advance(n);
+        Ok(())
+    }
+
     fn packet_id(&mut self) -> Result<u16> {
         match self.u16()? {
             0 => Err(DecodeError::Malformed("packet identifier 0")),
@@ -640,8 +654,8 @@ fn property_entries(r: &mut Reader, ctx: Ctx) -> Result<Properties> {
             0x25 => set(&mut p.retain_available, flag(r)?)?,
             0x26 => {
                 // Checked here, kept as the wire has them (see UserEntries).
-                r.string()?;
-                r.string()?;
+                r.check_string()?;
+                r.check_string()?;
                 users.add(&block, start, at(r));
             }
             0x27 => {
