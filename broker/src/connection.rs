@@ -17,14 +17,14 @@ use tracing::Instrument;
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Login;
 use crate::backpressure::{self, Pressure};
-use crate::broker::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
+use crate::engine::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
 use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     PubResp, Publish, PublishRef, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::drain::DrainMode;
+use crate::engine::DrainMode;
 use crate::message::Message;
-use crate::ownership::ClaimError;
+use crate::engine::ClaimError;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome, RetainedCursor};
 use crate::state::{Command, StateError, Ticket};
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
@@ -252,7 +252,7 @@ async fn run<S: Transport>(
         return;
     };
     tracing::Span::current().record("client_id", tracing::field::display(&conn.client_id));
-    let _live = crate::drain::LiveConnection::new(&broker);
+    let _live = crate::engine::LiveConnection::new(&broker);
     let exit = match broker.drain_mode() {
         // A drain began while this CONNECT waited for its claim: it has
         // its CONNACK, and leaves like the others.

@@ -8,32 +8,23 @@
 
 pub mod auth;
 pub mod backpressure;
-pub mod broker;
 pub mod client;
 pub mod cluster;
-pub mod cluster_view;
 pub mod codec;
 pub mod config;
 pub mod connection;
-pub mod drain;
+pub mod engine;
 pub mod http;
 pub mod listener;
 pub mod memory_budget;
 pub mod message;
-pub mod ownership;
 pub mod passwd;
 pub mod reload;
-pub mod restore;
 pub mod retained;
-pub mod retained_delivery;
-pub mod router;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod topic_tree;
-pub mod will;
 
-#[cfg(test)]
-mod engine_tests;

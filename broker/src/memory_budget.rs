@@ -128,7 +128,7 @@ impl MemoryBudget {
     }
 }
 
-impl crate::broker::Broker {
+impl crate::engine::Broker {
     /// Whether a QoS 1/2 PUBLISH may be taken on: it will be held at least
     /// twice (the engine's copy and the replicated one). A refusal is
     /// counted.

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::codec::{ByteStr, QoS};
 use crate::message::{Message, MessageParts};
 

@@ -1,6 +1,6 @@
 //! Swapping in new password and ACL files (the watch is `crate::reload`).
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 /// Reloads now; logs and keeps the old policy when the new files are bad.
 pub fn reload(broker: &Broker, why: &str) {

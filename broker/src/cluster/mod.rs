@@ -47,7 +47,7 @@ use raftmq_proto::v1::forward_server::ForwardServer;
 use raftmq_proto::v1::raft_server::RaftServer;
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::config::Config;
 
 pub use metrics::RaftStats;

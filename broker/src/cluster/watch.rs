@@ -11,7 +11,7 @@ use super::health::StorageHealth;
 use super::metrics::RaftStats;
 use super::standing::Standing;
 use super::supervisor::{self, RaftHandle};
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 /// Copies each core's metrics into the gauges and the broker's leader flag,
 /// moving to the next core when one is rebuilt.

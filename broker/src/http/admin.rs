@@ -29,7 +29,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, SessionCell};
+use crate::engine::{Broker, SessionCell};
 use crate::codec::{reason, ByteStr, Properties, QoS, UserProperties};
 use crate::message::{ForwardedProperties, Message, MessageParts};
 use crate::topic_tree::validate_topic_name;

@@ -15,7 +15,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 /// Binds the HTTP listener (so a port clash fails the start) and serves it.
 pub async fn spawn(

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{websocket, ConnectionLimit, Transport};
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::connection::{self, ListenerInfo};
 
 /// Accepts on `listener` until the task is aborted. A connection over

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::{Broker, SessionCell};
+use crate::engine::{Broker, SessionCell};
 use crate::codec::ByteStr;
 use crate::retained::RetainedStore;
 use crate::session::Delivery;

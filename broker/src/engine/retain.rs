@@ -22,10 +22,10 @@
 
 use std::time::Instant;
 
-use crate::broker::{Broker, SessionCell};
+use crate::engine::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS};
 use crate::message::SharedMessage;
-use crate::router::Routed;
+use crate::engine::Routed;
 use crate::session::{Delivery, RetainedCursor};
 use crate::state::{Command, Ticket};
 

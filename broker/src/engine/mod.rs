@@ -8,6 +8,21 @@
 //! hands copies to its session under it) and is never taken with the
 //! `sessions` map held.
 
+mod drain;
+mod follow;
+mod ownership;
+mod publish;
+pub(crate) mod remote;
+mod retain;
+mod wills;
+
+#[cfg(test)]
+mod tests;
+
+pub use drain::{DrainMode, DrainOutcome, LiveConnection};
+pub use ownership::ClaimError;
+pub use publish::{split_share, Forward, Routed};
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,13 +33,13 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::auth::Auth;
 use crate::backpressure::Drain;
-use crate::cluster_view::ClusterView;
+use crate::engine::remote::ClusterView;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::config::{Config, SessionTakeover};
 use crate::memory_budget::MemoryBudget;
-use crate::ownership::ClaimError;
+use crate::engine::ClaimError;
 use crate::retained::RetainedStore;
-use crate::router::Forward;
+use crate::engine::Forward;
 use crate::session::{Session, SessionLimits};
 use crate::state::{Command, PersistedSession, StateError, StateSeam, Will};
 use crate::stats::Stats;
@@ -195,7 +210,7 @@ pub struct Broker {
     /// One line of Raft figures for `/readyz` (term, leader, indexes).
     pub raft_summary: RwLock<String>,
     /// Set by a drain: new connections are refused, the node is not ready.
-    pub(crate) drain: RwLock<Option<crate::drain::DrainMode>>,
+    pub(crate) drain: RwLock<Option<crate::engine::DrainMode>>,
     /// Connections past CONNACK whose socket is not shut yet.
     pub(crate) live_connections: AtomicU64,
 }

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::codec::{reason, ByteStr};
 use crate::config::SessionTakeover;
 use crate::state::StateError;

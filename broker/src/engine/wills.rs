@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::codec::{ByteStr, LastWill};
 use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
 use crate::state::{Command, Will, WillRecord};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::{Auth, Policy};
-use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
+use crate::engine::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
 use crate::message::{Message, MessageParts};
@@ -375,7 +375,7 @@ async fn clean_sessions_vanish_on_disconnect() {
 #[tokio::test]
 async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
     use crate::codec::reason;
-    use crate::drain::DrainMode;
+    use crate::engine::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
     let mut a = open(&b, "a", false, 3600);
@@ -411,7 +411,7 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
 
 #[tokio::test]
 async fn an_undrain_makes_the_node_ready_again() {
-    use crate::drain::DrainMode;
+    use crate::engine::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
     b.ready.store(true, std::sync::atomic::Ordering::Release);

@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Policy;
 use crate::backpressure::Pressure;
-use crate::broker::{Broker, SessionCell};
+use crate::engine::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, Disposition, ShareRef};

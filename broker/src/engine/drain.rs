@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 use crate::codec::{reason, ByteStr, ConnAck, Properties, Protocol};
 
 /// What a draining node tells its clients.
@@ -80,7 +80,7 @@ impl DrainMode {
     }
 
     /// Whether a kick with `code` is a drain's (the connection then ends
-    /// as [`crate::broker::Departure::Moved`]).
+    /// as [`crate::engine::Departure::Moved`]).
     pub fn is_drain_code(code: u8) -> bool {
         code == reason::USE_ANOTHER_SERVER || code == reason::SERVER_SHUTTING_DOWN
     }

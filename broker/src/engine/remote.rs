@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::codec::{ByteStr, SubOptions};
-use crate::router::split_share;
+use crate::engine::split_share;
 use crate::state::{Command, ReplicatedState, WillRecord};
 use crate::topic_tree::{Hit, Subscriber, TopicTree};
 
