@@ -17,14 +17,14 @@ use tracing::Instrument;
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Login;
 use crate::backpressure::{self, Pressure};
-use crate::engine::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
 use crate::codec::{
     self, reason, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     PubResp, Publish, PublishRef, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::engine::DrainMode;
-use crate::message::Message;
 use crate::engine::ClaimError;
+use crate::engine::DrainMode;
+use crate::engine::{Broker, Claim, Departure, SessionCell, SessionRequest, WillHandle};
+use crate::message::Message;
 use crate::session::{InboundQos2, Outgoing, PubRecOutcome, RetainedCursor};
 use crate::state::{Command, StateError, Ticket};
 use crate::topic_tree::{parse_filter, validate_topic_name, TopicError};
@@ -870,11 +870,12 @@ impl Connection {
                     PubRecOutcome::Released { seq } => {
                         if self.cell.session.lock().is_persistent() {
                             // PUBREL waits for this (see `handle_input`).
-                            self.releases
-                                .push(self.broker.seam.submit(vec![Command::Release {
+                            self.releases.push(self.broker.cluster.seam.submit(vec![
+                                Command::Release {
                                     client_id: self.client_id.clone(),
                                     seq,
-                                }]));
+                                },
+                            ]));
                         }
                     }
                     PubRecOutcome::Ended { seq, expired } => {
@@ -1327,6 +1328,7 @@ impl Connection {
         if !tickets.is_empty()
             && self
                 .broker
+                .health
                 .has_leader
                 .load(std::sync::atomic::Ordering::Acquire)
         {

@@ -27,4 +27,3 @@ pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod topic_tree;
-

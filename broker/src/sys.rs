@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::engine::Broker;
 use crate::codec::{ByteStr, QoS};
+use crate::engine::Broker;
 use crate::message::{Message, MessageParts};
 
 /// Exponentially weighted per-minute rates over 1, 5 and 15 minutes, as

@@ -101,6 +101,14 @@ pub fn parse_filter(raw: &str, limits: TopicLimits) -> Result<ParsedFilter<'_>, 
     }
 }
 
+/// `$share/g/f` -> (Some(g), f); anything else -> (None, raw). For filters
+/// already checked by [`parse_filter`] (replicated ones, the routes).
+pub fn split_share(raw: &str) -> (Option<&str>, &str) {
+    raw.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or((None, raw), |(g, f)| (Some(g), f))
+}
+
 /// Does `filter` match `topic`? (Used where no tree is at hand, e.g. the
 /// retained store and ACL checks.)
 pub fn filter_matches(filter: &str, topic: &str) -> bool {

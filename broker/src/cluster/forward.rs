@@ -31,8 +31,8 @@ use super::network::{Network, MAX_MESSAGE_BYTES};
 use super::supervisor::RaftHandle;
 use crate::backpressure::{self, Drain, Pressure};
 use crate::engine::Broker;
-use crate::message::SharedMessage;
 use crate::engine::Forward;
+use crate::message::SharedMessage;
 use crate::session::ShareRef;
 
 /// Copies waiting for one peer before new ones are dropped.

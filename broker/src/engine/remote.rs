@@ -11,9 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::codec::{ByteStr, SubOptions};
-use crate::engine::split_share;
 use crate::state::{Command, ReplicatedState, WillRecord};
-use crate::topic_tree::{Hit, Subscriber, TopicTree};
+use crate::topic_tree::{split_share, Hit, Subscriber, TopicTree};
 
 #[derive(Default)]
 pub struct ClusterView {
@@ -72,10 +71,6 @@ impl ClusterView {
             .values()
             .any(|n| n.iter().any(|x| *x != self.me))
             || self.owners.values().any(|n| *n != self.me)
-    }
-
-    pub fn owner(&self, client_id: &str) -> Option<u64> {
-        self.owners.get(client_id).copied()
     }
 
     /// The identity that owns `client_id`: `None` if nobody does,

@@ -7,9 +7,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::{Auth, Policy};
-use crate::engine::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
+use crate::engine::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::message::{Message, MessageParts};
 use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
@@ -31,7 +31,7 @@ fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
 
 /// What a CONNECT does: claim the id through the seam, then bind.
 fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
-    drop(b.seam.submit(vec![Command::ClaimClient {
+    drop(b.cluster.seam.submit(vec![Command::ClaimClient {
         client_id: ByteStr::from(id),
         node: b.node_id,
         nonce: 1,
@@ -382,7 +382,9 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
     let mut c = open(&b, "c", true, 0);
     let offline = open(&b, "o", false, 3600);
     b.close_session(&offline.cell, offline.conn_id, Departure::Clean, None);
-    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    b.health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     assert!(b.readiness().is_ok());
     let out = b
         .drain(
@@ -414,7 +416,9 @@ async fn an_undrain_makes_the_node_ready_again() {
     use crate::engine::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
-    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    b.health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(b.undrain(), Ok(false), "not draining: nothing to end");
     b.drain(
         DrainMode::hand_over("elsewhere:1883"),

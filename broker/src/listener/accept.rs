@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{websocket, ConnectionLimit, Transport};
-use crate::engine::Broker;
 use crate::connection::{self, ListenerInfo};
+use crate::engine::Broker;
 
 /// Accepts on `listener` until the task is aborted. A connection over
 /// either limit is closed at accept, before anything is allocated for it.
