@@ -59,7 +59,7 @@ mod tests;
 
 pub use drain::{DrainMode, DrainOutcome, LiveConnection};
 pub use ownership::ClaimError;
-pub use publish::{Forward, Routed};
+pub use publish::{may_read, Allowed, Denied, Forward, Publisher, Routed};
 pub use sessions::{Claim, Departure, OpenedSession, SessionCell, SessionRequest, WillHandle};
 pub use subscriptions::Subscriptions;
 

@@ -74,6 +74,54 @@ impl Remote {
     }
 }
 
+/// Who publishes: which policy a message answers to, and how its
+/// retained copy is kept.
+#[derive(Clone, Copy)]
+pub enum Publisher<'a> {
+    /// A client's PUBLISH: its ACL must let it write the topic.
+    Client(Principal<'a>),
+    /// The HTTP API, whose caller holds the admin token.
+    Admin,
+    /// A will, checked against its client's ACL when its CONNECT was.
+    Will,
+    /// `$SYS`: describes this node alone, so its retained messages are
+    /// kept here and never replicated.
+    System,
+}
+
+/// A publish the policy let through (see [`Broker::authorize`]): the only
+/// way to [`Broker::publish`].
+#[derive(Debug)]
+pub struct Allowed {
+    system: bool,
+}
+
+/// The ACL does not let the publisher write the topic (counted, logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied;
+
+/// Whether the client of a session may read `topic` under `acl` (`None`:
+/// no ACL, everything is readable). The one read check: made as a copy is
+/// handed to a session, and again as the copy is written to the client
+/// (whoever holds the session then, under the policy in force then).
+pub fn may_read(
+    acl: Option<&Policy>,
+    username: Option<&str>,
+    client_id: &str,
+    topic: &str,
+) -> bool {
+    acl.is_none_or(|p| {
+        p.may(
+            Principal {
+                username,
+                client_id,
+            },
+            topic,
+            Action::Read,
+        )
+    })
+}
+
 /// One session a publish goes to, after merging overlapping subscriptions.
 struct Target<'a> {
     cell: &'a Arc<SessionCell>,
@@ -135,11 +183,42 @@ pub struct Routed {
 }
 
 impl Broker {
-    /// Delivers `message` to every matching session. Overlapping
-    /// subscriptions of one session yield one copy at the highest QoS,
-    /// carrying all their subscription identifiers.
-    pub fn publish(&self, message: SharedMessage) -> Routed {
-        self.route(message, Vec::new(), false)
+    /// The policy check of a publish: a client's must be one its ACL lets
+    /// it write; the others were checked where they came in.
+    pub fn authorize(&self, from: Publisher<'_>, topic: &str) -> Result<Allowed, Denied> {
+        if let Publisher::Client(who) = from {
+            if !self.auth.policy().may(who, topic, Action::Write) {
+                self.stats.publish_denied.inc();
+                tracing::debug!(%topic, "publish denied (ACL, or a $SYS topic)");
+                return Err(Denied);
+            }
+        }
+        Ok(Allowed {
+            system: matches!(from, Publisher::System),
+        })
+    }
+
+    /// The one way in for a message, whoever publishes it (a client, the
+    /// HTTP API, a will, `$SYS`): a retained one is stored and routed as
+    /// one step (`retain.rs`), any other routed. Delivers it to every
+    /// matching session; overlapping subscriptions of one session yield
+    /// one copy at the highest QoS, carrying all their subscription
+    /// identifiers. The copies owed to persistent sessions (and the
+    /// retained change) go to the log as one batch: [`Routed::committed`].
+    pub fn publish(&self, message: SharedMessage, allowed: Allowed) -> Routed {
+        if !message.retain {
+            return self.route(message, Vec::new(), false);
+        }
+        if allowed.system {
+            return self.publish_retained(message, false);
+        }
+        // Clients and the API are refused a retained publish when retain
+        // is off; a will registered before it was turned off goes out
+        // plain.
+        if !self.config.mqtt.retain_available {
+            return self.route(message, Vec::new(), false);
+        }
+        self.publish_retained(message, true)
     }
 
     /// [`Broker::publish`], committing `commands` with the copies (one log
@@ -423,14 +502,13 @@ impl Broker {
         }
         // A session restored from the log carries the username it last
         // connected with (replicated with its claim).
-        if let Some(policy) = acl {
-            let who = Principal {
-                username: s.username.as_deref(),
-                client_id: &cell.client_id,
-            };
-            if !policy.may(who, &d.message.topic, Action::Read) {
-                return false;
-            }
+        if !may_read(
+            acl,
+            s.username.as_deref(),
+            &cell.client_id,
+            &d.message.topic,
+        ) {
+            return false;
         }
         if d.seq == 0 {
             d.seq = self.next_seq();
@@ -473,20 +551,17 @@ impl Broker {
     pub(crate) fn deliver_committed(&self, cell: &SessionCell, d: Delivery) {
         let seq = d.seq;
         let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         let mut s = cell.session.lock();
-        if policy.has_acl() {
-            let who = Principal {
-                username: s.username.as_deref(),
-                client_id: &cell.client_id,
-            };
-            if !policy.may(who, &d.message.topic, Action::Read) {
-                drop(s);
-                self.submit(vec![Command::Ack {
-                    client_id: cell.client_id.clone(),
-                    seq,
-                }]);
-                return;
-            }
+        if !may_read(
+            acl,
+            s.username.as_deref(),
+            &cell.client_id,
+            &d.message.topic,
+        ) {
+            drop(s);
+            self.record_acks(&cell.client_id, [seq].into_iter());
+            return;
         }
         let (disposition, _) = s.deliver(d);
         drop(s);
@@ -495,10 +570,7 @@ impl Broker {
             Disposition::Queued => {}
             Disposition::Dropped | Disposition::Discarded => {
                 self.stats.publish_dropped.inc();
-                self.submit(vec![Command::Ack {
-                    client_id: cell.client_id.clone(),
-                    seq,
-                }]);
+                self.record_acks(&cell.client_id, [seq].into_iter());
             }
         }
     }

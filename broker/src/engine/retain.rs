@@ -37,13 +37,13 @@ impl Broker {
     /// `$SYS`, which describes one node). A change that cannot commit (no
     /// quorum) is undone here, so that a node cut off from the cluster
     /// never keeps a retained message the others lack.
-    pub fn publish_retained(&self, message: SharedMessage, replicate: bool) -> Routed {
+    pub(crate) fn publish_retained(&self, message: SharedMessage, replicate: bool) -> Routed {
         let topic = message.topic.clone();
         let set = !message.payload.is_empty();
         if set && message.qos == QoS::AtMostOnce && !self.admit_qos0() {
             // Past the memory budget: not stored (its copies go too; QoS
             // 1/2 ones were admitted with their publish).
-            return self.publish(message);
+            return self.route(message, Vec::new(), false);
         }
         // Our own change comes back from the log: it must not undo a newer
         // one of ours by then (see `RetainedStore::applied`).

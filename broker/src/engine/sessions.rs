@@ -15,7 +15,7 @@ use super::Broker;
 use crate::backpressure::Drain;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::session::Session;
-use crate::state::{Command, Will};
+use crate::state::{Command, Ticket, Will};
 
 /// A session as the rest of the broker holds it.
 pub struct SessionCell {
@@ -377,5 +377,27 @@ impl Broker {
 
     pub fn session(&self, client_id: &str) -> Option<Arc<SessionCell>> {
         self.local.sessions.lock().get(client_id).cloned()
+    }
+
+    /// Records that a persistent session's client acknowledged copies
+    /// `seqs` (or that they were discarded): the log forgets them.
+    pub fn record_acks(&self, client_id: &ByteStr, seqs: impl Iterator<Item = u64>) {
+        let commands: Vec<Command> = seqs
+            .map(|seq| Command::Ack {
+                client_id: client_id.clone(),
+                seq,
+            })
+            .collect();
+        self.submit(commands);
+    }
+
+    /// Records that copy `seq` of a persistent session reached PUBREC:
+    /// only PUBREL is owed now. The ticket resolves once that is in the
+    /// log (PUBREL waits for it).
+    pub fn record_release(&self, client_id: &ByteStr, seq: u64) -> Ticket {
+        self.cluster.seam.submit(vec![Command::Release {
+            client_id: client_id.clone(),
+            seq,
+        }])
     }
 }

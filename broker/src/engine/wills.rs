@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::{Broker, Publisher};
 use crate::codec::{ByteStr, LastWill};
-use crate::engine::Broker;
 use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
 use crate::state::{Command, Will, WillRecord};
 
@@ -68,10 +68,8 @@ impl Broker {
         let message = will.to_message(now);
         tracing::debug!(client_id = %message.origin, topic = %message.topic, "publishing will");
         // The will is fire-and-forget: nobody waits on its commit.
-        if message.retain && self.config.mqtt.retain_available {
-            drop(self.publish_retained(message, true));
-        } else {
-            drop(self.publish(message));
+        if let Ok(allowed) = self.authorize(Publisher::Will, &message.topic) {
+            drop(self.publish(message, allowed));
         }
     }
 

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::codec::{reason, ByteStr, Properties, QoS, UserProperties};
-use crate::engine::{Broker, SessionCell};
+use crate::engine::{Broker, Publisher, SessionCell};
 use crate::message::{ForwardedProperties, Message, MessageParts};
 use crate::topic_tree::validate_topic_name;
 
@@ -348,11 +348,10 @@ async fn publish(
         properties: ForwardedProperties::from_properties(&properties),
         received_at: now,
     }));
-    let routed = if message.retain {
-        broker.publish_retained(message, true)
-    } else {
-        broker.publish(message)
-    };
+    let allowed = broker
+        .authorize(Publisher::Admin, &message.topic)
+        .map_err(|_| error(StatusCode::FORBIDDEN, "publish denied"))?;
+    let routed = broker.publish(message, allowed);
     let matched = routed.matched;
     routed
         .committed

@@ -117,3 +117,13 @@ async fn handle(
         }
     }
 }
+
+/// Plain TCP says when a read would find data: an idle connection waits
+/// holding no read buffer.
+impl crate::connection::Transport for TcpStream {
+    const KNOWS_READINESS: bool = true;
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}

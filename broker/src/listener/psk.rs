@@ -161,6 +161,11 @@ impl PskAcceptor {
     }
 }
 
+impl<S> crate::connection::Transport for SslStream<S> where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
