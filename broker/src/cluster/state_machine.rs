@@ -39,7 +39,7 @@ pub enum Applied {
 /// Whether the engine needs to hear of `c`, which took effect. Its own
 /// engine already holds the effect of what it proposed, except for copies
 /// it enqueued for sessions other nodes own; retained changes are applied
-/// in log order everywhere (see `retained_delivery.rs`); acks concern only
+/// in log order everywhere (see `engine/retain.rs`); acks concern only
 /// the owner.
 fn engine_needs(own: bool, c: &Command) -> bool {
     match c {

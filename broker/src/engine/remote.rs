@@ -2,7 +2,7 @@
 //! committed log: which nodes have subscribers on which filters (routes),
 //! the persistent sessions and who owns them, and every registered will.
 //!
-//! The router reads it on each publish: copies owed to persistent sessions
+//! A publish reads it (`publish.rs`): copies owed to persistent sessions
 //! that another node owns are enqueued through Raft, the rest of the
 //! publish is forwarded to the nodes whose routes match. It is an index
 //! derived from [`ReplicatedState`]; the state machine decides what a
@@ -64,7 +64,7 @@ impl ClusterView {
         self.wills = state.wills.clone();
     }
 
-    /// Whether anything lives on another node: when not, the router skips
+    /// Whether anything lives on another node: when not, a publish skips
     /// the view altogether (a single node pays nothing for it).
     pub fn has_remote(&self) -> bool {
         self.route_nodes
@@ -242,7 +242,7 @@ impl ClusterView {
     }
 
     /// Persistent sessions owned by other nodes that `topic` matches, one
-    /// entry per subscription (the router merges overlaps).
+    /// entry per subscription (`publish.rs` merges overlaps).
     pub fn remote_sessions<'a>(&'a self, topic: &str, mut visit: impl FnMut(RemoteSession<'a>)) {
         self.persistent.for_each_match(topic, |hit| {
             if let Hit::Subscriber(s) = hit {

@@ -25,7 +25,7 @@ pub struct SessionCell {
     pub wake: Notify,
     /// Wakes publishers waiting for this session to drain (backpressure).
     pub drained: Notify,
-    /// Mirrors `session.is_connected()` so the router can pick a live
+    /// Mirrors `session.is_connected()` so a publish can pick a live
     /// shared-subscription member without taking the lock.
     pub connected: AtomicBool,
     /// Tells the bound connection to leave (takeover, admin kick), with the
@@ -66,7 +66,8 @@ impl SessionCell {
         })
     }
 
-    /// Asks connection `conn_id` (if it is still the bound one) to close.
+    /// Asks the bound connection, if any, to close with `reason_code`;
+    /// whether one was there to ask (a kick goes once per connection).
     pub fn kick(&self, reason_code: u8) -> bool {
         match self.kick.lock().take() {
             Some((_, tx)) => tx.send(reason_code).is_ok(),

@@ -1,4 +1,4 @@
-//! The engine without sockets: sessions, router, retained store and state
+//! The engine without sockets: sessions, publish, retained store and state
 //! seam driven through the same calls the connection makes.
 
 use std::sync::Arc;

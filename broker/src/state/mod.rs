@@ -3,11 +3,12 @@
 //!
 //! The engine keeps its own fast in-memory indexes (topic tree, sessions,
 //! retained tree) and tells the seam what changed; the seam decides when the
-//! change is *committed*. Today [`MemoryState`] commits at once; the Raft
-//! layer will implement the same trait, commit through the log, and rebuild
-//! the engine's indexes from [`ReplicatedState`] on restart. The engine
-//! answers a QoS 1/2 publisher only once the commands its publish caused are
-//! committed, so swapping the implementation changes latency, not semantics.
+//! change is *committed*. `cluster::RaftSeam` commits through the Raft log,
+//! and the engine rebuilds its indexes from [`ReplicatedState`] on restart
+//! (`engine/follow.rs`); [`MemoryState`] commits at once, for the engine's
+//! unit tests. The engine answers a QoS 1/2 publisher only once the
+//! commands its publish caused are committed, so the implementation changes
+//! latency, not semantics.
 
 mod machine;
 mod memory;
