@@ -10,7 +10,7 @@ use crate::codec::ByteStr;
 use crate::engine::{Broker, SessionCell};
 use crate::retained::RetainedStore;
 use crate::session::Delivery;
-use crate::state::{Command, Committed, PersistedSession, ReplicatedState, WillRecord};
+use crate::state::{Change, Command, Committed, PersistedSession, ReplicatedState};
 use crate::topic_tree::parse_filter;
 
 impl Broker {
@@ -162,7 +162,11 @@ impl Broker {
         for event in events {
             match event {
                 Committed::Command { origin, command } => {
-                    view_changed |= self.follow(origin, &command, &enqueued);
+                    self.follow_message(origin, &command, &enqueued)
+                }
+                Committed::Changed(change) => {
+                    self.follow_change(&change);
+                    view_changed = true;
                 }
                 Committed::Claimed {
                     client_id,
@@ -182,10 +186,25 @@ impl Broker {
         }
     }
 
-    /// Applies one committed command (proposed by `origin`) to the local
-    /// indexes; true when the cluster view changed. `enqueued`: copies
-    /// other nodes enqueued in the same entry.
-    fn follow(self: &Arc<Self>, origin: u64, command: &Command, enqueued: &[Enqueued]) -> bool {
+    /// What a committed command changed: into the view of the cluster; a
+    /// claim also takes the client from this node, or confirms ours.
+    fn follow_change(self: &Arc<Self>, change: &Change) {
+        self.cluster.view.write().follow(change);
+        if let Change::Owner {
+            client_id,
+            node,
+            nonce,
+            ..
+        } = change
+        {
+            self.on_claim_applied(client_id, *node, *nonce);
+        }
+    }
+
+    /// A committed message (proposed by `origin`): a retained change, or
+    /// a copy owed to a session of ours. `enqueued`: copies other nodes
+    /// enqueued in the same entry.
+    fn follow_message(&self, origin: u64, command: &Command, enqueued: &[Enqueued]) {
         match command {
             Command::RetainSet(m) => {
                 let for_sessions: Vec<ByteStr> = enqueued
@@ -194,11 +213,9 @@ impl Broker {
                     .map(|e| e.client_id.clone())
                     .collect();
                 self.retained_committed(origin, &m.topic, Some(m), &for_sessions);
-                return false;
             }
             Command::RetainClear { topic } => {
                 self.retained_committed(origin, topic, None, &[]);
-                return false;
             }
             Command::Enqueue {
                 client_id,
@@ -224,31 +241,10 @@ impl Broker {
                         },
                     );
                 }
-                return false;
             }
-            Command::ClaimClient {
-                client_id,
-                node,
-                nonce,
-                will,
-                ..
-            } => {
-                let record = will.clone().map(|will| WillRecord {
-                    node: *node,
-                    nonce: *nonce,
-                    will,
-                });
-                self.cluster.view.write().set_will(client_id, record);
-                self.on_claim_applied(client_id, *node, *nonce);
-            }
-            Command::WillClear { client_id, .. } | Command::WillFire { client_id, .. } => {
-                self.cluster.view.write().set_will(client_id, None);
-                return false;
-            }
+            // The rest arrives as what it changed (`Committed::Changed`).
             _ => {}
         }
-        self.cluster.view.write().apply(command);
-        true
     }
 }
 
