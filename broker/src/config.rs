@@ -47,6 +47,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
+    /// Bridges to other brokers (mosquitto's `connection` blocks).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             listeners: Vec::new(),
             http: HttpConfig::default(),
             cluster: ClusterConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -518,6 +521,8 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        crate::bridge::config::check_unique(&self.bridges)
+            .map_err(|why| invalid("bridges", &why))?;
         let mut binds: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
         binds.sort();
         if let Some(w) = binds.windows(2).find(|w| w[0] == w[1]) {

@@ -97,6 +97,8 @@ pub struct Broker {
     pub(crate) cluster: ClusterLink,
     /// Whether this node should take traffic.
     pub health: Health,
+    /// The configured bridges' status (`bridge/`).
+    pub bridges: crate::bridge::Bridges,
 }
 
 /// The indexes this node serves its clients from.
@@ -173,6 +175,8 @@ impl Broker {
     ) -> Arc<Broker> {
         let m = &config.mqtt;
         let memory = MemoryBudget::new(m.max_memory);
+        let stats = Stats::default();
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &stats.registry);
         Arc::new(Broker {
             session_limits: SessionLimits {
                 max_inflight: m.max_inflight_messages,
@@ -188,7 +192,8 @@ impl Broker {
             node_id,
             config,
             auth,
-            stats: Stats::default(),
+            stats,
+            bridges,
             memory,
             local: Local {
                 sessions: Mutex::new(HashMap::new()),
