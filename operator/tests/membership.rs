@@ -17,7 +17,7 @@ use raftmq_operator::crd::MqttCluster;
 use raftmq_operator::membership::{
     BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target,
 };
-use raftmq_operator::reconcile::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
+use raftmq_operator::controller::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
 use time::OffsetDateTime;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use raftmq_operator::membership::admin::{AdminMembership, Resolver, Timeouts};
 use raftmq_operator::membership::{ClientTls, Membership, Target};
-use raftmq_operator::reconcile::{self, Context, LifecycleSettings};
+use raftmq_operator::controller::{self, Context, LifecycleSettings};
 use raftmq_operator::render::Names;
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
@@ -100,7 +100,7 @@ impl Lab {
             unready_after: Duration::from_secs(60),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(reconcile::run(Arc::new(ctx), Some(NS.into()), async move {
+        tokio::spawn(controller::run(Arc::new(ctx), Some(NS.into()), async move {
             let _ = rx.await;
         }));
         api.create(

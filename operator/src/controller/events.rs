@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::crd::MqttCluster;
-use crate::reconcile::Context;
+use super::Context;
 
 /// The longest note the API server takes (`events.k8s.io/v1` validation).
 pub const NOTE_MAX: usize = 1024;

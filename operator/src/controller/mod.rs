@@ -3,6 +3,9 @@
 //! server-side apply, prunes what is no longer wanted, and reports status and
 //! Events.
 
+pub mod events;
+pub mod observe;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -29,10 +32,10 @@ use tracing::{info, warn};
 use crate::certs::{self, CertError};
 use crate::crd::Operation;
 use crate::crd::{ListenerKind, MqttCluster, TlsMode};
-use crate::events::{publish, publish_about};
+use events::{publish, publish_about};
 use crate::lifecycle::{self, node_id, Step};
 use crate::membership::{ClientTls, Membership, MembershipError, Target};
-use crate::observe;
+use observe::pods as observe;
 use crate::render::monitoring::{
     certificate_resource, dns_names, service_monitor_resource, DEFAULT_CERT_HOURS,
 };

@@ -1,0 +1,3 @@
+//! What the controller reads before it decides anything.
+
+pub mod pods;
