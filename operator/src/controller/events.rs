@@ -8,8 +8,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use crate::crd::MqttCluster;
 use super::Context;
+use crate::crd::MqttCluster;
 
 /// The longest note the API server takes (`events.k8s.io/v1` validation).
 pub const NOTE_MAX: usize = 1024;

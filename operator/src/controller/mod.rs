@@ -3,8 +3,14 @@
 //! server-side apply, prunes what is no longer wanted, and reports status and
 //! Events.
 
+mod apply;
+mod drive;
 pub mod events;
 pub mod observe;
+mod report;
+mod volumes;
+
+pub use volumes::{quantity, VOLUME_EXPANSION_FAILED};
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,36 +19,37 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::certs::{self, CertError};
-use crate::crd::Operation;
 use crate::crd::{ListenerKind, MqttCluster, TlsMode};
-use events::{publish, publish_about};
-use crate::lifecycle::{self, node_id, Step};
-use crate::membership::{ClientTls, Membership, MembershipError, Target};
-use observe::pods as observe;
+use crate::lifecycle;
+use crate::membership::{Membership, Target};
 use crate::render::monitoring::{
     certificate_resource, dns_names, service_monitor_resource, DEFAULT_CERT_HOURS,
 };
-use crate::render::{self, Names, Observed, RenderError, TlsMaterial, CONFIG_CHECKSUM, MANAGER};
+use crate::render::{self, Names, Observed, RenderError, CONFIG_CHECKSUM, MANAGER};
 use crate::status::{self, Lifecycle, Rollout, DEGRADED};
 use crate::telemetry::Metrics;
 use crate::validate::{self, Problem};
+use apply::{apply, apply_dynamic, owned_by, prune, prune_configs};
+use drive::drive;
+use events::publish;
+use observe::api_available;
+use observe::secrets::{admin_tls, material_from, resolve_users, secret_string};
+use report::{patch_status, report_failure};
+use volumes::{current_replicas_of, expand_volumes};
 
 /// How often a healthy cluster is looked at again without any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -172,152 +179,6 @@ impl Context {
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        action: format!("applying {} {name:?}", K::kind(&())),
-        source,
-    })
-}
-
-async fn apply_dynamic(
-    client: &Client,
-    ns: &str,
-    ar: &ApiResource,
-    obj: &DynamicObject,
-) -> Result<DynamicObject, Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
-    let name = obj.metadata.name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        action: format!("applying {} {name:?}", ar.kind),
-        source,
-    })
-}
-
-fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
-    meta.owner_references
-        .as_ref()
-        .is_some_and(|o| o.iter().any(|r| r.uid == uid))
-}
-
-/// Deletes `name` if it exists and this cluster owns it.
-async fn prune<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.get_opt(name).await? {
-        Some(o) if owned_by(o.meta(), uid) => {
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Whether the API server serves `group_version` with `plural`.
-async fn api_available(client: &Client, group_version: &str, plural: &str) -> bool {
-    match client.list_api_group_resources(group_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == plural),
-        Err(_) => false,
-    }
-}
-
-fn secret_string(s: &Secret, key: &str) -> Option<Result<String, ()>> {
-    if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
-        return Some(String::from_utf8(v.0.clone()).map_err(|_| ()));
-    }
-    s.string_data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|v| Ok(v.clone()))
-}
-
-/// Reads every user's password from its Secret.
-async fn resolve_users(
-    secrets: &Api<Secret>,
-    cluster: &MqttCluster,
-    ns: &str,
-    problems: &mut Vec<Problem>,
-) -> Result<Vec<(String, String)>, kube::Error> {
-    let mut out = Vec::new();
-    let mut cache: BTreeMap<String, Option<Secret>> = BTreeMap::new();
-    for u in &cluster.spec.auth.users {
-        let r = &u.password_secret_ref;
-        if !cache.contains_key(&r.name) {
-            cache.insert(r.name.clone(), secrets.get_opt(&r.name).await?);
-        }
-        let Some(Some(secret)) = cache.get(&r.name) else {
-            problems.push(Problem {
-                reason: "SecretNotFound",
-                message: format!(
-                    "user {}: Secret {:?} (auth.users passwordSecretRef) does not exist in namespace {ns}",
-                    u.username, r.name
-                ),
-            });
-            continue;
-        };
-        match secret_string(secret, &r.key) {
-            None => problems.push(Problem {
-                reason: "SecretKeyMissing",
-                message: format!(
-                    "user {}: Secret {:?} has no key {:?}",
-                    u.username, r.name, r.key
-                ),
-            }),
-            Some(Err(())) => problems.push(Problem {
-                reason: "SecretInvalid",
-                message: format!(
-                    "user {}: key {:?} of Secret {:?} is not UTF-8 text",
-                    u.username, r.key, r.name
-                ),
-            }),
-            Some(Ok(pw)) if pw.is_empty() => problems.push(Problem {
-                reason: "SecretInvalid",
-                message: format!(
-                    "user {}: key {:?} of Secret {:?} is empty",
-                    u.username, r.key, r.name
-                ),
-            }),
-            Some(Ok(pw)) => out.push((u.username.clone(), pw)),
-        }
-    }
-    Ok(out)
-}
-
-fn material_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Option<TlsMaterial> {
-    let get =
-        |s: Option<&Secret>, k: &str| s.and_then(|s| secret_string(s, k)).and_then(Result::ok);
-    Some(TlsMaterial {
-        ca_crt: get(ca, "ca.crt")?,
-        ca_key: get(ca, "ca.key")?,
-        tls_crt: get(tls, "tls.crt")?,
-        tls_key: get(tls, "tls.key")?,
-    })
-}
-
 fn cluster_key(cluster: &MqttCluster) -> String {
     format!(
         "{}/{}",
@@ -358,31 +219,6 @@ pub async fn reconcile(cluster: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<A
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Ready=False and Degraded=True with the error's reason and message, and a
-/// Warning Event (repeats fold into one Event's series).
-async fn report_failure(ctx: &Context, cluster: &MqttCluster, e: &Error) {
-    warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), error = %e, "reconcile failed");
-    let message = format!("reconcile failed: {e}");
-    publish(
-        ctx,
-        cluster,
-        EventType::Warning,
-        e.reason(),
-        "Reconcile",
-        message.clone(),
-    )
-    .await;
-    let st = status::failed(
-        cluster,
-        e.reason(),
-        &message,
-        k8s_openapi::jiff::Timestamp::now(),
-    );
-    if let Err(pe) = patch_status(ctx, cluster, &st).await {
-        warn!(cluster = %cluster.name_any(), error = %pe, "could not write the failure to status");
-    }
 }
 
 /// Returns the next action and whether the cluster is Degraded.
@@ -591,15 +427,15 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         tls: admin_tls(&secrets, cluster, &names, &observed).await?,
     };
     let pods = match &before {
-        Some(_) => observe::pods(client, &ns, &names).await?,
+        Some(_) => observe::pods::pods(client, &ns, &names).await?,
         None => Vec::new(),
     };
     let group = if ctx.membership.managed() {
-        Some(observe::group(ctx.membership.as_ref(), &names, &target, &pods).await)
+        Some(observe::pods::group(ctx.membership.as_ref(), &names, &target, &pods).await)
     } else {
         None
     };
-    let troubles = observe::troubles(client, &ns, &names, &pods).await?;
+    let troubles = observe::pods::troubles(client, &ns, &names, &pods).await?;
     let now = (ctx.now)();
     let membership = Lifecycle {
         troubles: troubles.clone(),
@@ -923,45 +759,6 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
     Ok((Action::requeue(requeue), life.degraded.is_some()))
 }
 
-/// The client certificate for the Admin service when the brokers require
-/// mutual TLS between nodes: the cluster's own peer certificate (it carries
-/// client auth; operator-issued, a user Secret or cert-manager's Secret).
-async fn admin_tls(
-    secrets: &Api<Secret>,
-    cluster: &MqttCluster,
-    names: &Names,
-    observed: &Observed,
-) -> Result<Option<ClientTls>, kube::Error> {
-    let Some(t) = cluster.spec.effective_tls() else {
-        return Ok(None);
-    };
-    if !(t.peer_tls && observed.tls_has_ca) {
-        return Ok(None);
-    }
-    if let Some(m) = &observed.tls {
-        return Ok(Some(ClientTls {
-            ca_crt: m.ca_crt.clone(),
-            cert: m.tls_crt.clone(),
-            key: m.tls_key.clone(),
-        }));
-    }
-    let name = match t.mode {
-        TlsMode::Secret => t.secret_name.clone().unwrap_or_default(),
-        TlsMode::Operator | TlsMode::CertManager => names.tls_secret(),
-    };
-    let Some(s) = secrets.get_opt(&name).await? else {
-        return Ok(None);
-    };
-    let get = |k: &str| secret_string(&s, k).and_then(Result::ok);
-    Ok((|| {
-        Some(ClientTls {
-            ca_crt: get("ca.crt")?,
-            cert: get("tls.crt")?,
-            key: get("tls.key")?,
-        })
-    })())
-}
-
 /// Hex SHA-256 (first 16 digits) of a StatefulSet's pod template.
 pub fn template_hash(sts: &StatefulSet) -> String {
     let text = serde_json::to_string(&sts.spec.template).unwrap_or_default();
@@ -971,438 +768,6 @@ pub fn template_hash(sts: &StatefulSet) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Runs the plan's step (if any) and works out what status says about it:
-/// the operation in progress, Degraded when it fails or is stuck, and when
-/// to look again (exponential backoff after failures).
-async fn drive(
-    ctx: &Context,
-    cluster: &MqttCluster,
-    target: &Target,
-    plan: &lifecycle::Plan,
-) -> (Lifecycle, Duration) {
-    let settings = &ctx.lifecycle;
-    let now = (ctx.now)();
-    let mut life = Lifecycle {
-        view: plan.view.clone(),
-        ..Lifecycle::default()
-    };
-    let Some((reason, message)) = plan.progress.clone() else {
-        return (life, RESYNC);
-    };
-    let rfc3339 = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    let same = cluster
-        .status
-        .as_ref()
-        .and_then(|s| s.operation.clone())
-        .filter(|o| o.reason == reason && o.message == message);
-    let fresh = same.is_none();
-    let mut op = same.unwrap_or(Operation {
-        reason: reason.to_string(),
-        message: message.clone(),
-        since: rfc3339(now),
-        attempts: 0,
-        last_error: None,
-    });
-    let mut requeue = settings.poll;
-    if let Some(step) = &plan.step {
-        match execute(ctx, target, plan, step).await {
-            Ok((done, note)) => {
-                info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
-                let pod = step.ordinal().map(|o| target.names.pod(o));
-                publish_about(
-                    ctx,
-                    cluster,
-                    pod,
-                    EventType::Normal,
-                    done,
-                    step.name(),
-                    note,
-                )
-                .await;
-                op.attempts = 0;
-                op.last_error = None;
-                // The next step can usually start at once.
-                requeue = Duration::from_millis(500).min(settings.poll);
-            }
-            Err(e) => {
-                op.attempts += 1;
-                op.last_error = Some(e.to_string());
-                let wait = settings.backoff(op.attempts);
-                let msg = format!(
-                    "{message}: {e} (attempt {}, next in {}s)",
-                    op.attempts,
-                    wait.as_secs_f32()
-                );
-                warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
-                publish_about(
-                    ctx,
-                    cluster,
-                    step.ordinal().map(|o| target.names.pod(o)),
-                    EventType::Warning,
-                    e.reason(),
-                    step.name(),
-                    msg.clone(),
-                )
-                .await;
-                life.degraded = Some((e.reason().to_string(), msg));
-                requeue = wait;
-            }
-        }
-    } else {
-        if fresh {
-            publish_about(
-                ctx,
-                cluster,
-                plan.pod.map(|o| target.names.pod(o)),
-                EventType::Normal,
-                reason,
-                "Lifecycle",
-                message.clone(),
-            )
-            .await;
-        }
-        if let Some(w) = &plan.wait {
-            let since =
-                OffsetDateTime::parse(&op.since, &time::format_description::well_known::Rfc3339)
-                    .unwrap_or(now);
-            let waited = (now - since).whole_seconds().max(0) as u64;
-            if waited >= settings.stuck_after.as_secs() {
-                op.attempts += 1;
-                let msg = format!("{} (for {waited}s)", w.message);
-                if op.attempts == 1 {
-                    publish(
-                        ctx,
-                        cluster,
-                        EventType::Warning,
-                        w.stuck_reason,
-                        "Lifecycle",
-                        msg.clone(),
-                    )
-                    .await;
-                }
-                life.degraded = Some((w.stuck_reason.to_string(), msg));
-                requeue = settings.backoff(op.attempts);
-            }
-        }
-    }
-    life.progress = Some((op.reason.clone(), op.message.clone()));
-    life.operation = Some(op);
-    (life, requeue)
-}
-
-async fn execute(
-    ctx: &Context,
-    target: &Target,
-    plan: &lifecycle::Plan,
-    step: &Step,
-) -> Result<(&'static str, String), MembershipError> {
-    let m = &ctx.membership;
-    let leader = plan.leader.unwrap_or(0);
-    let pod = |o: i32| target.names.pod(o);
-    match step {
-        Step::AddLearner { ordinal } => {
-            let addr = m.peer_addr(target, *ordinal);
-            let r = m
-                .add_learner(target, leader, node_id(*ordinal), addr.clone())
-                .await?;
-            Ok((
-                "LearnerAdded",
-                format!(
-                    "{} (node {}, {addr}) joined as a learner and caught up: {r}",
-                    pod(*ordinal),
-                    node_id(*ordinal)
-                ),
-            ))
-        }
-        Step::Promote { ordinals, voters } => {
-            let r = m.change_membership(target, leader, voters.clone()).await?;
-            Ok((
-                "Promoted",
-                format!(
-                    "{} promoted to voter; voters are now {}: {r}",
-                    ordinals
-                        .iter()
-                        .map(|o| pod(*o))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    voters
-                        .iter()
-                        .map(|v| pod(lifecycle::ordinal_of(*v)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))
-        }
-        Step::ResetMember { ordinal } => {
-            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
-            Ok((
-                "MemberReset",
-                format!(
-                    "{} came back with an empty volume: removed from Raft, to be added again as a new member: {r}",
-                    pod(*ordinal)
-                ),
-            ))
-        }
-        Step::Drain { ordinal } => {
-            let (gone, left) = m
-                .drain(target, *ordinal, target.names.client_host())
-                .await?;
-            Ok((
-                "Drained",
-                format!(
-                    "{}: {gone} clients handed over to the other pods ({left} still connected)",
-                    pod(*ordinal)
-                ),
-            ))
-        }
-        Step::TransferLeader { from, to } => {
-            let r = m.transfer_leader(target, *from, *to).await?;
-            Ok((
-                "LeaderTransferred",
-                format!(
-                    "leadership moved from {} to {}: {r}",
-                    pod(*from),
-                    pod(lifecycle::ordinal_of(*to))
-                ),
-            ))
-        }
-        Step::RemoveMember { ordinal } => {
-            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
-            Ok((
-                "MemberRemoved",
-                format!("{} removed from the Raft group: {r}", pod(*ordinal)),
-            ))
-        }
-        Step::Undrain { ordinal } => match m.undrain(target, *ordinal).await {
-            Ok(r) => Ok((
-                "Undrained",
-                format!("{} takes clients again: {r}", pod(*ordinal)),
-            )),
-            // A broker without Undrain: a restart ends the drain too.
-            Err(MembershipError::Unsupported { .. }) => {
-                delete_pod(ctx, target, *ordinal).await?;
-                Ok((
-                    "Undrained",
-                    format!(
-                        "{} restarted to take clients again (its broker has no Undrain)",
-                        pod(*ordinal)
-                    ),
-                ))
-            }
-            Err(e) => Err(e),
-        },
-        Step::RestartPod { ordinal } => {
-            delete_pod(ctx, target, *ordinal).await?;
-            Ok((
-                "PodRestarted",
-                format!(
-                    "deleted {} (it did not run); it comes back at the StatefulSet's current revision",
-                    pod(*ordinal)
-                ),
-            ))
-        }
-    }
-}
-
-async fn delete_pod(ctx: &Context, target: &Target, ordinal: i32) -> Result<(), MembershipError> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &target.names.namespace);
-    match api
-        .delete(&target.names.pod(ordinal), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-        Err(e) => Err(MembershipError::Api(api_message(&e))),
-    }
-}
-
-/// Whether every pod runs the StatefulSet's latest template.
-fn rollout_complete(sts: &StatefulSet) -> bool {
-    let Some(s) = &sts.status else {
-        return false;
-    };
-    s.observed_generation >= sts.metadata.generation
-        && s.current_revision.is_some()
-        && s.current_revision == s.update_revision
-        && s.updated_replicas.unwrap_or(0) >= sts.spec.replicas.unwrap_or(1)
-}
-
-/// Deletes the broker config ConfigMaps of earlier configs once the roll
-/// to the current one is complete and no pod mounts them (until then a pod
-/// that restarts, or comes back at the StatefulSet's current revision,
-/// needs its own).
-async fn prune_configs(
-    cms: &Api<ConfigMap>,
-    names: &Names,
-    uid: &str,
-    keep: &str,
-    sts: &StatefulSet,
-    pods: &[Pod],
-) -> Result<(), kube::Error> {
-    if !rollout_complete(sts) {
-        return Ok(());
-    }
-    let mounted: std::collections::BTreeSet<String> = pods
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.volumes.clone())
-        .flatten()
-        .filter_map(|v| v.config_map.map(|c| c.name))
-        .collect();
-    let lp = kube::api::ListParams::default().labels(&format!(
-        "{}={}",
-        render::CONFIG_OF,
-        names.cluster
-    ));
-    let mut old: Vec<String> = cms
-        .list(&lp)
-        .await?
-        .items
-        .iter()
-        .map(|c| c.name_any())
-        .collect();
-    old.push(names.legacy_config_map());
-    for name in old {
-        if name != keep && !mounted.contains(&name) && prune(cms, &name, uid).await? {
-            info!(cluster = %names.cluster, configmap = %name, "pruned an earlier broker config");
-        }
-    }
-    Ok(())
-}
-
-/// Bytes in a Kubernetes quantity (`1Gi`, `500M`, `1.5Ti`, `1e9`).
-pub fn quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let m: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        _ => return None,
-    };
-    Some(n * m)
-}
-
-fn current_replicas_of(sts: &StatefulSet) -> i32 {
-    sts.spec.replicas.unwrap_or(1)
-}
-
-/// Grows each pod's volume to `storage.size`, best effort: it needs a
-/// StorageClass with `allowVolumeExpansion` and a bound claim (unbound
-/// ones are skipped: there is nothing to grow yet). A refusal is returned
-/// as a problem to report (Degraded `VolumeExpansionFailed`), never as an
-/// error: the rest of the reconcile goes on. Runs on every reconcile: a pod
-/// added by a scale-up gets the template's (old) size and is grown the
-/// next time round.
-async fn expand_volumes(
-    ctx: &Context,
-    cluster: &MqttCluster,
-    names: &Names,
-    ns: &str,
-    replicas: i32,
-) -> Result<Option<Problem>, kube::Error> {
-    let Some(want) = quantity(&cluster.spec.storage.size) else {
-        return Ok(None);
-    };
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), ns);
-    let mut grown = Vec::new();
-    let mut refused: Vec<(String, String)> = Vec::new();
-    for i in 0..replicas.max(cluster.spec.replicas) {
-        let name = format!("data-{}", names.pod(i));
-        let Some(pvc) = pvcs.get_opt(&name).await? else {
-            continue;
-        };
-        let bound = pvc
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Bound");
-        let have = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage"))
-            .and_then(|q| quantity(&q.0));
-        if !bound || !have.is_some_and(|h| h < want) {
-            continue;
-        }
-        let patch =
-            json!({"spec": {"resources": {"requests": {"storage": cluster.spec.storage.size}}}});
-        match pvcs
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => grown.push(name),
-            Err(e) => refused.push((name, api_message(&e))),
-        }
-    }
-    let size = &cluster.spec.storage.size;
-    if !grown.is_empty() {
-        publish(
-            ctx,
-            cluster,
-            EventType::Normal,
-            "VolumesExpanding",
-            "ExpandVolumes",
-            format!("asked to grow {} to {size}", grown.join(", ")),
-        )
-        .await;
-    }
-    let Some((_, why)) = refused.first() else {
-        return Ok(None);
-    };
-    let claims: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
-    Ok(Some(Problem {
-        reason: VOLUME_EXPANSION_FAILED,
-        message: format!(
-            "could not grow {} to {size}: {why}; the StorageClass must allow volume expansion (allowVolumeExpansion: true), or set storage.size back",
-            claims.join(", ")
-        ),
-    }))
-}
-
-/// Degraded reason of a refused volume resize.
-pub const VOLUME_EXPANSION_FAILED: &str = "VolumeExpansionFailed";
-
-async fn patch_status(
-    ctx: &Context,
-    cluster: &MqttCluster,
-    st: &crate::crd::MqttClusterStatus,
-) -> Result<(), kube::Error> {
-    let ns = cluster.namespace().unwrap_or_default();
-    let api: Api<MqttCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let body = json!({
-        "apiVersion": MqttCluster::api_version(&()),
-        "kind": MqttCluster::kind(&()),
-        "status": st,
-    });
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Exponential backoff per cluster: `retry_base` doubling per failure in a
@@ -1479,21 +844,4 @@ pub async fn run(
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantity;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity("1Gi"), Some(1073741824.0));
-        assert_eq!(quantity("500M"), Some(5e8));
-        assert_eq!(quantity("1.5Ki"), Some(1536.0));
-        assert_eq!(quantity("1e3"), Some(1000.0));
-        assert_eq!(quantity("12"), Some(12.0));
-        assert!(quantity("10Gi").unwrap_or_default() > quantity("5Gi").unwrap_or_default());
-        assert_eq!(quantity("lots"), None);
-        assert_eq!(quantity("1Qi"), None);
-    }
 }

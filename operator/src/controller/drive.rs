@@ -1,0 +1,270 @@
+//! Drive: runs the lifecycle plan's membership step (if any) and works out
+//! what status says about the operation in progress.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use kube::runtime::events::EventType;
+use kube::Api;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::events::{publish, publish_about};
+use super::{api_message, Context, RESYNC};
+use crate::crd::{MqttCluster, Operation};
+use crate::lifecycle::{self, node_id, Step};
+use crate::membership::{MembershipError, Target};
+use crate::status::Lifecycle;
+
+/// Runs the plan's step (if any) and works out what status says about it:
+/// the operation in progress, Degraded when it fails or is stuck, and when
+/// to look again (exponential backoff after failures).
+pub(super) async fn drive(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    target: &Target,
+    plan: &lifecycle::Plan,
+) -> (Lifecycle, Duration) {
+    let settings = &ctx.lifecycle;
+    let now = (ctx.now)();
+    let mut life = Lifecycle {
+        view: plan.view.clone(),
+        ..Lifecycle::default()
+    };
+    let Some((reason, message)) = plan.progress.clone() else {
+        return (life, RESYNC);
+    };
+    let rfc3339 = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let same = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.clone())
+        .filter(|o| o.reason == reason && o.message == message);
+    let fresh = same.is_none();
+    let mut op = same.unwrap_or(Operation {
+        reason: reason.to_string(),
+        message: message.clone(),
+        since: rfc3339(now),
+        attempts: 0,
+        last_error: None,
+    });
+    let mut requeue = settings.poll;
+    if let Some(step) = &plan.step {
+        match execute(ctx, target, plan, step).await {
+            Ok((done, note)) => {
+                info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
+                let pod = step.ordinal().map(|o| target.names.pod(o));
+                publish_about(
+                    ctx,
+                    cluster,
+                    pod,
+                    EventType::Normal,
+                    done,
+                    step.name(),
+                    note,
+                )
+                .await;
+                op.attempts = 0;
+                op.last_error = None;
+                // The next step can usually start at once.
+                requeue = Duration::from_millis(500).min(settings.poll);
+            }
+            Err(e) => {
+                op.attempts += 1;
+                op.last_error = Some(e.to_string());
+                let wait = settings.backoff(op.attempts);
+                let msg = format!(
+                    "{message}: {e} (attempt {}, next in {}s)",
+                    op.attempts,
+                    wait.as_secs_f32()
+                );
+                warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
+                publish_about(
+                    ctx,
+                    cluster,
+                    step.ordinal().map(|o| target.names.pod(o)),
+                    EventType::Warning,
+                    e.reason(),
+                    step.name(),
+                    msg.clone(),
+                )
+                .await;
+                life.degraded = Some((e.reason().to_string(), msg));
+                requeue = wait;
+            }
+        }
+    } else {
+        if fresh {
+            publish_about(
+                ctx,
+                cluster,
+                plan.pod.map(|o| target.names.pod(o)),
+                EventType::Normal,
+                reason,
+                "Lifecycle",
+                message.clone(),
+            )
+            .await;
+        }
+        if let Some(w) = &plan.wait {
+            let since =
+                OffsetDateTime::parse(&op.since, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or(now);
+            let waited = (now - since).whole_seconds().max(0) as u64;
+            if waited >= settings.stuck_after.as_secs() {
+                op.attempts += 1;
+                let msg = format!("{} (for {waited}s)", w.message);
+                if op.attempts == 1 {
+                    publish(
+                        ctx,
+                        cluster,
+                        EventType::Warning,
+                        w.stuck_reason,
+                        "Lifecycle",
+                        msg.clone(),
+                    )
+                    .await;
+                }
+                life.degraded = Some((w.stuck_reason.to_string(), msg));
+                requeue = settings.backoff(op.attempts);
+            }
+        }
+    }
+    life.progress = Some((op.reason.clone(), op.message.clone()));
+    life.operation = Some(op);
+    (life, requeue)
+}
+
+pub(super) async fn execute(
+    ctx: &Context,
+    target: &Target,
+    plan: &lifecycle::Plan,
+    step: &Step,
+) -> Result<(&'static str, String), MembershipError> {
+    let m = &ctx.membership;
+    let leader = plan.leader.unwrap_or(0);
+    let pod = |o: i32| target.names.pod(o);
+    match step {
+        Step::AddLearner { ordinal } => {
+            let addr = m.peer_addr(target, *ordinal);
+            let r = m
+                .add_learner(target, leader, node_id(*ordinal), addr.clone())
+                .await?;
+            Ok((
+                "LearnerAdded",
+                format!(
+                    "{} (node {}, {addr}) joined as a learner and caught up: {r}",
+                    pod(*ordinal),
+                    node_id(*ordinal)
+                ),
+            ))
+        }
+        Step::Promote { ordinals, voters } => {
+            let r = m.change_membership(target, leader, voters.clone()).await?;
+            Ok((
+                "Promoted",
+                format!(
+                    "{} promoted to voter; voters are now {}: {r}",
+                    ordinals
+                        .iter()
+                        .map(|o| pod(*o))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    voters
+                        .iter()
+                        .map(|v| pod(lifecycle::ordinal_of(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        Step::ResetMember { ordinal } => {
+            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            Ok((
+                "MemberReset",
+                format!(
+                    "{} came back with an empty volume: removed from Raft, to be added again as a new member: {r}",
+                    pod(*ordinal)
+                ),
+            ))
+        }
+        Step::Drain { ordinal } => {
+            let (gone, left) = m
+                .drain(target, *ordinal, target.names.client_host())
+                .await?;
+            Ok((
+                "Drained",
+                format!(
+                    "{}: {gone} clients handed over to the other pods ({left} still connected)",
+                    pod(*ordinal)
+                ),
+            ))
+        }
+        Step::TransferLeader { from, to } => {
+            let r = m.transfer_leader(target, *from, *to).await?;
+            Ok((
+                "LeaderTransferred",
+                format!(
+                    "leadership moved from {} to {}: {r}",
+                    pod(*from),
+                    pod(lifecycle::ordinal_of(*to))
+                ),
+            ))
+        }
+        Step::RemoveMember { ordinal } => {
+            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            Ok((
+                "MemberRemoved",
+                format!("{} removed from the Raft group: {r}", pod(*ordinal)),
+            ))
+        }
+        Step::Undrain { ordinal } => match m.undrain(target, *ordinal).await {
+            Ok(r) => Ok((
+                "Undrained",
+                format!("{} takes clients again: {r}", pod(*ordinal)),
+            )),
+            // A broker without Undrain: a restart ends the drain too.
+            Err(MembershipError::Unsupported { .. }) => {
+                delete_pod(ctx, target, *ordinal).await?;
+                Ok((
+                    "Undrained",
+                    format!(
+                        "{} restarted to take clients again (its broker has no Undrain)",
+                        pod(*ordinal)
+                    ),
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        Step::RestartPod { ordinal } => {
+            delete_pod(ctx, target, *ordinal).await?;
+            Ok((
+                "PodRestarted",
+                format!(
+                    "deleted {} (it did not run); it comes back at the StatefulSet's current revision",
+                    pod(*ordinal)
+                ),
+            ))
+        }
+    }
+}
+
+pub(super) async fn delete_pod(
+    ctx: &Context,
+    target: &Target,
+    ordinal: i32,
+) -> Result<(), MembershipError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &target.names.namespace);
+    match api
+        .delete(&target.names.pod(ordinal), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(MembershipError::Api(api_message(&e))),
+    }
+}
