@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use raftmq_shared::config::keys;
+
 use crate::crd::{ListenerKind, MqttClusterSpec};
-use crate::render::config::{OVERRIDABLE, RESERVED};
+use crate::render::config::{is_reserved, OVERRIDABLE};
 use crate::render::{CLUSTER_PORT, HTTP_PORT};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +206,7 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
     if let Some(cfg) = &spec.config {
         for (k, v) in cfg {
             if !OVERRIDABLE.contains(&k.as_str()) {
-                let why = if RESERVED.contains(&k.as_str()) {
+                let why = if is_reserved(k, None) {
                     "the operator manages it"
                 } else {
                     "it is not a broker config section"
@@ -218,14 +220,14 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             if let Some(obj) = v.as_object() {
                 for sub in obj.keys() {
                     let path = format!("{k}.{sub}");
-                    if RESERVED.contains(&path.as_str()) {
+                    if is_reserved(k, Some(sub)) {
                         f.error(
                             "InvalidConfig",
                             format!("spec.config.{path} cannot be set: the operator manages it"),
                         );
                     }
                 }
-            } else if k != "sys_interval" {
+            } else if k != keys::SYS_INTERVAL {
                 f.error(
                     "InvalidConfig",
                     format!("spec.config.{k} must be a table of keys"),

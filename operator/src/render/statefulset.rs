@@ -25,7 +25,7 @@ use super::{
     common_labels, meta, selector_labels, Names, Observed, ACL_DIR, CLUSTER_PORT, CONFIG_CHECKSUM,
     CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PSK_DIR, TLS_DIR, USERS_DIR,
 };
-use crate::crd::{MqttClusterSpec, TlsMode};
+use crate::crd::{ListenerKindExt, MqttClusterSpec, TlsMode};
 
 /// UID/GID the broker runs as.
 pub const RUN_AS: i64 = 65532;
