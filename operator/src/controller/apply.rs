@@ -5,6 +5,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -12,10 +13,113 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::info;
 
+use super::decide::Desired;
+use super::observe::{api_available, Seen};
 use super::Error;
-use crate::render::{self, Names, MANAGER};
+use crate::crd::{MqttCluster, TlsMode};
+use crate::render::monitoring::{certificate_resource, service_monitor_resource};
+use crate::render::{self, Names, Rendered, MANAGER};
 
-pub(super) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+/// Server-side apply of everything rendered: config and Secrets first (a
+/// pod that starts must find them), then the Services, the StatefulSet and
+/// the rest. Returns the StatefulSet as the API server has it now.
+pub(super) async fn apply_all(
+    client: &Client,
+    ns: &str,
+    rendered: &Rendered,
+) -> Result<StatefulSet, Error> {
+    apply(client, ns, &rendered.config_map).await?;
+    if let Some(acl) = &rendered.acl_config_map {
+        apply(client, ns, acl).await?;
+    }
+    for s in &rendered.secrets {
+        apply(client, ns, s).await?;
+    }
+    if let Some(c) = &rendered.certificate {
+        apply_dynamic(client, ns, &certificate_resource(), c).await?;
+    }
+    apply(client, ns, &rendered.headless_service).await?;
+    apply(client, ns, &rendered.client_service).await?;
+    let sts = apply(client, ns, &rendered.statefulset).await?;
+    apply(client, ns, &rendered.pdb).await?;
+    if let Some(n) = &rendered.network_policy {
+        apply(client, ns, n).await?;
+    }
+    if let Some(sm) = &rendered.service_monitor {
+        apply_dynamic(client, ns, &service_monitor_resource(), sm).await?;
+    }
+    Ok(sts)
+}
+
+/// Deletes what the spec no longer asks for (only what this cluster owns).
+pub(super) async fn prune_all(
+    client: &Client,
+    cluster: &MqttCluster,
+    seen: &Seen,
+    want: &Desired,
+    sts: &StatefulSet,
+) -> Result<(), Error> {
+    let (ns, names, uid) = (&seen.ns, &seen.names, &seen.uid);
+    let rendered = &want.rendered;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    if rendered.acl_config_map.is_none() {
+        prune(&cms, &names.acl_config_map(), uid).await?;
+    }
+    let keep = rendered
+        .config_map
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default();
+    prune_configs(&cms, names, uid, &keep, sts, &seen.pods).await?;
+    if !want.has_users {
+        prune(&seen.secrets, &names.users_secret(), uid).await?;
+    }
+    let mode = cluster.spec.effective_tls().map(|t| t.mode);
+    if !matches!(mode, Some(TlsMode::Operator)) {
+        prune(&seen.secrets, &names.ca_secret(), uid).await?;
+        if !matches!(mode, Some(TlsMode::CertManager)) {
+            prune(&seen.secrets, &names.tls_secret(), uid).await?;
+        }
+    }
+    if rendered.network_policy.is_none() {
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        prune(&api, &names.network_policy(), uid).await?;
+    }
+    if rendered.service_monitor.is_none()
+        && api_available(client, "monitoring.coreos.com/v1", "servicemonitors").await
+    {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
+        prune(&api, &names.service_monitor(), uid).await?;
+    }
+    if rendered.certificate.is_none()
+        && api_available(client, "cert-manager.io/v1", "certificates").await
+    {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &certificate_resource());
+        prune(&api, &names.certificate(), uid).await?;
+    }
+    Ok(())
+}
+
+async fn server_side_apply<K>(api: Api<K>, kind: &str, name: &str, obj: &K) -> Result<K, Error>
+where
+    K: Clone + DeserializeOwned + Serialize + Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        action: format!("applying {kind} {name:?}"),
+        source,
+    })
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -23,38 +127,20 @@ where
         + Serialize
         + Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        action: format!("applying {} {name:?}", K::kind(&())),
-        source,
-    })
+    let api = Api::namespaced(client.clone(), ns);
+    server_side_apply(api, &K::kind(&()), &name, obj).await
 }
 
-pub(super) async fn apply_dynamic(
+async fn apply_dynamic(
     client: &Client,
     ns: &str,
     ar: &ApiResource,
     obj: &DynamicObject,
 ) -> Result<DynamicObject, Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let name = obj.metadata.name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        action: format!("applying {} {name:?}", ar.kind),
-        source,
-    })
+    let api = Api::namespaced_with(client.clone(), ns, ar);
+    server_side_apply(api, &ar.kind, &name, obj).await
 }
 
 pub(super) fn owned_by(
@@ -67,7 +153,7 @@ pub(super) fn owned_by(
 }
 
 /// Deletes `name` if it exists and this cluster owns it.
-pub(super) async fn prune<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool, kube::Error>
+async fn prune<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
@@ -84,7 +170,7 @@ where
 }
 
 /// Whether every pod runs the StatefulSet's latest template.
-pub(super) fn rollout_complete(sts: &StatefulSet) -> bool {
+fn rollout_complete(sts: &StatefulSet) -> bool {
     let Some(s) = &sts.status else {
         return false;
     };
@@ -98,7 +184,7 @@ pub(super) fn rollout_complete(sts: &StatefulSet) -> bool {
 /// to the current one is complete and no pod mounts them (until then a pod
 /// that restarts, or comes back at the StatefulSet's current revision,
 /// needs its own).
-pub(super) async fn prune_configs(
+async fn prune_configs(
     cms: &Api<ConfigMap>,
     names: &Names,
     uid: &str,

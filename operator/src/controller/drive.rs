@@ -10,17 +10,49 @@ use kube::Api;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::decide::Desired;
 use super::events::{publish, publish_about};
+use super::observe::{pods::Observation, Seen};
 use super::{api_message, Context, RESYNC};
 use crate::crd::{MqttCluster, Operation};
 use crate::lifecycle::{self, node_id, Step};
 use crate::membership::{MembershipError, Target};
 use crate::status::Lifecycle;
 
+/// Plans the next membership step from the group as observed and the
+/// template about to be applied, sets the StatefulSet's `replicas` and
+/// rollout `partition` from the plan, and drives the step.
+pub(super) async fn lifecycle(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    seen: &Seen,
+    group: &Observation,
+    want: &mut Desired,
+) -> (Lifecycle, Duration) {
+    let before = seen.before.as_ref();
+    let facts = group.facts(cluster, before, Some(&want.hash), &ctx.lifecycle, seen.now);
+    let plan = lifecycle::plan(&facts, |o| seen.names.pod(o));
+    let spec = &mut want.rendered.statefulset.spec;
+    spec.replicas = Some(plan.replicas);
+    if let Some(ru) = spec
+        .update_strategy
+        .as_mut()
+        .and_then(|u| u.rolling_update.as_mut())
+    {
+        ru.partition = Some(plan.partition);
+    }
+    let (life, requeue) = drive(ctx, cluster, &seen.target, &plan).await;
+    let life = Lifecycle {
+        troubles: seen.troubles.clone(),
+        ..life
+    };
+    (life, requeue)
+}
+
 /// Runs the plan's step (if any) and works out what status says about it:
 /// the operation in progress, Degraded when it fails or is stuck, and when
 /// to look again (exponential backoff after failures).
-pub(super) async fn drive(
+async fn drive(
     ctx: &Context,
     cluster: &MqttCluster,
     target: &Target,
@@ -139,7 +171,7 @@ pub(super) async fn drive(
     (life, requeue)
 }
 
-pub(super) async fn execute(
+async fn execute(
     ctx: &Context,
     target: &Target,
     plan: &lifecycle::Plan,
@@ -253,11 +285,7 @@ pub(super) async fn execute(
     }
 }
 
-pub(super) async fn delete_pod(
-    ctx: &Context,
-    target: &Target,
-    ordinal: i32,
-) -> Result<(), MembershipError> {
+async fn delete_pod(ctx: &Context, target: &Target, ordinal: i32) -> Result<(), MembershipError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &target.names.namespace);
     match api
         .delete(&target.names.pod(ordinal), &DeleteParams::default())

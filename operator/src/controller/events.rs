@@ -1,15 +1,20 @@
 //! Events about a cluster (and, for a membership step, the pod it
-//! concerns). The API server refuses an Event whose note is over 1 KiB, so
-//! notes are cut to fit: a long error chain must not cost the Event that
-//! reports it.
+//! concerns), and what each reconcile tells in them: certificates issued,
+//! problems and warnings in the spec, what was created or changed. The API
+//! server refuses an Event whose note is over 1 KiB, so notes are cut to
+//! fit: a long error chain must not cost the Event that reports it.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+use super::observe::Seen;
 use super::Context;
+use crate::certs::CertOutcome;
 use crate::crd::MqttCluster;
+use crate::render::{Rendered, CONFIG_CHECKSUM};
+use crate::validate::Problem;
 
 /// The longest note the API server takes (`events.k8s.io/v1` validation).
 pub const NOTE_MAX: usize = 1024;
@@ -67,6 +72,152 @@ pub async fn publish_about(
     };
     if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+/// A Warning Event per problem or warning (`action`: the step that found
+/// it).
+pub async fn problems(ctx: &Context, cluster: &MqttCluster, action: &str, problems: &[Problem]) {
+    for p in problems {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            p.reason,
+            action,
+            p.message.clone(),
+        )
+        .await;
+    }
+}
+
+/// The CA or server certificate the operator just issued.
+pub(super) async fn certificates_issued(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    out: &CertOutcome,
+    any_stored: bool,
+) {
+    if let Some(why) = &out.ca_issued {
+        ctx.metrics
+            .certificates_issued
+            .with_label_values(&["ca"])
+            .inc();
+        let (reason, note) = if any_stored {
+            ("CARotated", format!("issued a new CA: {why}"))
+        } else {
+            ("CAIssued", "issued the cluster CA".to_string())
+        };
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            reason,
+            "IssueCertificate",
+            note,
+        )
+        .await;
+    }
+    if let Some(why) = &out.server_issued {
+        ctx.metrics
+            .certificates_issued
+            .with_label_values(&["server"])
+            .inc();
+        let reason = if any_stored {
+            "CertificateRenewed"
+        } else {
+            "CertificateIssued"
+        };
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            reason,
+            "IssueCertificate",
+            format!(
+                "issued the server certificate (valid until {}): {why}",
+                out.not_after
+            ),
+        )
+        .await;
+    }
+}
+
+/// What the apply changed: the cluster created, its config or size
+/// changed, its users updated.
+pub(super) async fn changes(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    seen: &Seen,
+    rendered: &Rendered,
+    users_changed: bool,
+) {
+    let names = &seen.names;
+    match &seen.before {
+        None => {
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                format!(
+                    "created StatefulSet {} with {} replicas, Services {} and {}",
+                    names.statefulset(),
+                    cluster.spec.replicas,
+                    names.client_service(),
+                    names.headless_service()
+                ),
+            )
+            .await
+        }
+        Some(b) => {
+            let old_sum = b
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(CONFIG_CHECKSUM).cloned());
+            if old_sum.as_deref() != Some(rendered.config_checksum.as_str()) {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "ConfigChanged",
+                    "Apply",
+                    "the broker configuration changed; rolling the pods one at a time".into(),
+                )
+                .await;
+            }
+            let old_replicas = b.spec.replicas.unwrap_or(1);
+            let new_replicas = rendered.statefulset.spec.replicas.unwrap_or(1);
+            if old_replicas != new_replicas {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "Scaled",
+                    "Apply",
+                    format!("scaled from {old_replicas} to {new_replicas} pods"),
+                )
+                .await;
+            }
+        }
+    }
+    if users_changed && seen.existing_passwd.is_some() {
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "UsersUpdated",
+            "Apply",
+            format!(
+                "updated the password file ({} users); brokers reload it without a restart",
+                seen.users.len()
+            ),
+        )
+        .await;
     }
 }
 

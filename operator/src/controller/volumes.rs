@@ -2,15 +2,18 @@
 //! larger `storage.size` grows each bound claim in place.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::Api;
 use serde_json::json;
 
 use super::events::publish;
-use super::{api_message, Context};
+use super::observe::Seen;
+use super::{api_message, Context, Error};
 use crate::crd::MqttCluster;
-use crate::render::Names;
+use crate::render::{Names, Rendered};
+use crate::status::DEGRADED;
 use crate::validate::Problem;
 
 /// Bytes in a Kubernetes quantity (`1Gi`, `500M`, `1.5Ti`, `1e9`).
@@ -40,8 +43,90 @@ pub fn quantity(q: &str) -> Option<f64> {
     Some(n * m)
 }
 
-pub(super) fn current_replicas_of(sts: &StatefulSet) -> i32 {
-    sts.spec.replicas.unwrap_or(1)
+/// The volumes of an existing StatefulSet: its claim templates are kept
+/// (they cannot change; a warning says what was asked that cannot be
+/// done), and the claims are grown in place instead. Returns a refused
+/// growth, to report as Degraded (told in an Event the first time).
+pub(super) async fn reconcile_volumes(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    seen: &Seen,
+    rendered: &mut Rendered,
+    warnings: &mut Vec<Problem>,
+) -> Result<Option<Problem>, Error> {
+    let Some(b) = &seen.before else {
+        return Ok(None);
+    };
+    keep_claims(cluster, b, rendered, warnings);
+    let replicas = b.spec.replicas.unwrap_or(1);
+    let expansion = expand_volumes(ctx, cluster, &seen.names, &seen.ns, replicas).await?;
+    if let Some(p) = &expansion {
+        let told = seen
+            .previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.reason == p.reason && c.message == p.message);
+        if !told {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                p.reason,
+                "ExpandVolumes",
+                p.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(expansion)
+}
+
+/// The claim templates of `before` in place of the rendered ones, and a
+/// warning for a storage class change or a shrink that cannot happen.
+fn keep_claims(
+    cluster: &MqttCluster,
+    before: &StatefulSet,
+    rendered: &mut Rendered,
+    warnings: &mut Vec<Problem>,
+) {
+    let old_claims = before.spec.volume_claim_templates.clone();
+    if old_claims == rendered.statefulset.spec.volume_claim_templates {
+        return;
+    }
+    let claim = |c: &Option<Vec<PersistentVolumeClaim>>| {
+        let spec = c
+            .as_ref()
+            .and_then(|v| v.first())
+            .and_then(|c| c.spec.clone())
+            .unwrap_or_default();
+        let size = spec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").map(|q| q.0.clone()));
+        (size, spec.storage_class_name)
+    };
+    let (old_size, old_class) = claim(&old_claims);
+    rendered.statefulset.spec.volume_claim_templates = old_claims;
+    if old_class != cluster.spec.storage.storage_class_name {
+        warnings.push(Problem {
+            reason: "StorageImmutable",
+            message: format!(
+                "storage.storageClassName cannot change for existing volumes; they stay on {}",
+                old_class.as_deref().unwrap_or("the default class")
+            ),
+        });
+    }
+    let want = &cluster.spec.storage.size;
+    match (old_size.as_deref().and_then(quantity), quantity(want)) {
+        (Some(old), Some(new)) if new < old => warnings.push(Problem {
+            reason: "StorageImmutable",
+            message: format!(
+                "storage.size {want} is smaller than the existing volumes ({}); volumes cannot shrink",
+                old_size.clone().unwrap_or_default()
+            ),
+        }),
+        _ => {}
+    }
 }
 
 /// Grows each pod's volume to `storage.size`, best effort: it needs a
@@ -51,7 +136,7 @@ pub(super) fn current_replicas_of(sts: &StatefulSet) -> i32 {
 /// error: the rest of the reconcile goes on. Runs on every reconcile: a pod
 /// added by a scale-up gets the template's (old) size and is grown the
 /// next time round.
-pub(super) async fn expand_volumes(
+async fn expand_volumes(
     ctx: &Context,
     cluster: &MqttCluster,
     names: &Names,
@@ -61,8 +146,7 @@ pub(super) async fn expand_volumes(
     let Some(want) = quantity(&cluster.spec.storage.size) else {
         return Ok(None);
     };
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let mut grown = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
     for i in 0..replicas.max(cluster.spec.replicas) {

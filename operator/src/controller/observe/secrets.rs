@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use crate::crd::{MqttCluster, TlsMode};
+use crate::crd::{ListenerKind, MqttCluster, TlsMode};
 use crate::membership::ClientTls;
 use crate::render::{Names, Observed, TlsMaterial};
 use crate::validate::Problem;
 
-pub(crate) fn secret_string(s: &Secret, key: &str) -> Option<Result<String, ()>> {
+/// The text under `key` (`data`, else `stringData`): `None` when the key
+/// is missing, `Err` when it is not UTF-8.
+pub(in crate::controller) fn secret_string(s: &Secret, key: &str) -> Option<Result<String, ()>> {
     if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
         return Some(String::from_utf8(v.0.clone()).map_err(|_| ()));
     }
@@ -22,7 +24,7 @@ pub(crate) fn secret_string(s: &Secret, key: &str) -> Option<Result<String, ()>>
 }
 
 /// Reads every user's password from its Secret.
-pub(crate) async fn resolve_users(
+pub(in crate::controller) async fn resolve_users(
     secrets: &Api<Secret>,
     cluster: &MqttCluster,
     ns: &str,
@@ -73,7 +75,10 @@ pub(crate) async fn resolve_users(
     Ok(out)
 }
 
-pub(crate) fn material_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Option<TlsMaterial> {
+pub(in crate::controller) fn material_from(
+    ca: Option<&Secret>,
+    tls: Option<&Secret>,
+) -> Option<TlsMaterial> {
     let get =
         |s: Option<&Secret>, k: &str| s.and_then(|s| secret_string(s, k)).and_then(Result::ok);
     Some(TlsMaterial {
@@ -87,7 +92,7 @@ pub(crate) fn material_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Option
 /// The client certificate for the Admin service when the brokers require
 /// mutual TLS between nodes: the cluster's own peer certificate (it carries
 /// client auth; operator-issued, a user Secret or cert-manager's Secret).
-pub(crate) async fn admin_tls(
+pub(in crate::controller) async fn admin_tls(
     secrets: &Api<Secret>,
     cluster: &MqttCluster,
     names: &Names,
@@ -121,4 +126,37 @@ pub(crate) async fn admin_tls(
             key: get("tls.key")?,
         })
     })())
+}
+
+/// The PSK identities' Secret, when a PSK listener is on.
+pub(in crate::controller) async fn check_psk(
+    secrets: &Api<Secret>,
+    cluster: &MqttCluster,
+    ns: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<(), kube::Error> {
+    let psk_on = cluster
+        .spec
+        .listeners
+        .active()
+        .iter()
+        .any(|l| l.kind == ListenerKind::Psk);
+    let (true, Some(psk)) = (psk_on, &cluster.spec.psk) else {
+        return Ok(());
+    };
+    match secrets.get_opt(&psk.secret_name).await? {
+        None => problems.push(Problem {
+            reason: "SecretNotFound",
+            message: format!(
+                "psk.secretName: Secret {:?} does not exist in namespace {ns}",
+                psk.secret_name
+            ),
+        }),
+        Some(s) if secret_string(&s, &psk.key).is_none() => problems.push(Problem {
+            reason: "SecretKeyMissing",
+            message: format!("psk: Secret {:?} has no key {:?}", psk.secret_name, psk.key),
+        }),
+        Some(_) => {}
+    }
+    Ok(())
 }
