@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use crate::crd::{ListenerKind, MqttCluster, TlsMode};
+use crate::crd::{ListenerKind, MqttCluster};
 use crate::membership::ClientTls;
 use crate::render::{Names, Observed, TlsMaterial};
 use crate::validate::Problem;
@@ -111,9 +111,8 @@ pub(in crate::controller) async fn admin_tls(
             key: m.tls_key.clone(),
         }));
     }
-    let name = match t.mode {
-        TlsMode::Secret => t.secret_name.clone().unwrap_or_default(),
-        TlsMode::Operator | TlsMode::CertManager => names.tls_secret(),
+    let Some(name) = names.certificate_secret(&t) else {
+        return Ok(None);
     };
     let Some(s) = secrets.get_opt(&name).await? else {
         return Ok(None);
