@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::runtime::events::EventType;
 use kube::Api;
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -58,7 +59,6 @@ async fn drive(
     target: &Target,
     plan: &lifecycle::Plan,
 ) -> (Lifecycle, Duration) {
-    let settings = &ctx.lifecycle;
     let now = (ctx.now)();
     let mut life = Lifecycle {
         view: plan.view.clone(),
@@ -67,10 +67,7 @@ async fn drive(
     let Some((reason, message)) = plan.progress.clone() else {
         return (life, RESYNC);
     };
-    let rfc3339 = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
+    // The same operation as last time keeps its start and attempts.
     let same = cluster
         .status
         .as_ref()
@@ -80,95 +77,94 @@ async fn drive(
     let mut op = same.unwrap_or(Operation {
         reason: reason.to_string(),
         message: message.clone(),
-        since: rfc3339(now),
+        since: now.format(&Rfc3339).unwrap_or_default(),
         attempts: 0,
         last_error: None,
     });
-    let mut requeue = settings.poll;
-    if let Some(step) = &plan.step {
-        match execute(ctx, target, plan, step).await {
-            Ok((done, note)) => {
-                info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
-                let pod = step.ordinal().map(|o| target.names.pod(o));
-                publish_about(
-                    ctx,
-                    cluster,
-                    pod,
-                    EventType::Normal,
-                    done,
-                    step.name(),
-                    note,
-                )
-                .await;
-                op.attempts = 0;
-                op.last_error = None;
-                // The next step can usually start at once.
-                requeue = Duration::from_millis(500).min(settings.poll);
+    let (degraded, requeue) = match &plan.step {
+        Some(step) => take_step(ctx, cluster, target, plan, step, &mut op).await,
+        None => {
+            if fresh {
+                let pod = plan.pod.map(|o| target.names.pod(o));
+                let (t, note) = (EventType::Normal, message.clone());
+                publish_about(ctx, cluster, pod, t, reason, "Lifecycle", note).await;
             }
-            Err(e) => {
-                op.attempts += 1;
-                op.last_error = Some(e.to_string());
-                let wait = settings.backoff(op.attempts);
-                let msg = format!(
-                    "{message}: {e} (attempt {}, next in {}s)",
-                    op.attempts,
-                    wait.as_secs_f32()
-                );
-                warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
-                publish_about(
-                    ctx,
-                    cluster,
-                    step.ordinal().map(|o| target.names.pod(o)),
-                    EventType::Warning,
-                    e.reason(),
-                    step.name(),
-                    msg.clone(),
-                )
-                .await;
-                life.degraded = Some((e.reason().to_string(), msg));
-                requeue = wait;
+            match &plan.wait {
+                Some(w) => judge_wait(ctx, cluster, w, &mut op, now).await,
+                None => (None, ctx.lifecycle.poll),
             }
         }
-    } else {
-        if fresh {
-            publish_about(
-                ctx,
-                cluster,
-                plan.pod.map(|o| target.names.pod(o)),
-                EventType::Normal,
-                reason,
-                "Lifecycle",
-                message.clone(),
-            )
-            .await;
-        }
-        if let Some(w) = &plan.wait {
-            let since =
-                OffsetDateTime::parse(&op.since, &time::format_description::well_known::Rfc3339)
-                    .unwrap_or(now);
-            let waited = (now - since).whole_seconds().max(0) as u64;
-            if waited >= settings.stuck_after.as_secs() {
-                op.attempts += 1;
-                let msg = format!("{} (for {waited}s)", w.message);
-                if op.attempts == 1 {
-                    publish(
-                        ctx,
-                        cluster,
-                        EventType::Warning,
-                        w.stuck_reason,
-                        "Lifecycle",
-                        msg.clone(),
-                    )
-                    .await;
-                }
-                life.degraded = Some((w.stuck_reason.to_string(), msg));
-                requeue = settings.backoff(op.attempts);
-            }
-        }
-    }
+    };
+    life.degraded = degraded;
     life.progress = Some((op.reason.clone(), op.message.clone()));
     life.operation = Some(op);
     (life, requeue)
+}
+
+/// Takes `step`; a failure is Degraded and retried with backoff.
+async fn take_step(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    target: &Target,
+    plan: &lifecycle::Plan,
+    step: &Step,
+    op: &mut Operation,
+) -> (Option<(String, String)>, Duration) {
+    let settings = &ctx.lifecycle;
+    let pod = step.ordinal().map(|o| target.names.pod(o));
+    match execute(ctx, target, plan, step).await {
+        Ok((done, note)) => {
+            info!(cluster = %target.names.cluster, step = step.name(), %note, "membership step done");
+            let t = EventType::Normal;
+            publish_about(ctx, cluster, pod, t, done, step.name(), note).await;
+            op.attempts = 0;
+            op.last_error = None;
+            // The next step can usually start at once.
+            (None, Duration::from_millis(500).min(settings.poll))
+        }
+        Err(e) => {
+            op.attempts += 1;
+            op.last_error = Some(e.to_string());
+            let wait = settings.backoff(op.attempts);
+            let msg = format!(
+                "{}: {e} (attempt {}, next in {}s)",
+                op.message,
+                op.attempts,
+                wait.as_secs_f32()
+            );
+            warn!(cluster = %target.names.cluster, step = step.name(), error = %e, "membership step failed");
+            let (t, note) = (EventType::Warning, msg.clone());
+            publish_about(ctx, cluster, pod, t, e.reason(), step.name(), note).await;
+            (Some((e.reason().to_string(), msg)), wait)
+        }
+    }
+}
+
+/// A wait that has lasted `stuck_after` becomes Degraded (told once) and
+/// is looked at again with backoff.
+async fn judge_wait(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    w: &lifecycle::Wait,
+    op: &mut Operation,
+    now: OffsetDateTime,
+) -> (Option<(String, String)>, Duration) {
+    let settings = &ctx.lifecycle;
+    let since = OffsetDateTime::parse(&op.since, &Rfc3339).unwrap_or(now);
+    let waited = (now - since).whole_seconds().max(0) as u64;
+    if waited < settings.stuck_after.as_secs() {
+        return (None, settings.poll);
+    }
+    op.attempts += 1;
+    let msg = format!("{} (for {waited}s)", w.message);
+    if op.attempts == 1 {
+        let (t, note) = (EventType::Warning, msg.clone());
+        publish(ctx, cluster, t, w.stuck_reason, "Lifecycle", note).await;
+    }
+    (
+        Some((w.stuck_reason.to_string(), msg)),
+        settings.backoff(op.attempts),
+    )
 }
 
 async fn execute(
