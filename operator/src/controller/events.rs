@@ -99,48 +99,42 @@ pub(super) async fn certificates_issued(
     any_stored: bool,
 ) {
     if let Some(why) = &out.ca_issued {
-        ctx.metrics
-            .certificates_issued
-            .with_label_values(&["ca"])
-            .inc();
         let (reason, note) = if any_stored {
             ("CARotated", format!("issued a new CA: {why}"))
         } else {
             ("CAIssued", "issued the cluster CA".to_string())
         };
-        publish(
-            ctx,
-            cluster,
-            EventType::Normal,
-            reason,
-            "IssueCertificate",
-            note,
-        )
-        .await;
+        issued(ctx, cluster, "ca", reason, note).await;
     }
     if let Some(why) = &out.server_issued {
-        ctx.metrics
-            .certificates_issued
-            .with_label_values(&["server"])
-            .inc();
         let reason = if any_stored {
             "CertificateRenewed"
         } else {
             "CertificateIssued"
         };
-        publish(
-            ctx,
-            cluster,
-            EventType::Normal,
-            reason,
-            "IssueCertificate",
-            format!(
-                "issued the server certificate (valid until {}): {why}",
-                out.not_after
-            ),
-        )
-        .await;
+        let note = format!(
+            "issued the server certificate (valid until {}): {why}",
+            out.not_after
+        );
+        issued(ctx, cluster, "server", reason, note).await;
     }
+}
+
+/// One certificate issued: counted (by `kind`) and told.
+async fn issued(ctx: &Context, cluster: &MqttCluster, kind: &str, reason: &str, note: String) {
+    ctx.metrics
+        .certificates_issued
+        .with_label_values(&[kind])
+        .inc();
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        reason,
+        "IssueCertificate",
+        note,
+    )
+    .await;
 }
 
 /// What the apply changed: the cluster created, its config or size
