@@ -3,7 +3,7 @@
 //!
 //! A single node is a one-member group: `raftmq serve` keeps retained
 //! messages and persistent sessions across restarts with no extra setup.
-//! Bootstrap rule (DESIGN.md): node 1 initialises a new cluster when its
+//! Bootstrap rule: node 1 initialises a new cluster when its
 //! store is empty; every other node waits to be added through `Admin`.
 
 #![allow(clippy::result_large_err)]
