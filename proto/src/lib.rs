@@ -6,3 +6,5 @@
 pub mod v1 {
     tonic::include_proto!("raftmq.v1");
 }
+
+pub mod identity;

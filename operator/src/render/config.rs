@@ -174,6 +174,11 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
         cluster.insert("certfile".into(), s(&cert));
         cluster.insert("keyfile".into(), s(&key));
         cluster.insert("cafile".into(), s(&ca));
+    } else {
+        // Peers reach each other across the pod network: a broker refuses
+        // that in plain text unless told to, and says so (readyz, metric,
+        // a warning every minute).
+        cluster.insert("insecure_plaintext".into(), toml::Value::Boolean(true));
     }
     root.insert("cluster".into(), toml::Value::Table(cluster));
 
