@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmq::cluster::cli::ClusterCommand;
 use raftmq::config::{Config, LogFormat};
-use raftmq::drain::DrainMode;
+use raftmq::engine::DrainMode;
 use raftmq::passwd;
 use raftmq::server::Server;
 use tracing_subscriber::EnvFilter;

@@ -128,40 +128,6 @@ impl MemoryBudget {
     }
 }
 
-impl crate::broker::Broker {
-    /// Whether a QoS 1/2 PUBLISH may be taken on: it will be held at least
-    /// twice (the engine's copy and the replicated one). A refusal is
-    /// counted.
-    pub fn admit_publish(&self, p: &crate::codec::Publish) -> bool {
-        if p.qos == crate::codec::QoS::AtMostOnce {
-            return true;
-        }
-        let size = crate::message::stored_size(&p.topic, &p.payload, None, "")
-            + p.properties.user_properties.as_wire().len();
-        if self.memory.admits(2 * size) {
-            return true;
-        }
-        self.stats.publish_quota_refused.inc();
-        tracing::debug!(
-            topic = %p.topic,
-            held = held_bytes(),
-            limit = self.memory.limit(),
-            "publish refused: the memory budget is spent"
-        );
-        false
-    }
-
-    /// Whether a QoS 0 copy (or a retained QoS 0 message) may be kept; a
-    /// drop is counted.
-    pub fn admit_qos0(&self) -> bool {
-        if !self.memory.spent() {
-            return true;
-        }
-        self.stats.memory_dropped.inc();
-        false
-    }
-}
-
 /// The memory limit of this process's cgroup (v2 `memory.max`, else v1
 /// `memory.limit_in_bytes`), under `root` (`/` but in tests).
 fn container_limit(root: &Path) -> Option<u64> {

@@ -9,10 +9,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
-use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;
+use crate::engine::Broker;
 use crate::listener::tls::{ReloadableTls, TlsFiles};
 use crate::listener::{accept, ConnectionLimit, Transport};
 use crate::reload::FileWatch;
@@ -64,7 +64,9 @@ impl Server {
                 .chain(config.auth.acl_file.iter())
                 .cloned()
                 .collect();
-            watch.add(files, move |why| crate::auth::reload::reload(&broker, why));
+            watch.add(files, move |why| {
+                crate::auth::reload::reload(&broker.auth, &broker.config.auth, why)
+            });
         }
         for l in config.effective_listeners() {
             let label = l.label();
@@ -96,6 +98,7 @@ impl Server {
         }
         tasks.push(watch.spawn(WATCH_PERIOD));
         broker
+            .health
             .ready
             .store(true, std::sync::atomic::Ordering::Release);
         let mut http_addr = None;

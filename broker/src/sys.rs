@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::broker::Broker;
 use crate::codec::{ByteStr, QoS};
+use crate::engine::{Broker, Publisher};
 use crate::message::{Message, MessageParts};
 
 /// Exponentially weighted per-minute rates over 1, 5 and 15 minutes, as
@@ -218,7 +218,9 @@ fn publish(broker: &Broker, topic: &str, value: String) {
         properties: None,
         received_at: now,
     }));
-    drop(broker.publish_retained(message, false));
+    if let Ok(allowed) = broker.authorize(Publisher::System, &message.topic) {
+        drop(broker.publish(message, allowed));
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! wildcards met on the way, not the number of subscriptions.
 //!
 //! Shared subscriptions (`$share/group/filter`) hang off the node of their
-//! filter as groups; the router picks one member per message.
+//! filter as groups; a publish picks one member per message.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,6 +101,14 @@ pub fn parse_filter(raw: &str, limits: TopicLimits) -> Result<ParsedFilter<'_>, 
     }
 }
 
+/// `$share/g/f` -> (Some(g), f); anything else -> (None, raw). For filters
+/// already checked by [`parse_filter`] (replicated ones, the routes).
+pub fn split_share(raw: &str) -> (Option<&str>, &str) {
+    raw.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or((None, raw), |(g, f)| (Some(g), f))
+}
+
 /// Does `filter` match `topic`? (Used where no tree is at hand, e.g. the
 /// retained store and ACL checks.)
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
@@ -121,7 +129,7 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 }
 
 /// One subscription of one client: `K` names the client, `V` is what the
-/// router needs to reach it.
+/// engine needs to reach it.
 #[derive(Debug, Clone)]
 pub struct Subscriber<K, V> {
     pub key: K,
@@ -142,7 +150,7 @@ pub struct SharedGroup<K, V> {
 }
 
 impl<K, V> SharedGroup<K, V> {
-    /// Members in round-robin order starting at the next one; the router
+    /// Members in round-robin order starting at the next one; a publish
     /// takes the first that is live.
     pub fn rotation(&self) -> impl Iterator<Item = &Subscriber<K, V>> {
         let n = self.members.len();

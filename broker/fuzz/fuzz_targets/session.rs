@@ -35,7 +35,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use raftmq::codec::{ByteStr, QoS};
 use raftmq::config::QueueOverflow;
-use raftmq::message::Message;
+use raftmq::message::{Message, MessageParts};
 use raftmq::session::{
     Delivery, Disposition, InboundQos2, Outgoing, PubRecOutcome, Session, SessionLimits, ShareRef,
 };
@@ -109,7 +109,7 @@ fn delivery(
     retain: bool,
 ) -> Delivery {
     Delivery {
-        message: Arc::new(Message {
+        message: Arc::new(Message::new(MessageParts {
             topic: ByteStr::from_static("t"),
             payload: Bytes::from(vec![0u8; usize::from(payload % 6)]),
             qos,
@@ -118,7 +118,7 @@ fn delivery(
             expires_at: expires.map(|s| start + Duration::from_secs(u64::from(s % 32))),
             properties: None,
             received_at: start,
-        }),
+        })),
         qos,
         retain,
         subscription_ids: SmallVec::new(),

@@ -1,10 +1,11 @@
 //! Swapping in new password and ACL files (the watch is `crate::reload`).
 
-use crate::broker::Broker;
+use crate::auth::Auth;
+use crate::config::AuthConfig;
 
 /// Reloads now; logs and keeps the old policy when the new files are bad.
-pub fn reload(broker: &Broker, why: &str) {
-    match broker.auth.reload(&broker.config.auth) {
+pub fn reload(auth: &Auth, config: &AuthConfig, why: &str) {
+    match auth.reload(config) {
         Ok(()) => tracing::info!("authentication files reloaded ({why})"),
         Err(e) => {
             tracing::error!(

@@ -30,9 +30,9 @@ use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
 use super::supervisor::RaftHandle;
 use crate::backpressure::{self, Drain, Pressure};
-use crate::broker::Broker;
+use crate::engine::Broker;
+use crate::engine::Forward;
 use crate::message::SharedMessage;
-use crate::router::Forward;
 use crate::session::ShareRef;
 
 /// Copies waiting for one peer before new ones are dropped.

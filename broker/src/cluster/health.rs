@@ -115,6 +115,16 @@ impl StorageHealth {
     }
 }
 
+impl crate::engine::StorageProbe for StorageHealth {
+    fn fault(&self) -> Option<String> {
+        StorageHealth::fault(self)
+    }
+
+    fn refresh_space(&self) {
+        StorageHealth::refresh_space(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use raftmq_proto::v1::admin_client::AdminClient;
 use super::metrics::RaftStats;
 use super::network::Network;
 use super::supervisor::RaftHandle;
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -3,7 +3,7 @@
 //!
 //! A single node is a one-member group: `raftmq serve` keeps retained
 //! messages and persistent sessions across restarts with no extra setup.
-//! Bootstrap rule (DESIGN.md): node 1 initialises a new cluster when its
+//! Bootstrap rule: node 1 initialises a new cluster when its
 //! store is empty; every other node waits to be added through `Admin`.
 
 #![allow(clippy::result_large_err)]
@@ -49,8 +49,8 @@ use raftmq_proto::v1::forward_server::ForwardServer;
 use raftmq_proto::v1::raft_server::RaftServer;
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
 use crate::config::Config;
+use crate::engine::Broker;
 
 pub use metrics::RaftStats;
 pub use seam::RaftSeam;
@@ -327,6 +327,7 @@ impl Cluster {
             self.stats.clone(),
         );
         if broker
+            .cluster
             .forwarder
             .set(Arc::new(forward::ForwardHandle(forwarder)))
             .is_err()
@@ -364,7 +365,7 @@ impl Cluster {
         self.health
             .register(&broker.stats.registry)
             .context("storage metrics")?;
-        let _ = broker.storage.set(self.health.clone());
+        let _ = broker.health.storage.set(self.health.clone());
         watch::spawn_storage_notices(self.health.clone(), broker.clone());
         Ok(())
     }

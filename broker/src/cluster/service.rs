@@ -18,8 +18,8 @@ use super::standing::Standing;
 use super::state_machine::StateMachine;
 use super::supervisor::RaftHandle;
 use super::types::{Batch, NodeId, Raft, WriteGate};
-use crate::broker::Broker;
-use crate::drain::DrainMode;
+use crate::engine::Broker;
+use crate::engine::DrainMode;
 use crate::state::Command;
 
 fn bad_request(e: convert::Invalid) -> Status {

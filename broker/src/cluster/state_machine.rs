@@ -36,16 +36,16 @@ pub enum Applied {
     Reset(Box<ReplicatedState>),
 }
 
-/// Whether the engine needs to hear of `c`, which took effect. Its own
-/// engine already holds the effect of what it proposed, except for copies
-/// it enqueued for sessions other nodes own; retained changes are applied
-/// in log order everywhere (see `retained_delivery.rs`); acks concern only
-/// the owner.
+/// Whether the engine needs the message `c` carries, which took effect:
+/// retained changes are applied in log order everywhere (see
+/// `engine/retain.rs`); copies owed to sessions reach their owner, except
+/// the ones its own engine already holds. What the other commands changed
+/// reaches it as [`Committed::Changed`].
 fn engine_needs(own: bool, c: &Command) -> bool {
     match c {
-        Command::Ack { .. } | Command::Release { .. } | Command::SessionUpdate { .. } => false,
+        Command::RetainSet(_) | Command::RetainClear { .. } => true,
         Command::Enqueue { local, .. } => !(own && *local),
-        _ => true,
+        _ => false,
     }
 }
 
@@ -363,13 +363,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 );
                             }
                             let mut events = Vec::new();
+                            let mut changes = Vec::new();
                             for c in commands {
-                                let Ok(effect) = inner.state.apply(origin, &c) else {
+                                let applied =
+                                    inner.state.apply_with_changes(origin, &c, &mut changes);
+                                let Ok(effect) = applied else {
+                                    changes.clear();
                                     continue;
                                 };
                                 if !first {
+                                    changes.clear();
                                     continue;
                                 }
+                                events.extend(changes.drain(..).map(Committed::Changed));
                                 if let Some(Effect::ClaimRefused {
                                     client_id,
                                     node,

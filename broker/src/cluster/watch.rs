@@ -11,7 +11,7 @@ use super::health::StorageHealth;
 use super::metrics::RaftStats;
 use super::standing::Standing;
 use super::supervisor::{self, RaftHandle};
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 /// Copies each core's metrics into the gauges and the broker's leader flag,
 /// moving to the next core when one is rebuilt.
@@ -29,7 +29,7 @@ pub fn spawn_leader(
                 let has_leader = {
                     let m = metrics.borrow_and_update();
                     stats.observe(&m);
-                    *broker.raft_summary.write() = format!(
+                    *broker.health.raft_summary.write() = format!(
                         "raft: node {} {:?} term {} leader {} last log {} applied {} voters {}",
                         m.id,
                         m.state,
@@ -44,7 +44,10 @@ pub fn spawn_leader(
                     // stopped core serves nothing either.
                     m.current_leader.is_some() && !standing.removed() && m.running_state.is_ok()
                 };
-                broker.has_leader.store(has_leader, Ordering::Release);
+                broker
+                    .health
+                    .has_leader
+                    .store(has_leader, Ordering::Release);
                 if supervisor::stopped(&core).is_some() {
                     break;
                 }

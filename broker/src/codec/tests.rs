@@ -338,30 +338,32 @@ fn ack_props() -> impl Strategy<Value = Properties> {
         })
 }
 
-fn packet(v5: bool) -> impl Strategy<Value = Packet> {
-    let props = move |s: BoxedStrategy<Properties>| {
-        if v5 {
-            s
-        } else {
-            Just(Properties::default()).boxed()
-        }
-    };
-    let pub_props = props(publish_props().boxed());
-    let ack = props(ack_props().boxed());
-    let code = move || {
-        if v5 {
-            (0u8..=0xA2).boxed()
-        } else {
-            Just(0u8).boxed()
-        }
-    };
-    let publish = (
+/// `s` for MQTT 5; no properties at all for 3.1.1.
+fn props_for(v5: bool, s: BoxedStrategy<Properties>) -> BoxedStrategy<Properties> {
+    if v5 {
+        s
+    } else {
+        Just(Properties::default()).boxed()
+    }
+}
+
+/// Any reason code for MQTT 5; 3.1.1 acks carry none (0).
+fn code_for(v5: bool) -> BoxedStrategy<u8> {
+    if v5 {
+        (0u8..=0xA2).boxed()
+    } else {
+        Just(0u8).boxed()
+    }
+}
+
+fn publish_packet(v5: bool) -> BoxedStrategy<Packet> {
+    (
         any::<bool>(),
         qos(),
         any::<bool>(),
         topic_name(),
         1u16..,
-        pub_props,
+        props_for(v5, publish_props().boxed()),
         bin(),
     )
         .prop_map(|(dup, qos, retain, topic, pid, properties, payload)| {
@@ -374,20 +376,30 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
                 properties,
                 payload,
             })
-        });
-    let resp = (0u8..4, 1u16.., code(), ack.clone()).prop_map(|(k, id, code, properties)| {
-        let r = PubResp {
-            packet_id: id,
-            code,
-            properties,
-        };
-        match k {
-            0 => Packet::PubAck(r),
-            1 => Packet::PubRec(r),
-            2 => Packet::PubRel(r),
-            _ => Packet::PubComp(r),
-        }
-    });
+        })
+        .boxed()
+}
+
+fn resp_packet(v5: bool) -> BoxedStrategy<Packet> {
+    let ack = props_for(v5, ack_props().boxed());
+    (0u8..4, 1u16.., code_for(v5), ack)
+        .prop_map(|(k, id, code, properties)| {
+            let r = PubResp {
+                packet_id: id,
+                code,
+                properties,
+            };
+            match k {
+                0 => Packet::PubAck(r),
+                1 => Packet::PubRec(r),
+                2 => Packet::PubRel(r),
+                _ => Packet::PubComp(r),
+            }
+        })
+        .boxed()
+}
+
+fn subscribe_packet(v5: bool) -> BoxedStrategy<Packet> {
     let opts = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| {
         if v5 {
             SubOptions {
@@ -403,7 +415,8 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
             }
         }
     });
-    let sub_props = props(
+    let sub_props = props_for(
+        v5,
         prop::option::of(1u32..100_000)
             .prop_map(|id| Properties {
                 subscription_identifiers: id.into_iter().collect(),
@@ -411,7 +424,7 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
             })
             .boxed(),
     );
-    let subscribe = (
+    (
         1u16..,
         prop::collection::vec((text(), opts), 1..4),
         sub_props,
@@ -422,7 +435,13 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
                 filters,
                 properties,
             })
-        });
+        })
+        .boxed()
+}
+
+/// SUBACK, UNSUBSCRIBE, UNSUBACK.
+fn subscription_ack_packets(v5: bool) -> [BoxedStrategy<Packet>; 3] {
+    let ack = props_for(v5, ack_props().boxed());
     let suback = (
         1u16..,
         prop::collection::vec(any::<u8>(), 1..4),
@@ -442,35 +461,35 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
             properties: Properties::default(),
         })
     });
-    let unsuback = (
-        1u16..,
-        prop::collection::vec(any::<u8>(), 1..4),
-        ack.clone(),
-    )
-        .prop_map(move |(packet_id, codes, properties)| {
+    let unsuback = (1u16.., prop::collection::vec(any::<u8>(), 1..4), ack).prop_map(
+        move |(packet_id, codes, properties)| {
             Packet::UnsubAck(UnsubAck {
                 packet_id,
                 codes: if v5 { codes } else { Vec::new() },
                 properties,
             })
-        });
-    let disconnect = (code(), ack.clone())
-        .prop_map(|(code, properties)| Packet::Disconnect(Disconnect { code, properties }));
+        },
+    );
+    [suback.boxed(), unsub.boxed(), unsuback.boxed()]
+}
+
+fn connect_packet(v5: bool) -> BoxedStrategy<Packet> {
     let will = prop::option::of((
         topic_name(),
         bin(),
         qos(),
         any::<bool>(),
-        props(publish_props().boxed()),
+        props_for(v5, publish_props().boxed()),
     ));
-    let connect = (
+    (
         any::<bool>(),
         any::<u16>(),
         text(),
         will,
         prop::option::of(text()),
         prop::option::of(bin()),
-        props(
+        props_for(
+            v5,
             (prop::option::of(any::<u32>()), prop::option::of(1u16..))
                 .prop_map(|(sei, rm)| Properties {
                     session_expiry_interval: sei,
@@ -506,23 +525,31 @@ fn packet(v5: bool) -> impl Strategy<Value = Packet> {
                 password: pass,
                 properties,
             }))
-        });
-    let connack = (any::<bool>(), code(), ack).prop_map(|(sp, code, properties)| {
+        })
+        .boxed()
+}
+
+fn packet(v5: bool) -> impl Strategy<Value = Packet> {
+    let ack = props_for(v5, ack_props().boxed());
+    let disconnect = (code_for(v5), ack.clone())
+        .prop_map(|(code, properties)| Packet::Disconnect(Disconnect { code, properties }));
+    let connack = (any::<bool>(), code_for(v5), ack).prop_map(|(sp, code, properties)| {
         Packet::ConnAck(ConnAck {
             session_present: sp,
             code,
             properties,
         })
     });
+    let [suback, unsub, unsuback] = subscription_ack_packets(v5);
     prop_oneof![
-        publish,
-        resp,
-        subscribe,
+        publish_packet(v5),
+        resp_packet(v5),
+        subscribe_packet(v5),
         suback,
         unsub,
         unsuback,
         disconnect,
-        connect,
+        connect_packet(v5),
         connack,
         Just(Packet::PingReq),
         Just(Packet::PingResp),

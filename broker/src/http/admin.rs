@@ -29,8 +29,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, SessionCell};
 use crate::codec::{reason, ByteStr, Properties, QoS, UserProperties};
+use crate::engine::{Broker, Publisher, SessionCell};
 use crate::message::{ForwardedProperties, Message, MessageParts};
 use crate::topic_tree::validate_topic_name;
 
@@ -195,7 +195,7 @@ async fn list_subscriptions(State(broker): State<Arc<Broker>>) -> Json<Value> {
 }
 
 async fn list_retained(State(broker): State<Arc<Broker>>) -> Json<Value> {
-    let mut msgs = broker.retained.read().all();
+    let mut msgs = broker.local.retained.read().all();
     msgs.sort_by(|a, b| a.topic.cmp(&b.topic));
     let out: Vec<Value> = msgs
         .iter()
@@ -348,11 +348,10 @@ async fn publish(
         properties: ForwardedProperties::from_properties(&properties),
         received_at: now,
     }));
-    let routed = if message.retain {
-        broker.publish_retained(message, true)
-    } else {
-        broker.publish(message)
-    };
+    let allowed = broker
+        .authorize(Publisher::Admin, &message.topic)
+        .map_err(|_| error(StatusCode::FORBIDDEN, "publish denied"))?;
+    let routed = broker.publish(message, allowed);
     let matched = routed.matched;
     routed
         .committed

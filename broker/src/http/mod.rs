@@ -15,7 +15,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
+use crate::engine::Broker;
 
 /// Binds the HTTP listener (so a port clash fails the start) and serves it.
 pub async fn spawn(
@@ -44,7 +44,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     // The HTTP server starts only after every listener is bound.
-    let mut raft = broker.raft_summary.read().clone();
+    let mut raft = broker.health.raft_summary.read().clone();
     let cluster = &broker.config.cluster;
     if cluster.plaintext_exposed() {
         raft.push('\n');

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{websocket, ConnectionLimit, Transport};
-use crate::broker::Broker;
 use crate::connection::{self, ListenerInfo};
+use crate::engine::Broker;
 
 /// Accepts on `listener` until the task is aborted. A connection over
 /// either limit is closed at accept, before anything is allocated for it.
@@ -115,5 +115,15 @@ async fn handle(
             })
             .await
         }
+    }
+}
+
+/// Plain TCP says when a read would find data: an idle connection waits
+/// holding no read buffer.
+impl crate::connection::Transport for TcpStream {
+    const KNOWS_READINESS: bool = true;
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
     }
 }

@@ -72,7 +72,7 @@ fn load(path: &Path) -> Result<PskKeys, AuthFileError> {
     parse_psk_file(&text, path)
 }
 
-// The one-line binding the openssl crate lacks (DESIGN.md stack notes).
+// The one-line binding the openssl crate lacks.
 extern "C" {
     fn SSL_CTX_use_psk_identity_hint(
         ctx: *mut openssl_sys::SSL_CTX,
@@ -159,6 +159,11 @@ impl PskAcceptor {
         let identity = stream.ssl().ex_data(self.identity).cloned();
         Ok((stream, identity))
     }
+}
+
+impl<S> crate::connection::Transport for SslStream<S> where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
 }
 
 #[cfg(test)]

@@ -151,3 +151,8 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
 }
+
+impl<IO> crate::connection::Transport for TlsStream<IO> where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}

@@ -107,7 +107,7 @@ pub enum Disposition {
 }
 
 /// A new subscription's walk through the retained store (see
-/// `retained_delivery.rs`). The session keeps it while it has messages to
+/// `engine/retain.rs`). The session keeps it while it has messages to
 /// go, across reconnects of its client to this node.
 #[derive(Debug, Clone)]
 pub struct RetainedCursor {
@@ -253,7 +253,7 @@ impl Session {
 
     /// Unbinds connection `conn_id` (no-op if another one has taken over).
     /// Returns the copies that came through shared subscriptions and were
-    /// not yet acknowledged, for the router to hand to another member.
+    /// not yet acknowledged, for the engine to hand to another member.
     pub fn detach(&mut self, conn_id: u64) -> Vec<Delivery> {
         if self.conn_id() != Some(conn_id) {
             return Vec::new();

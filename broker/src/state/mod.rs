@@ -3,18 +3,21 @@
 //!
 //! The engine keeps its own fast in-memory indexes (topic tree, sessions,
 //! retained tree) and tells the seam what changed; the seam decides when the
-//! change is *committed*. Today [`MemoryState`] commits at once; the Raft
-//! layer will implement the same trait, commit through the log, and rebuild
-//! the engine's indexes from [`ReplicatedState`] on restart. The engine
-//! answers a QoS 1/2 publisher only once the commands its publish caused are
-//! committed, so swapping the implementation changes latency, not semantics.
+//! change is *committed*. `cluster::RaftSeam` commits through the Raft log,
+//! and the engine rebuilds its indexes from [`ReplicatedState`] on restart
+//! (`engine/follow.rs`); [`MemoryState`] commits at once, for the engine's
+//! unit tests. The engine answers a QoS 1/2 publisher only once the
+//! commands its publish caused are committed, so the implementation changes
+//! latency, not semantics.
 
 mod machine;
+#[cfg(test)]
 mod memory;
 
 pub use machine::{
     Effect, Ignored, PersistedMessage, PersistedSession, ReplicatedState, WillRecord,
 };
+#[cfg(test)]
 pub use memory::MemoryState;
 
 use std::future::Future;
@@ -179,11 +182,66 @@ impl Ticket {
     }
 }
 
+/// What a committed command changed in the part of the replicated state
+/// the engine keeps an index of (`engine/remote.rs`: who owns each client
+/// id, the persistent sessions and their subscriptions, routes, wills).
+/// Noted by [`ReplicatedState::apply_with_changes`] as it applies the
+/// command, so that what a command means is decided there alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `node` owns `client_id` now, by claim `nonce`, as `username`.
+    Owner {
+        client_id: ByteStr,
+        node: u64,
+        nonce: u64,
+        username: Option<ByteStr>,
+    },
+    /// Nobody owns `client_id` any more.
+    Disowned {
+        client_id: ByteStr,
+    },
+    /// A persistent session began, with no subscriptions.
+    SessionStarted {
+        client_id: ByteStr,
+    },
+    /// A persistent session ended, its subscriptions with it.
+    SessionEnded {
+        client_id: ByteStr,
+    },
+    Subscribed {
+        client_id: ByteStr,
+        /// As written (`$share/` included).
+        filter: ByteStr,
+        options: SubOptions,
+        identifier: Option<u32>,
+    },
+    Unsubscribed {
+        client_id: ByteStr,
+        filter: ByteStr,
+    },
+    RouteAdded {
+        node: u64,
+        filter: ByteStr,
+    },
+    RouteRemoved {
+        node: u64,
+        filter: ByteStr,
+    },
+    /// The will registered for `client_id` now (`None`: none).
+    Will {
+        client_id: ByteStr,
+        record: Option<WillRecord>,
+    },
+}
+
 /// What the engine learns from the committed log, in log order.
 #[derive(Debug)]
 pub enum Committed {
-    /// A command as committed, with the node that proposed it.
+    /// A command as committed, with the node that proposed it: the ones
+    /// that carry messages (retained changes, copies owed to sessions).
     Command { origin: u64, command: Command },
+    /// What a committed command changed (see [`Change`]).
+    Changed(Change),
     /// This node's claim of `client_id` is committed; the session's
     /// replicated state at that point of the log.
     Claimed {

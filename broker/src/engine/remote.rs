@@ -2,18 +2,18 @@
 //! committed log: which nodes have subscribers on which filters (routes),
 //! the persistent sessions and who owns them, and every registered will.
 //!
-//! The router reads it on each publish: copies owed to persistent sessions
+//! A publish reads it (`publish.rs`): copies owed to persistent sessions
 //! that another node owns are enqueued through Raft, the rest of the
 //! publish is forwarded to the nodes whose routes match. It is an index
-//! derived from [`ReplicatedState`]; the state machine decides what a
-//! command does, this view only follows the commands that took effect.
+//! derived from [`ReplicatedState`]: rebuilt from it whole, then kept in
+//! step by the changes the state machine notes as it applies each command
+//! ([`Change`]); what a command means is decided there alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::codec::{ByteStr, SubOptions};
-use crate::router::split_share;
-use crate::state::{Command, ReplicatedState, WillRecord};
-use crate::topic_tree::{Hit, Subscriber, TopicTree};
+use crate::state::{Change, ReplicatedState, WillRecord};
+use crate::topic_tree::{split_share, Hit, Subscriber, TopicTree};
 
 #[derive(Default)]
 pub struct ClusterView {
@@ -65,17 +65,13 @@ impl ClusterView {
         self.wills = state.wills.clone();
     }
 
-    /// Whether anything lives on another node: when not, the router skips
+    /// Whether anything lives on another node: when not, a publish skips
     /// the view altogether (a single node pays nothing for it).
     pub fn has_remote(&self) -> bool {
         self.route_nodes
             .values()
             .any(|n| n.iter().any(|x| *x != self.me))
             || self.owners.values().any(|n| *n != self.me)
-    }
-
-    pub fn owner(&self, client_id: &str) -> Option<u64> {
-        self.owners.get(client_id).copied()
     }
 
     /// The identity that owns `client_id`: `None` if nobody does,
@@ -86,13 +82,13 @@ impl ClusterView {
             .then(|| self.identities.get(client_id))
     }
 
-    /// Follows one command that took effect (as the state machine said).
-    pub fn apply(&mut self, command: &Command) {
-        match command {
-            Command::ClaimClient {
+    /// Follows one change a committed command made (the state machine
+    /// decided what the command means; this index only mirrors it).
+    pub fn follow(&mut self, change: &Change) {
+        match change {
+            Change::Owner {
                 client_id,
                 node,
-                clean_start,
                 username,
                 ..
             } => {
@@ -101,31 +97,23 @@ impl ClusterView {
                     Some(u) => self.identities.insert(client_id.clone(), u.clone()),
                     None => self.identities.remove(client_id),
                 };
-                if *clean_start {
-                    self.end_session(client_id);
-                }
             }
-            Command::Unclaim { client_id, .. } => {
+            Change::Disowned { client_id } => {
                 self.owners.remove(client_id);
                 self.identities.remove(client_id);
             }
-            Command::SessionCreate { client_id, .. } => {
-                self.end_session(client_id);
+            Change::SessionStarted { client_id } => {
                 self.subscriptions
                     .insert(client_id.clone(), BTreeMap::new());
             }
-            Command::SessionEnd { client_id } => {
-                self.end_session(client_id);
-                self.owners.remove(client_id);
-                self.identities.remove(client_id);
-            }
-            Command::Subscribe {
+            Change::SessionEnded { client_id } => self.end_session(client_id),
+            Change::Subscribed {
                 client_id,
                 filter,
                 options,
                 identifier,
             } => self.subscribe(client_id, filter, *options, *identifier),
-            Command::Unsubscribe { client_id, filter } => {
+            Change::Unsubscribed { client_id, filter } => {
                 if let Some(subs) = self.subscriptions.get_mut(client_id) {
                     if subs.remove(filter).is_some() {
                         let (group, f) = split_share(filter);
@@ -135,31 +123,15 @@ impl ClusterView {
                     }
                 }
             }
-            Command::RouteAdd { node, filter } => self.add_route(*node, filter),
-            Command::RouteRemove { node, filter } => self.remove_route(*node, filter),
-            Command::NodeStarted { node, filters } => {
-                self.forget_routes(*node);
-                for f in filters {
-                    self.add_route(*node, f);
-                }
-                let subs = &self.subscriptions;
-                self.owners
-                    .retain(|c, n| *n != *node || subs.contains_key(c));
-                let owners = &self.owners;
-                self.identities.retain(|c, _| owners.contains_key(c));
+            Change::RouteAdded { node, filter } => self.add_route(*node, filter),
+            Change::RouteRemoved { node, filter } => self.remove_route(*node, filter),
+            Change::Will { client_id, record } => {
+                match record {
+                    Some(w) => self.wills.insert(client_id.clone(), w.clone()),
+                    None => self.wills.remove(client_id),
+                };
             }
-            Command::NodeGone { node } => self.forget_routes(*node),
-            _ => {}
         }
-    }
-
-    /// Keeps the will index in step (claims replace wills; clears and
-    /// fired wills remove them).
-    pub fn set_will(&mut self, client_id: &ByteStr, will: Option<WillRecord>) {
-        match will {
-            Some(w) => self.wills.insert(client_id.clone(), w),
-            None => self.wills.remove(client_id),
-        };
     }
 
     fn subscribe(
@@ -234,20 +206,8 @@ impl ClusterView {
         }
     }
 
-    fn forget_routes(&mut self, node: u64) {
-        let filters: Vec<ByteStr> = self
-            .route_nodes
-            .iter()
-            .filter(|(_, n)| n.contains(&node))
-            .map(|(f, _)| f.clone())
-            .collect();
-        for f in filters {
-            self.remove_route(node, &f);
-        }
-    }
-
     /// Persistent sessions owned by other nodes that `topic` matches, one
-    /// entry per subscription (the router merges overlaps).
+    /// entry per subscription (`publish.rs` merges overlaps).
     pub fn remote_sessions<'a>(&'a self, topic: &str, mut visit: impl FnMut(RemoteSession<'a>)) {
         self.persistent.for_each_match(topic, |hit| {
             if let Hit::Subscriber(s) = hit {
@@ -290,6 +250,17 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Command;
+
+    /// `c` (proposed by `origin`) through the state machine, and what it
+    /// changed into the view.
+    fn apply(v: &mut ClusterView, s: &mut ReplicatedState, origin: u64, c: &Command) {
+        let mut changes = Vec::new();
+        let _ = s.apply_with_changes(origin, c, &mut changes);
+        for change in &changes {
+            v.follow(change);
+        }
+    }
 
     fn route(v: &ClusterView, topic: &str) -> (Vec<u64>, Vec<(String, u64)>) {
         let (mut plain, mut shared) = (Vec::new(), Vec::new());
@@ -305,65 +276,106 @@ mod tests {
     #[test]
     fn routes_and_remote_sessions() {
         let mut v = ClusterView::new(1);
+        let mut s = ReplicatedState::default();
         assert!(!v.has_remote());
-        v.apply(&Command::RouteAdd {
-            node: 1,
-            filter: "a/#".into(),
-        });
+        apply(
+            &mut v,
+            &mut s,
+            1,
+            &Command::RouteAdd {
+                node: 1,
+                filter: "a/#".into(),
+            },
+        );
         assert!(!v.has_remote(), "only our own routes");
-        v.apply(&Command::RouteAdd {
-            node: 2,
-            filter: "a/+".into(),
-        });
-        v.apply(&Command::RouteAdd {
-            node: 3,
-            filter: "$share/g/a/b".into(),
-        });
-        v.apply(&Command::RouteAdd {
-            node: 1,
-            filter: "$share/g/a/b".into(),
-        });
+        apply(
+            &mut v,
+            &mut s,
+            2,
+            &Command::RouteAdd {
+                node: 2,
+                filter: "a/+".into(),
+            },
+        );
+        apply(
+            &mut v,
+            &mut s,
+            3,
+            &Command::RouteAdd {
+                node: 3,
+                filter: "$share/g/a/b".into(),
+            },
+        );
+        apply(
+            &mut v,
+            &mut s,
+            1,
+            &Command::RouteAdd {
+                node: 1,
+                filter: "$share/g/a/b".into(),
+            },
+        );
         assert!(v.has_remote());
         assert_eq!(route(&v, "a/b").0, vec![2]);
         // The group rotates over its nodes, this one included.
         let picks: BTreeSet<u64> = (0..4).map(|_| route(&v, "a/b").1[0].1).collect();
         assert_eq!(picks, BTreeSet::from([1, 3]));
-        v.apply(&Command::NodeGone { node: 2 });
+        apply(&mut v, &mut s, 1, &Command::NodeGone { node: 2 });
         assert!(route(&v, "a/b").0.is_empty());
 
         let c = ByteStr::from("c");
-        v.apply(&Command::ClaimClient {
-            client_id: c.clone(),
-            node: 3,
-            nonce: 1,
-            clean_start: true,
-            will: None,
-            username: None,
-            same_identity_only: false,
-        });
-        v.apply(&Command::SessionCreate {
-            client_id: c.clone(),
-            expiry: 10,
-        });
-        v.apply(&Command::Subscribe {
-            client_id: c.clone(),
-            filter: "x/#".into(),
-            options: SubOptions::default(),
-            identifier: Some(4),
-        });
+        apply(
+            &mut v,
+            &mut s,
+            3,
+            &Command::ClaimClient {
+                client_id: c.clone(),
+                node: 3,
+                nonce: 1,
+                clean_start: true,
+                will: None,
+                username: None,
+                same_identity_only: false,
+            },
+        );
+        apply(
+            &mut v,
+            &mut s,
+            3,
+            &Command::SessionCreate {
+                client_id: c.clone(),
+                expiry: 10,
+            },
+        );
+        apply(
+            &mut v,
+            &mut s,
+            3,
+            &Command::Subscribe {
+                client_id: c.clone(),
+                filter: "x/#".into(),
+                options: SubOptions::default(),
+                identifier: Some(4),
+            },
+        );
         let mut hits = Vec::new();
         v.remote_sessions("x/y", |s| hits.push((s.client_id.clone(), s.identifier)));
         assert_eq!(hits, vec![(c.clone(), Some(4))]);
         // Once this node owns it, it is not remote any more.
-        v.apply(&Command::ClaimClient {
-            client_id: c.clone(),
-            node: 1,
-            nonce: 2,
-            clean_start: false,
-            will: None,
-            username: None,
-            same_identity_only: false,
-        });
+        apply(
+            &mut v,
+            &mut s,
+            1,
+            &Command::ClaimClient {
+                client_id: c.clone(),
+                node: 1,
+                nonce: 2,
+                clean_start: false,
+                will: None,
+                username: None,
+                same_identity_only: false,
+            },
+        );
         let mut n = 0;
         v.remote_sessions("x/y", |_| n += 1);
         assert_eq!(n, 0);

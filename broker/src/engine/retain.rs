@@ -22,10 +22,10 @@
 
 use std::time::Instant;
 
-use crate::broker::{Broker, SessionCell};
+use super::Routed;
+use super::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS};
 use crate::message::SharedMessage;
-use crate::router::Routed;
 use crate::session::{Delivery, RetainedCursor};
 use crate::state::{Command, Ticket};
 
@@ -37,19 +37,19 @@ impl Broker {
     /// `$SYS`, which describes one node). A change that cannot commit (no
     /// quorum) is undone here, so that a node cut off from the cluster
     /// never keeps a retained message the others lack.
-    pub fn publish_retained(&self, message: SharedMessage, replicate: bool) -> Routed {
+    pub(crate) fn publish_retained(&self, message: SharedMessage, replicate: bool) -> Routed {
         let topic = message.topic.clone();
         let set = !message.payload.is_empty();
         if set && message.qos == QoS::AtMostOnce && !self.admit_qos0() {
             // Past the memory budget: not stored (its copies go too; QoS
             // 1/2 ones were admitted with their publish).
-            return self.publish(message);
+            return self.route(message, Vec::new(), false);
         }
         // Our own change comes back from the log: it must not undo a newer
         // one of ours by then (see `RetainedStore::applied`).
-        let follows = replicate && self.seam.follows_log();
+        let follows = replicate && self.cluster.seam.follows_log();
         let mut commands = Vec::new();
-        let mut store = self.retained.write();
+        let mut store = self.local.retained.write();
         match (set, follows) {
             (true, true) => store.set_local(message.clone()),
             (true, false) => store.set(message.clone()),
@@ -77,7 +77,7 @@ impl Broker {
 
     /// Puts the committed value of `topic` back if `ticket` fails.
     fn put_back_if_failed(&self, ticket: Ticket, topic: ByteStr) -> Ticket {
-        let (retained, seam) = (self.retained.clone(), self.seam.clone());
+        let (retained, seam) = (self.local.retained.clone(), self.cluster.seam.clone());
         Ticket::Pending(Box::pin(async move {
             let r = ticket.wait().await;
             if r.is_err() {
@@ -109,7 +109,7 @@ impl Broker {
         message: Option<&SharedMessage>,
         enqueued: &[ByteStr],
     ) {
-        let mut store = self.retained.write();
+        let mut store = self.local.retained.write();
         if origin == self.node_id {
             store.applied(topic, message.cloned());
             return;
@@ -138,7 +138,7 @@ impl Broker {
         let now = Instant::now();
         // The store's lock is held while the copies go into the session: a
         // publish that replaces one of them must come after it, not before.
-        let store = self.retained.read();
+        let store = self.local.retained.read();
         let mut s = cell.session.lock();
         let room = s.cursor_room();
         let Some(c) = s.cursor().filter(|_| room > 0) else {
@@ -178,7 +178,7 @@ impl Broker {
             return;
         }
         let now = Instant::now();
-        let store = self.retained.read();
+        let store = self.local.retained.read();
         let left: usize = cursors
             .iter()
             .map(|c| store.remaining(&c.filter, c.after.as_deref(), c.since, now))
@@ -188,5 +188,10 @@ impl Broker {
             tracing::info!(%client_id, left, "retained messages not streamed: the session left this node");
             self.stats.publish_dropped.inc_by(left as u64);
         }
+    }
+
+    /// Retained messages for a new subscription on `filter`.
+    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<SharedMessage> {
+        self.local.retained.read().matching(filter, now)
     }
 }

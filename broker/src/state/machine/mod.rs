@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use smallvec::SmallVec;
 
-use super::{Command, Will};
+use super::{Change, Command, Will};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
 
@@ -88,6 +88,26 @@ impl ReplicatedState {
     /// about a session that does not exist are ignored (it may end while
     /// commands about it are in flight).
     pub fn apply(&mut self, origin: u64, command: &Command) -> Result<Option<Effect>, Ignored> {
+        self.apply_noting(origin, command, &mut Notes(None))
+    }
+
+    /// [`ReplicatedState::apply`], noting in `changes` what the command
+    /// changed that the engine follows (see [`Change`]).
+    pub fn apply_with_changes(
+        &mut self,
+        origin: u64,
+        command: &Command,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<Effect>, Ignored> {
+        self.apply_noting(origin, command, &mut Notes(Some(changes)))
+    }
+
+    fn apply_noting(
+        &mut self,
+        origin: u64,
+        command: &Command,
+        notes: &mut Notes<'_>,
+    ) -> Result<Option<Effect>, Ignored> {
         match command {
             Command::RetainSet(m) => {
                 self.retained.insert(m.topic.clone(), m.clone());
@@ -116,19 +136,29 @@ impl ReplicatedState {
                     Some(u) => self.usernames.insert(client_id.clone(), u.clone()),
                     None => self.usernames.remove(client_id),
                 };
-                if *clean_start {
-                    self.sessions.remove(client_id);
+                notes.note(|| Change::Owner {
+                    client_id: client_id.clone(),
+                    node: *node,
+                    nonce: *nonce,
+                    username: username.clone(),
+                });
+                if *clean_start && self.sessions.remove(client_id).is_some() {
+                    notes.note(|| Change::SessionEnded {
+                        client_id: client_id.clone(),
+                    });
                 }
-                match will {
-                    Some(w) => {
-                        self.wills.insert(
-                            client_id.clone(),
-                            WillRecord {
-                                node: *node,
-                                nonce: *nonce,
-                                will: w.clone(),
-                            },
-                        );
+                let record = will.as_ref().map(|w| WillRecord {
+                    node: *node,
+                    nonce: *nonce,
+                    will: w.clone(),
+                });
+                notes.note(|| Change::Will {
+                    client_id: client_id.clone(),
+                    record: record.clone(),
+                });
+                match record {
+                    Some(r) => {
+                        self.wills.insert(client_id.clone(), r);
                     }
                     None => {
                         self.wills.remove(client_id);
@@ -147,39 +177,47 @@ impl ReplicatedState {
                 }
                 self.owners.remove(client_id);
                 self.usernames.remove(client_id);
+                notes.disowned(client_id);
             }
             Command::WillClear { client_id, nonce } => {
                 if self.wills.get(client_id).is_none_or(|w| w.nonce != *nonce) {
                     return Err(Ignored);
                 }
                 self.wills.remove(client_id);
+                notes.will_gone(client_id);
             }
             Command::WillFire { client_id, nonce } => {
                 if self.wills.get(client_id).is_none_or(|w| w.nonce != *nonce) {
                     return Err(Ignored);
                 }
                 let record = self.wills.remove(client_id).ok_or(Ignored)?;
+                notes.will_gone(client_id);
                 return Ok(Some(Effect::WillFired {
                     client_id: client_id.clone(),
                     will: record.will,
                 }));
             }
-            Command::RouteAdd { node, filter } => {
-                self.routes.entry(filter.clone()).or_default().insert(*node);
-            }
-            Command::RouteRemove { node, filter } => self.remove_route(*node, filter),
+            Command::RouteAdd { node, filter } => self.add_route(*node, filter, notes),
+            Command::RouteRemove { node, filter } => self.remove_route(*node, filter, notes),
             Command::NodeStarted { node, filters } => {
-                self.forget_routes(*node);
+                self.forget_routes(*node, notes);
                 for f in filters {
-                    self.routes.entry(f.clone()).or_default().insert(*node);
+                    self.add_route(*node, f, notes);
                 }
+                // Clean sessions the node served before it restarted are
+                // gone: their ids are free.
                 let sessions = &self.sessions;
-                self.owners
-                    .retain(|c, n| *n != *node || sessions.contains_key(c));
+                self.owners.retain(|c, n| {
+                    let keep = *n != *node || sessions.contains_key(c);
+                    if !keep {
+                        notes.disowned(c);
+                    }
+                    keep
+                });
                 let owners = &self.owners;
                 self.usernames.retain(|c, _| owners.contains_key(c));
             }
-            Command::NodeGone { node } => self.forget_routes(*node),
+            Command::NodeGone { node } => self.forget_routes(*node, notes),
             Command::Enqueue {
                 client_id,
                 seq,
@@ -204,7 +242,7 @@ impl ReplicatedState {
                     );
                 }
             }
-            _ => self.apply_session(origin, command)?,
+            _ => self.apply_session(origin, command, notes)?,
         }
         Ok(None)
     }
@@ -216,7 +254,12 @@ impl ReplicatedState {
     }
 
     /// The owner's commands about its session.
-    fn apply_session(&mut self, origin: u64, command: &Command) -> Result<(), Ignored> {
+    fn apply_session(
+        &mut self,
+        origin: u64,
+        command: &Command,
+        notes: &mut Notes<'_>,
+    ) -> Result<(), Ignored> {
         let client_id = match command {
             Command::SessionCreate { client_id, .. }
             | Command::SessionUpdate { client_id, .. }
@@ -243,7 +286,13 @@ impl ReplicatedState {
                 // Idempotent: a batch the leader committed twice (its
                 // answer was lost, the proposer retried) must not wipe what
                 // was enqueued in between. A clean start is the claim's.
-                self.sessions.entry(client_id.clone()).or_default().expiry = *expiry;
+                let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
+                    notes.note(|| Change::SessionStarted {
+                        client_id: client_id.clone(),
+                    });
+                    PersistedSession::default()
+                });
+                session.expiry = *expiry;
             }
             Command::SessionUpdate { client_id, expiry } => {
                 if let Some(s) = self.sessions.get_mut(client_id) {
@@ -254,6 +303,10 @@ impl ReplicatedState {
                 self.sessions.remove(client_id);
                 self.owners.remove(client_id);
                 self.usernames.remove(client_id);
+                notes.note(|| Change::SessionEnded {
+                    client_id: client_id.clone(),
+                });
+                notes.disowned(client_id);
             }
             Command::Subscribe {
                 client_id,
@@ -264,11 +317,22 @@ impl ReplicatedState {
                 if let Some(s) = self.sessions.get_mut(client_id) {
                     s.subscriptions
                         .insert(filter.clone(), (*options, *identifier));
+                    notes.note(|| Change::Subscribed {
+                        client_id: client_id.clone(),
+                        filter: filter.clone(),
+                        options: *options,
+                        identifier: *identifier,
+                    });
                 }
             }
             Command::Unsubscribe { client_id, filter } => {
                 if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.subscriptions.remove(filter);
+                    if s.subscriptions.remove(filter).is_some() {
+                        notes.note(|| Change::Unsubscribed {
+                            client_id: client_id.clone(),
+                            filter: filter.clone(),
+                        });
+                    }
                 }
             }
             Command::Release { client_id, seq } => {
@@ -351,362 +415,66 @@ impl ReplicatedState {
             .collect()
     }
 
-    fn remove_route(&mut self, node: u64, filter: &ByteStr) {
+    fn add_route(&mut self, node: u64, filter: &ByteStr, notes: &mut Notes<'_>) {
+        if self.routes.entry(filter.clone()).or_default().insert(node) {
+            notes.note(|| Change::RouteAdded {
+                node,
+                filter: filter.clone(),
+            });
+        }
+    }
+
+    fn remove_route(&mut self, node: u64, filter: &ByteStr, notes: &mut Notes<'_>) {
         if let Some(nodes) = self.routes.get_mut(filter) {
-            nodes.remove(&node);
+            if nodes.remove(&node) {
+                notes.note(|| Change::RouteRemoved {
+                    node,
+                    filter: filter.clone(),
+                });
+            }
             if nodes.is_empty() {
                 self.routes.remove(filter);
             }
         }
     }
 
-    fn forget_routes(&mut self, node: u64) {
-        self.routes.retain(|_, nodes| {
-            nodes.remove(&node);
+    fn forget_routes(&mut self, node: u64, notes: &mut Notes<'_>) {
+        self.routes.retain(|filter, nodes| {
+            if nodes.remove(&node) {
+                notes.note(|| Change::RouteRemoved {
+                    node,
+                    filter: filter.clone(),
+                });
+            }
             !nodes.is_empty()
         });
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::{Message, MessageParts};
-    use std::sync::Arc;
+/// Where [`ReplicatedState::apply_with_changes`] notes its changes; plain
+/// `apply` notes none and builds none.
+struct Notes<'a>(Option<&'a mut Vec<Change>>);
 
-    fn msg(topic: &str) -> SharedMessage {
-        Arc::new(Message::new(MessageParts {
-            topic: ByteStr::from(topic),
-            payload: bytes::Bytes::from_static(b"p"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            origin: ByteStr::default(),
-            expires_at: None,
-            properties: None,
-            received_at: std::time::Instant::now(),
-        }))
-    }
-
-    fn claim(c: &ByteStr, node: u64, clean_start: bool, will: Option<Will>) -> Command {
-        Command::ClaimClient {
-            client_id: c.clone(),
-            node,
-            nonce: 7,
-            clean_start,
-            will,
-            username: Some("u".into()),
-            same_identity_only: false,
+impl Notes<'_> {
+    fn note(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(v) = self.0.as_mut() {
+            v.push(change());
         }
     }
 
-    fn enqueue(c: &ByteStr, seq: u64) -> Command {
-        Command::Enqueue {
-            client_id: c.clone(),
-            seq,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            subscription_ids: SmallVec::new(),
-            local: true,
-            message: msg("a/b"),
-        }
+    fn disowned(&mut self, client_id: &ByteStr) {
+        self.note(|| Change::Disowned {
+            client_id: client_id.clone(),
+        });
     }
 
-    #[test]
-    fn session_lifecycle() {
-        let c = ByteStr::from("c1");
-        let mut s = ReplicatedState::default();
-        assert_eq!(
-            s.apply(1, &claim(&c, 1, false, None)),
-            Ok(Some(Effect::Claimed {
-                client_id: c.clone(),
-                node: 1,
-                nonce: 7
-            }))
-        );
-        let _ = s.apply(
-            1,
-            &Command::SessionCreate {
-                client_id: c.clone(),
-                expiry: 60,
-            },
-        );
-        let _ = s.apply(
-            1,
-            &Command::Subscribe {
-                client_id: c.clone(),
-                filter: "a/#".into(),
-                options: SubOptions::default(),
-                identifier: Some(7),
-            },
-        );
-        for seq in 1..=3 {
-            // Any node may owe the session a message.
-            let _ = s.apply(seq, &enqueue(&c, seq));
-        }
-        let _ = s.apply(
-            1,
-            &Command::Release {
-                client_id: c.clone(),
-                seq: 2,
-            },
-        );
-        let _ = s.apply(
-            1,
-            &Command::Ack {
-                client_id: c.clone(),
-                seq: 1,
-            },
-        );
-        let sess = &s.sessions[&c];
-        assert_eq!(
-            sess.messages.keys().copied().collect::<Vec<_>>(),
-            vec![2, 3]
-        );
-        assert!(sess.messages[&2].released);
-        assert_eq!(sess.subscriptions.len(), 1);
-        let _ = s.apply(
-            1,
-            &Command::SessionEnd {
-                client_id: c.clone(),
-            },
-        );
-        assert!(s.sessions.is_empty());
-        assert!(s.owners.is_empty());
-        // Late commands about an ended session change nothing.
-        assert_eq!(
-            s.apply(
-                1,
-                &Command::Ack {
-                    client_id: c,
-                    seq: 3
-                }
-            ),
-            Err(Ignored)
-        );
-        assert!(s.sessions.is_empty());
-    }
-
-    #[test]
-    fn only_the_owner_changes_a_session() {
-        let c = ByteStr::from("c");
-        let mut s = ReplicatedState::default();
-        let _ = s.apply(1, &claim(&c, 1, false, None));
-        let _ = s.apply(
-            1,
-            &Command::SessionCreate {
-                client_id: c.clone(),
-                expiry: 60,
-            },
-        );
-        let _ = s.apply(1, &enqueue(&c, 10));
-        // Node 2 takes the client over; node 1's late ack must not count.
-        let _ = s.apply(2, &claim(&c, 2, false, None));
-        let sub = Command::Subscribe {
-            client_id: c.clone(),
-            filter: "late".into(),
-            options: SubOptions::default(),
-            identifier: None,
-        };
-        assert_eq!(s.apply(1, &sub), Err(Ignored));
-        assert_eq!(s.apply(2, &sub), Ok(None));
-        // An ack counts from whichever node the client acked through.
-        let _ = s.apply(
-            1,
-            &Command::Ack {
-                client_id: c.clone(),
-                seq: 10,
-            },
-        );
-        assert!(s.sessions[&c].messages.is_empty());
-        // A clean start discards the session.
-        let _ = s.apply(3, &claim(&c, 3, true, None));
-        assert!(s.sessions.is_empty());
-        assert_eq!(s.owners[&c], 3);
-        // Unclaim only by the owner, and never of a persistent session.
-        let _ = s.apply(
-            2,
-            &Command::Unclaim {
-                client_id: c.clone(),
-                node: 2,
-            },
-        );
-        assert_eq!(s.owners[&c], 3);
-        let _ = s.apply(
-            3,
-            &Command::Unclaim {
-                client_id: c.clone(),
-                node: 3,
-            },
-        );
-        assert!(s.owners.is_empty());
-    }
-
-    #[test]
-    fn a_claim_under_another_identity_changes_nothing() {
-        let c = ByteStr::from("c");
-        let mut s = ReplicatedState::default();
-        let _ = s.apply(1, &claim(&c, 1, false, None));
-        let _ = s.apply(
-            1,
-            &Command::SessionCreate {
-                client_id: c.clone(),
-                expiry: 60,
-            },
-        );
-        let _ = s.apply(1, &enqueue(&c, 10));
-        let before = s.digest();
-        let as_user = |user: Option<&str>, clean_start: bool, only: bool| Command::ClaimClient {
-            client_id: c.clone(),
-            node: 2,
-            nonce: 9,
-            clean_start,
-            will: None,
-            username: user.map(ByteStr::from),
-            same_identity_only: only,
-        };
-        for (user, clean) in [(Some("m"), false), (Some("m"), true), (None, true)] {
-            assert_eq!(
-                s.apply(2, &as_user(user, clean, true)),
-                Ok(Some(Effect::ClaimRefused {
-                    client_id: c.clone(),
-                    node: 2,
-                    nonce: 9
-                })),
-                "{user:?}"
-            );
-            assert_eq!(s.digest(), before, "{user:?} clean {clean}");
-        }
-        // The same identity takes its own id from any node.
-        assert!(matches!(
-            s.apply(2, &as_user(Some("u"), false, true)),
-            Ok(Some(Effect::Claimed { node: 2, .. }))
-        ));
-        assert_eq!(s.owners[&c], 2);
-        assert_eq!(s.sessions[&c].messages.len(), 1);
-        // Records from before the check (or "any"): whoever asks.
-        let _ = s.apply(2, &as_user(Some("m"), false, false));
-        assert_eq!(s.usernames[&c], ByteStr::from("m"));
-        // Once nobody owns the id, anyone may claim it.
-        let _ = s.apply(
-            2,
-            &Command::SessionEnd {
-                client_id: c.clone(),
-            },
-        );
-        assert!(matches!(
-            s.apply(2, &as_user(None, true, true)),
-            Ok(Some(Effect::Claimed { .. }))
-        ));
-    }
-
-    #[test]
-    fn a_will_fires_once_and_only_for_its_connection() {
-        let c = ByteStr::from("c");
-        let will = Will {
-            message: msg("w"),
-            delay: 5,
-            expiry_interval: None,
-        };
-        let mut s = ReplicatedState::default();
-        let _ = s.apply(1, &claim(&c, 1, false, Some(will.clone())));
-        let fire = Command::WillFire {
-            client_id: c.clone(),
-            nonce: 7,
-        };
-        // The leader (node 2) and node 1 itself both try.
-        assert_eq!(
-            s.apply(2, &fire),
-            Ok(Some(Effect::WillFired {
-                client_id: c.clone(),
-                will: will.clone()
-            }))
-        );
-        assert_eq!(s.apply(1, &fire), Err(Ignored));
-        // A reconnect replaces the will: the old one is void.
-        let _ = s.apply(1, &claim(&c, 1, false, Some(will.clone())));
-        let mut again = claim(&c, 1, false, Some(will));
-        if let Command::ClaimClient { nonce, .. } = &mut again {
-            *nonce = 8;
-        }
-        let _ = s.apply(1, &again);
-        assert_eq!(s.apply(2, &fire), Err(Ignored));
-        // WillClear only by the connection that registered it.
-        let _ = s.apply(
-            1,
-            &Command::WillClear {
-                client_id: c.clone(),
-                nonce: 7,
-            },
-        );
-        assert!(s.wills.contains_key(&c));
-        let _ = s.apply(
-            1,
-            &Command::WillClear {
-                client_id: c.clone(),
-                nonce: 8,
-            },
-        );
-        assert!(s.wills.is_empty());
-    }
-
-    #[test]
-    fn routes_follow_nodes() {
-        let mut s = ReplicatedState::default();
-        let f = ByteStr::from("a/#");
-        let _ = s.apply(
-            1,
-            &Command::RouteAdd {
-                node: 1,
-                filter: f.clone(),
-            },
-        );
-        let _ = s.apply(
-            2,
-            &Command::RouteAdd {
-                node: 2,
-                filter: f.clone(),
-            },
-        );
-        let _ = s.apply(
-            2,
-            &Command::RouteAdd {
-                node: 2,
-                filter: "b".into(),
-            },
-        );
-        assert_eq!(s.routes[&f], BTreeSet::from([1, 2]));
-        let _ = s.apply(
-            1,
-            &Command::RouteRemove {
-                node: 1,
-                filter: f.clone(),
-            },
-        );
-        assert_eq!(s.routes[&f], BTreeSet::from([2]));
-        // A restarted node states its routes afresh; its clean sessions go.
-        let _ = s.apply(2, &claim(&"clean".into(), 2, true, None));
-        let _ = s.apply(
-            2,
-            &Command::NodeStarted {
-                node: 2,
-                filters: vec!["c".into()],
-            },
-        );
-        assert_eq!(
-            s.routes.keys().cloned().collect::<Vec<_>>(),
-            vec![ByteStr::from("c")]
-        );
-        assert!(s.owners.is_empty());
-        let _ = s.apply(1, &Command::NodeGone { node: 2 });
-        assert!(s.routes.is_empty());
-    }
-
-    #[test]
-    fn retained_set_and_clear() {
-        let mut s = ReplicatedState::default();
-        let _ = s.apply(1, &Command::RetainSet(msg("t")));
-        assert_eq!(s.retained.len(), 1);
-        let _ = s.apply(1, &Command::RetainClear { topic: "t".into() });
-        assert!(s.retained.is_empty());
+    fn will_gone(&mut self, client_id: &ByteStr) {
+        self.note(|| Change::Will {
+            client_id: client_id.clone(),
+            record: None,
+        });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,13 +4,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::broker::{Broker, SessionCell};
+use super::{Broker, SessionCell};
 use crate::codec::ByteStr;
 use crate::retained::RetainedStore;
 use crate::session::Delivery;
-use crate::state::{Command, Committed, PersistedSession, ReplicatedState, WillRecord};
+use crate::state::{Change, Command, Committed, PersistedSession, ReplicatedState};
 use crate::topic_tree::parse_filter;
 
 impl Broker {
@@ -21,7 +21,7 @@ impl Broker {
     /// of clients it served before it stopped are due.
     pub fn restore(self: &Arc<Self>, state: ReplicatedState, at_start: bool) {
         {
-            let mut retained = self.retained.write();
+            let mut retained = self.local.retained.write();
             *retained = RetainedStore::default();
             // Never routed here: cursors of subscriptions made before
             // deliver them (see `RetainedStore::restore`).
@@ -30,9 +30,11 @@ impl Broker {
             }
         }
         {
-            let mut view = self.view.write();
+            let mut view = self.cluster.view.write();
             view.rebuild(&state);
-            self.remote.store(view.has_remote(), Ordering::Release);
+            self.cluster
+                .remote
+                .store(view.has_remote(), Ordering::Release);
         }
         for s in state.sessions.values() {
             for seq in s.messages.keys() {
@@ -42,16 +44,23 @@ impl Broker {
         let mut restored = 0usize;
         for (client_id, persisted) in state.sessions {
             let ours = state.owners.get(&client_id) == Some(&self.node_id);
-            if !ours || self.sessions.lock().contains_key(&client_id) {
+            if !ours || self.local.sessions.lock().contains_key(&client_id) {
                 continue;
             }
             let username = state.usernames.get(&client_id).cloned();
             let cell = self.session_cell(&client_id, persisted, username);
-            self.sessions.lock().insert(client_id, cell.clone());
+            self.local.sessions.lock().insert(client_id, cell.clone());
             restored += 1;
-            self.arm_expiry(&cell);
+            // Its clock restarts here: how long it was offline elsewhere
+            // is not known to this node.
+            let (expiry, generation) = {
+                let s = cell.session.lock();
+                (s.expiry, s.generation)
+            };
+            self.arm_session_expiry(&cell, expiry, generation);
         }
-        self.restored_index
+        self.cluster
+            .restored_index
             .store(state.applied_index, Ordering::Release);
         if at_start {
             self.submit(vec![Command::NodeStarted {
@@ -62,7 +71,8 @@ impl Broker {
             // are due (unless the leader has fired them already).
             for (client_id, w) in &state.wills {
                 if w.node == self.node_id {
-                    self.schedule_will(client_id.clone(), w.clone());
+                    let will = w.will.clone();
+                    self.arm_will(client_id.clone(), w.nonce, w.will.delay, |_| true, || will);
                 }
             }
         }
@@ -127,7 +137,7 @@ impl Broker {
     ) {
         let filters: Vec<ByteStr> = persisted.subscriptions.keys().cloned().collect();
         let cell = self.session_cell(&client_id, persisted, username);
-        if let Some(old) = self.sessions.lock().insert(client_id.clone(), cell) {
+        if let Some(old) = self.local.sessions.lock().insert(client_id.clone(), cell) {
             // A connection here raced the claim; the claimed state wins.
             old.kick(crate::codec::reason::SESSION_TAKEN_OVER);
         }
@@ -142,28 +152,9 @@ impl Broker {
         self.submit(routes);
     }
 
-    /// Ends an offline persistent session after its expiry interval, unless
-    /// its client comes back first. Its clock restarts here: how long it
-    /// was offline elsewhere is not known to this node.
-    fn arm_expiry(self: &Arc<Self>, cell: &Arc<SessionCell>) {
-        let (expiry, generation) = {
-            let s = cell.session.lock();
-            (s.expiry, s.generation)
-        };
-        if expiry == u32::MAX {
-            return;
-        }
-        let broker = Arc::clone(self);
-        let cell = Arc::clone(cell);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-            broker.expire(&cell, generation);
-        });
-    }
-
     /// Follows one committed log entry.
     pub fn on_committed(self: &Arc<Self>, index: u64, events: Vec<Committed>) {
-        if index <= self.restored_index.load(Ordering::Acquire) {
+        if index <= self.cluster.restored_index.load(Ordering::Acquire) {
             return;
         }
         let mut view_changed = false;
@@ -171,7 +162,11 @@ impl Broker {
         for event in events {
             match event {
                 Committed::Command { origin, command } => {
-                    view_changed |= self.follow(origin, &command, &enqueued);
+                    self.follow_message(origin, &command, &enqueued)
+                }
+                Committed::Changed(change) => {
+                    self.follow_change(&change);
+                    view_changed = true;
                 }
                 Committed::Claimed {
                     client_id,
@@ -186,15 +181,30 @@ impl Broker {
             }
         }
         if view_changed {
-            let remote = self.view.read().has_remote();
-            self.remote.store(remote, Ordering::Release);
+            let remote = self.cluster.view.read().has_remote();
+            self.cluster.remote.store(remote, Ordering::Release);
         }
     }
 
-    /// Applies one committed command (proposed by `origin`) to the local
-    /// indexes; true when the cluster view changed. `enqueued`: copies
-    /// other nodes enqueued in the same entry.
-    fn follow(self: &Arc<Self>, origin: u64, command: &Command, enqueued: &[Enqueued]) -> bool {
+    /// What a committed command changed: into the view of the cluster; a
+    /// claim also takes the client from this node, or confirms ours.
+    fn follow_change(self: &Arc<Self>, change: &Change) {
+        self.cluster.view.write().follow(change);
+        if let Change::Owner {
+            client_id,
+            node,
+            nonce,
+            ..
+        } = change
+        {
+            self.on_claim_applied(client_id, *node, *nonce);
+        }
+    }
+
+    /// A committed message (proposed by `origin`): a retained change, or
+    /// a copy owed to a session of ours. `enqueued`: copies other nodes
+    /// enqueued in the same entry.
+    fn follow_message(&self, origin: u64, command: &Command, enqueued: &[Enqueued]) {
         match command {
             Command::RetainSet(m) => {
                 let for_sessions: Vec<ByteStr> = enqueued
@@ -203,11 +213,9 @@ impl Broker {
                     .map(|e| e.client_id.clone())
                     .collect();
                 self.retained_committed(origin, &m.topic, Some(m), &for_sessions);
-                return false;
             }
             Command::RetainClear { topic } => {
                 self.retained_committed(origin, topic, None, &[]);
-                return false;
             }
             Command::Enqueue {
                 client_id,
@@ -218,7 +226,7 @@ impl Broker {
                 message,
                 ..
             } => {
-                let cell = self.sessions.lock().get(client_id).cloned();
+                let cell = self.local.sessions.lock().get(client_id).cloned();
                 if let Some(cell) = cell {
                     self.deliver_committed(
                         &cell,
@@ -233,31 +241,10 @@ impl Broker {
                         },
                     );
                 }
-                return false;
             }
-            Command::ClaimClient {
-                client_id,
-                node,
-                nonce,
-                will,
-                ..
-            } => {
-                let record = will.clone().map(|will| WillRecord {
-                    node: *node,
-                    nonce: *nonce,
-                    will,
-                });
-                self.view.write().set_will(client_id, record);
-                self.on_claim_applied(client_id, *node, *nonce);
-            }
-            Command::WillClear { client_id, .. } | Command::WillFire { client_id, .. } => {
-                self.view.write().set_will(client_id, None);
-                return false;
-            }
+            // The rest arrives as what it changed (`Committed::Changed`).
             _ => {}
         }
-        self.view.write().apply(command);
-        true
     }
 }
 

@@ -1,4 +1,4 @@
-//! The engine without sockets: sessions, router, retained store and state
+//! The engine without sockets: sessions, publish, retained store and state
 //! seam driven through the same calls the connection makes.
 
 use std::sync::Arc;
@@ -6,14 +6,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::{Allowed, Broker, Departure, OpenedSession, Publisher, SessionRequest};
 use crate::auth::{Auth, Policy};
-use crate::broker::{Broker, Departure, OpenedSession, SessionRequest};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
 use crate::message::{Message, MessageParts};
 use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
 use crate::topic_tree::parse_filter;
+
+/// What the HTTP API's publishes pass: no ACL.
+fn admin(b: &Broker) -> Allowed {
+    b.authorize(Publisher::Admin, "").unwrap()
+}
 
 fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
     let seam = Arc::new(MemoryState::new(1));
@@ -31,7 +36,7 @@ fn broker() -> (Arc<Broker>, Arc<MemoryState>) {
 
 /// What a CONNECT does: claim the id through the seam, then bind.
 fn open(b: &Broker, id: &str, clean: bool, expiry: u32) -> OpenedSession {
-    drop(b.seam.submit(vec![Command::ClaimClient {
+    drop(b.cluster.seam.submit(vec![Command::ClaimClient {
         client_id: ByteStr::from(id),
         node: b.node_id,
         nonce: 1,
@@ -112,7 +117,7 @@ async fn overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
     };
     sub_opts(&b, &s, "a/+", o(QoS::AtMostOnce), Some(1));
     sub_opts(&b, &s, "a/#", o(QoS::AtLeastOnce), Some(2));
-    let routed = b.publish(msg("a/b", QoS::ExactlyOnce, "p"));
+    let routed = b.publish(msg("a/b", QoS::ExactlyOnce, "p"), admin(&b));
     assert_eq!(routed.matched, 1);
     let out = drained(&s);
     assert_eq!(out.len(), 1);
@@ -134,7 +139,7 @@ async fn no_local_skips_the_publisher_only() {
     };
     sub_opts(&b, &me, "t", nl, None);
     sub_opts(&b, &other, "t", nl, None);
-    b.publish(msg("t", QoS::AtMostOnce, "me"));
+    b.publish(msg("t", QoS::AtMostOnce, "me"), admin(&b));
     assert!(drained(&me).is_empty());
     assert_eq!(drained(&other).len(), 1);
 }
@@ -149,7 +154,11 @@ async fn shared_group_round_robins_live_members() {
         sub(&b, m, "$share/g/jobs/#", QoS::AtLeastOnce);
     }
     for _ in 0..9 {
-        assert_eq!(b.publish(msg("jobs/x", QoS::AtLeastOnce, "p")).matched, 1);
+        assert_eq!(
+            b.publish(msg("jobs/x", QoS::AtLeastOnce, "p"), admin(&b))
+                .matched,
+            1
+        );
     }
     let counts: Vec<usize> = members.iter().map(|m| drained(m).len()).collect();
     assert_eq!(counts, vec![3, 3, 3]);
@@ -163,7 +172,7 @@ async fn unacked_shared_copies_move_to_another_member_on_disconnect() {
     sub(&b, &a, "$share/g/t", QoS::AtLeastOnce);
     sub(&b, &c, "$share/g/t", QoS::AtLeastOnce);
     for _ in 0..4 {
-        b.publish(msg("t", QoS::AtLeastOnce, "p"));
+        b.publish(msg("t", QoS::AtLeastOnce, "p"), admin(&b));
     }
     assert_eq!(drained(&a).len(), 2);
     assert_eq!(drained(&c).len(), 2);
@@ -316,7 +325,7 @@ async fn persistent_sessions_resume_and_the_seam_tracks_owed_copies() {
     sub(&b, &s, "q/#", QoS::AtLeastOnce);
     b.close_session(&s.cell, s.conn_id, Departure::Clean, None);
     for _ in 0..3 {
-        b.publish(msg("q/1", QoS::AtLeastOnce, "x"));
+        b.publish(msg("q/1", QoS::AtLeastOnce, "x"), admin(&b));
     }
     let snap = seam.snapshot();
     let persisted = &snap.sessions[&ByteStr::from("p")];
@@ -340,7 +349,11 @@ async fn persistent_sessions_resume_and_the_seam_tracks_owed_copies() {
     // A clean start ends the old session: subscriptions and owed copies go.
     let fresh = open(&b, "p", true, 0);
     assert!(!fresh.session_present);
-    assert_eq!(b.publish(msg("q/1", QoS::AtLeastOnce, "x")).matched, 0);
+    assert_eq!(
+        b.publish(msg("q/1", QoS::AtLeastOnce, "x"), admin(&b))
+            .matched,
+        0
+    );
     assert!(!seam.snapshot().sessions.contains_key("p"));
 }
 
@@ -357,7 +370,7 @@ async fn takeover_kicks_the_old_connection_and_keeps_the_session() {
     );
     // The old connection's close must not tear down the session it lost.
     b.close_session(&first.cell, first.conn_id, Departure::TakenOver, None);
-    b.publish(msg("t", QoS::AtLeastOnce, "x"));
+    b.publish(msg("t", QoS::AtLeastOnce, "x"), admin(&b));
     assert_eq!(drained(&second).len(), 1);
 }
 
@@ -374,15 +387,17 @@ async fn clean_sessions_vanish_on_disconnect() {
 
 #[tokio::test]
 async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
+    use super::DrainMode;
     use crate::codec::reason;
-    use crate::drain::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
     let mut a = open(&b, "a", false, 3600);
     let mut c = open(&b, "c", true, 0);
     let offline = open(&b, "o", false, 3600);
     b.close_session(&offline.cell, offline.conn_id, Departure::Clean, None);
-    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    b.health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     assert!(b.readiness().is_ok());
     let out = b
         .drain(
@@ -411,10 +426,12 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
 
 #[tokio::test]
 async fn an_undrain_makes_the_node_ready_again() {
-    use crate::drain::DrainMode;
+    use super::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
-    b.ready.store(true, std::sync::atomic::Ordering::Release);
+    b.health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(b.undrain(), Ok(false), "not draining: nothing to end");
     b.drain(
         DrainMode::hand_over("elsewhere:1883"),

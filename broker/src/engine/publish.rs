@@ -1,5 +1,7 @@
-//! One publish to the sessions it goes to; subscriptions in and out of the
-//! tree; retained messages set and served.
+//! One publish to the sessions it goes to: matched in the topic tree,
+//! overlapping subscriptions merged, one copy handed to each session (the
+//! ones owed to persistent sessions recorded for the log), the rest
+//! forwarded to the nodes whose routes match.
 
 use std::cmp::max;
 use std::sync::atomic::Ordering;
@@ -8,15 +10,15 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use super::{Broker, SessionCell};
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Policy;
 use crate::backpressure::Pressure;
-use crate::broker::{Broker, SessionCell};
-use crate::codec::{ByteStr, QoS, SubOptions};
-use crate::message::SharedMessage;
+use crate::codec::{ByteStr, Publish, QoS};
+use crate::message::{stored_size, SharedMessage};
 use crate::session::{Delivery, Disposition, ShareRef};
 use crate::state::{Command, Ticket};
-use crate::topic_tree::{Hit, Hits, ParsedFilter, SharedGroup, Subscriber};
+use crate::topic_tree::{Hit, Hits, SharedGroup, Subscriber};
 
 /// Sends a publish to another node, which delivers it to its own
 /// subscribers. Never blocks: a peer that cannot keep up loses copies (and
@@ -70,6 +72,54 @@ impl Remote {
         let is = |s: &ShareRef| &*s.group == group && &*s.filter == filter;
         self.here.iter().any(is) || !self.elsewhere.iter().any(is)
     }
+}
+
+/// Who publishes: which policy a message answers to, and how its
+/// retained copy is kept.
+#[derive(Clone, Copy)]
+pub enum Publisher<'a> {
+    /// A client's PUBLISH: its ACL must let it write the topic.
+    Client(Principal<'a>),
+    /// The HTTP API, whose caller holds the admin token.
+    Admin,
+    /// A will, checked against its client's ACL when its CONNECT was.
+    Will,
+    /// `$SYS`: describes this node alone, so its retained messages are
+    /// kept here and never replicated.
+    System,
+}
+
+/// A publish the policy let through (see [`Broker::authorize`]): the only
+/// way to [`Broker::publish`].
+#[derive(Debug)]
+pub struct Allowed {
+    system: bool,
+}
+
+/// The ACL does not let the publisher write the topic (counted, logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied;
+
+/// Whether the client of a session may read `topic` under `acl` (`None`:
+/// no ACL, everything is readable). The one read check: made as a copy is
+/// handed to a session, and again as the copy is written to the client
+/// (whoever holds the session then, under the policy in force then).
+pub fn may_read(
+    acl: Option<&Policy>,
+    username: Option<&str>,
+    client_id: &str,
+    topic: &str,
+) -> bool {
+    acl.is_none_or(|p| {
+        p.may(
+            Principal {
+                username,
+                client_id,
+            },
+            topic,
+            Action::Read,
+        )
+    })
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -133,11 +183,42 @@ pub struct Routed {
 }
 
 impl Broker {
-    /// Delivers `message` to every matching session. Overlapping
-    /// subscriptions of one session yield one copy at the highest QoS,
-    /// carrying all their subscription identifiers.
-    pub fn publish(&self, message: SharedMessage) -> Routed {
-        self.route(message, Vec::new(), false)
+    /// The policy check of a publish: a client's must be one its ACL lets
+    /// it write; the others were checked where they came in.
+    pub fn authorize(&self, from: Publisher<'_>, topic: &str) -> Result<Allowed, Denied> {
+        if let Publisher::Client(who) = from {
+            if !self.auth.policy().may(who, topic, Action::Write) {
+                self.stats.publish_denied.inc();
+                tracing::debug!(%topic, "publish denied (ACL, or a $SYS topic)");
+                return Err(Denied);
+            }
+        }
+        Ok(Allowed {
+            system: matches!(from, Publisher::System),
+        })
+    }
+
+    /// The one way in for a message, whoever publishes it (a client, the
+    /// HTTP API, a will, `$SYS`): a retained one is stored and routed as
+    /// one step (`retain.rs`), any other routed. Delivers it to every
+    /// matching session; overlapping subscriptions of one session yield
+    /// one copy at the highest QoS, carrying all their subscription
+    /// identifiers. The copies owed to persistent sessions (and the
+    /// retained change) go to the log as one batch: [`Routed::committed`].
+    pub fn publish(&self, message: SharedMessage, allowed: Allowed) -> Routed {
+        if !message.retain {
+            return self.route(message, Vec::new(), false);
+        }
+        if allowed.system {
+            return self.publish_retained(message, false);
+        }
+        // Clients and the API are refused a retained publish when retain
+        // is off; a will registered before it was turned off goes out
+        // plain.
+        if !self.config.mqtt.retain_available {
+            return self.route(message, Vec::new(), false);
+        }
+        self.publish_retained(message, true)
     }
 
     /// [`Broker::publish`], committing `commands` with the copies (one log
@@ -151,12 +232,12 @@ impl Broker {
         mut commands: Vec<Command>,
         in_log: bool,
     ) -> Routed {
-        let remote = if self.remote.load(Ordering::Acquire) {
+        let remote = if self.cluster.remote.load(Ordering::Acquire) {
             self.route_remote(&message, &mut commands)
         } else {
             Remote::default()
         };
-        let tree = self.subscriptions.read();
+        let tree = self.local.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         let mut shared: SmallVec<[Target<'_>; 2]> = SmallVec::new();
         let mut lists = 0usize;
@@ -194,7 +275,7 @@ impl Broker {
             }
         }
         drop(tree);
-        if let Some(f) = self.forwarder.get() {
+        if let Some(f) = self.cluster.forwarder.get() {
             for (node, groups) in remote.nodes {
                 if !in_log || !groups.is_empty() {
                     congested.extend(f.forward(node, &message, groups, in_log));
@@ -204,7 +285,7 @@ impl Broker {
         let committed = if commands.is_empty() {
             Ticket::Done(Ok(()))
         } else {
-            self.seam.submit(commands)
+            self.cluster.seam.submit(commands)
         };
         Routed {
             matched,
@@ -218,7 +299,7 @@ impl Broker {
     /// whose routes match (each shared group goes to one node).
     fn route_remote(&self, message: &SharedMessage, commands: &mut Vec<Command>) -> Remote {
         let mut remote = Remote::default();
-        let view = self.view.read();
+        let view = self.cluster.view.read();
         let mut owed: SmallVec<[Owed<'_>; 4]> = SmallVec::new();
         view.remote_sessions(&message.topic, |s| {
             if s.options.no_local && *s.client_id == message.origin {
@@ -289,7 +370,7 @@ impl Broker {
         shared: &[ShareRef],
         in_log: bool,
     ) -> SmallVec<[Arc<SessionCell>; 1]> {
-        let tree = self.subscriptions.read();
+        let tree = self.local.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         tree.for_each_match(&message.topic, |hit| match hit {
             Hit::Subscriber(s) => {
@@ -336,7 +417,7 @@ impl Broker {
     /// for (`enqueued`: from the same log entry) gets that copy instead;
     /// one that node did not know of yet gets this one.
     pub(crate) fn deliver_applied(&self, message: &SharedMessage, enqueued: &[ByteStr]) {
-        let tree = self.subscriptions.read();
+        let tree = self.local.subscriptions.read();
         let mut targets: SmallVec<[Target<'_>; 8]> = SmallVec::new();
         tree.for_each_match(&message.topic, |hit| {
             if let Hit::Subscriber(s) = hit {
@@ -359,6 +440,38 @@ impl Broker {
         }
         drop(tree);
         self.submit(commands);
+    }
+
+    /// Whether a QoS 1/2 PUBLISH may be taken on: it will be held at least
+    /// twice (the engine's copy and the replicated one). A refusal is
+    /// counted.
+    pub fn admit_publish(&self, p: &Publish) -> bool {
+        if p.qos == QoS::AtMostOnce {
+            return true;
+        }
+        let size = stored_size(&p.topic, &p.payload, None, "")
+            + p.properties.user_properties.as_wire().len();
+        if self.memory.admits(2 * size) {
+            return true;
+        }
+        self.stats.publish_quota_refused.inc();
+        tracing::debug!(
+            topic = %p.topic,
+            held = crate::memory_budget::held_bytes(),
+            limit = self.memory.limit(),
+            "publish refused: the memory budget is spent"
+        );
+        false
+    }
+
+    /// Whether a QoS 0 copy (or a retained QoS 0 message) may be kept; a
+    /// drop is counted.
+    pub fn admit_qos0(&self) -> bool {
+        if !self.memory.spent() {
+            return true;
+        }
+        self.stats.memory_dropped.inc();
+        false
     }
 
     /// Puts one copy into a session, if the ACL (when there is one) lets
@@ -389,14 +502,13 @@ impl Broker {
         }
         // A session restored from the log carries the username it last
         // connected with (replicated with its claim).
-        if let Some(policy) = acl {
-            let who = Principal {
-                username: s.username.as_deref(),
-                client_id: &cell.client_id,
-            };
-            if !policy.may(who, &d.message.topic, Action::Read) {
-                return false;
-            }
+        if !may_read(
+            acl,
+            s.username.as_deref(),
+            &cell.client_id,
+            &d.message.topic,
+        ) {
+            return false;
         }
         if d.seq == 0 {
             d.seq = self.next_seq();
@@ -439,20 +551,17 @@ impl Broker {
     pub(crate) fn deliver_committed(&self, cell: &SessionCell, d: Delivery) {
         let seq = d.seq;
         let policy = self.auth.policy();
+        let acl = policy.has_acl().then_some(&*policy);
         let mut s = cell.session.lock();
-        if policy.has_acl() {
-            let who = Principal {
-                username: s.username.as_deref(),
-                client_id: &cell.client_id,
-            };
-            if !policy.may(who, &d.message.topic, Action::Read) {
-                drop(s);
-                self.submit(vec![Command::Ack {
-                    client_id: cell.client_id.clone(),
-                    seq,
-                }]);
-                return;
-            }
+        if !may_read(
+            acl,
+            s.username.as_deref(),
+            &cell.client_id,
+            &d.message.topic,
+        ) {
+            drop(s);
+            self.record_acks(&cell.client_id, [seq].into_iter());
+            return;
         }
         let (disposition, _) = s.deliver(d);
         drop(s);
@@ -461,10 +570,7 @@ impl Broker {
             Disposition::Queued => {}
             Disposition::Dropped | Disposition::Discarded => {
                 self.stats.publish_dropped.inc();
-                self.submit(vec![Command::Ack {
-                    client_id: cell.client_id.clone(),
-                    seq,
-                }]);
+                self.record_acks(&cell.client_id, [seq].into_iter());
             }
         }
     }
@@ -475,7 +581,7 @@ impl Broker {
         if deliveries.is_empty() {
             return;
         }
-        let tree = self.subscriptions.read();
+        let tree = self.local.subscriptions.read();
         let policy = self.auth.policy();
         let acl = policy.has_acl().then_some(&*policy);
         let mut commands = Vec::new();
@@ -502,176 +608,6 @@ impl Broker {
         drop(tree);
         self.submit(commands);
     }
-
-    /// Adds (or replaces) a subscription of `cell`. Returns whether the
-    /// session already had one on this filter, the ticket of what the
-    /// cluster must learn of it (the session's subscription, a new route),
-    /// so that SUBACK can wait until other nodes will route to it, and the
-    /// retained store's stamp as of the moment it went into the tree (see
-    /// `retained.rs`: which retained messages it gets from the store).
-    pub fn subscribe(
-        &self,
-        cell: &Arc<SessionCell>,
-        raw: &ByteStr,
-        parsed: &ParsedFilter<'_>,
-        options: SubOptions,
-        identifier: Option<u32>,
-    ) -> (bool, Option<Ticket>, u64) {
-        // Under the store's lock, which retained publishes store and route
-        // under: the stamp splits them into routed to us and not.
-        let store = self.retained.read();
-        let (existed, persistent, route) =
-            self.subscribe_local(cell, raw, parsed, options, identifier);
-        let since = store.stamp();
-        drop(store);
-        let mut commands = Vec::new();
-        if persistent {
-            commands.push(Command::Subscribe {
-                client_id: cell.client_id.clone(),
-                filter: raw.clone(),
-                options,
-                identifier,
-            });
-        }
-        commands.extend(route);
-        let ticket = (!commands.is_empty()).then(|| self.seam.submit(commands));
-        (existed, ticket, since)
-    }
-
-    /// Counts a local subscription on `raw`; the first announces a route.
-    fn route_added(&self, raw: &ByteStr) -> Option<Command> {
-        let mut routes = self.local_routes.lock();
-        let n = routes.entry(raw.clone()).or_insert(0);
-        *n += 1;
-        (*n == 1).then(|| Command::RouteAdd {
-            node: self.node_id,
-            filter: raw.clone(),
-        })
-    }
-
-    /// Uncounts one; the last withdraws the route.
-    fn route_removed(&self, raw: &ByteStr) -> Option<Command> {
-        let mut routes = self.local_routes.lock();
-        let n = routes.get_mut(raw)?;
-        *n -= 1;
-        if *n > 0 {
-            return None;
-        }
-        routes.remove(raw);
-        Some(Command::RouteRemove {
-            node: self.node_id,
-            filter: raw.clone(),
-        })
-    }
-
-    /// The filters this node has local subscribers on.
-    pub(crate) fn local_route_filters(&self) -> Vec<ByteStr> {
-        self.local_routes.lock().keys().cloned().collect()
-    }
-
-    /// Adds the subscription to the tree and the session only (restore
-    /// from replicated state); returns (existed, session is persistent,
-    /// the route it announces if it is the filter's first here).
-    pub(crate) fn subscribe_local(
-        &self,
-        cell: &Arc<SessionCell>,
-        raw: &ByteStr,
-        parsed: &ParsedFilter<'_>,
-        options: SubOptions,
-        identifier: Option<u32>,
-    ) -> (bool, bool, Option<Command>) {
-        let mut tree = self.subscriptions.write();
-        let added = tree.insert(
-            parsed.group,
-            parsed.filter,
-            Subscriber {
-                key: cell.client_id.clone(),
-                value: cell.clone(),
-                options,
-                identifier,
-            },
-        );
-        let route = if added { self.route_added(raw) } else { None };
-        drop(tree);
-        let mut s = cell.session.lock();
-        let existed = s
-            .subscriptions
-            .insert(
-                raw.clone(),
-                crate::session::SubscriptionRecord {
-                    options,
-                    identifier,
-                },
-            )
-            .is_some();
-        (existed, s.is_persistent(), route)
-    }
-
-    /// Removes a subscription; true if it existed.
-    pub fn unsubscribe(
-        &self,
-        cell: &SessionCell,
-        raw: &ByteStr,
-        parsed: &ParsedFilter<'_>,
-    ) -> bool {
-        let removed_from_tree =
-            self.subscriptions
-                .write()
-                .remove(parsed.group, parsed.filter, &cell.client_id);
-        let mut s = cell.session.lock();
-        let existed = s.subscriptions.remove(raw).is_some();
-        let persistent = s.is_persistent();
-        drop(s);
-        let mut commands = Vec::new();
-        if existed && persistent {
-            commands.push(Command::Unsubscribe {
-                client_id: cell.client_id.clone(),
-                filter: raw.clone(),
-            });
-        }
-        if removed_from_tree {
-            commands.extend(self.route_removed(raw));
-        }
-        self.submit(commands);
-        existed || removed_from_tree
-    }
-
-    /// Removes `client_id`'s subscriptions on `filters` (as written);
-    /// returns the routes this withdraws.
-    pub(crate) fn remove_from_tree(
-        &self,
-        client_id: &ByteStr,
-        filters: &[ByteStr],
-    ) -> Vec<Command> {
-        if filters.is_empty() {
-            return Vec::new();
-        }
-        let mut tree = self.subscriptions.write();
-        let mut commands = Vec::new();
-        for raw in filters {
-            let (group, filter) = split_share(raw);
-            if tree.remove(group, filter, client_id) {
-                commands.extend(self.route_removed(raw));
-            }
-        }
-        commands
-    }
-
-    /// Retained messages for a new subscription on `filter`.
-    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<SharedMessage> {
-        self.retained.read().matching(filter, now)
-    }
-
-    pub fn is_live(cell: &SessionCell) -> bool {
-        cell.connected.load(Ordering::Acquire)
-    }
-}
-
-/// `$share/g/f` -> (Some(g), f); anything else -> (None, raw).
-pub fn split_share(raw: &str) -> (Option<&str>, &str) {
-    raw.strip_prefix("$share/")
-        .and_then(|rest| rest.split_once('/'))
-        .map_or((None, raw), |(g, f)| (Some(g), f))
 }
 
 /// The next live member in rotation (not `exclude`); failing that, the
@@ -685,7 +621,7 @@ fn pick_member<'a>(
         if exclude == Some(&m.key) {
             continue;
         }
-        if Broker::is_live(&m.value) {
+        if m.value.is_live() {
             return Some(m);
         }
         fallback.get_or_insert(m);

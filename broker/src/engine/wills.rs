@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::Broker;
+use super::{Broker, Publisher};
 use crate::codec::{ByteStr, LastWill};
 use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
 use crate::state::{Command, Will, WillRecord};
@@ -58,7 +58,7 @@ impl Broker {
             client_id: client_id.clone(),
             nonce,
         }]);
-        if !self.seam.follows_log() {
+        if !self.cluster.seam.follows_log() {
             self.publish_will(will(), Instant::now());
         }
         // Otherwise `Committed::WillFired` comes back if the guard passed.
@@ -68,21 +68,9 @@ impl Broker {
         let message = will.to_message(now);
         tracing::debug!(client_id = %message.origin, topic = %message.topic, "publishing will");
         // The will is fire-and-forget: nobody waits on its commit.
-        if message.retain && self.config.mqtt.retain_available {
-            drop(self.publish_retained(message, true));
-        } else {
-            drop(self.publish(message));
+        if let Ok(allowed) = self.authorize(Publisher::Will, &message.topic) {
+            drop(self.publish(message, allowed));
         }
-    }
-
-    /// Fires a will whose connection is gone after its delay.
-    pub(crate) fn schedule_will(self: &Arc<Self>, client_id: ByteStr, w: WillRecord) {
-        let broker = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(w.will.delay))).await;
-            let will = w.will;
-            broker.fire_will(&client_id, w.nonce, move || will);
-        });
     }
 
     /// The leader's liveness probe says these members are down. The wills
@@ -90,7 +78,7 @@ impl Broker {
     /// delays, unless the node is back by then.
     pub(crate) fn set_down_nodes(self: &Arc<Self>, down: Vec<u64>) {
         let newly: Vec<u64> = {
-            let mut set = self.down_nodes.lock();
+            let mut set = self.cluster.down_nodes.lock();
             let newly = down.iter().copied().filter(|n| !set.contains(n)).collect();
             *set = down.into_iter().collect();
             newly
@@ -101,6 +89,7 @@ impl Broker {
                 "cluster member unreachable: publishing its clients' wills"
             );
             let wills: Vec<(ByteStr, WillRecord)> = self
+                .cluster
                 .view
                 .read()
                 .wills
@@ -109,14 +98,10 @@ impl Broker {
                 .map(|(c, w)| (c.clone(), w.clone()))
                 .collect();
             for (client_id, w) in wills {
-                let broker = Arc::clone(self);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(w.will.delay))).await;
-                    if broker.down_nodes.lock().contains(&node) {
-                        let will = w.will;
-                        broker.fire_will(&client_id, w.nonce, move || will);
-                    }
-                });
+                let still_down = move |b: &Broker| b.cluster.down_nodes.lock().contains(&node);
+                let delay = w.will.delay;
+                let will = w.will;
+                self.arm_will(client_id, w.nonce, delay, still_down, move || will);
             }
         }
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::codec::{reason, ByteStr, ConnAck, Properties, Protocol};
 
 /// What a draining node tells its clients.
@@ -80,7 +80,7 @@ impl DrainMode {
     }
 
     /// Whether a kick with `code` is a drain's (the connection then ends
-    /// as [`crate::broker::Departure::Moved`]).
+    /// as [`crate::engine::Departure::Moved`]).
     pub fn is_drain_code(code: u8) -> bool {
         code == reason::USE_ANOTHER_SERVER || code == reason::SERVER_SHUTTING_DOWN
     }
@@ -102,14 +102,20 @@ pub struct LiveConnection(Arc<Broker>);
 
 impl LiveConnection {
     pub fn new(broker: &Arc<Broker>) -> LiveConnection {
-        broker.live_connections.fetch_add(1, Ordering::AcqRel);
+        broker
+            .health
+            .live_connections
+            .fetch_add(1, Ordering::AcqRel);
         LiveConnection(broker.clone())
     }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
-        self.0.live_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0
+            .health
+            .live_connections
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -119,16 +125,16 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 impl Broker {
     /// The drain in force, if any.
     pub fn drain_mode(&self) -> Option<DrainMode> {
-        self.drain.read().clone()
+        self.health.drain.read().clone()
     }
 
     pub fn is_draining(&self) -> bool {
-        self.drain.read().is_some()
+        self.health.drain.read().is_some()
     }
 
     /// Open client connections (CONNACK sent, socket not yet shut).
     pub fn live_connections(&self) -> u64 {
-        self.live_connections.load(Ordering::Acquire)
+        self.health.live_connections.load(Ordering::Acquire)
     }
 
     /// Marks the node draining and asks every connected client to leave;
@@ -138,7 +144,7 @@ impl Broker {
     /// 0x8B, never back.
     pub async fn drain(self: &Arc<Self>, mode: DrainMode, timeout: Duration) -> DrainOutcome {
         let mode = {
-            let mut d = self.drain.write();
+            let mut d = self.health.drain.write();
             let keep = d
                 .as_ref()
                 .is_some_and(|old| old.code == reason::SERVER_SHUTTING_DOWN);
@@ -163,6 +169,7 @@ impl Broker {
         let mut outcome = DrainOutcome::default();
         loop {
             let connected: Vec<_> = self
+                .local
                 .sessions
                 .lock()
                 .values()
@@ -198,7 +205,7 @@ impl Broker {
     /// reconnect). Returns whether it was draining; refused once the node
     /// is shutting down, which is never undone.
     pub fn undrain(&self) -> Result<bool, &'static str> {
-        let mut d = self.drain.write();
+        let mut d = self.health.drain.write();
         match d.as_ref() {
             Some(m) if m.code == reason::SERVER_SHUTTING_DOWN => Err("the node is shutting down"),
             Some(_) => {
@@ -213,7 +220,7 @@ impl Broker {
     /// Waits until everything submitted to the seam so far is committed
     /// (or failed), at most until `deadline`.
     async fn barrier(&self, deadline: tokio::time::Instant) {
-        let ticket = self.seam.submit(Vec::new());
+        let ticket = self.cluster.seam.submit(Vec::new());
         if tokio::time::timeout_at(deadline, ticket.wait())
             .await
             .is_err()

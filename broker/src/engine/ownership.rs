@@ -1,0 +1,258 @@
+//! Who a client id belongs to: the identity whose connection or persistent
+//! session holds it (its username; the certificate or PSK identity where
+//! that stands in for the username; or anonymous, an identity too). Another
+//! identity may not take it over, unless `[auth] allow_session_takeover =
+//! "any"` asks for mosquitto's behaviour.
+//!
+//! Checked twice: by the node a CONNECT reaches, against its sessions and
+//! its copy of the replicated owners, before anything is claimed or closed;
+//! and by the state machine, which ignores a claim of an id owned by
+//! another identity, so that two nodes racing for one id cannot both win.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::{Broker, Claim};
+use crate::codec::{reason, ByteStr};
+use crate::config::SessionTakeover;
+use crate::state::{Command, PersistedSession, StateError};
+
+/// Why a claim of a client id failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The cluster cannot serve the session now.
+    #[error(transparent)]
+    Unavailable(#[from] StateError),
+    /// The id belongs to another identity.
+    #[error("the client id belongs to another identity")]
+    OtherIdentity,
+}
+
+impl Broker {
+    /// Claims `claim.client_id` for this node through the replicated log.
+    /// A persistent session, or one to be resumed that lives on another
+    /// node, waits until the claim is committed and the session's state has
+    /// moved here; a clean session goes on at once (the claim then only
+    /// closes a connection with the same id elsewhere). An error means the
+    /// client must be refused: the cluster cannot serve its session now, or
+    /// the id belongs to another identity.
+    pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), ClaimError> {
+        let client_id = claim.client_id.clone();
+        let command = Command::ClaimClient {
+            client_id: client_id.clone(),
+            node: self.node_id,
+            nonce: claim.nonce,
+            clean_start: claim.clean_start,
+            will: claim.will,
+            username: claim.username,
+            same_identity_only: self.config.auth.allow_session_takeover
+                == SessionTakeover::SameIdentity,
+        };
+        let local = self.local.sessions.lock().contains_key(&client_id);
+        let wait_state = self.cluster.seam.follows_log() && !claim.clean_start && !local;
+        if self.cluster.seam.follows_log() {
+            self.cluster
+                .unapplied_claims
+                .lock()
+                .insert(client_id.clone(), claim.nonce);
+        }
+        if !wait_state {
+            let ticket = self.cluster.seam.submit(vec![command]);
+            if !claim.persistent {
+                // The client goes on at once; a claim that never commits
+                // must not keep shielding it from later takeovers.
+                let broker = Arc::clone(self);
+                tokio::spawn(async move {
+                    if ticket.wait().await.is_err() {
+                        broker.forget_claim(&client_id, claim.nonce);
+                    }
+                });
+                return Ok(());
+            }
+            let r = match tokio::time::timeout(self.commit_wait(), ticket.wait()).await {
+                Ok(r) => r,
+                Err(_) => Err(StateError::Unavailable(
+                    "claim not committed in time".into(),
+                )),
+            };
+            if r.is_err() {
+                self.forget_claim(&client_id, claim.nonce);
+            }
+            return r.map_err(ClaimError::Unavailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cluster
+            .claims
+            .lock()
+            .insert((client_id.clone(), claim.nonce), tx);
+        let ticket = self.cluster.seam.submit(vec![command]);
+        let superseded =
+            || ClaimError::Unavailable(StateError::Unavailable("claim superseded".into()));
+        let outcome = |took_effect: bool| {
+            if took_effect {
+                Ok(())
+            } else {
+                Err(ClaimError::OtherIdentity)
+            }
+        };
+        let claimed = tokio::time::timeout(self.commit_wait(), async {
+            // The commit can fail before the claim is ever applied here.
+            let committed = ticket.wait();
+            tokio::pin!(committed);
+            let mut rx = rx;
+            tokio::select! {
+                state = &mut rx => return state.map_err(|_| superseded()).and_then(outcome),
+                r = &mut committed => r.map_err(ClaimError::Unavailable)?,
+            }
+            rx.await.map_err(|_| superseded()).and_then(outcome)
+        })
+        .await;
+        let state = match claimed {
+            Ok(r) => r,
+            Err(_) => Err(ClaimError::Unavailable(StateError::Unavailable(
+                "claim not applied in time".into(),
+            ))),
+        };
+        if state.is_err() {
+            self.forget_claim(&client_id, claim.nonce);
+            self.cluster.claims.lock().remove(&(client_id, claim.nonce));
+        }
+        state
+    }
+
+    /// Our claim `nonce` of `client_id` was applied here, or will never be.
+    pub(crate) fn forget_claim(&self, client_id: &ByteStr, nonce: u64) {
+        let mut unapplied = self.cluster.unapplied_claims.lock();
+        if unapplied.get(client_id) == Some(&nonce) {
+            unapplied.remove(client_id);
+        }
+    }
+
+    /// A claim of `client_id` applied: ours (`node` is this node) is no
+    /// longer pending; another node's takes the client from us, unless a
+    /// claim of ours is still to come in the log.
+    pub(crate) fn on_claim_applied(self: &Arc<Self>, client_id: &ByteStr, node: u64, nonce: u64) {
+        if node == self.node_id {
+            self.forget_claim(client_id, nonce);
+        } else if !self.cluster.unapplied_claims.lock().contains_key(client_id) {
+            self.release(client_id);
+        }
+    }
+
+    /// A claim of `client_id` by this node is committed; `session` is the
+    /// replicated session as of that point of the log. It is installed here
+    /// and now, in log order, so that copies committed after the claim find
+    /// it; then the waiting CONNECT (connection `nonce`) goes on.
+    pub(crate) fn claimed(
+        &self,
+        client_id: &ByteStr,
+        nonce: u64,
+        session: Option<PersistedSession>,
+        username: Option<ByteStr>,
+    ) {
+        if let Some(persisted) = session {
+            if !self.local.sessions.lock().contains_key(client_id) {
+                self.install_session(client_id.clone(), persisted, username);
+            }
+        }
+        if let Some(tx) = self
+            .cluster
+            .claims
+            .lock()
+            .remove(&(client_id.clone(), nonce))
+        {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Whether `username` may take `client_id`: it is free, or its owner is
+    /// the same identity, or takeovers are allowed. `Err` carries the
+    /// owner's username (`None`: anonymous).
+    pub fn owner_check(
+        &self,
+        client_id: &ByteStr,
+        username: Option<&ByteStr>,
+    ) -> Result<(), Option<ByteStr>> {
+        if self.config.auth.allow_session_takeover == SessionTakeover::Any {
+            return Ok(());
+        }
+        // A session here, connected or not, names the identity that made it.
+        let local = self.local.sessions.lock().get(client_id).cloned();
+        let owner = match local {
+            Some(cell) => Some(cell.session.lock().username.clone()),
+            None => self
+                .cluster
+                .view
+                .read()
+                .owner_identity(client_id)
+                .map(|u| u.cloned()),
+        };
+        match owner {
+            Some(owner) if owner.as_ref() != username => Err(owner),
+            _ => Ok(()),
+        }
+    }
+
+    /// The username that owns `client_id` as the replicated state says
+    /// (`None`: anonymous, or nobody), for logs.
+    pub fn view_owner_identity(&self, client_id: &ByteStr) -> Option<ByteStr> {
+        self.cluster
+            .view
+            .read()
+            .owner_identity(client_id)
+            .flatten()
+            .cloned()
+    }
+
+    /// Logs and counts a CONNECT refused because `client_id` is owned by
+    /// `owner`.
+    pub fn takeover_refused(
+        &self,
+        client_id: &ByteStr,
+        username: Option<&ByteStr>,
+        owner: Option<&ByteStr>,
+        peer: Option<SocketAddr>,
+    ) {
+        self.stats.session_takeover_refused.inc();
+        tracing::warn!(
+            %client_id,
+            username = %username.map_or("(anonymous)", |u| u.as_str()),
+            owner = %owner.map_or("(anonymous)", |u| u.as_str()),
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+            "CONNECT refused: the client id belongs to another identity"
+        );
+    }
+
+    /// This node's claim `nonce` of `client_id` did not take effect (the
+    /// state machine found another identity owning the id). A CONNECT
+    /// waiting for it is refused; one that did not wait (a clean start)
+    /// loses its connection, and the owner's session stays as it was.
+    pub(crate) fn claim_refused(self: &Arc<Self>, client_id: &ByteStr, nonce: u64) {
+        self.forget_claim(client_id, nonce);
+        let waiting = self
+            .cluster
+            .claims
+            .lock()
+            .remove(&(client_id.clone(), nonce));
+        if let Some(tx) = waiting {
+            let _ = tx.send(false);
+            return;
+        }
+        let cell = self.local.sessions.lock().get(client_id).cloned();
+        let Some(cell) = cell else {
+            return;
+        };
+        let username = {
+            let s = cell.session.lock();
+            if s.claim_nonce != nonce {
+                return;
+            }
+            s.username.clone()
+        };
+        let owner = self.view_owner_identity(client_id);
+        self.takeover_refused(client_id, username.as_ref(), owner.as_ref(), None);
+        self.release_with(client_id, reason::NOT_AUTHORIZED);
+    }
+}
