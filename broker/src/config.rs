@@ -222,15 +222,8 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
-    Tcp,
-    Tls,
-    Psk,
-    Ws,
-    Wss,
-}
+/// The listener kinds, shared with the operator that renders this file.
+pub use raftmq_shared::ListenerKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,7 +265,7 @@ pub struct ListenerConfig {
 }
 
 fn default_ws_path() -> String {
-    "/mqtt".into()
+    raftmq_shared::config::DEFAULT_WS_PATH.into()
 }
 
 impl ListenerConfig {
@@ -295,9 +288,9 @@ impl ListenerConfig {
     }
 
     pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            format!("{:?}", self.kind).to_lowercase() + "-" + &self.bind.port().to_string()
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.kind, self.bind.port()))
     }
 }
 
@@ -711,6 +704,79 @@ mod tests {
         )
         .unwrap();
         assert!(c.auth.anonymous_allowed());
+    }
+
+    /// The operator renders this file with the shared key names: each of
+    /// them must be one this config reads (unknown keys are refused).
+    #[test]
+    fn shared_key_names_load() {
+        use raftmq_shared::config::keys::{self, auth, cluster, http, listener, log};
+        let mut listeners = Vec::new();
+        for (i, kind) in ListenerKind::ALL.into_iter().enumerate() {
+            let mut l = toml::Table::new();
+            let mut put = |k: &str, v: toml::Value| l.insert(k.to_string(), v);
+            put(listener::NAME, kind.as_str().into());
+            put(listener::KIND, kind.as_str().into());
+            put(listener::BIND, format!("0.0.0.0:{}", 1883 + i).into());
+            put(listener::MAX_CONNECTIONS, 10.into());
+            put(listener::MAX_PACKET_SIZE, 4096.into());
+            put(listener::CERTFILE, "/tls/tls.crt".into());
+            put(listener::KEYFILE, "/tls/tls.key".into());
+            put(listener::CAFILE, "/tls/ca.crt".into());
+            put(listener::REQUIRE_CERTIFICATE, false.into());
+            put(listener::USE_IDENTITY_AS_USERNAME, false.into());
+            put(listener::PSK_FILE, "/psk/psk".into());
+            put(listener::PSK_HINT, "hint".into());
+            put(listener::PATH, "/mqtt".into());
+            listeners.push(toml::Value::Table(l));
+        }
+        let table = |pairs: &[(&str, toml::Value)]| {
+            toml::Value::Table(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            )
+        };
+        let mut root = toml::Table::new();
+        root.insert(keys::DATA_DIR.into(), "/data".into());
+        root.insert(keys::SYS_INTERVAL.into(), 5.into());
+        root.insert(
+            keys::LOG.into(),
+            table(&[(log::LEVEL, "info".into()), (log::FORMAT, "json".into())]),
+        );
+        root.insert(keys::MQTT.into(), table(&[]));
+        root.insert(
+            keys::AUTH.into(),
+            table(&[
+                (auth::PASSWORD_FILE, "/users/passwd".into()),
+                (auth::ACL_FILE, "/acl/acl".into()),
+                (auth::ALLOW_ANONYMOUS, false.into()),
+            ]),
+        );
+        root.insert(keys::LISTENERS.into(), toml::Value::Array(listeners));
+        root.insert(
+            keys::HTTP.into(),
+            table(&[(http::BIND, "0.0.0.0:9100".into())]),
+        );
+        root.insert(
+            keys::CLUSTER.into(),
+            table(&[
+                (cluster::BIND, "0.0.0.0:7100".into()),
+                (cluster::ADVERTISE, "demo-0.demo-headless:7100".into()),
+                (cluster::NODE_ID, 1.into()),
+                (cluster::CERTFILE, "/tls/tls.crt".into()),
+                (cluster::KEYFILE, "/tls/tls.key".into()),
+                (cluster::CAFILE, "/tls/ca.crt".into()),
+                (cluster::INSECURE_PLAINTEXT, false.into()),
+            ]),
+        );
+        let text = toml::to_string(&root).unwrap();
+        let c = load_str(&text, &[]).unwrap();
+        let kinds: Vec<ListenerKind> = c.listeners.iter().map(|l| l.kind).collect();
+        assert_eq!(kinds, ListenerKind::ALL);
+        assert_eq!(c.auth.acl_file, Some(PathBuf::from("/acl/acl")));
+        assert_eq!(c.cluster.node_id, 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{Endpoint, MqttCluster, MqttClusterStatus, Operation};
+use crate::crd::{Endpoint, ListenerKindExt, MqttCluster, MqttClusterStatus, Operation};
 use crate::membership::MembershipView;
 use crate::render::{selector_string, Names, HTTP_PORT};
 use crate::validate::Problem;

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use api_double::ApiDouble;
 use kube::runtime::controller::Action;
+use raftmq_operator::controller::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
 use raftmq_operator::crd::MqttCluster;
 use raftmq_operator::membership::{
     BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target,
 };
-use raftmq_operator::reconcile::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
 use time::OffsetDateTime;

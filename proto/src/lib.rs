@@ -6,5 +6,3 @@
 pub mod v1 {
     tonic::include_proto!("raftmq.v1");
 }
-
-pub mod identity;

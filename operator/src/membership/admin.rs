@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryFutureExt;
 use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -207,20 +208,16 @@ impl Membership for AdminMembership {
         id: u64,
         addr: String,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "AddLearner",
-                self.timeouts.add_learner,
-                |mut c| async move {
-                    c.add_learner(pb::AddLearnerRequest { node_id: id, addr })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
+        let req = pb::AddLearnerRequest { node_id: id, addr };
+        let after = self.timeouts.add_learner;
+        let call = self.call(
+            target,
+            leader,
+            "AddLearner",
+            after,
+            move |mut c| async move { c.add_learner(req).await },
+        );
+        Box::pin(call.map_ok(|r| r.message))
     }
 
     fn change_membership<'a>(
@@ -229,20 +226,16 @@ impl Membership for AdminMembership {
         leader: i32,
         voters: Vec<u64>,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "ChangeMembership",
-                self.timeouts.call,
-                |mut c| async move {
-                    c.change_membership(pb::ChangeMembershipRequest { voters })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
+        let req = pb::ChangeMembershipRequest { voters };
+        let after = self.timeouts.call;
+        let call = self.call(
+            target,
+            leader,
+            "ChangeMembership",
+            after,
+            move |mut c| async move { c.change_membership(req).await },
+        );
+        Box::pin(call.map_ok(|r| r.message))
     }
 
     fn remove_node<'a>(
@@ -251,17 +244,16 @@ impl Membership for AdminMembership {
         leader: i32,
         id: u64,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "RemoveNode",
-                self.timeouts.call,
-                |mut c| async move { c.remove_node(pb::RemoveNodeRequest { node_id: id }).await },
-            )
-            .await
-            .map(|r| r.message)
-        })
+        let req = pb::RemoveNodeRequest { node_id: id };
+        let after = self.timeouts.call;
+        let call = self.call(
+            target,
+            leader,
+            "RemoveNode",
+            after,
+            move |mut c| async move { c.remove_node(req).await },
+        );
+        Box::pin(call.map_ok(|r| r.message))
     }
 
     fn transfer_leader<'a>(
@@ -270,20 +262,16 @@ impl Membership for AdminMembership {
         leader: i32,
         to: u64,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "TransferLeader",
-                self.timeouts.call,
-                |mut c| async move {
-                    c.transfer_leader(pb::TransferLeaderRequest { node_id: to })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
+        let req = pb::TransferLeaderRequest { node_id: to };
+        let after = self.timeouts.call;
+        let call = self.call(
+            target,
+            leader,
+            "TransferLeader",
+            after,
+            move |mut c| async move { c.transfer_leader(req).await },
+        );
+        Box::pin(call.map_ok(|r| r.message))
     }
 
     fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {

@@ -1,11 +1,16 @@
 //! The seam for Raft membership: what the controller asks of the brokers'
 //! `Admin` gRPC service. [`admin::AdminMembership`] is the real one (tonic,
-//! mutual TLS when the cluster has certificates); [`Unmanaged`] leaves
-//! membership alone (nothing observed, scale-downs and rollouts go
-//! straight to the StatefulSet). What to do, step by step, is decided by
-//! [`crate::lifecycle`] from what these calls observe.
+//! mutual TLS when the cluster has certificates); the tests' doubles are
+//! an `Unmanaged` one (feature `test-support`) and a fake Raft group. What
+//! to do, step by step, is decided by [`crate::lifecycle`] from what these
+//! calls observe.
 
 pub mod admin;
+#[cfg(any(test, feature = "test-support"))]
+mod unmanaged;
+
+#[cfg(any(test, feature = "test-support"))]
+pub use unmanaged::Unmanaged;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -184,67 +189,5 @@ pub trait Membership: Send + Sync {
                 pod,
             })
         })
-    }
-}
-
-/// No membership management: nothing observed, scale-downs and rollouts
-/// proceed as the StatefulSet controller does them.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Unmanaged;
-
-fn unmanaged<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
-    Box::pin(async {
-        Err(MembershipError::Rpc {
-            call: "any",
-            pod: String::new(),
-            message: "membership is not managed".into(),
-        })
-    })
-}
-
-impl Membership for Unmanaged {
-    fn managed(&self) -> bool {
-        false
-    }
-    fn peer_addr(&self, target: &Target, ordinal: i32) -> String {
-        format!(
-            "{}:{}",
-            target.names.pod_host(ordinal),
-            crate::render::CLUSTER_PORT
-        )
-    }
-    fn status<'a>(&'a self, _: &'a Target, _: i32) -> BoxFuture<'a, Result<NodeState>> {
-        unmanaged()
-    }
-    fn add_learner<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-        _: String,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn change_membership<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, _: u64) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn transfer_leader<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn drain<'a>(&'a self, _: &'a Target, _: i32, _: String) -> BoxFuture<'a, Result<(u64, u64)>> {
-        unmanaged()
     }
 }

@@ -236,8 +236,8 @@ impl Membership for PodGroup {
 }
 
 /// Fast pacing for tests driven reconcile by reconcile.
-pub fn settings() -> raftmq_operator::reconcile::LifecycleSettings {
-    raftmq_operator::reconcile::LifecycleSettings {
+pub fn settings() -> raftmq_operator::controller::LifecycleSettings {
+    raftmq_operator::controller::LifecycleSettings {
         stuck_after: Duration::from_secs(60),
         retry_base: Duration::from_secs(2),
         retry_max: Duration::from_secs(30),

@@ -1,7 +1,7 @@
 //! Who a cluster certificate speaks for, written as a URI SAN: a node's
 //! certificate names its Raft node id (`raftmq://node/3`), an admin's its
-//! name (`raftmq://admin/operator`). Brokers check every cluster RPC
-//! against it; `raftmq cluster certs` and the operator write it. Only the
+//! name (`raftmq://admin/operator`). Brokers read it from the caller's
+//! certificate; `raftmq cluster certs` and the operator write it. Only the
 //! text form lives here (no X.509 parsing), so that both sides agree on it.
 
 use std::fmt;
