@@ -110,6 +110,7 @@ pub mod keys {
         pub const CERTFILE: &str = "certfile";
         pub const KEYFILE: &str = "keyfile";
         pub const CAFILE: &str = "cafile";
+        pub const INSECURE_PLAINTEXT: &str = "insecure_plaintext";
     }
 }
 

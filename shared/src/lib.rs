@@ -7,8 +7,12 @@
 //!   legacy `$6$` one the broker still reads, and the `user:hash` line.
 //! - [`config`]: the listener kinds and the TOML key names of the broker's
 //!   configuration that the operator renders.
+//! - [`identity`]: who a cluster certificate speaks for
+//!   (`raftmq://node/<id>`, `raftmq://admin/<name>`), which the operator and
+//!   `raftmq cluster certs` write and every broker checks.
 
 pub mod config;
+pub mod identity;
 pub mod passwd;
 
 pub use config::ListenerKind;

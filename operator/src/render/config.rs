@@ -216,6 +216,14 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
         cluster.insert(cluster_key::CERTFILE.into(), s(&cert));
         cluster.insert(cluster_key::KEYFILE.into(), s(&key));
         cluster.insert(cluster_key::CAFILE.into(), s(&ca));
+    } else {
+        // Peers reach each other across the pod network: a broker refuses
+        // that in plain text unless told to, and says so (readyz, metric,
+        // a warning every minute).
+        cluster.insert(
+            cluster_key::INSECURE_PLAINTEXT.into(),
+            toml::Value::Boolean(true),
+        );
     }
     root.insert(keys::CLUSTER.into(), toml::Value::Table(cluster));
 
