@@ -3,13 +3,11 @@
 //! and the controller that applies them and reports status.
 
 pub mod certs;
+pub mod controller;
 pub mod crd;
-pub mod events;
 pub mod leader;
 pub mod lifecycle;
 pub mod membership;
-pub mod observe;
-pub mod reconcile;
 pub mod render;
 pub mod schema;
 pub mod status;

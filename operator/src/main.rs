@@ -7,9 +7,9 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
+use raftmq_operator::controller::{self, Context};
 use raftmq_operator::leader::{self, Ending, LeaseLock, Timing};
 use raftmq_operator::membership::admin::AdminMembership;
-use raftmq_operator::reconcile::{self, Context};
 use raftmq_operator::schema::{self, Checked};
 use raftmq_operator::telemetry::Metrics;
 use tokio::sync::watch;
@@ -260,7 +260,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|ns| {
                     let mut stop = stop_rx.clone();
-                    tokio::spawn(reconcile::run(ctx.clone(), ns, async move {
+                    tokio::spawn(controller::run(ctx.clone(), ns, async move {
                         let _ = stop.changed().await;
                     }))
                 })

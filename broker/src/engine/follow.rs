@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::{Broker, SessionCell};
 use crate::codec::ByteStr;
-use crate::engine::{Broker, SessionCell};
 use crate::retained::RetainedStore;
 use crate::session::Delivery;
 use crate::state::{Change, Command, Committed, PersistedSession, ReplicatedState};

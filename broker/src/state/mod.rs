@@ -11,11 +11,13 @@
 //! latency, not semantics.
 
 mod machine;
+#[cfg(test)]
 mod memory;
 
 pub use machine::{
     Effect, Ignored, PersistedMessage, PersistedSession, ReplicatedState, WillRecord,
 };
+#[cfg(test)]
 pub use memory::MemoryState;
 
 use std::future::Future;
