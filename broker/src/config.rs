@@ -225,15 +225,8 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
-    Tcp,
-    Tls,
-    Psk,
-    Ws,
-    Wss,
-}
+/// The listener kinds, shared with the operator that renders this file.
+pub use raftmq_shared::ListenerKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,7 +268,7 @@ pub struct ListenerConfig {
 }
 
 fn default_ws_path() -> String {
-    "/mqtt".into()
+    raftmq_shared::config::DEFAULT_WS_PATH.into()
 }
 
 impl ListenerConfig {
@@ -298,9 +291,9 @@ impl ListenerConfig {
     }
 
     pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            format!("{:?}", self.kind).to_lowercase() + "-" + &self.bind.port().to_string()
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.kind, self.bind.port()))
     }
 }
 
@@ -334,8 +327,10 @@ pub struct ClusterConfig {
     /// Raft node id; 0 = derive from the `HOSTNAME` ordinal (`raftmq-2` is
     /// node 3), or 1 when the host name carries none.
     pub node_id: u64,
-    /// Where the gRPC server listens.
-    pub bind: SocketAddr,
+    /// Where the gRPC server listens. Unset: `0.0.0.0:7100` when the
+    /// cluster has certificates, else `127.0.0.1:7100` (see
+    /// [`ClusterConfig::bind_addr`]).
+    pub bind: Option<SocketAddr>,
     /// The address other nodes reach this one at (`host:port`); empty =
     /// `<HOSTNAME>:<bind port>`.
     pub advertise: String,
@@ -352,7 +347,9 @@ pub struct ClusterConfig {
     pub keep_logs: u64,
     /// Snapshots travel in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: u64,
-    /// Mutual TLS between nodes when all three are set.
+    /// Mutual TLS between nodes when all three are set. `{node_id}` in a
+    /// path is this node's id (one directory of every node's files, as the
+    /// operator mounts them).
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
     pub cafile: Option<PathBuf>,
@@ -368,9 +365,42 @@ pub struct ClusterConfig {
     /// cluster of several nodes (also `raftmq serve --repair-log`). Meant
     /// for one start: see the README's Storage section.
     pub repair_log: bool,
+    /// Serve the cluster port in plain text on a non-loopback address:
+    /// anyone who reaches it can join, drain or write to the cluster. Only
+    /// for a network nobody else is on; warned about at start, every
+    /// minute, on `/readyz` and in `raftmq_cluster_insecure_plaintext`.
+    pub insecure_plaintext: bool,
 }
 
+/// The cluster port's default: peers may only reach it when they must
+/// prove who they are.
+const CLUSTER_PORT: u16 = 7100;
+
 impl ClusterConfig {
+    /// Whether mutual TLS is configured (all three files; a partial set is
+    /// refused when the cluster starts).
+    pub fn has_certificates(&self) -> bool {
+        self.certfile.is_some() && self.keyfile.is_some() && self.cafile.is_some()
+    }
+
+    /// Where the cluster gRPC server listens: as configured, or every
+    /// interface with certificates and loopback without.
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.unwrap_or_else(|| {
+            if self.has_certificates() {
+                SocketAddr::from(([0, 0, 0, 0], CLUSTER_PORT))
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], CLUSTER_PORT))
+            }
+        })
+    }
+
+    /// Plain text on an address other hosts may reach (only ever true with
+    /// `insecure_plaintext`, which validation otherwise requires).
+    pub fn plaintext_exposed(&self) -> bool {
+        !self.has_certificates() && !self.bind_addr().ip().is_loopback()
+    }
+
     /// How long a write waits for its commit before its writers are told
     /// the cluster is unavailable (MQTT 5: 0x88, outcome unknown). Chosen
     /// with the election timeout `E` so that losing a leader while a
@@ -391,7 +421,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             node_id: 0,
-            bind: SocketAddr::from(([0, 0, 0, 0], 7100)),
+            bind: None,
             advertise: String::new(),
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
@@ -404,6 +434,7 @@ impl Default for ClusterConfig {
             peers: Vec::new(),
             log_segment_bytes: 16 * 1024 * 1024,
             repair_log: false,
+            insecure_plaintext: false,
         }
     }
 }
@@ -523,6 +554,19 @@ impl Config {
         }
         crate::bridge::config::check_unique(&self.bridges)
             .map_err(|why| invalid("bridges", &why))?;
+        if self.cluster.plaintext_exposed() && !self.cluster.insecure_plaintext {
+            return Err(invalid(
+                "cluster.bind",
+                &format!(
+                    "the cluster port {} is reachable from other hosts but has no certificates: \
+                     anyone who reaches it could join, drain or write to the cluster. Set \
+                     [cluster] certfile, keyfile and cafile (`raftmq cluster certs --out DIR \
+                     --nodes N` issues them), or bind it to 127.0.0.1, or set [cluster] \
+                     insecure_plaintext = true on a network nobody else is on",
+                    self.cluster.bind_addr()
+                ),
+            ));
+        }
         let mut binds: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
         binds.sort();
         if let Some(w) = binds.windows(2).find(|w| w[0] == w[1]) {
@@ -665,6 +709,80 @@ mod tests {
         )
         .unwrap();
         assert!(c.auth.anonymous_allowed());
+    }
+
+    /// The operator renders this file with the shared key names: each of
+    /// them must be one this config reads (unknown keys are refused).
+    #[test]
+    fn shared_key_names_load() {
+        use raftmq_shared::config::keys::{self, auth, cluster, http, listener, log};
+        let mut listeners = Vec::new();
+        for (i, kind) in ListenerKind::ALL.into_iter().enumerate() {
+            let mut l = toml::Table::new();
+            let mut put = |k: &str, v: toml::Value| l.insert(k.to_string(), v);
+            put(listener::NAME, kind.as_str().into());
+            put(listener::KIND, kind.as_str().into());
+            put(listener::BIND, format!("0.0.0.0:{}", 1883 + i).into());
+            put(listener::MAX_CONNECTIONS, 10.into());
+            put(listener::MAX_PACKET_SIZE, 4096.into());
+            put(listener::CERTFILE, "/tls/tls.crt".into());
+            put(listener::KEYFILE, "/tls/tls.key".into());
+            put(listener::CAFILE, "/tls/ca.crt".into());
+            put(listener::REQUIRE_CERTIFICATE, false.into());
+            put(listener::USE_IDENTITY_AS_USERNAME, false.into());
+            put(listener::PSK_FILE, "/psk/psk".into());
+            put(listener::PSK_HINT, "hint".into());
+            put(listener::PATH, "/mqtt".into());
+            listeners.push(toml::Value::Table(l));
+        }
+        let table = |pairs: &[(&str, toml::Value)]| {
+            toml::Value::Table(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            )
+        };
+        let mut root = toml::Table::new();
+        root.insert(keys::DATA_DIR.into(), "/data".into());
+        root.insert(keys::SYS_INTERVAL.into(), 5.into());
+        root.insert(
+            keys::LOG.into(),
+            table(&[(log::LEVEL, "info".into()), (log::FORMAT, "json".into())]),
+        );
+        root.insert(keys::MQTT.into(), table(&[]));
+        root.insert(
+            keys::AUTH.into(),
+            table(&[
+                (auth::PASSWORD_FILE, "/users/passwd".into()),
+                (auth::ACL_FILE, "/acl/acl".into()),
+                (auth::ALLOW_ANONYMOUS, false.into()),
+            ]),
+        );
+        root.insert(keys::LISTENERS.into(), toml::Value::Array(listeners));
+        root.insert(
+            keys::HTTP.into(),
+            table(&[(http::BIND, "0.0.0.0:9100".into())]),
+        );
+        root.insert(
+            keys::CLUSTER.into(),
+            table(&[
+                (cluster::BIND, "0.0.0.0:7100".into()),
+                (cluster::ADVERTISE, "demo-0.demo-headless:7100".into()),
+                (cluster::NODE_ID, 1.into()),
+                (cluster::CERTFILE, "/tls/tls.crt".into()),
+                (cluster::KEYFILE, "/tls/tls.key".into()),
+                (cluster::CAFILE, "/tls/ca.crt".into()),
+                (cluster::INSECURE_PLAINTEXT, false.into()),
+                (cluster::INSECURE_PLAINTEXT, false.into()),
+            ]),
+        );
+        let text = toml::to_string(&root).unwrap();
+        let c = load_str(&text, &[]).unwrap();
+        let kinds: Vec<ListenerKind> = c.listeners.iter().map(|l| l.kind).collect();
+        assert_eq!(kinds, ListenerKind::ALL);
+        assert_eq!(c.auth.acl_file, Some(PathBuf::from("/acl/acl")));
+        assert_eq!(c.cluster.node_id, 1);
     }
 
     #[test]

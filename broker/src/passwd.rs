@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use raftmq_shared::passwd::entry;
+
 use crate::auth::password::hash_password;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +54,13 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, PasswdError> {
             if *create {
                 lines.clear();
             }
-            let entry = format!("{user}:{}", hash_password(password));
+            let line = entry(user, &hash_password(password));
             match lines
                 .iter_mut()
                 .find(|l| l.split_once(':').is_some_and(|(u, _)| u == user))
             {
-                Some(l) => *l = entry,
-                None => lines.push(entry),
+                Some(l) => *l = line,
+                None => lines.push(line),
             }
         }
         Edit::Delete { user } => {
@@ -75,7 +77,7 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, PasswdError> {
                 }
                 if let Some((u, secret)) = l.split_once(':') {
                     if !is_hashed(secret) {
-                        *l = format!("{u}:{}", hash_password(secret));
+                        *l = entry(u, &hash_password(secret));
                     }
                 }
             }

@@ -603,36 +603,20 @@ pub struct Endpoint {
     pub url: String,
 }
 
-/// The listener kinds, in a fixed order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ListenerKind {
-    Tcp,
-    Tls,
-    Psk,
-    Ws,
-    Wss,
+/// The listener kinds, in a fixed order: the broker's own (the names it
+/// reads in its config are shared with it).
+pub use raftmq_shared::ListenerKind;
+
+/// What the cluster's Kubernetes objects say about a listener kind.
+pub trait ListenerKindExt {
+    fn default_port(self) -> i32;
+    /// Container/Service port name (at most 15 characters).
+    fn port_name(self) -> &'static str;
+    fn url_scheme(self) -> &'static str;
 }
 
-impl ListenerKind {
-    pub const ALL: [ListenerKind; 5] = [
-        ListenerKind::Tcp,
-        ListenerKind::Tls,
-        ListenerKind::Psk,
-        ListenerKind::Ws,
-        ListenerKind::Wss,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Tcp => "tcp",
-            ListenerKind::Tls => "tls",
-            ListenerKind::Psk => "psk",
-            ListenerKind::Ws => "ws",
-            ListenerKind::Wss => "wss",
-        }
-    }
-
-    pub fn default_port(self) -> i32 {
+impl ListenerKindExt for ListenerKind {
+    fn default_port(self) -> i32 {
         match self {
             ListenerKind::Tcp => 1883,
             ListenerKind::Tls => 8883,
@@ -642,8 +626,7 @@ impl ListenerKind {
         }
     }
 
-    /// Container/Service port name (at most 15 characters).
-    pub fn port_name(self) -> &'static str {
+    fn port_name(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "mqtt",
             ListenerKind::Tls => "mqtts",
@@ -653,17 +636,13 @@ impl ListenerKind {
         }
     }
 
-    pub fn url_scheme(self) -> &'static str {
+    fn url_scheme(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "mqtt",
             ListenerKind::Tls | ListenerKind::Psk => "mqtts",
             ListenerKind::Ws => "ws",
             ListenerKind::Wss => "wss",
         }
-    }
-
-    pub fn needs_certificate(self) -> bool {
-        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
     }
 }
 

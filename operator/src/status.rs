@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{Endpoint, MqttCluster, MqttClusterStatus, Operation};
+use crate::crd::{Endpoint, ListenerKindExt, MqttCluster, MqttClusterStatus, Operation};
 use crate::membership::MembershipView;
 use crate::render::{selector_string, Names, HTTP_PORT};
 use crate::validate::Problem;
@@ -14,29 +14,32 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
-fn condition(
-    type_: &str,
-    is_true: bool,
-    reason: &str,
-    message: String,
+/// What every condition of one status is stamped with: the generation
+/// it speaks for, and the conditions before (a transition time only moves
+/// when the status flips).
+struct Stamp<'a> {
     generation: Option<i64>,
-    previous: &[Condition],
+    previous: &'a [Condition],
     now: Timestamp,
-) -> Condition {
-    let status = if is_true { "True" } else { "False" }.to_string();
-    // The transition time only moves when the status flips.
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
+}
+
+impl Stamp<'_> {
+    fn condition(&self, type_: &str, is_true: bool, reason: &str, message: String) -> Condition {
+        let status = if is_true { "True" } else { "False" }.to_string();
+        let last = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(self.now));
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time: last,
+        }
     }
 }
 
@@ -139,123 +142,18 @@ pub fn build(
     let membership = &life.view;
     let names = Names::of(cluster);
     let previous = cluster.status.clone().unwrap_or_default();
-    let prev = &previous.conditions;
     let generation = cluster.metadata.generation;
-
-    let degraded = match (problems.first(), &life.degraded) {
-        (None, Some((reason, msg))) => {
-            condition(DEGRADED, true, reason, msg.clone(), generation, prev, now)
-        }
-        (p, _) => match p {
-            Some(p) => {
-                let mut msg = p.message.clone();
-                for q in &problems[1..] {
-                    msg.push_str("; ");
-                    msg.push_str(&q.message);
-                }
-                condition(DEGRADED, true, p.reason, msg, generation, prev, now)
-            }
-            None => {
-                let msg = if warnings.is_empty() {
-                    "the spec is applied".to_string()
-                } else {
-                    warnings
-                        .iter()
-                        .map(|w| format!("warning: {}", w.message))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
-                condition(DEGRADED, false, "AsExpected", msg, generation, prev, now)
-            }
-        },
+    let stamp = Stamp {
+        generation,
+        previous: &previous.conditions,
+        now,
     };
-
-    let progressing = if let Some((reason, msg)) = &life.progress {
-        condition(
-            PROGRESSING,
-            true,
-            reason,
-            msg.clone(),
-            generation,
-            prev,
-            now,
-        )
-    } else if rollout.in_progress {
-        condition(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!(
-                "{} of {} pods updated, {} ready",
-                rollout.updated, rollout.desired, rollout.ready
-            ),
-            generation,
-            prev,
-            now,
-        )
-    } else {
-        condition(
-            PROGRESSING,
-            false,
-            "Complete",
-            format!("all {} pods run the current spec", rollout.desired),
-            generation,
-            prev,
-            now,
-        )
-    };
-    let all_ready = rollout.ready >= rollout.desired && rollout.desired > 0;
     let busy = rollout.in_progress || life.progress.is_some();
-    let ready = if !problems.is_empty() {
-        condition(
-            READY,
-            all_ready,
-            "SpecNotApplied",
-            format!(
-                "{} of {} pods ready; the latest spec is not applied (see Degraded)",
-                rollout.ready, rollout.desired
-            ),
-            generation,
-            prev,
-            now,
-        )
-    } else if all_ready && !busy {
-        condition(
-            READY,
-            true,
-            "AllPodsReady",
-            format!("all {} pods are ready", rollout.desired),
-            generation,
-            prev,
-            now,
-        )
-    } else {
-        condition(
-            READY,
-            false,
-            if let Some((reason, _)) = &life.progress {
-                reason.as_str()
-            } else if rollout.in_progress {
-                "RollingOut"
-            } else {
-                "PodsNotReady"
-            },
-            if life.troubles.is_empty() {
-                format!("{} of {} pods ready", rollout.ready, rollout.desired)
-            } else {
-                format!(
-                    "{} of {} pods ready: {}",
-                    rollout.ready,
-                    rollout.desired,
-                    life.troubles.join("; ")
-                )
-            },
-            generation,
-            prev,
-            now,
-        )
-    };
-
+    let conditions = vec![
+        ready(&stamp, rollout, problems, life),
+        progressing(&stamp, rollout, life),
+        degraded(&stamp, problems, warnings, life),
+    ];
     MqttClusterStatus {
         observed_generation: generation,
         replicas: rollout.replicas,
@@ -271,10 +169,92 @@ pub fn build(
         }),
         operation: life.operation.clone(),
         selector: Some(selector_string(&names)),
-        conditions: vec![ready, progressing, degraded],
+        conditions,
         endpoints: endpoints(&names, cluster),
         certificate_not_after: certificate_not_after.or(previous.certificate_not_after.clone()),
     }
+}
+
+/// Degraded: the spec's problems, else a failing or stuck step, else the
+/// warnings (or that all is as expected).
+fn degraded(
+    stamp: &Stamp,
+    problems: &[Problem],
+    warnings: &[Problem],
+    life: &Lifecycle,
+) -> Condition {
+    if let Some(p) = problems.first() {
+        let mut msg = p.message.clone();
+        for q in &problems[1..] {
+            msg.push_str("; ");
+            msg.push_str(&q.message);
+        }
+        return stamp.condition(DEGRADED, true, p.reason, msg);
+    }
+    if let Some((reason, msg)) = &life.degraded {
+        return stamp.condition(DEGRADED, true, reason, msg.clone());
+    }
+    let msg = if warnings.is_empty() {
+        "the spec is applied".to_string()
+    } else {
+        warnings
+            .iter()
+            .map(|w| format!("warning: {}", w.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    stamp.condition(DEGRADED, false, "AsExpected", msg)
+}
+
+/// Progressing: the membership operation, else the StatefulSet's rollout.
+fn progressing(stamp: &Stamp, rollout: &Rollout, life: &Lifecycle) -> Condition {
+    if let Some((reason, msg)) = &life.progress {
+        stamp.condition(PROGRESSING, true, reason, msg.clone())
+    } else if rollout.in_progress {
+        let msg = format!(
+            "{} of {} pods updated, {} ready",
+            rollout.updated, rollout.desired, rollout.ready
+        );
+        stamp.condition(PROGRESSING, true, "RollingOut", msg)
+    } else {
+        let msg = format!("all {} pods run the current spec", rollout.desired);
+        stamp.condition(PROGRESSING, false, "Complete", msg)
+    }
+}
+
+/// Ready: every pod ready and nothing in progress; otherwise why not.
+fn ready(stamp: &Stamp, rollout: &Rollout, problems: &[Problem], life: &Lifecycle) -> Condition {
+    let all_ready = rollout.ready >= rollout.desired && rollout.desired > 0;
+    let busy = rollout.in_progress || life.progress.is_some();
+    if !problems.is_empty() {
+        let msg = format!(
+            "{} of {} pods ready; the latest spec is not applied (see Degraded)",
+            rollout.ready, rollout.desired
+        );
+        return stamp.condition(READY, all_ready, "SpecNotApplied", msg);
+    }
+    if all_ready && !busy {
+        let msg = format!("all {} pods are ready", rollout.desired);
+        return stamp.condition(READY, true, "AllPodsReady", msg);
+    }
+    let reason = if let Some((reason, _)) = &life.progress {
+        reason.as_str()
+    } else if rollout.in_progress {
+        "RollingOut"
+    } else {
+        "PodsNotReady"
+    };
+    let msg = if life.troubles.is_empty() {
+        format!("{} of {} pods ready", rollout.ready, rollout.desired)
+    } else {
+        format!(
+            "{} of {} pods ready: {}",
+            rollout.ready,
+            rollout.desired,
+            life.troubles.join("; ")
+        )
+    };
+    stamp.condition(READY, false, reason, msg)
 }
 
 /// The status after a failed reconcile: what was there, with Ready=False
@@ -287,29 +267,18 @@ pub fn failed(
 ) -> MqttClusterStatus {
     let mut st = cluster.status.clone().unwrap_or_default();
     let prev = st.conditions.clone();
-    let generation = cluster.metadata.generation;
-    let mut set = |c: Condition| match st.conditions.iter_mut().find(|x| x.type_ == c.type_) {
-        Some(x) => *x = c,
-        None => st.conditions.push(c),
+    let stamp = Stamp {
+        generation: cluster.metadata.generation,
+        previous: &prev,
+        now,
     };
-    set(condition(
-        READY,
-        false,
-        reason,
-        message.to_string(),
-        generation,
-        &prev,
-        now,
-    ));
-    set(condition(
-        DEGRADED,
-        true,
-        reason,
-        message.to_string(),
-        generation,
-        &prev,
-        now,
-    ));
+    for type_ in [READY, DEGRADED] {
+        let c = stamp.condition(type_, type_ == DEGRADED, reason, message.to_string());
+        match st.conditions.iter_mut().find(|x| x.type_ == c.type_) {
+            Some(x) => *x = c,
+            None => st.conditions.push(c),
+        }
+    }
     st.phase = Some(format!("Degraded: {reason}"));
     st
 }

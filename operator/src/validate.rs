@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use raftmq_shared::config::keys;
+
 use crate::crd::{ListenerKind, MqttClusterSpec};
-use crate::render::config::{OVERRIDABLE, RESERVED};
+use crate::render::config::{is_reserved, OVERRIDABLE};
 use crate::render::{CLUSTER_PORT, HTTP_PORT};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +85,18 @@ pub fn name_problem(name: &str) -> Option<Problem> {
     })
 }
 
+/// Everything wrong with a spec that its schema cannot say.
 pub fn validate(spec: &MqttClusterSpec) -> Findings {
     let mut f = Findings::default();
+    replicas(spec, &mut f);
+    listeners(spec, &mut f);
+    users(spec, &mut f);
+    acl(spec, &mut f);
+    config(spec, &mut f);
+    f
+}
+
+fn replicas(spec: &MqttClusterSpec, f: &mut Findings) {
     if spec.replicas < 1 {
         f.error(
             "InvalidReplicas",
@@ -100,7 +112,10 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             ),
         );
     }
+}
 
+/// Ports, the PSK identities and the TLS settings the listeners need.
+fn listeners(spec: &MqttClusterSpec, f: &mut Findings) {
     let active = spec.listeners.active();
     if active.is_empty() {
         f.error(
@@ -152,7 +167,9 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             _ => {}
         }
     }
+}
 
+fn users(spec: &MqttClusterSpec, f: &mut Findings) {
     let mut users = BTreeSet::new();
     for u in &spec.auth.users {
         if u.username.is_empty() || u.username.contains([':', ' ', '\n']) {
@@ -171,7 +188,10 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             );
         }
     }
+}
 
+/// Each rule as the broker's ACL file parser will read it.
+fn acl(spec: &MqttClusterSpec, f: &mut Findings) {
     for (i, r) in spec.acl.iter().enumerate() {
         if let Some(e) = topic_filter_error(&r.topic) {
             f.error(
@@ -200,11 +220,14 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             }
         }
     }
+}
 
+/// `spec.config` may set broker sections, never a key the operator owns.
+fn config(spec: &MqttClusterSpec, f: &mut Findings) {
     if let Some(cfg) = &spec.config {
         for (k, v) in cfg {
             if !OVERRIDABLE.contains(&k.as_str()) {
-                let why = if RESERVED.contains(&k.as_str()) {
+                let why = if is_reserved(k, None) {
                     "the operator manages it"
                 } else {
                     "it is not a broker config section"
@@ -218,14 +241,14 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             if let Some(obj) = v.as_object() {
                 for sub in obj.keys() {
                     let path = format!("{k}.{sub}");
-                    if RESERVED.contains(&path.as_str()) {
+                    if is_reserved(k, Some(sub)) {
                         f.error(
                             "InvalidConfig",
                             format!("spec.config.{path} cannot be set: the operator manages it"),
                         );
                     }
                 }
-            } else if k != "sys_interval" {
+            } else if k != keys::SYS_INTERVAL {
                 f.error(
                     "InvalidConfig",
                     format!("spec.config.{k} must be a table of keys"),
@@ -233,7 +256,6 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
             }
         }
     }
-    f
 }
 
 #[cfg(test)]

@@ -487,7 +487,7 @@ async fn controller_reacts_to_watch_events() {
     h.apply_example("tls-users-acl.yaml");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let ctx = h.ctx.clone();
-    let task = tokio::spawn(raftmq_operator::reconcile::run(
+    let task = tokio::spawn(raftmq_operator::controller::run(
         ctx,
         Some(NS.into()),
         async move {

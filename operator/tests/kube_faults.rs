@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use harness::{Harness, CR, NS};
 use kube::runtime::controller::Action;
-use raftmq_operator::reconcile::error_policy;
+use raftmq_operator::controller::error_policy;
 use serde_json::{json, Value};
 
 fn cluster(name: &str, spec: Value) -> Value {

@@ -4,13 +4,19 @@
 //! FROM scratch: no base image is pulled). Every container sits on two
 //! networks: `cluster` (Raft and forwarding; the one a test cuts) and
 //! `clients` (MQTT, HTTP and the Admin API from the test, never cut).
+//! The cluster port runs mutual TLS with `raftmq cluster certs`
+//! certificates for both networks' addresses, mounted read-only.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::cluster::Certs;
 use crate::{broker_bin, run};
+
+/// Node certificates for ids 1..=LAB_NODES.
+const LAB_NODES: u64 = 5;
 
 fn docker(args: &[&str]) -> (Option<i32>, String) {
     let (code, out, err) = run(Command::new("docker").args(args), Duration::from_secs(300));
@@ -69,6 +75,9 @@ pub struct Lab {
     /// (clients).
     net: u8,
     containers: Vec<String>,
+    /// The cluster's certificates (the CLI's admin ones too).
+    pub certs: Certs,
+    _certs_dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -76,10 +85,26 @@ impl Lab {
         let pid = std::process::id();
         let net = (pid % 200 + 20) as u8;
         let name = format!("raftmq-e2e-{pid}");
+        let dir = tempfile::tempdir().expect("certificate dir");
+        let ips: Vec<String> = (1..=LAB_NODES)
+            .flat_map(|id| [28, 29].map(|second| format!("172.{second}.{net}.{}", 10 + id)))
+            .collect();
+        let certs = Certs::issue(dir.path(), LAB_NODES, &ips);
+        // The container's user (65532) reads them; the directory is this
+        // test's own.
+        for entry in std::fs::read_dir(dir.path())
+            .expect("certificates")
+            .flatten()
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644));
+        }
         let lab = Lab {
             name,
             net,
             containers: Vec::new(),
+            certs,
+            _certs_dir: dir,
         };
         for (kind, second) in [("cluster", 28), ("clients", 29)] {
             must(&[
@@ -143,6 +168,14 @@ impl Lab {
             &format!("RAFTMQ_CLUSTER__ELECTION_TIMEOUT_MS={election_timeout_ms}"),
             "-e",
             "RAFTMQ_SYS_INTERVAL=0",
+            "-v",
+            &format!("{}:/certs:ro", self.certs.dir.display()),
+            "-e",
+            &format!("RAFTMQ_CLUSTER__CERTFILE=/certs/node-{id}.crt"),
+            "-e",
+            &format!("RAFTMQ_CLUSTER__KEYFILE=/certs/node-{id}.key"),
+            "-e",
+            "RAFTMQ_CLUSTER__CAFILE=/certs/ca.crt",
             image,
         ]);
         self.containers.push(name.clone());

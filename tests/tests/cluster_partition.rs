@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use raftmq::codec::{Packet, Protocol, QoS};
-use raftmq_e2e::cluster::cli;
+use raftmq_e2e::cluster::cli_with;
 use raftmq_e2e::containers::{image, Lab};
 use raftmq_e2e::eventually;
 use raftmq_e2e::raw::{self, RawClient, Read1};
@@ -34,8 +34,14 @@ fn open(addr: std::net::SocketAddr, c: raftmq::codec::Connect) -> Option<(RawCli
 
 /// (applied index, digest line) as `raftmq cluster digest --fresh` prints
 /// it: read at the leader's read index, so equal lines mean equal states.
-fn digest(admin: &str) -> Option<(u64, String)> {
-    let (code, out) = cli(admin, &["digest", "--fresh"]);
+/// `raftmq cluster --node <node id's admin address> <args>`, with the lab's
+/// admin certificate.
+fn cli(lab: &Lab, id: u64, args: &[&str]) -> (Option<i32>, String) {
+    cli_with(&lab.admin(id), &lab.certs.flags("admin"), args)
+}
+
+fn digest(lab: &Lab, id: u64) -> Option<(u64, String)> {
+    let (code, out) = cli(lab, id, &["digest", "--fresh"]);
     if code != Some(0) {
         return None;
     }
@@ -44,8 +50,8 @@ fn digest(admin: &str) -> Option<(u64, String)> {
     Some((applied, line))
 }
 
-fn leader_of(admin: &str) -> Option<u64> {
-    let (code, out) = cli(admin, &["status"]);
+fn leader_of(lab: &Lab, id: u64) -> Option<u64> {
+    let (code, out) = cli(lab, id, &["status"]);
     if code != Some(0) {
         return None;
     }
@@ -60,12 +66,13 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
         lab.start(&image, id, 500);
     }
     assert!(
-        eventually(T, || leader_of(&lab.admin(1)) == Some(1)),
+        eventually(T, || leader_of(&lab, 1) == Some(1)),
         "node 1 bootstraps"
     );
     for id in 2..=3 {
         let (code, out) = cli(
-            &lab.admin(1),
+            &lab,
+            1,
             &[
                 "add",
                 "--id",
@@ -146,10 +153,10 @@ fn a_partitioned_node_refuses_raft_writes_and_converges_after_healing() {
     lab.heal(3);
     // Every node ends with the same replicated state.
     let converged = eventually(Duration::from_secs(60), || {
-        let ds: Vec<Option<(u64, String)>> = (1..=3).map(|id| digest(&lab.admin(id))).collect();
+        let ds: Vec<Option<(u64, String)>> = (1..=3).map(|id| digest(&lab, id)).collect();
         ds.iter().all(Option::is_some) && ds.windows(2).all(|w| w[0] == w[1])
     });
-    let ds: Vec<Option<(u64, String)>> = (1..=3).map(|id| digest(&lab.admin(id))).collect();
+    let ds: Vec<Option<(u64, String)>> = (1..=3).map(|id| digest(&lab, id)).collect();
     assert!(converged, "digests differ after healing: {ds:#?}");
     // The retained set is the majority's, the isolated write is not in it.
     let (mut r, _) =

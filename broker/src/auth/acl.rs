@@ -211,12 +211,6 @@ impl AclFile {
     pub fn check_subscribe(&self, who: Principal<'_>, filter: &str) -> bool {
         self.decide(who, Action::Read, |f| filter_covers(f, filter))
     }
-
-    pub fn rule_count(&self) -> usize {
-        self.anonymous.len()
-            + self.patterns.len()
-            + self.users.values().map(Vec::len).sum::<usize>()
-    }
 }
 
 /// What the rules that concern a topic say, as bits: one rule's access or

@@ -4,125 +4,17 @@
 //! would quietly keep passwords readable on disk.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::path::Path;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use ring::{digest, pbkdf2};
+use raftmq_shared::passwd::{self, Hash};
 
 use super::AuthFileError;
-
-/// mosquitto_passwd's defaults for new `$7$` hashes.
-pub const ITERATIONS: u32 = 101;
-const SALT_LEN: usize = 12;
-const HASH_LEN: usize = 64;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Hash {
-    Pbkdf2Sha512 {
-        iterations: NonZeroU32,
-        salt: Vec<u8>,
-        hash: Vec<u8>,
-    },
-    SaltedSha512 {
-        salt: Vec<u8>,
-        hash: Vec<u8>,
-    },
-}
-
-impl Hash {
-    fn parse(s: &str) -> Result<Hash, String> {
-        let b64 = |part: &str, what: &str| {
-            STANDARD
-                .decode(part)
-                .map_err(|e| format!("{what} is not base64: {e}"))
-        };
-        if let Some(rest) = s.strip_prefix("$7$") {
-            let mut parts = rest.split('$');
-            let (Some(iter), Some(salt), Some(hash), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return Err("a $7$ hash has the form $7$iterations$salt$hash".into());
-            };
-            let iterations = iter
-                .parse::<u32>()
-                .ok()
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| format!("bad iteration count `{iter}`"))?;
-            Ok(Hash::Pbkdf2Sha512 {
-                iterations,
-                salt: b64(salt, "salt")?,
-                hash: b64(hash, "hash")?,
-            })
-        } else if let Some(rest) = s.strip_prefix("$6$") {
-            let Some((salt, hash)) = rest.split_once('$') else {
-                return Err("a $6$ hash has the form $6$salt$hash".into());
-            };
-            Ok(Hash::SaltedSha512 {
-                salt: b64(salt, "salt")?,
-                hash: b64(hash, "hash")?,
-            })
-        } else {
-            Err("plaintext password (hash the file with `raftmq passwd -U FILE`)".into())
-        }
-    }
-
-    fn verify(&self, password: &str) -> bool {
-        match self {
-            Hash::Pbkdf2Sha512 {
-                iterations,
-                salt,
-                hash,
-            } => pbkdf2::verify(
-                pbkdf2::PBKDF2_HMAC_SHA512,
-                *iterations,
-                salt,
-                password.as_bytes(),
-                hash,
-            )
-            .is_ok(),
-            Hash::SaltedSha512 { salt, hash } => {
-                let mut ctx = digest::Context::new(&digest::SHA512);
-                ctx.update(password.as_bytes());
-                ctx.update(salt);
-                let got = ctx.finish();
-                // Compare without an early exit, so timing tells nothing.
-                got.as_ref().len() == hash.len()
-                    && got
-                        .as_ref()
-                        .iter()
-                        .zip(hash)
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            }
-        }
-    }
-}
 
 /// A `$7$` hash of `password` with a fresh random salt, as mosquitto_passwd
 /// writes it.
 pub fn hash_password(password: &str) -> String {
-    let salt: [u8; SALT_LEN] = rand::random();
-    hash_with_salt(password, &salt, ITERATIONS)
-}
-
-fn hash_with_salt(password: &str, salt: &[u8], iterations: u32) -> String {
-    let mut out = [0u8; HASH_LEN];
-    let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA512,
-        iterations,
-        salt,
-        password.as_bytes(),
-        &mut out,
-    );
-    format!(
-        "$7${}${}${}",
-        iterations,
-        STANDARD.encode(salt),
-        STANDARD.encode(out)
-    )
+    let salt: [u8; passwd::SALT_LEN] = rand::random();
+    passwd::hash_with_salt(password, &salt)
 }
 
 /// Users and their password hashes.
@@ -144,21 +36,15 @@ impl PasswordFile {
     pub fn parse(text: &str, path: &Path) -> Result<PasswordFile, AuthFileError> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let err = |message: String| AuthFileError::Line {
+            let err = |e: passwd::HashError| AuthFileError::Line {
                 path: path.to_path_buf(),
                 line: i + 1,
-                message,
+                message: e.to_string(),
             };
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| err("expected `username:hash`".into()))?;
-            if user.is_empty() {
-                return Err(err("empty username".into()));
-            }
+            let Some(entry) = passwd::parse_entry(line) else {
+                continue;
+            };
+            let (user, hash) = entry.map_err(err)?;
             let hash = Hash::parse(hash).map_err(err)?;
             users.insert(user.to_string(), hash);
         }
@@ -198,6 +84,9 @@ mod tests {
 
     #[test]
     fn known_sha512_vector() {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        use ring::digest;
         // SHA-512("password" || "salt"), the mosquitto 1.x construction.
         let salt = b"salt";
         let mut ctx = digest::Context::new(&digest::SHA512);

@@ -67,10 +67,38 @@ pub enum ClusterCommand {
         #[arg(long)]
         fresh: bool,
     },
+    /// Issue the cluster's certificates into a directory (no node is
+    /// contacted): ca.crt/ca.key, node-<id>.crt/.key for ids 1..N (each
+    /// names its node, raftmq://node/<id>, and covers localhost, 127.0.0.1,
+    /// ::1 and the --dns/--ip names) and admin.crt/.key for this CLI
+    /// (raftmq://admin/<name>). A CA already there is kept and signs the
+    /// new certificates, so run it again with a larger --nodes to add one.
+    Certs {
+        /// The directory to write to (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// How many node certificates: node ids 1..=N.
+        #[arg(long)]
+        nodes: u64,
+        /// A host name every node certificate covers (repeatable;
+        /// wildcards allowed, e.g. '*.mq-headless.ns.svc').
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// An address every node certificate covers (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// The admin certificate's name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Validity of node and admin certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
-/// Mutual TLS to nodes that require it (`[cluster]` certfile/keyfile/
-/// cafile): the same three files, or any certificate the cluster CA signed.
+/// Mutual TLS to nodes that require it: the cluster CA and an admin
+/// certificate (`raftmq cluster certs` writes ca.crt, admin.crt and
+/// admin.key). A node's own certificate may only read (status, digest).
 #[derive(Args, Debug, Default)]
 pub struct TlsArgs {
     /// The cluster CA certificate (PEM).
@@ -119,7 +147,36 @@ async fn leader(node: &str, tls: Option<&PeerTls>) -> anyhow::Result<AdminClient
     connect(&addr, tls).await
 }
 
+fn certs(request: super::certs::Request) -> anyhow::Result<()> {
+    let issued = super::certs::issue(&request)?;
+    if issued.ca_reused {
+        println!("kept the CA in {}", request.out.display());
+    }
+    for f in issued.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
 pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::Result<()> {
+    if let ClusterCommand::Certs {
+        out,
+        nodes,
+        dns,
+        ips,
+        admin,
+        days,
+    } = command
+    {
+        return certs(super::certs::Request {
+            out,
+            nodes,
+            dns,
+            ips,
+            admin,
+            days,
+        });
+    }
     let tls = tls.peer_tls()?;
     let tls = tls.as_ref();
     match command {
@@ -215,6 +272,7 @@ pub async fn run(node: &str, tls: &TlsArgs, command: ClusterCommand) -> anyhow::
                 r.remaining
             );
         }
+        ClusterCommand::Certs { .. } => anyhow::bail!("certs contacts no node"),
         ClusterCommand::TransferLeader { id } => {
             let r = leader(node, tls)
                 .await?

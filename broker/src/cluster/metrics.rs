@@ -26,6 +26,8 @@ pub struct RaftStats {
     /// Publishes a peer could not take (queue full, peer unreachable).
     pub forward_dropped: IntCounterVec,
     pub nodes_down: IntGauge,
+    /// 1 while the cluster port serves plain text beyond loopback.
+    pub insecure_plaintext: IntGauge,
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -102,6 +104,11 @@ impl Default for RaftStats {
                 "raftmq_cluster_nodes_down",
                 "Members the leader cannot reach (leader only)",
             ),
+            insecure_plaintext: gauge(
+                "raftmq_cluster_insecure_plaintext",
+                "1 while the cluster port serves plain text, unauthenticated, beyond loopback ([cluster] insecure_plaintext)",
+            ),
+
         }
     }
 }
@@ -122,6 +129,7 @@ impl RaftStats {
         registry.register(Box::new(self.forwarded.clone()))?;
         registry.register(Box::new(self.forward_dropped.clone()))?;
         registry.register(Box::new(self.nodes_down.clone()))?;
+        registry.register(Box::new(self.insecure_plaintext.clone()))?;
         Ok(())
     }
 

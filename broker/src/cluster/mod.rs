@@ -3,18 +3,20 @@
 //!
 //! A single node is a one-member group: `raftmq serve` keeps retained
 //! messages and persistent sessions across restarts with no extra setup.
-//! Bootstrap rule (DESIGN.md): node 1 initialises a new cluster when its
+//! Bootstrap rule: node 1 initialises a new cluster when its
 //! store is empty; every other node waits to be added through `Admin`.
 
 #![allow(clippy::result_large_err)]
 // openraft's error types (StorageError, RPCError) are large by design and
 // its traits require them; boxing ours would not shrink openraft's.
 
+pub mod certs;
 pub mod cli;
 mod convert;
 pub mod fault;
 mod forward;
 pub mod health;
+pub mod insecure;
 pub mod liveness;
 pub mod log_file;
 mod log_repair;
@@ -83,7 +85,7 @@ fn advertise(config: &Config) -> String {
         return config.cluster.advertise.clone();
     }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into());
-    format!("{host}:{}", config.cluster.bind.port())
+    format!("{host}:{}", config.cluster.bind_addr().port())
 }
 
 /// The peers node 1 asks before it bootstraps: configured, or, for a
@@ -154,7 +156,7 @@ impl Cluster {
             applied: rx,
         } = storage::open(config, node_id, &stats, &health)?;
         let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
-        let peer_tls = tls::PeerTls::from_config(c)?;
+        let peer_tls = tls::PeerTls::from_config(c, node_id)?;
         let net = network::Network::new(peer_tls.clone());
         // Node 1 makes a new cluster of an empty store (below), unless a
         // peer already belongs to one: then node 1's volume was lost, and
@@ -195,9 +197,10 @@ impl Cluster {
         .context("raft start")?;
         let (raft, raft_tx) = RaftHandle::new(first);
 
-        let listener = tokio::net::TcpListener::bind(c.bind)
+        let bind = c.bind_addr();
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .with_context(|| format!("cluster gRPC: cannot bind {}", c.bind))?;
+            .with_context(|| format!("cluster gRPC: cannot bind {bind}"))?;
         let grpc_addr = listener.local_addr()?;
         let gate = types::WriteGate::default();
         let raft_svc = RaftServer::new(service::RaftService {
@@ -269,6 +272,10 @@ impl Cluster {
             tls = peer_tls.is_some(),
             "cluster gRPC listening"
         );
+        if c.plaintext_exposed() {
+            stats.insecure_plaintext.set(1);
+            insecure::spawn_warnings(grpc_addr);
+        }
 
         if bootstrap && !raft.get().is_initialized().await? {
             let addr = advertise(config);
@@ -337,6 +344,7 @@ impl Cluster {
                     match a {
                         Applied::Batch { index, events } => broker.on_committed(index, events),
                         Applied::Reset(state) => broker.restore(*state, false),
+                        Applied::Upto(index) => broker.followed_to(index),
                     }
                 }
             });

@@ -1,10 +1,10 @@
 //! Mutual TLS between nodes (and from the CLI and the operator to the
-//! Admin service): every node presents the cluster's certificate and
-//! accepts only peers whose certificate the cluster CA signed. Enabled when
+//! Admin service): every node presents its own certificate and accepts
+//! only peers whose certificate the cluster CA signed. Enabled when
 //! `[cluster]` names all three of `certfile`, `keyfile` and `cafile`
-//! (the operator issues them); read at start.
+//! (the operator and `raftmq cluster certs` issue them); read at start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -23,10 +23,21 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 impl PeerTls {
     /// `None` when the cluster runs in plain text (no files configured).
-    pub fn from_config(c: &ClusterConfig) -> anyhow::Result<Option<PeerTls>> {
+    /// `{node_id}` in a path is `node_id`.
+    pub fn from_config(c: &ClusterConfig, node_id: u64) -> anyhow::Result<Option<PeerTls>> {
+        let mine = |p: &PathBuf| {
+            PathBuf::from(
+                p.to_string_lossy()
+                    .replace("{node_id}", &node_id.to_string()),
+            )
+        };
         match (&c.certfile, &c.keyfile, &c.cafile) {
             (None, None, None) => Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls::from_files(cert, key, ca)?)),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls::from_files(
+                &mine(cert),
+                &mine(key),
+                &mine(ca),
+            )?)),
             _ => anyhow::bail!(
                 "cluster TLS needs all of certfile, keyfile and cafile (or none of them)"
             ),

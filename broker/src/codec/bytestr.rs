@@ -34,10 +34,6 @@ impl ByteStr {
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
-
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
 }
 
 impl Deref for ByteStr {

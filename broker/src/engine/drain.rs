@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Broker;
 use crate::codec::{reason, ByteStr, ConnAck, Properties, Protocol};
-use crate::engine::Broker;
 
 /// What a draining node tells its clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

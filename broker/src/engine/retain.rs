@@ -22,9 +22,9 @@
 
 use std::time::Instant;
 
+use super::Routed;
+use super::{Broker, SessionCell};
 use crate::codec::{ByteStr, QoS};
-use crate::engine::Routed;
-use crate::engine::{Broker, SessionCell};
 use crate::message::SharedMessage;
 use crate::session::{Delivery, RetainedCursor};
 use crate::state::{Command, Ticket};

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::{Allowed, Broker, Departure, OpenedSession, Publisher, SessionRequest};
 use crate::auth::{Auth, Policy};
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::Config;
-use crate::engine::{Allowed, Broker, Departure, OpenedSession, Publisher, SessionRequest};
 use crate::message::{Message, MessageParts};
 use crate::session::{Outgoing, RetainedCursor};
 use crate::state::{Command, MemoryState, StateSeam};
@@ -387,8 +387,8 @@ async fn clean_sessions_vanish_on_disconnect() {
 
 #[tokio::test]
 async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
+    use super::DrainMode;
     use crate::codec::reason;
-    use crate::engine::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
     let mut a = open(&b, "a", false, 3600);
@@ -426,7 +426,7 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
 
 #[tokio::test]
 async fn an_undrain_makes_the_node_ready_again() {
-    use crate::engine::DrainMode;
+    use super::DrainMode;
     use std::time::Duration;
     let (b, _) = broker();
     b.health

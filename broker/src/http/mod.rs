@@ -44,7 +44,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     // The HTTP server starts only after every listener is bound.
-    let raft = broker.health.raft_summary.read().clone();
+    let mut raft = broker.health.raft_summary.read().clone();
+    let cluster = &broker.config.cluster;
+    if cluster.plaintext_exposed() {
+        raft.push('\n');
+        raft.push_str(&crate::cluster::insecure::readiness_note(
+            cluster.bind_addr(),
+        ));
+    }
     match broker.readiness() {
         Ok(()) => (StatusCode::OK, format!("ready\n{raft}\n")),
         Err(why) => (

@@ -11,11 +11,13 @@
 //! latency, not semantics.
 
 mod machine;
+#[cfg(test)]
 mod memory;
 
 pub use machine::{
     Effect, Ignored, PersistedMessage, PersistedSession, ReplicatedState, WillRecord,
 };
+#[cfg(test)]
 pub use memory::MemoryState;
 
 use std::future::Future;
@@ -269,4 +271,15 @@ pub trait StateSeam: Send + Sync + 'static {
     fn follows_log(&self) -> bool {
         false
     }
+
+    /// The log index every command committed before this call is at or
+    /// below (the leader's read index), asked for now; `None` when no other
+    /// node can commit anything (one member, or no log): what this node
+    /// has applied is then all there is.
+    fn read_index(&self) -> Option<ReadIndex> {
+        None
+    }
 }
+
+/// A read index on its way (see [`StateSeam::read_index`]).
+pub type ReadIndex = Pin<Box<dyn Future<Output = Result<u64, StateError>> + Send>>;

@@ -290,12 +290,12 @@ fn waiting(base: &Plan, reason: &'static str, stuck: &'static str, message: Stri
     }
 }
 
-/// The next thing to do. `name` turns an ordinal into a pod name (for
-/// messages).
+mod reset;
 mod rollout;
-mod scale;
+mod scale_down;
+mod scale_up;
 #[cfg(test)]
-mod tests;
+mod testing;
 
 /// What every phase of the plan looks at.
 pub(crate) struct Ctx<'a> {
@@ -314,6 +314,9 @@ pub(crate) struct Ctx<'a> {
     pub target: i32,
 }
 
+/// The next thing to do: the first phase that has something to do (reset,
+/// scale-down, scale-up, undrain, rollout) decides. `name` turns an
+/// ordinal into a pod name (for messages).
 pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
     let desired = facts.desired;
     let view = view(facts, &name);
@@ -379,21 +382,38 @@ pub fn plan(facts: &Facts, name: impl Fn(i32) -> String) -> Plan {
         leader_ord,
         target,
     };
-    if let Some(p) = scale::reset(&c, &base) {
+    if let Some(p) = reset::reset(&c, &base) {
         return p;
     }
-    if let Some(p) = scale::retire(&c, &base) {
+    if let Some(p) = scale_down::retire(&c, &base) {
         return p;
     }
     let base = Plan {
         replicas: desired,
         ..base
     };
-    if let Some(p) = scale::join(&c, &base) {
+    if let Some(p) = scale_up::join(&c, &base) {
         return p;
     }
     if let Some(p) = rollout::undrain(&c, &base) {
         return p;
     }
     rollout::next(&c, base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{facts, name};
+    use super::*;
+
+    #[test]
+    fn steady_group_does_nothing() {
+        let f = facts(3, &[1, 2, 3], &[], 1);
+        let p = plan(&f, name);
+        assert_eq!(p.step, None);
+        assert_eq!(p.progress, None);
+        assert_eq!((p.replicas, p.partition), (3, 3));
+        assert_eq!(p.view.members, vec!["demo-0", "demo-1", "demo-2"]);
+        assert_eq!(p.view.leader.as_deref(), Some("demo-0"));
+    }
 }

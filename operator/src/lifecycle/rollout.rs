@@ -5,10 +5,10 @@
 
 use super::*;
 
-/// 4. Rollout, one pod at a time from the highest ordinal.
+/// Rollout, one pod at a time from the highest ordinal.
 pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
     let (facts, g, name) = (c.facts, c.g, c.name);
-    let (desired, partition_now, leader_ord) = (c.desired, c.partition_now, c.leader_ord);
+    let (desired, partition_now) = (c.desired, c.partition_now);
     if facts.template_changed {
         return Plan {
             partition: desired,
@@ -26,45 +26,8 @@ pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
         .filter(|p| p.ordinal < desired && p.exists && !p.current)
         .map(|p| p.ordinal)
         .collect();
-    let unhealthy = |skip: Option<i32>| -> Option<String> {
-        for o in 0..desired {
-            if Some(o) == skip {
-                continue;
-            }
-            let p = facts.pods.get(&o);
-            if !p.is_some_and(|p| p.ready) {
-                return Some(format!("{} is not ready", name(o)));
-            }
-            if !g.healthy(node_id(o)) {
-                return Some(format!("{} has not caught up with the leader", name(o)));
-            }
-        }
-        None
-    };
     let Some(&k) = outdated.iter().max() else {
-        // A pod the rollout deleted and the StatefulSet controller has not
-        // made again yet: raising the partition now would have it made at
-        // the old revision, and rolled again.
-        if let Some(m) = (partition_now..desired).find(|o| !facts.pods.contains_key(o)) {
-            return Plan {
-                partition: partition_now,
-                pod: Some(m),
-                ..waiting(
-                    &base,
-                    "RollingPod",
-                    "PodNotReady",
-                    format!("waiting for {} to come back with the new template", name(m)),
-                )
-            };
-        }
-        let partition = desired;
-        return match unhealthy(None) {
-            None => Plan { partition, ..base },
-            Some(why) => Plan {
-                partition,
-                ..waiting(&base, "WaitingForHealthyGroup", "PodNotReady", why)
-            },
-        };
+        return all_current(c, base);
     };
     let done = desired - outdated.len() as i32;
     if let Some(p) = broken_first(c, &base, &outdated, k, done) {
@@ -90,7 +53,7 @@ pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
         partition: partition_now,
         ..base
     };
-    if let Some(why) = unhealthy(Some(k)) {
+    if let Some(why) = unhealthy(c, Some(k)) {
         return waiting(
             &base,
             "WaitingForHealthyGroup",
@@ -109,6 +72,14 @@ pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
             ),
         );
     }
+    hand_over(c, base, k, done)
+}
+
+/// The rollout's pod `k`, healthy group around it: leadership moved off
+/// it, its clients handed over, then the partition lowered to it.
+fn hand_over(c: &Ctx, base: Plan, k: i32, done: i32) -> Plan {
+    let (facts, g, name) = (c.facts, c.g, c.name);
+    let (desired, leader_ord) = (c.desired, c.leader_ord);
     if k == leader_ord {
         let updated = |id: u64| facts.pods.get(&ordinal_of(id)).is_some_and(|p| p.current);
         let to = g
@@ -165,6 +136,55 @@ pub(super) fn next(c: &Ctx, base: Plan) -> Plan {
         )),
         ..base
     }
+}
+
+/// Every pod runs the new template (or is about to): the partition goes
+/// up to `desired` once no pod the rollout deleted is still missing.
+fn all_current(c: &Ctx, base: Plan) -> Plan {
+    let (facts, name) = (c.facts, c.name);
+    let (desired, partition_now) = (c.desired, c.partition_now);
+    // A pod the rollout deleted and the StatefulSet controller has not
+    // made again yet: raising the partition now would have it made at
+    // the old revision, and rolled again.
+    if let Some(m) = (partition_now..desired).find(|o| !facts.pods.contains_key(o)) {
+        return Plan {
+            partition: partition_now,
+            pod: Some(m),
+            ..waiting(
+                &base,
+                "RollingPod",
+                "PodNotReady",
+                format!("waiting for {} to come back with the new template", name(m)),
+            )
+        };
+    }
+    let partition = desired;
+    match unhealthy(c, None) {
+        None => Plan { partition, ..base },
+        Some(why) => Plan {
+            partition,
+            ..waiting(&base, "WaitingForHealthyGroup", "PodNotReady", why)
+        },
+    }
+}
+
+/// Why the group is not healthy enough to restart a pod (every pod but
+/// `skip` ready and caught up), if it is not.
+fn unhealthy(c: &Ctx, skip: Option<i32>) -> Option<String> {
+    let (facts, g, name) = (c.facts, c.g, c.name);
+    for o in 0..c.desired {
+        if Some(o) == skip {
+            continue;
+        }
+        let p = facts.pods.get(&o);
+        if !p.is_some_and(|p| p.ready) {
+            return Some(format!("{} is not ready", name(o)));
+        }
+        if !g.healthy(node_id(o)) {
+            return Some(format!("{} has not caught up with the leader", name(o)));
+        }
+    }
+    None
 }
 
 /// An outdated pod that does not run (crash-looping, its image not pulled,
@@ -264,4 +284,95 @@ pub(super) fn undrain(c: &Ctx, base: &Plan) -> Option<Plan> {
         Step::Undrain { ordinal: o },
         format!("{} was drained but stays: it takes clients again", name(o)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{facts, name};
+    use super::super::*;
+
+    #[test]
+    fn rollout_holds_then_goes_highest_first_moving_the_leader() {
+        let mut f = facts(3, &[1, 2, 3], &[], 3);
+        f.template_changed = true;
+        let p = plan(&f, name);
+        assert_eq!(p.partition, 3, "a new template is held");
+        assert_eq!(p.step, None);
+
+        // Applied: every pod outdated; pod 2 first, and it leads.
+        let mut f = facts(3, &[1, 2, 3], &[], 3);
+        for p in f.pods.values_mut() {
+            p.current = false;
+        }
+        let p = plan(&f, name);
+        assert!(
+            matches!(p.step, Some(Step::TransferLeader { from: 2, to: 1 | 2 })),
+            "{:?}",
+            p.step
+        );
+        assert_eq!(p.partition, 3);
+
+        // Leader moved: drain pod 2, then lower the partition to it.
+        let mut f = facts(3, &[1, 2, 3], &[], 1);
+        for p in f.pods.values_mut() {
+            p.current = false;
+        }
+        assert_eq!(plan(&f, name).step, Some(Step::Drain { ordinal: 2 }));
+        if let Some(n) = f.pods.get_mut(&2).and_then(|p| p.node.as_mut()) {
+            n.draining = true;
+        }
+        if let Some(p) = f.pods.get_mut(&2) {
+            p.ready = false;
+        }
+        let p = plan(&f, name);
+        assert_eq!((p.step, p.partition), (None, 2));
+
+        // Pod 2 restarted but pod 1 lags: wait; caught up: pod 1 next.
+        let mut f = facts(3, &[1, 2, 3], &[], 1);
+        f.partition = Some(2);
+        for o in [0, 1] {
+            if let Some(p) = f.pods.get_mut(&o) {
+                p.current = false;
+            }
+        }
+        if let Some(p) = f.pods.get_mut(&0).and_then(|p| p.node.as_mut()) {
+            p.members[2].matched = Some(50);
+        }
+        let p = plan(&f, name);
+        assert_eq!(p.step, None);
+        assert_eq!(p.progress.map(|p| p.0), Some("WaitingForHealthyGroup"));
+        assert_eq!(p.partition, 2);
+        if let Some(p) = f.pods.get_mut(&0).and_then(|p| p.node.as_mut()) {
+            p.members[2].matched = Some(100);
+        }
+        assert_eq!(plan(&f, name).step, Some(Step::Drain { ordinal: 1 }));
+    }
+
+    #[test]
+    fn no_leader_waits_and_holds() {
+        let mut f = facts(3, &[1, 2, 3], &[], 1);
+        for p in f.pods.values_mut() {
+            p.node = None;
+        }
+        f.desired = 2;
+        let p = plan(&f, name);
+        assert_eq!(p.replicas, 3, "no scale-down without a leader");
+        assert_eq!(p.wait.map(|w| w.stuck_reason), Some("NoLeader"));
+    }
+
+    #[test]
+    fn a_pod_the_rollout_deleted_keeps_the_partition_until_it_is_back() {
+        // Pods 1 and 2 rolled; the partition went to 0 and pod 0 was deleted,
+        // not made again yet.
+        let mut f = facts(3, &[1, 2, 3], &[], 2);
+        f.partition = Some(0);
+        f.pods.remove(&0);
+        let p = plan(&f, name);
+        assert_eq!(p.partition, 0, "raised now, pod 0 would come back old");
+        assert_eq!(p.progress.map(|p| p.0), Some("RollingPod"));
+        // Back, current: the partition goes up again.
+        let mut f = facts(3, &[1, 2, 3], &[], 2);
+        f.partition = Some(0);
+        assert_eq!(plan(&f, name).partition, 3);
+    }
 }

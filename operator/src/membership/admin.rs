@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryFutureExt;
 use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target};
+use super::{BoxFuture, Change, Member, Membership, MembershipError, NodeState, Result, Target};
 use crate::render::{Names, CLUSTER_PORT};
 
 /// Where pod `ordinal`'s Admin service is (`host:port`). The default is the
@@ -187,123 +188,60 @@ impl Membership for AdminMembership {
     }
 
     fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                ordinal,
-                "Status",
-                self.timeouts.call,
-                |mut c| async move { c.status(pb::StatusRequest {}).await },
-            )
-            .await
-            .map(node_state)
-        })
+        let after = self.timeouts.call;
+        let call = self.call(target, ordinal, "Status", after, |mut c| async move {
+            c.status(pb::StatusRequest {}).await
+        });
+        Box::pin(call.map_ok(node_state))
     }
 
-    fn add_learner<'a>(
+    fn change<'a>(
         &'a self,
         target: &'a Target,
         leader: i32,
-        id: u64,
-        addr: String,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "AddLearner",
-                self.timeouts.add_learner,
-                |mut c| async move {
-                    c.add_learner(pb::AddLearnerRequest { node_id: id, addr })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
-    }
-
-    fn change_membership<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "ChangeMembership",
-                self.timeouts.call,
-                |mut c| async move {
-                    c.change_membership(pb::ChangeMembershipRequest { voters })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
-    }
-
-    fn remove_node<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        id: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "RemoveNode",
-                self.timeouts.call,
-                |mut c| async move { c.remove_node(pb::RemoveNodeRequest { node_id: id }).await },
-            )
-            .await
-            .map(|r| r.message)
-        })
-    }
-
-    fn transfer_leader<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        to: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                leader,
-                "TransferLeader",
-                self.timeouts.call,
-                |mut c| async move {
-                    c.transfer_leader(pb::TransferLeaderRequest { node_id: to })
-                        .await
-                },
-            )
-            .await
-            .map(|r| r.message)
-        })
+        let after = match change {
+            // AddLearner answers once the learner has caught up.
+            Change::AddLearner { .. } => self.timeouts.add_learner,
+            _ => self.timeouts.call,
+        };
+        let call = self.call(target, leader, change.call(), after, |mut c| async move {
+            match change {
+                Change::AddLearner { id, addr } => {
+                    let req = pb::AddLearnerRequest { node_id: id, addr };
+                    c.add_learner(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::ChangeMembership { voters } => {
+                    let req = pb::ChangeMembershipRequest { voters };
+                    c.change_membership(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::RemoveNode { id } => {
+                    let req = pb::RemoveNodeRequest { node_id: id };
+                    c.remove_node(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::TransferLeader { to } => {
+                    let req = pb::TransferLeaderRequest { node_id: to };
+                    c.transfer_leader(req).await.map(|r| r.map(|m| m.message))
+                }
+            }
+        });
+        Box::pin(call)
     }
 
     fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                ordinal,
-                "Undrain",
-                self.timeouts.call,
-                |mut c| async move { c.undrain(pb::UndrainRequest {}).await },
-            )
-            .await
-            .map(|r| {
-                if r.was_draining {
-                    "drain ended".to_string()
-                } else {
-                    "it was not draining".to_string()
-                }
-            })
-        })
+        let after = self.timeouts.call;
+        let call = self.call(target, ordinal, "Undrain", after, |mut c| async move {
+            c.undrain(pb::UndrainRequest {}).await
+        });
+        Box::pin(call.map_ok(|r| {
+            let said = if r.was_draining {
+                "drain ended"
+            } else {
+                "it was not draining"
+            };
+            said.to_string()
+        }))
     }
 
     fn drain<'a>(

@@ -1,11 +1,16 @@
 //! The seam for Raft membership: what the controller asks of the brokers'
 //! `Admin` gRPC service. [`admin::AdminMembership`] is the real one (tonic,
-//! mutual TLS when the cluster has certificates); [`Unmanaged`] leaves
-//! membership alone (nothing observed, scale-downs and rollouts go
-//! straight to the StatefulSet). What to do, step by step, is decided by
-//! [`crate::lifecycle`] from what these calls observe.
+//! mutual TLS when the cluster has certificates); the tests' doubles are
+//! an `Unmanaged` one (feature `test-support`) and a fake Raft group. What
+//! to do, step by step, is decided by [`crate::lifecycle`] from what these
+//! calls observe.
 
 pub mod admin;
+#[cfg(any(test, feature = "test-support"))]
+mod unmanaged;
+
+#[cfg(any(test, feature = "test-support"))]
+pub use unmanaged::Unmanaged;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,6 +122,32 @@ impl MembershipError {
     }
 }
 
+/// A change to the Raft group, made on its leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Node `id`, reached at `addr`, joins as a learner; answered once it
+    /// has caught up.
+    AddLearner { id: u64, addr: String },
+    /// Exactly `voters` are the voters.
+    ChangeMembership { voters: Vec<u64> },
+    /// Node `id` leaves the group.
+    RemoveNode { id: u64 },
+    /// Node `to` becomes the leader.
+    TransferLeader { to: u64 },
+}
+
+impl Change {
+    /// The Admin call that makes it.
+    pub fn call(&self) -> &'static str {
+        match self {
+            Change::AddLearner { .. } => "AddLearner",
+            Change::ChangeMembership { .. } => "ChangeMembership",
+            Change::RemoveNode { .. } => "RemoveNode",
+            Change::TransferLeader { .. } => "TransferLeader",
+        }
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Result<T> = std::result::Result<T, MembershipError>;
 
@@ -124,7 +155,8 @@ pub type Result<T> = std::result::Result<T, MembershipError>;
 /// id = ordinal + 1. Calls that change membership are sent to the leader's
 /// pod (`leader`).
 pub trait Membership: Send + Sync {
-    /// Whether membership is managed at all (false: [`Unmanaged`]).
+    /// Whether membership is managed at all (false: the tests'
+    /// `Unmanaged`).
     fn managed(&self) -> bool {
         true
     }
@@ -135,35 +167,12 @@ pub trait Membership: Send + Sync {
     /// Pod `ordinal`'s own Status.
     fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>>;
 
-    /// Adds node `id` as a learner and waits until it has caught up.
-    fn add_learner<'a>(
+    /// Makes `change` on the leader (pod `leader`); returns what it said.
+    fn change<'a>(
         &'a self,
         target: &'a Target,
         leader: i32,
-        id: u64,
-        addr: String,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    /// Makes exactly `voters` the voters.
-    fn change_membership<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    fn remove_node<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        id: u64,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    fn transfer_leader<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        to: u64,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>>;
 
     /// Hands pod `ordinal`'s clients over; returns (disconnected, remaining).
@@ -184,67 +193,5 @@ pub trait Membership: Send + Sync {
                 pod,
             })
         })
-    }
-}
-
-/// No membership management: nothing observed, scale-downs and rollouts
-/// proceed as the StatefulSet controller does them.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Unmanaged;
-
-fn unmanaged<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
-    Box::pin(async {
-        Err(MembershipError::Rpc {
-            call: "any",
-            pod: String::new(),
-            message: "membership is not managed".into(),
-        })
-    })
-}
-
-impl Membership for Unmanaged {
-    fn managed(&self) -> bool {
-        false
-    }
-    fn peer_addr(&self, target: &Target, ordinal: i32) -> String {
-        format!(
-            "{}:{}",
-            target.names.pod_host(ordinal),
-            crate::render::CLUSTER_PORT
-        )
-    }
-    fn status<'a>(&'a self, _: &'a Target, _: i32) -> BoxFuture<'a, Result<NodeState>> {
-        unmanaged()
-    }
-    fn add_learner<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-        _: String,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn change_membership<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, _: u64) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn transfer_leader<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn drain<'a>(&'a self, _: &'a Target, _: i32, _: String) -> BoxFuture<'a, Result<(u64, u64)>> {
-        unmanaged()
     }
 }

@@ -13,24 +13,45 @@ use super::{
     meta, Names, Observed, RenderError, ACL_DIR, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE,
     CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
 };
-use crate::crd::{AclRule, ListenerKind, MqttClusterSpec};
+use raftmq_shared::config::keys::{self, auth as auth_key, cluster as cluster_key, listener};
+use raftmq_shared::config::DEFAULT_WS_PATH;
 
-/// Top-level keys a user may override, and the keys within them the
-/// operator owns.
-pub const OVERRIDABLE: &[&str] = &["sys_interval", "log", "mqtt", "auth", "http", "cluster"];
-pub const RESERVED: &[&str] = &[
-    "data_dir",
-    "listeners",
-    "auth.password_file",
-    "auth.acl_file",
-    "http.bind",
-    "cluster.bind",
-    "cluster.advertise",
-    "cluster.node_id",
-    "cluster.certfile",
-    "cluster.keyfile",
-    "cluster.cafile",
+use crate::crd::{AclRule, ActiveListener, ListenerKind, MqttClusterSpec};
+
+/// Top-level keys a user may override (`spec.config`).
+pub const OVERRIDABLE: &[&str] = &[
+    keys::SYS_INTERVAL,
+    keys::LOG,
+    keys::MQTT,
+    keys::AUTH,
+    keys::HTTP,
+    keys::CLUSTER,
 ];
+
+/// Top-level keys the operator owns.
+const RESERVED_TOP: &[&str] = &[keys::DATA_DIR, keys::LISTENERS];
+
+/// Keys within a section the operator owns.
+const RESERVED: &[(&str, &str)] = &[
+    (keys::AUTH, auth_key::PASSWORD_FILE),
+    (keys::AUTH, auth_key::ACL_FILE),
+    (keys::HTTP, keys::http::BIND),
+    (keys::CLUSTER, cluster_key::BIND),
+    (keys::CLUSTER, cluster_key::ADVERTISE),
+    (keys::CLUSTER, cluster_key::NODE_ID),
+    (keys::CLUSTER, cluster_key::CERTFILE),
+    (keys::CLUSTER, cluster_key::KEYFILE),
+    (keys::CLUSTER, cluster_key::CAFILE),
+];
+
+/// Whether the operator owns top-level key `section` (`key: None`) or
+/// `section.key`.
+pub fn is_reserved(section: &str, key: Option<&str>) -> bool {
+    match key {
+        None => RESERVED_TOP.contains(&section),
+        Some(key) => RESERVED.contains(&(section, key)),
+    }
+}
 
 pub fn config_path() -> String {
     format!("{CONFIG_DIR}/{CONFIG_FILE}")
@@ -86,96 +107,38 @@ fn s(v: impl Into<String>) -> toml::Value {
 
 /// The broker's TOML.
 pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String, RenderError> {
-    let tls = spec.effective_tls();
     let mut root = toml::Table::new();
-    root.insert("data_dir".into(), s(DATA_DIR));
+    root.insert(keys::DATA_DIR.into(), s(DATA_DIR));
     root.insert(
-        "log".into(),
-        toml::Value::Table(table(vec![("level", s("info")), ("format", s("json"))])),
+        keys::LOG.into(),
+        toml::Value::Table(table(vec![
+            (keys::log::LEVEL, s("info")),
+            (keys::log::FORMAT, s("json")),
+        ])),
     );
 
-    let mut auth = toml::Table::new();
-    if observed.password_file.is_some() {
-        auth.insert(
-            "password_file".into(),
-            s(format!("{USERS_DIR}/{PASSWD_FILE}")),
-        );
-    }
-    if has_acl(spec) {
-        auth.insert("acl_file".into(), s(format!("{ACL_DIR}/{ACL_FILE}")));
-    }
-    if let Some(a) = spec.auth.allow_anonymous {
-        auth.insert("allow_anonymous".into(), toml::Value::Boolean(a));
-    }
-    root.insert("auth".into(), toml::Value::Table(auth));
-
-    let cert = format!("{TLS_DIR}/tls.crt");
-    let key = format!("{TLS_DIR}/tls.key");
-    let ca = format!("{TLS_DIR}/ca.crt");
-    let mut listeners = Vec::new();
-    for l in spec.listeners.active() {
-        let mut t = table(vec![
-            ("name", s(l.kind.as_str())),
-            ("kind", s(l.kind.as_str())),
-            ("bind", s(format!("0.0.0.0:{}", l.port))),
-        ]);
-        if let Some(m) = l.spec.max_connections {
-            t.insert("max_connections".into(), toml::Value::Integer(m));
-        }
-        match l.kind {
-            ListenerKind::Tls | ListenerKind::Wss => {
-                t.insert("certfile".into(), s(&cert));
-                t.insert("keyfile".into(), s(&key));
-                if observed.tls_has_ca {
-                    t.insert("cafile".into(), s(&ca));
-                }
-                if l.spec.require_client_certificate {
-                    t.insert("require_certificate".into(), toml::Value::Boolean(true));
-                }
-                if l.spec.use_identity_as_username {
-                    t.insert(
-                        "use_identity_as_username".into(),
-                        toml::Value::Boolean(true),
-                    );
-                }
-            }
-            ListenerKind::Psk => {
-                if let Some(psk) = &spec.psk {
-                    t.insert("psk_file".into(), s(format!("{PSK_DIR}/{}", psk.key)));
-                    if let Some(h) = &psk.hint {
-                        t.insert("psk_hint".into(), s(h));
-                    }
-                }
-                if l.spec.use_identity_as_username {
-                    t.insert(
-                        "use_identity_as_username".into(),
-                        toml::Value::Boolean(true),
-                    );
-                }
-            }
-            ListenerKind::Tcp | ListenerKind::Ws => {}
-        }
-        if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) {
-            t.insert(
-                "path".into(),
-                s(l.spec.path.clone().unwrap_or_else(|| "/mqtt".into())),
-            );
-        }
-        listeners.push(toml::Value::Table(t));
-    }
-    root.insert("listeners".into(), toml::Value::Array(listeners));
     root.insert(
-        "http".into(),
-        toml::Value::Table(table(vec![("bind", s(format!("0.0.0.0:{HTTP_PORT}")))])),
+        keys::AUTH.into(),
+        toml::Value::Table(auth_table(spec, observed)),
     );
-
-    let mut cluster = table(vec![("bind", s(format!("0.0.0.0:{CLUSTER_PORT}")))]);
-    if tls.as_ref().is_some_and(|t| t.peer_tls) && observed.tls_has_ca {
-        cluster.insert("certfile".into(), s(&cert));
-        cluster.insert("keyfile".into(), s(&key));
-        cluster.insert("cafile".into(), s(&ca));
-    }
-    root.insert("cluster".into(), toml::Value::Table(cluster));
+    let listeners = spec
+        .listeners
+        .active()
+        .iter()
+        .map(|l| toml::Value::Table(listener_table(spec, l, observed)))
+        .collect();
+    root.insert(keys::LISTENERS.into(), toml::Value::Array(listeners));
+    root.insert(
+        keys::HTTP.into(),
+        toml::Value::Table(table(vec![(
+            keys::http::BIND,
+            s(format!("0.0.0.0:{HTTP_PORT}")),
+        )])),
+    );
+    root.insert(
+        keys::CLUSTER.into(),
+        toml::Value::Table(cluster_table(spec, observed)),
+    );
 
     if let Some(over) = &spec.config {
         let over = json_to_toml(&serde_json::Value::Object(over.clone()));
@@ -187,6 +150,127 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
     Ok(format!(
         "# Generated by raftmq-operator from the MqttCluster; edit the MqttCluster instead.\n{body}"
     ))
+}
+
+/// `[auth]`: the password file and ACL the operator mounts.
+fn auth_table(spec: &MqttClusterSpec, observed: &Observed) -> toml::Table {
+    let mut auth = toml::Table::new();
+    if observed.password_file.is_some() {
+        auth.insert(
+            auth_key::PASSWORD_FILE.into(),
+            s(format!("{USERS_DIR}/{PASSWD_FILE}")),
+        );
+    }
+    if has_acl(spec) {
+        auth.insert(
+            auth_key::ACL_FILE.into(),
+            s(format!("{ACL_DIR}/{ACL_FILE}")),
+        );
+    }
+    if let Some(a) = spec.auth.allow_anonymous {
+        auth.insert(auth_key::ALLOW_ANONYMOUS.into(), toml::Value::Boolean(a));
+    }
+    auth
+}
+
+const CERT: &str = "tls.crt";
+const KEY: &str = "tls.key";
+const CA: &str = "ca.crt";
+
+/// One `[[listeners]]` entry, with the certificate or PSK files it needs.
+fn listener_table(spec: &MqttClusterSpec, l: &ActiveListener, observed: &Observed) -> toml::Table {
+    let (cert, key, ca) = tls_files();
+    let mut t = table(vec![
+        (listener::NAME, s(l.kind.as_str())),
+        (listener::KIND, s(l.kind.as_str())),
+        (listener::BIND, s(format!("0.0.0.0:{}", l.port))),
+    ]);
+    if let Some(m) = l.spec.max_connections {
+        t.insert(listener::MAX_CONNECTIONS.into(), toml::Value::Integer(m));
+    }
+    match l.kind {
+        ListenerKind::Tls | ListenerKind::Wss => {
+            t.insert(listener::CERTFILE.into(), s(&cert));
+            t.insert(listener::KEYFILE.into(), s(&key));
+            if observed.tls_has_ca {
+                t.insert(listener::CAFILE.into(), s(&ca));
+            }
+            if l.spec.require_client_certificate {
+                t.insert(
+                    listener::REQUIRE_CERTIFICATE.into(),
+                    toml::Value::Boolean(true),
+                );
+            }
+            if l.spec.use_identity_as_username {
+                t.insert(
+                    listener::USE_IDENTITY_AS_USERNAME.into(),
+                    toml::Value::Boolean(true),
+                );
+            }
+        }
+        ListenerKind::Psk => {
+            if let Some(psk) = &spec.psk {
+                t.insert(
+                    listener::PSK_FILE.into(),
+                    s(format!("{PSK_DIR}/{}", psk.key)),
+                );
+                if let Some(h) = &psk.hint {
+                    t.insert(listener::PSK_HINT.into(), s(h));
+                }
+            }
+            if l.spec.use_identity_as_username {
+                t.insert(
+                    listener::USE_IDENTITY_AS_USERNAME.into(),
+                    toml::Value::Boolean(true),
+                );
+            }
+        }
+        ListenerKind::Tcp | ListenerKind::Ws => {}
+    }
+    if l.kind.is_websocket() {
+        t.insert(
+            listener::PATH.into(),
+            s(l.spec
+                .path
+                .clone()
+                .unwrap_or_else(|| DEFAULT_WS_PATH.into())),
+        );
+    }
+    t
+}
+
+/// `[cluster]`: mutual TLS between the brokers when the cluster has a CA,
+/// else plain text said out loud.
+fn cluster_table(spec: &MqttClusterSpec, observed: &Observed) -> toml::Table {
+    let tls = spec.effective_tls();
+    let (cert, key, ca) = tls_files();
+    let mut cluster = table(vec![(
+        cluster_key::BIND,
+        s(format!("0.0.0.0:{CLUSTER_PORT}")),
+    )]);
+    if tls.as_ref().is_some_and(|t| t.peer_tls) && observed.tls_has_ca {
+        cluster.insert(cluster_key::CERTFILE.into(), s(&cert));
+        cluster.insert(cluster_key::KEYFILE.into(), s(&key));
+        cluster.insert(cluster_key::CAFILE.into(), s(&ca));
+    } else {
+        // Peers reach each other across the pod network: a broker refuses
+        // that in plain text unless told to, and says so (readyz, metric,
+        // a warning every minute).
+        cluster.insert(
+            cluster_key::INSECURE_PLAINTEXT.into(),
+            toml::Value::Boolean(true),
+        );
+    }
+    cluster
+}
+
+/// Where the certificate, key and CA are mounted.
+fn tls_files() -> (String, String, String) {
+    (
+        format!("{TLS_DIR}/{CERT}"),
+        format!("{TLS_DIR}/{KEY}"),
+        format!("{TLS_DIR}/{CA}"),
+    )
 }
 
 fn acl_line(r: &AclRule) -> String {

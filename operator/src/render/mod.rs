@@ -22,7 +22,7 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::crd::{MqttCluster, TlsMode};
+use crate::crd::{MqttCluster, TlsMode, TlsSpec};
 
 /// Field manager name for server-side apply; also the `managed-by` label.
 pub const MANAGER: &str = "raftmq-operator";
@@ -96,6 +96,14 @@ impl Names {
     /// The operator- or cert-manager-managed server certificate Secret.
     pub fn tls_secret(&self) -> String {
         format!("{}-tls", self.cluster)
+    }
+    /// The Secret the brokers' certificate is in: the operator's or
+    /// cert-manager's, or the user's (`None` when it names none).
+    pub fn certificate_secret(&self, tls: &TlsSpec) -> Option<String> {
+        match tls.mode {
+            TlsMode::Operator | TlsMode::CertManager => Some(self.tls_secret()),
+            TlsMode::Secret => tls.secret_name.clone(),
+        }
     }
     pub fn pdb(&self) -> String {
         self.cluster.clone()
@@ -342,13 +350,4 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
         certificate,
         config_checksum,
     })
-}
-
-/// Name of the Secret the broker's certificate is mounted from, if any.
-pub fn certificate_secret_name(names: &Names, cluster: &MqttCluster) -> Option<String> {
-    let tls = cluster.spec.effective_tls()?;
-    match tls.mode {
-        TlsMode::Operator | TlsMode::CertManager => Some(names.tls_secret()),
-        TlsMode::Secret => tls.secret_name.clone(),
-    }
 }

@@ -7,66 +7,17 @@
 //! only hashes anew what changed.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
-use ring::pbkdf2;
+use raftmq_shared::passwd::{entry, hash_with_salt, parse_entry};
 
 use super::{meta, Names, TlsMaterial, PASSWD_FILE};
 
-/// mosquitto_passwd's parameters for `$7$`.
-pub const ITERATIONS: u32 = 101;
-pub const SALT_LEN: usize = 12;
-const HASH_LEN: usize = 64;
-
-/// `$7$101$<b64 salt>$<b64 hash>` (standard base64 with padding).
-pub fn hash_password(password: &str, salt: &[u8; SALT_LEN]) -> String {
-    let mut out = [0u8; HASH_LEN];
-    let iterations = NonZeroU32::new(ITERATIONS).unwrap_or(NonZeroU32::MIN);
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA512,
-        iterations,
-        salt,
-        password.as_bytes(),
-        &mut out,
-    );
-    format!(
-        "$7${ITERATIONS}${}${}",
-        STANDARD.encode(salt),
-        STANDARD.encode(out)
-    )
-}
-
-/// Whether a `$7$` hash matches `password`.
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    let Some(rest) = hash.strip_prefix("$7$") else {
-        return false;
-    };
-    let mut parts = rest.split('$');
-    let (Some(iter), Some(salt), Some(h), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let Some(iterations) = iter.parse::<u32>().ok().and_then(NonZeroU32::new) else {
-        return false;
-    };
-    let (Ok(salt), Ok(h)) = (STANDARD.decode(salt), STANDARD.decode(h)) else {
-        return false;
-    };
-    pbkdf2::verify(
-        pbkdf2::PBKDF2_HMAC_SHA512,
-        iterations,
-        &salt,
-        password.as_bytes(),
-        &h,
-    )
-    .is_ok()
-}
+/// The hash itself is `raftmq_shared::passwd`'s, the one the broker reads;
+/// an existing hash is kept only when it is a `$7$` one of the password.
+pub use raftmq_shared::passwd::{verify_pbkdf2 as verify_password, SALT_LEN};
 
 /// Builds the password file for `users` (username -> password, in the
 /// order given), reusing the hashes of `existing` that still verify, and
@@ -79,18 +30,15 @@ pub fn password_file(
     let old: BTreeMap<&str, &str> = existing
         .unwrap_or("")
         .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(':'))
+        .filter_map(|l| parse_entry(l)?.ok())
         .collect();
     let mut out = String::new();
     for (user, password) in users {
         let hash = match old.get(user.as_str()) {
             Some(h) if verify_password(h, password) => (*h).to_string(),
-            _ => hash_password(password, &salt()),
+            _ => hash_with_salt(password, &salt()),
         };
-        out.push_str(user);
-        out.push(':');
-        out.push_str(&hash);
+        out.push_str(&entry(user, &hash));
         out.push('\n');
     }
     out
@@ -152,26 +100,6 @@ pub fn tls_secret(names: &Names, owner: &OwnerReference, m: &TlsMaterial) -> Sec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_has_mosquitto_shape_and_verifies() {
-        let h = hash_password("s3cret", &[7u8; SALT_LEN]);
-        let parts: Vec<&str> = h.split('$').collect();
-        assert_eq!(parts[..3], ["", "7", "101"]);
-        assert_eq!(STANDARD.decode(parts[3]).map(|v| v.len()).ok(), Some(12));
-        assert_eq!(STANDARD.decode(parts[4]).map(|v| v.len()).ok(), Some(64));
-        assert!(verify_password(&h, "s3cret"));
-        assert!(!verify_password(&h, "other"));
-    }
-
-    #[test]
-    fn known_vector_matches_mosquitto_passwd() {
-        // Produced by mosquitto_passwd 2.0 semantics: PBKDF2-HMAC-SHA512,
-        // 101 iterations, 12-byte salt, 64-byte hash, standard base64.
-        let h = hash_password("password", b"0123456789ab");
-        assert!(h.starts_with("$7$101$MDEyMzQ1Njc4OWFi$"), "{h}");
-        assert!(verify_password(&h, "password"));
-    }
 
     #[test]
     fn existing_hashes_are_kept_changed_ones_rehashed() {

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{meta, selector_labels, Names, CLUSTER_PORT, HTTP_PORT};
-use crate::crd::{MqttClusterSpec, ServiceType};
+use crate::crd::{ListenerKindExt, MqttClusterSpec, ServiceType};
 
 /// Label telling the two Services apart (the ServiceMonitor selects on it).
 pub const SERVICE_ROLE: &str = "raftmq.io/service";

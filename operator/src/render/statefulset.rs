@@ -25,7 +25,7 @@ use super::{
     common_labels, meta, selector_labels, Names, Observed, ACL_DIR, CLUSTER_PORT, CONFIG_CHECKSUM,
     CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PSK_DIR, TLS_DIR, USERS_DIR,
 };
-use crate::crd::{MqttClusterSpec, TlsMode};
+use crate::crd::{ListenerKindExt, MqttClusterSpec};
 
 /// UID/GID the broker runs as.
 pub const RUN_AS: i64 = 65532;
@@ -94,11 +94,7 @@ pub fn mounts(
         });
     }
     if let Some(tls) = spec.effective_tls() {
-        let secret = match tls.mode {
-            TlsMode::Operator | TlsMode::CertManager => Some(names.tls_secret()),
-            TlsMode::Secret => tls.secret_name.clone(),
-        };
-        if let Some(secret) = secret {
+        if let Some(secret) = names.certificate_secret(&tls) {
             v.push(Mount {
                 volume: secret_volume("tls", secret, None),
                 path: TLS_DIR,

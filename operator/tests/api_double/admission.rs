@@ -193,7 +193,7 @@ fn pvc_resize(st: &State, key: &Key, old: &Value, new: &Value) -> Result<(), Ref
     if key.resource != "persistentvolumeclaims" || storage(old) == storage(new) {
         return Ok(());
     }
-    let q = |v: &Value| storage(v).and_then(raftmq_operator::reconcile::quantity);
+    let q = |v: &Value| storage(v).and_then(raftmq_operator::controller::quantity);
     if old["status"]["phase"] != "Bound" {
         return Err((422, "Invalid", format!(
             "PersistentVolumeClaim \"{}\" is invalid: spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use kube::runtime::controller::Action;
+use raftmq_operator::controller::{reconcile, Context, Error, LifecycleSettings};
 use raftmq_operator::crd::MqttCluster;
 use raftmq_operator::membership::{Membership, Unmanaged};
-use raftmq_operator::reconcile::{reconcile, Context, Error, LifecycleSettings};
 use raftmq_operator::render::CONFIG_CHECKSUM;
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};

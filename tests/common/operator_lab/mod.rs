@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftmq_operator::controller::{self, Context, LifecycleSettings};
 use raftmq_operator::membership::admin::{AdminMembership, Resolver, Timeouts};
 use raftmq_operator::membership::{ClientTls, Membership, Target};
-use raftmq_operator::reconcile::{self, Context, LifecycleSettings};
 use raftmq_operator::render::Names;
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
@@ -100,9 +100,13 @@ impl Lab {
             unready_after: Duration::from_secs(60),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(reconcile::run(Arc::new(ctx), Some(NS.into()), async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(controller::run(
+            Arc::new(ctx),
+            Some(NS.into()),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         api.create(
             CR.0,
             CR.1,

@@ -13,10 +13,10 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use time::OffsetDateTime;
 
+use crate::controller::{LifecycleSettings, TEMPLATE_HASH};
 use crate::crd::MqttCluster;
 use crate::lifecycle::{Facts, PodFacts};
 use crate::membership::{Membership, NodeState, Target};
-use crate::reconcile::{LifecycleSettings, TEMPLATE_HASH};
 use crate::render::{self, Names};
 
 /// The label the StatefulSet controller puts on each pod: the revision of
