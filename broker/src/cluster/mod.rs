@@ -376,6 +376,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether this node leads the cluster, kept up to date (bridges run
+    /// on the leader: see `bridge/`). Follows the current Raft core, also
+    /// after the supervisor replaced it.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let raft = self.raft.clone();
+        let me = self.node_id;
+        tokio::spawn(async move {
+            loop {
+                let leads = {
+                    let m = raft.get().metrics().borrow().clone();
+                    m.current_leader == Some(me) && m.running_state.is_ok()
+                };
+                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        rx
+    }
+
     /// Before this node stops: if it leads, hands leadership to the voter
     /// that holds most of its log, so the group does not sit out an
     /// election timeout. Gives up (the group then elects as usual) when the

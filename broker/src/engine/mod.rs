@@ -100,6 +100,8 @@ pub struct Broker {
     pub(crate) cluster: ClusterLink,
     /// Whether this node should take traffic.
     pub health: Health,
+    /// The configured bridges' status (`bridge/`).
+    pub bridges: crate::bridge::Bridges,
 }
 
 /// The indexes this node serves its clients from.
@@ -184,6 +186,8 @@ impl Broker {
     ) -> Arc<Broker> {
         let m = &config.mqtt;
         let memory = MemoryBudget::new(m.max_memory);
+        let stats = Stats::default();
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &stats.registry);
         let session_limits = SessionLimits {
             max_inflight: m.max_inflight_messages,
             max_queued_messages: m.max_queued_messages,
@@ -201,7 +205,8 @@ impl Broker {
             node_id,
             config,
             auth,
-            stats: Stats::default(),
+            stats,
+            bridges,
             memory,
             local: Local {
                 sessions: Mutex::new(HashMap::new()),
