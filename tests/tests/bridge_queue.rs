@@ -1,13 +1,18 @@
-//! A bridge's outgoing queue while the remote is away: what fits in
-//! `max_queued_messages` arrives once it is back, the rest is dropped and
-//! counted.
+//! A bridge's outgoing queue across a remote outage: mosquitto out of
+//! reach for 10 s (a relay in between is cut; its subscriber stays
+//! connected) while 5,000 QoS 1 messages are published here: all arrive
+//! once it is back, and `$SYS/broker/connection/<name>/state` goes 1 -> 0
+//! -> 1. With a smaller `max_queued_messages`, what does not fit is
+//! dropped and counted.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use raftmq::codec::{Protocol, QoS};
-use raftmq_e2e::bridge::{bridge_metric, bridge_toml, wait_connected, Listener, Mosquitto, Sub};
+use raftmq_e2e::bridge::{
+    bridge_metric, bridge_toml, wait_connected, Listener, Mosquitto, Relay, Sub,
+};
 use raftmq_e2e::load::publish_acked;
 use raftmq_e2e::{Broker, BrokerConfig};
 
@@ -42,6 +47,93 @@ fn publish_n(b: &Broker, n: u32) -> BTreeSet<u32> {
         &AtomicUsize::new(0),
         &AtomicUsize::new(0),
     )
+}
+
+#[test]
+fn remote_down_10s_while_5000_qos1_published_all_arrive() {
+    let m = Mosquitto::start(Listener::Plain, false);
+    let relay = Relay::start(m.addr());
+    let b = Broker::start(BrokerConfig::new().raw(&bridge_toml(
+        "central",
+        relay.addr(),
+        "3.1.1",
+        &["d/# out 1"],
+        "max_queued_messages = 10000\n",
+    )));
+    assert!(wait_connected(&b, "central", T));
+    let mut state = Sub::new(
+        b.tcp_addr(),
+        Protocol::V5,
+        "state-watch",
+        true,
+        "$SYS/broker/connection/central/state",
+        QoS::AtLeastOnce,
+    );
+    let first = state.take(1, T);
+    assert_eq!(
+        first.first().map(|p| &p.payload[..]),
+        Some(&b"1"[..]),
+        "state 1 first"
+    );
+    // Connected to mosquitto itself throughout.
+    let mut sub = Sub::new(
+        m.addr(),
+        Protocol::V311,
+        "central-sub",
+        true,
+        "d/#",
+        QoS::AtLeastOnce,
+    );
+
+    relay.cut();
+    let down_at = Instant::now();
+    let zero = state.take(1, T);
+    assert_eq!(
+        zero.first().map(|p| &p.payload[..]),
+        Some(&b"0"[..]),
+        "state 0 when the remote is gone"
+    );
+    let acked = publish_n(&b, 5000);
+    assert_eq!(acked.len(), 5000, "every publish acknowledged here");
+    let queued = bridge_metric(&b, "raftmq_bridge_queued_messages{bridge=\"central\"}");
+    assert_eq!(
+        queued,
+        Some(5000.0),
+        "all 5,000 wait in the bridge's session"
+    );
+    let left = Duration::from_secs(10).saturating_sub(down_at.elapsed());
+    std::thread::sleep(left);
+    relay.restore();
+    let back = state.take(1, T);
+    assert_eq!(
+        back.first().map(|p| &p.payload[..]),
+        Some(&b"1"[..]),
+        "state 1 once back"
+    );
+
+    let started = Instant::now();
+    let (ids, copies) = receive_ids(&mut sub, 5000, Duration::from_secs(120));
+    let missing: Vec<u32> = acked.difference(&ids).copied().take(10).collect();
+    eprintln!(
+        "outage: {} of 5000 arrived ({} copies, {} duplicates) in {:?} after the remote came back",
+        ids.len(),
+        copies,
+        copies - ids.len(),
+        started.elapsed()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} (first: {missing:?})",
+        5000 - ids.len()
+    );
+    assert!(
+        crate_dropped(&b) == 0.0,
+        "nothing dropped below max_queued_messages"
+    );
+}
+
+fn crate_dropped(b: &Broker) -> f64 {
+    bridge_metric(b, "raftmq_bridge_dropped_messages{bridge=\"").unwrap_or(0.0)
 }
 
 #[test]

@@ -112,8 +112,10 @@ impl Runner {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        self.status.set_running_here(true);
-        tracing::info!(bridge = %self.config().name, "this node runs the bridge");
+        if !self.status.is_running_here() {
+            self.status.set_running_here(true);
+            tracing::info!(bridge = %self.config().name, "this node runs the bridge");
+        }
     }
 
     /// mosquitto's `restart_timeout base cap`: doubling from base, capped,
