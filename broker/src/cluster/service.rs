@@ -154,9 +154,13 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn read_index(
         &self,
-        _: Request<pb::Empty>,
+        req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = leader_read_index(&self.raft.get()).await?;
+        let raft = self.raft.get();
+        let index = match req.into_inner().lease {
+            true => leader_index(&raft).await?,
+            false => leader_read_index(&raft).await?,
+        };
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
@@ -234,9 +238,36 @@ async fn leader_read_index(raft: &Raft) -> Result<u64, Status> {
         .map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
+/// On the leader, while its lease holds: its committed index, without a
+/// round of heartbeats (which also logs an error for every member that is
+/// down). The lease: it heard from a quorum within the minimum election
+/// timeout (followers honour a leader for the maximum one, so no other
+/// leader can have been elected since) and has committed an entry of its
+/// own term (so everything committed before it led is below). Every write
+/// committed before the call is then at or below the answer. Otherwise the
+/// read index confirmed with heartbeats.
+async fn leader_index(raft: &Raft) -> Result<u64, Status> {
+    let state = raft
+        .with_raft_state(|st| {
+            let leading = st.server_state == ServerState::Leader;
+            let term = st.vote_ref().leader_id().term;
+            st.committed
+                .filter(|c| leading && c.leader_id.term == term)
+                .map(|c| c.index)
+        })
+        .await;
+    let lease_ms = raft.config().election_timeout_min;
+    let acked = raft.metrics().borrow().millis_since_quorum_ack;
+    match (state, acked) {
+        (Ok(Some(index)), Some(ms)) if ms < lease_ms => Ok(index),
+        _ => leader_read_index(raft).await,
+    }
+}
+
 /// The leader's read index: every write committed before the call is at or
-/// below it (asked over gRPC from a follower).
-pub async fn read_index(raft: &Raft, net: &Network) -> Result<u64, Status> {
+/// below it (asked over gRPC from a follower). `lease`: the leader may
+/// answer from its lease (see [`leader_index`]).
+pub async fn read_index(raft: &Raft, net: &Network, lease: bool) -> Result<u64, Status> {
     let (leader, addr) = {
         let m = raft.metrics();
         let m = m.borrow();
@@ -247,20 +278,24 @@ pub async fn read_index(raft: &Raft, net: &Network) -> Result<u64, Status> {
         (m.current_leader == Some(m.id), addr)
     };
     if leader {
-        return leader_read_index(raft).await;
+        return match lease {
+            true => leader_index(raft).await,
+            false => leader_read_index(raft).await,
+        };
     }
     let addr = addr.ok_or_else(|| Status::unavailable("no leader known"))?;
     let mut client = net
         .raft_client(&addr)
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    Ok(client.read_index(pb::Empty {}).await?.into_inner().index)
+    let req = pb::ReadIndexRequest { lease };
+    Ok(client.read_index(req).await?.into_inner().index)
 }
 
 /// Waits until this node's state reflects every write committed before the
 /// call: the leader's read index (asked over gRPC from a follower), then
 /// this node's apply up to it.
 pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
-    let index = read_index(raft, net).await?;
+    let index = read_index(raft, net, false).await?;
     raft.wait(Some(Duration::from_secs(10)))
         .applied_index_at_least(Some(index), "read index")
         .await
