@@ -38,6 +38,7 @@
 //!
 //! Leaves, each held alone and never while calling out: `cluster.view`,
 //! `cluster.claims`, `cluster.unapplied_claims`, `cluster.down_nodes`,
+//! `cluster.followed` (a watch channel, locked only inside its own calls),
 //! `health.drain`, `health.raft_summary`, and the auth policy's lock (a
 //! clone of the policy is taken and the lock let go). The seam's batch
 //! queue and the forwarder's peer queues are taken under 1-5 (a publish
