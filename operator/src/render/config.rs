@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{
     meta, Names, Observed, RenderError, ACL_DIR, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE,
-    CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
+    CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PEER_DIR, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use raftmq_shared::config::keys::{self, auth as auth_key, cluster as cluster_key, listener};
 use raftmq_shared::config::DEFAULT_WS_PATH;
@@ -107,7 +107,6 @@ fn s(v: impl Into<String>) -> toml::Value {
 
 /// The broker's TOML.
 pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String, RenderError> {
-    let tls = spec.effective_tls();
     let mut root = toml::Table::new();
     root.insert(keys::DATA_DIR.into(), s(DATA_DIR));
     root.insert(
@@ -212,19 +211,18 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
         cluster_key::BIND,
         s(format!("0.0.0.0:{CLUSTER_PORT}")),
     )]);
-    if tls.as_ref().is_some_and(|t| t.peer_tls) && observed.tls_has_ca {
-        cluster.insert(cluster_key::CERTFILE.into(), s(&cert));
-        cluster.insert(cluster_key::KEYFILE.into(), s(&key));
-        cluster.insert(cluster_key::CAFILE.into(), s(&ca));
-    } else {
-        // Peers reach each other across the pod network: a broker refuses
-        // that in plain text unless told to, and says so (readyz, metric,
-        // a warning every minute).
-        cluster.insert(
-            cluster_key::INSECURE_PLAINTEXT.into(),
-            toml::Value::Boolean(true),
-        );
-    }
+    // The cluster port is mutual TLS for every cluster, whatever its
+    // listeners: each broker presents its own node certificate (the
+    // operator issues one per node id, all in one mounted Secret).
+    cluster.insert(
+        cluster_key::CERTFILE.into(),
+        s(format!("{PEER_DIR}/node-{{node_id}}.crt")),
+    );
+    cluster.insert(
+        cluster_key::KEYFILE.into(),
+        s(format!("{PEER_DIR}/node-{{node_id}}.key")),
+    );
+    cluster.insert(cluster_key::CAFILE.into(), s(format!("{PEER_DIR}/ca.crt")));
     root.insert(keys::CLUSTER.into(), toml::Value::Table(cluster));
 
     if let Some(over) = &spec.config {
