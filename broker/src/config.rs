@@ -769,6 +769,7 @@ mod tests {
                 (cluster::KEYFILE, "/tls/tls.key".into()),
                 (cluster::CAFILE, "/tls/ca.crt".into()),
                 (cluster::INSECURE_PLAINTEXT, false.into()),
+                (cluster::INSECURE_PLAINTEXT, false.into()),
             ]),
         );
         let text = toml::to_string(&root).unwrap();

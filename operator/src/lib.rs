@@ -1,6 +1,14 @@
 //! The raftmq Kubernetes operator: the `MqttCluster` CRD, a pure renderer
 //! from a cluster (and what was observed about it) to Kubernetes objects,
 //! and the controller that applies them and reports status.
+//!
+//! One reconcile, in order: [`controller`] observes (`controller/observe*`:
+//! Secrets, certificates through [`certs`], pods, each broker's Status
+//! through [`membership`]) and checks the spec ([`validate`]); decides
+//! (`controller/decide.rs` with [`render`]; [`lifecycle`] plans the next
+//! Raft membership step, a file per phase); acts (`controller/drive.rs`
+//! takes the step, `controller/apply.rs` applies and prunes); and reports
+//! (`controller/events.rs`, `controller/report.rs` with [`status`]).
 
 pub mod certs;
 pub mod controller;

@@ -173,52 +173,63 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// `/metrics`, `/healthz` and `/readyz` (ready once the API server was
+/// reached), until `stop`.
+async fn serve_http(
+    addr: SocketAddr,
+    m: Metrics,
+    ready: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = *ready.borrow();
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not connected yet",
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+    }))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
 
-    // /metrics, /healthz, /readyz.
-    let app = {
-        let m = metrics.clone();
-        let ready = ready_rx.clone();
-        axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let m = m.clone();
-                    async move { m.render() }
-                }),
-            )
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let ready = *ready.borrow();
-                    async move {
-                        if ready {
-                            (axum::http::StatusCode::OK, "ready")
-                        } else {
-                            (
-                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                                "not connected yet",
-                            )
-                        }
-                    }
-                }),
-            )
-    };
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await;
-    });
+    let http = serve_http(
+        args.metrics_addr,
+        metrics.clone(),
+        ready_rx,
+        stop_rx.clone(),
+    )
+    .await?;
 
     tokio::spawn(async move {
         shutdown_signal().await;

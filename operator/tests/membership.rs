@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use raftmq_operator::controller::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
 use raftmq_operator::crd::MqttCluster;
 use raftmq_operator::membership::{
-    BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target,
+    BoxFuture, Change, Member, Membership, MembershipError, NodeState, Result, Target,
 };
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
@@ -97,59 +97,49 @@ impl Membership for Fake {
             members,
         }))
     }
-    fn add_learner<'a>(
+    fn change<'a>(
         &'a self,
         _: &'a Target,
         leader: i32,
-        id: u64,
-        addr: String,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>> {
         let mut g = self.g();
-        g.calls
-            .push(format!("add_learner {id} {addr} via {}", leader + 1));
-        if g.fail_add {
-            return ready(Err(MembershipError::Timeout {
-                call: "AddLearner",
-                pod: format!("demo-{leader}"),
-                after: Duration::from_secs(120),
-            }));
+        match change {
+            Change::AddLearner { id, addr } => {
+                g.calls
+                    .push(format!("add_learner {id} {addr} via {}", leader + 1));
+                if g.fail_add {
+                    return ready(Err(MembershipError::Timeout {
+                        call: "AddLearner",
+                        pod: format!("demo-{leader}"),
+                        after: Duration::from_secs(120),
+                    }));
+                }
+                g.learners.insert(id);
+                g.empty.remove(&id);
+                ready(Ok("added".into()))
+            }
+            Change::ChangeMembership { voters } => {
+                g.calls.push(format!("change_membership {voters:?}"));
+                for v in &voters {
+                    g.learners.remove(v);
+                }
+                g.voters = voters.into_iter().collect();
+                ready(Ok("changed".into()))
+            }
+            Change::RemoveNode { id } => {
+                g.calls.push(format!("remove_node {id}"));
+                g.voters.remove(&id);
+                g.learners.remove(&id);
+                ready(Ok("removed".into()))
+            }
+            Change::TransferLeader { to } => {
+                g.calls
+                    .push(format!("transfer_leader {} -> {to}", leader + 1));
+                g.leader = to;
+                ready(Ok("transferred".into()))
+            }
         }
-        g.learners.insert(id);
-        g.empty.remove(&id);
-        ready(Ok("added".into()))
-    }
-    fn change_membership<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls.push(format!("change_membership {voters:?}"));
-        for v in &voters {
-            g.learners.remove(v);
-        }
-        g.voters = voters.into_iter().collect();
-        ready(Ok("changed".into()))
-    }
-    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, id: u64) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls.push(format!("remove_node {id}"));
-        g.voters.remove(&id);
-        g.learners.remove(&id);
-        ready(Ok("removed".into()))
-    }
-    fn transfer_leader<'a>(
-        &'a self,
-        _: &'a Target,
-        leader: i32,
-        to: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls
-            .push(format!("transfer_leader {} -> {to}", leader + 1));
-        g.leader = to;
-        ready(Ok("transferred".into()))
     }
     fn drain<'a>(
         &'a self,

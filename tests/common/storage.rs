@@ -52,6 +52,39 @@ pub fn segments(data_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The committed index a node saved beside its log (`committed.meta`, a
+/// protobuf `LogId`: term 1, node_id 2, index 3, all varints).
+pub fn saved_committed(data_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join("raft/log/committed.meta")).ok()?;
+    let mut at = 0;
+    let mut varint = || {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(at)?;
+            at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut index = None;
+    while let Some(key) = varint() {
+        let value = varint()?;
+        if key == 3 << 3 {
+            index = Some(value);
+        }
+    }
+    index
+}
+
+/// The index of the last record in a node's log.
+pub fn last_index(data_dir: &Path) -> Option<u64> {
+    let last = segments(data_dir).pop()?;
+    records(&std::fs::read(last).ok()?).last().map(|r| r.index)
+}
+
 /// Regions of `snapshot.bin`: header (magic, meta length), meta, the meta's
 /// checksum, the state's header, the state, the state's checksum.
 pub fn snapshot_regions(file: &[u8]) -> Vec<(&'static str, std::ops::Range<usize>)> {

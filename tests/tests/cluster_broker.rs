@@ -285,6 +285,44 @@ fn a_session_follows_its_client_to_another_node() {
 
 /// Reads PUBACKs and PUBRECs until `n` have come: (packet id, QoS it
 /// answers, reason code), in arrival order.
+/// A publish acknowledged after a persistent subscription's SUBACK reaches
+/// that session, whichever nodes they are on. The publisher's node learns
+/// of the subscription's commit a round trip after the subscriber's node
+/// does, so the publish may be matched before it knows the session: its
+/// answer must then wait until it does, and owe the session its copy. The
+/// publisher connected before any subscription, so that no commit of its
+/// own (its CONNECT's claim) orders it after them.
+#[test]
+fn a_publish_acknowledged_after_a_persistent_suback_on_another_node_reaches_it() {
+    let nodes = cluster::start(3, "");
+    let mut p = publisher(&nodes[1], "racer");
+    let tries: u16 = 30;
+    let mut missed = Vec::new();
+    for i in 0..tries {
+        let topic = format!("race/{i}");
+        let (mut s, ack) = RawClient::open(
+            nodes[2].tcp_addr(),
+            persistent(&format!("durable-{i}"), true),
+        );
+        assert_eq!(ack.code, 0);
+        assert_eq!(s.subscribe(1, &topic, QoS::AtLeastOnce), vec![1]);
+        // At once, on another node.
+        let code = p.publish_qos1(&topic, &i.to_be_bytes(), false, 1 + i);
+        assert!(code < 0x80, "try {i}: PUBACK {code:#x}");
+        match s.next_publish(Duration::from_secs(5)) {
+            Some(m) => {
+                assert_eq!(&m.payload[..], &i.to_be_bytes()[..]);
+                s.ack(&m);
+            }
+            None => missed.push((i, code)),
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "acknowledged after the SUBACK, never delivered ((try, PUBACK code) of {tries}): {missed:?}"
+    );
+}
+
 fn read_acks(c: &mut RawClient, n: usize) -> Vec<(u16, QoS, u8)> {
     let mut acks = Vec::with_capacity(n);
     while acks.len() < n {

@@ -349,6 +349,7 @@ impl Cluster {
                     match a {
                         Applied::Batch { index, events } => broker.on_committed(index, events),
                         Applied::Reset(state) => broker.restore(*state, false),
+                        Applied::Upto(index) => broker.followed_to(index),
                     }
                 }
             });

@@ -10,6 +10,10 @@
 //! Writers are told "unavailable" only when no commit comes within the
 //! commit deadline (`ClusterConfig::commit_deadline`), which outlasts an
 //! election: an answer that means "outcome unknown", never "not done".
+//!
+//! Read indexes (what a publish's answer waits for, see
+//! `engine/settle.rs`) are grouped the same way: one request to the leader
+//! at a time, answering every caller that asked before it was sent.
 
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use super::network::Network;
 use super::state_machine::StateMachine;
 use super::supervisor::RaftHandle;
 use super::types::{Batch, Raft, WriteGate};
-use crate::state::{Command, ReplicatedState, StateError, StateSeam, Ticket};
+use crate::state::{Command, ReadIndex, ReplicatedState, StateError, StateSeam, Ticket};
 
 /// Upper bounds of one group commit.
 const MAX_BATCH_COMMANDS: usize = 4096;
@@ -33,8 +37,17 @@ struct Pending {
     done: oneshot::Sender<Result<(), StateError>>,
 }
 
+/// One try at the leader's read index: it takes a round trip or two, so
+/// a leader that does not answer in this long is asked again (it may have
+/// been replaced meanwhile).
+const READ_ATTEMPT: Duration = Duration::from_secs(1);
+
+type ReadWaiter = oneshot::Sender<Result<u64, StateError>>;
+
 pub struct RaftSeam {
     queue: mpsc::UnboundedSender<Pending>,
+    reads: mpsc::UnboundedSender<ReadWaiter>,
+    raft: RaftHandle,
     machine: StateMachine,
 }
 
@@ -51,15 +64,62 @@ impl RaftSeam {
         deadline: Duration,
     ) -> RaftSeam {
         let (queue, rx) = mpsc::unbounded_channel();
+        let (reads, read_rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_indexes(raft.clone(), net.clone(), deadline, read_rx));
         let w = Writer {
-            raft,
+            raft: raft.clone(),
             node_id,
             net,
             gate,
             deadline,
         };
         tokio::spawn(w.run(rx));
-        RaftSeam { queue, machine }
+        RaftSeam {
+            queue,
+            reads,
+            raft,
+            machine,
+        }
+    }
+}
+
+/// Answers read-index requests: everyone queued when a request is sent
+/// shares its answer; who asks meanwhile waits for the next one (whose
+/// request is sent after they asked, as a read index must be).
+async fn read_indexes(
+    raft: RaftHandle,
+    net: Network,
+    deadline: Duration,
+    mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            group.push(w);
+        }
+        let index = match tokio::time::timeout(deadline, read_index(&raft, &net)).await {
+            Ok(i) => Ok(i),
+            Err(_) => Err(StateError::Unavailable(
+                "no read index within the commit deadline".into(),
+            )),
+        };
+        for w in group {
+            let _ = w.send(index.clone());
+        }
+    }
+}
+
+/// The leader's read index, asked again (of whoever leads by then) until
+/// one answers.
+async fn read_index(raft: &RaftHandle, net: &Network) -> u64 {
+    loop {
+        let core = raft.get();
+        match tokio::time::timeout(READ_ATTEMPT, super::service::read_index(&core, net)).await {
+            Ok(Ok(index)) => return index,
+            Ok(Err(e)) => tracing::debug!("read index: {}; asking again", e.message()),
+            Err(_) => tracing::debug!("read index: no answer; asking again"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -81,6 +141,24 @@ impl StateSeam for RaftSeam {
 
     fn follows_log(&self) -> bool {
         true
+    }
+
+    fn read_index(&self) -> Option<ReadIndex> {
+        let alone = {
+            let raft = self.raft.get();
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().nodes().count() < 2
+        };
+        if alone {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = self.reads.send(tx);
+        Some(Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StateError::Unavailable("cluster stopped".into())))
+        }))
     }
 }
 

@@ -253,23 +253,33 @@ async fn leader_read_index(raft: &Raft) -> Result<u64, Status> {
         .map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
+/// The leader's read index: every write committed before the call is at or
+/// below it (asked over gRPC from a follower).
+pub async fn read_index(raft: &Raft, net: &Network) -> Result<u64, Status> {
+    let (leader, addr) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l))
+            .map(|n| n.addr.clone());
+        (m.current_leader == Some(m.id), addr)
+    };
+    if leader {
+        return leader_read_index(raft).await;
+    }
+    let addr = addr.ok_or_else(|| Status::unavailable("no leader known"))?;
+    let mut client = net
+        .raft_client(&addr)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(client.read_index(pb::Empty {}).await?.into_inner().index)
+}
+
 /// Waits until this node's state reflects every write committed before the
 /// call: the leader's read index (asked over gRPC from a follower), then
 /// this node's apply up to it.
 pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
-    let m = raft.metrics().borrow().clone();
-    let index = if m.current_leader == Some(m.id) {
-        leader_read_index(raft).await?
-    } else {
-        let leader = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-            .ok_or_else(|| Status::unavailable("no leader known"))?;
-        let mut client = net
-            .raft_client(&leader.addr)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        client.read_index(pb::Empty {}).await?.into_inner().index
-    };
+    let index = read_index(raft, net).await?;
     raft.wait(Some(Duration::from_secs(10)))
         .applied_index_at_least(Some(index), "read index")
         .await

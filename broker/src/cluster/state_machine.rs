@@ -34,6 +34,9 @@ pub enum Applied {
     Batch { index: u64, events: Vec<Committed> },
     /// A snapshot from the leader replaced the whole state.
     Reset(Box<ReplicatedState>),
+    /// Every entry up to this index is applied (and what it did sent): a
+    /// publish waiting for the engine to be this far goes on.
+    Upto(u64),
 }
 
 /// Whether the engine needs the message `c` carries, which took effect:
@@ -431,6 +434,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             out.push(());
+        }
+        if let Some(last) = inner.last_applied {
+            let _ = self.applied.send(Applied::Upto(last.index));
         }
         drop(inner);
         self.stats

@@ -62,6 +62,11 @@ impl Broker {
         self.cluster
             .restored_index
             .store(state.applied_index, Ordering::Release);
+        // The view was replaced whole: matched before, a publish re-checks.
+        self.cluster
+            .persistent_changed
+            .fetch_max(state.applied_index, Ordering::AcqRel);
+        self.followed_to(state.applied_index);
         if at_start {
             self.submit(vec![Command::NodeStarted {
                 node: self.node_id,
@@ -165,6 +170,11 @@ impl Broker {
                     self.follow_message(origin, &command, &enqueued)
                 }
                 Committed::Changed(change) => {
+                    if matches!(change, Change::Subscribed { .. } | Change::Owner { .. }) {
+                        self.cluster
+                            .persistent_changed
+                            .fetch_max(index, Ordering::AcqRel);
+                    }
                     self.follow_change(&change);
                     view_changed = true;
                 }

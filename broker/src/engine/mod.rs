@@ -8,6 +8,7 @@
 //! | `ownership.rs` | claiming a client id through the log; who owns it |
 //! | `subscriptions.rs` | the topic tree and the routes it announces |
 //! | `publish.rs` | a publish matched and handed to each session, owed copies recorded, the rest forwarded |
+//! | `settle.rs` | a QoS 1/2 answer waits until the view it was matched against held every earlier subscription |
 //! | `retain.rs` | retained messages stored and routed as one step, streamed to new subscriptions |
 //! | `remote.rs` | what this node knows of the other nodes (routes, remote persistent sessions, wills) |
 //! | `follow.rs` | the replicated state restored, and the committed log followed |
@@ -50,6 +51,7 @@ mod publish;
 mod remote;
 mod retain;
 mod sessions;
+mod settle;
 mod subscriptions;
 mod timers;
 mod wills;
@@ -65,11 +67,11 @@ pub use subscriptions::Subscriptions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::Auth;
 use crate::codec::ByteStr;
@@ -109,6 +111,8 @@ pub(crate) struct Local {
 
 /// The replicated log and the other nodes, as the engine sees them.
 pub(crate) struct ClusterLink {
+    /// This broker, for what a publisher's answer does later (`settle.rs`).
+    me: Weak<Broker>,
     pub(crate) seam: Arc<dyn StateSeam>,
     /// Sends publishes to other nodes (set when the cluster starts).
     pub(crate) forwarder: OnceLock<Arc<dyn Forward>>,
@@ -136,6 +140,12 @@ pub(crate) struct ClusterLink {
     /// The log index the indexes were last rebuilt at; committed events at
     /// or below it are already in.
     restored_index: AtomicU64,
+    /// The log index the engine has followed to: the view holds every
+    /// entry up to it.
+    followed: watch::Sender<u64>,
+    /// The index of the last change followed that may owe a publish's copy
+    /// to another persistent session (a subscription, a new owner).
+    persistent_changed: AtomicU64,
     /// Nodes the leader's liveness probe finds unreachable.
     down_nodes: Mutex<HashSet<u64>>,
 }
@@ -173,18 +183,20 @@ impl Broker {
     ) -> Arc<Broker> {
         let m = &config.mqtt;
         let memory = MemoryBudget::new(m.max_memory);
-        Arc::new(Broker {
-            session_limits: SessionLimits {
-                max_inflight: m.max_inflight_messages,
-                max_queued_messages: m.max_queued_messages,
-                max_queued_bytes: m.max_queued_bytes,
-                overflow: m.queue_overflow,
-                queue_qos0: m.queue_qos0_messages,
-            },
-            topic_limits: TopicLimits {
-                max_levels: m.max_topic_levels,
-                max_length: m.max_topic_length,
-            },
+        let session_limits = SessionLimits {
+            max_inflight: m.max_inflight_messages,
+            max_queued_messages: m.max_queued_messages,
+            max_queued_bytes: m.max_queued_bytes,
+            overflow: m.queue_overflow,
+            queue_qos0: m.queue_qos0_messages,
+        };
+        let topic_limits = TopicLimits {
+            max_levels: m.max_topic_levels,
+            max_length: m.max_topic_length,
+        };
+        Arc::new_cyclic(|me| Broker {
+            session_limits,
+            topic_limits,
             node_id,
             config,
             auth,
@@ -197,6 +209,7 @@ impl Broker {
                 next_conn_id: AtomicU64::new(1),
             },
             cluster: ClusterLink {
+                me: me.clone(),
                 seam,
                 forwarder: OnceLock::new(),
                 view: RwLock::new(ClusterView::new(node_id)),
@@ -206,6 +219,8 @@ impl Broker {
                 unapplied_claims: Mutex::new(HashMap::new()),
                 local_routes: Mutex::new(HashMap::new()),
                 restored_index: AtomicU64::new(0),
+                followed: watch::Sender::new(0),
+                persistent_changed: AtomicU64::new(0),
                 down_nodes: Mutex::new(HashSet::new()),
             },
             health: Health {

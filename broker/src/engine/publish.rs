@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use super::remote::ClusterView;
 use super::{Broker, SessionCell};
 use crate::auth::acl::{Action, Principal};
 use crate::auth::Policy;
@@ -40,7 +41,7 @@ pub trait Forward: Send + Sync {
 
 /// A copy a remote persistent session is owed: client, QoS, retain as
 /// published, subscription identifiers (overlaps merged).
-type Owed<'a> = (&'a ByteStr, QoS, bool, SmallVec<[u32; 1]>);
+pub(super) type Owed<'a> = (&'a ByteStr, QoS, bool, SmallVec<[u32; 1]>);
 
 /// What the cluster view said about one publish.
 #[derive(Default)]
@@ -53,6 +54,8 @@ struct Remote {
     here: SmallVec<[ShareRef; 1]>,
     /// Persistent sessions owned by other nodes that are owed a copy.
     enqueued: usize,
+    /// Those sessions (for a QoS 1/2 publish, see `settle.rs`).
+    owed: SmallVec<[ByteStr; 4]>,
 }
 
 impl Remote {
@@ -232,7 +235,11 @@ impl Broker {
         mut commands: Vec<Command>,
         in_log: bool,
     ) -> Routed {
-        let remote = if self.cluster.remote.load(Ordering::Acquire) {
+        // Where the view stood before it is read: an answered publish
+        // checks that nothing it should have matched came after (a
+        // retained one is matched again where its store change is applied).
+        let seen = (message.qos != QoS::AtMostOnce && !in_log).then(|| self.followed_index());
+        let mut remote = if self.cluster.remote.load(Ordering::Acquire) {
             self.route_remote(&message, &mut commands)
         } else {
             Remote::default()
@@ -282,11 +289,14 @@ impl Broker {
                 }
             }
         }
-        let committed = if commands.is_empty() {
+        let mut committed = if commands.is_empty() {
             Ticket::Done(Ok(()))
         } else {
             self.cluster.seam.submit(commands)
         };
+        if let Some(seen) = seen {
+            committed = self.settle(&message, seen, std::mem::take(&mut remote.owed), committed);
+        }
         Routed {
             matched,
             committed,
@@ -300,36 +310,12 @@ impl Broker {
     fn route_remote(&self, message: &SharedMessage, commands: &mut Vec<Command>) -> Remote {
         let mut remote = Remote::default();
         let view = self.cluster.view.read();
-        let mut owed: SmallVec<[Owed<'_>; 4]> = SmallVec::new();
-        view.remote_sessions(&message.topic, |s| {
-            if s.options.no_local && *s.client_id == message.origin {
-                return;
-            }
-            let qos = s.options.qos.min(message.qos);
-            let rap = s.options.retain_as_published;
-            match owed.iter_mut().find(|o| o.0 == s.client_id) {
-                Some(o) => {
-                    o.1 = max(o.1, qos);
-                    o.2 |= rap;
-                    o.3.extend(s.identifier);
-                }
-                None => owed.push((s.client_id, qos, rap, s.identifier.into_iter().collect())),
-            }
-        });
-        for (client_id, qos, rap, ids) in owed {
+        for owed in owed_remote(&view, message, &[]) {
             remote.enqueued += 1;
-            // QoS 0 copies reach connected clients through forwarding.
-            if qos != QoS::AtMostOnce {
-                commands.push(Command::Enqueue {
-                    client_id: client_id.clone(),
-                    seq: self.next_seq(),
-                    qos,
-                    retain: rap && message.retain,
-                    subscription_ids: ids,
-                    local: false,
-                    message: message.clone(),
-                });
+            if message.qos != QoS::AtMostOnce {
+                remote.owed.push(owed.0.clone());
             }
+            commands.extend(self.enqueue(owed, message));
         }
         let mut plain: SmallVec<[u64; 4]> = SmallVec::new();
         let mut groups: SmallVec<[(ShareRef, u64); 2]> = SmallVec::new();
@@ -357,6 +343,21 @@ impl Broker {
             }
         }
         remote
+    }
+
+    /// The log's copy of `message` a remote persistent session is owed;
+    /// none at QoS 0 (those reach connected clients through forwarding).
+    pub(super) fn enqueue(&self, owed: Owed<'_>, message: &SharedMessage) -> Option<Command> {
+        let (client_id, qos, rap, ids) = owed;
+        (qos != QoS::AtMostOnce).then(|| Command::Enqueue {
+            client_id: client_id.clone(),
+            seq: self.next_seq(),
+            qos,
+            retain: rap && message.retain,
+            subscription_ids: ids,
+            local: false,
+            message: message.clone(),
+        })
     }
 
     /// Delivers a publish another node forwarded here: to local
@@ -608,6 +609,35 @@ impl Broker {
         drop(tree);
         self.submit(commands);
     }
+}
+
+/// The persistent sessions other nodes own that `message` owes a copy, one
+/// per session (overlapping subscriptions merged), but those in `skip`.
+pub(super) fn owed_remote<'v>(
+    view: &'v ClusterView,
+    message: &SharedMessage,
+    skip: &[ByteStr],
+) -> SmallVec<[Owed<'v>; 4]> {
+    let mut owed: SmallVec<[Owed<'_>; 4]> = SmallVec::new();
+    view.remote_sessions(&message.topic, |s| {
+        if s.options.no_local && *s.client_id == message.origin {
+            return;
+        }
+        if skip.contains(s.client_id) {
+            return;
+        }
+        let qos = s.options.qos.min(message.qos);
+        let rap = s.options.retain_as_published;
+        match owed.iter_mut().find(|o| o.0 == s.client_id) {
+            Some(o) => {
+                o.1 = max(o.1, qos);
+                o.2 |= rap;
+                o.3.extend(s.identifier);
+            }
+            None => owed.push((s.client_id, qos, rap, s.identifier.into_iter().collect())),
+        }
+    });
+    owed
 }
 
 /// The next live member in rotation (not `exclude`); failing that, the

@@ -271,4 +271,15 @@ pub trait StateSeam: Send + Sync + 'static {
     fn follows_log(&self) -> bool {
         false
     }
+
+    /// The log index every command committed before this call is at or
+    /// below (the leader's read index), asked for now; `None` when no other
+    /// node can commit anything (one member, or no log): what this node
+    /// has applied is then all there is.
+    fn read_index(&self) -> Option<ReadIndex> {
+        None
+    }
 }
+
+/// A read index on its way (see [`StateSeam::read_index`]).
+pub type ReadIndex = Pin<Box<dyn Future<Output = Result<u64, StateError>> + Send>>;

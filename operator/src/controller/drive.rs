@@ -17,7 +17,7 @@ use super::observe::{pods::Observation, Seen};
 use super::{api_message, Context, RESYNC};
 use crate::crd::{MqttCluster, Operation};
 use crate::lifecycle::{self, node_id, Step};
-use crate::membership::{MembershipError, Target};
+use crate::membership::{Change, MembershipError, Target};
 use crate::status::Lifecycle;
 
 /// Plans the next membership step from the group as observed and the
@@ -179,8 +179,16 @@ async fn execute(
     match step {
         Step::AddLearner { ordinal } => {
             let addr = m.peer_addr(target, *ordinal);
+            let id = node_id(*ordinal);
             let r = m
-                .add_learner(target, leader, node_id(*ordinal), addr.clone())
+                .change(
+                    target,
+                    leader,
+                    Change::AddLearner {
+                        id,
+                        addr: addr.clone(),
+                    },
+                )
                 .await?;
             Ok((
                 "LearnerAdded",
@@ -192,7 +200,10 @@ async fn execute(
             ))
         }
         Step::Promote { ordinals, voters } => {
-            let r = m.change_membership(target, leader, voters.clone()).await?;
+            let change = Change::ChangeMembership {
+                voters: voters.clone(),
+            };
+            let r = m.change(target, leader, change).await?;
             Ok((
                 "Promoted",
                 format!(
@@ -211,7 +222,8 @@ async fn execute(
             ))
         }
         Step::ResetMember { ordinal } => {
-            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            let id = node_id(*ordinal);
+            let r = m.change(target, leader, Change::RemoveNode { id }).await?;
             Ok((
                 "MemberReset",
                 format!(
@@ -233,7 +245,10 @@ async fn execute(
             ))
         }
         Step::TransferLeader { from, to } => {
-            let r = m.transfer_leader(target, *from, *to).await?;
+            // Sent to `from`, which leads.
+            let r = m
+                .change(target, *from, Change::TransferLeader { to: *to })
+                .await?;
             Ok((
                 "LeaderTransferred",
                 format!(
@@ -244,7 +259,8 @@ async fn execute(
             ))
         }
         Step::RemoveMember { ordinal } => {
-            let r = m.remove_node(target, leader, node_id(*ordinal)).await?;
+            let id = node_id(*ordinal);
+            let r = m.change(target, leader, Change::RemoveNode { id }).await?;
             Ok((
                 "MemberRemoved",
                 format!("{} removed from the Raft group: {r}", pod(*ordinal)),

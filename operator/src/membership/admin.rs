@@ -11,7 +11,7 @@ use raftmq_proto::v1 as pb;
 use raftmq_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target};
+use super::{BoxFuture, Change, Member, Membership, MembershipError, NodeState, Result, Target};
 use crate::render::{Names, CLUSTER_PORT};
 
 /// Where pod `ordinal`'s Admin service is (`host:port`). The default is the
@@ -188,110 +188,60 @@ impl Membership for AdminMembership {
     }
 
     fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                ordinal,
-                "Status",
-                self.timeouts.call,
-                |mut c| async move { c.status(pb::StatusRequest {}).await },
-            )
-            .await
-            .map(node_state)
-        })
-    }
-
-    fn add_learner<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        id: u64,
-        addr: String,
-    ) -> BoxFuture<'a, Result<String>> {
-        let req = pb::AddLearnerRequest { node_id: id, addr };
-        let after = self.timeouts.add_learner;
-        let call = self.call(
-            target,
-            leader,
-            "AddLearner",
-            after,
-            move |mut c| async move { c.add_learner(req).await },
-        );
-        Box::pin(call.map_ok(|r| r.message))
-    }
-
-    fn change_membership<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        let req = pb::ChangeMembershipRequest { voters };
         let after = self.timeouts.call;
-        let call = self.call(
-            target,
-            leader,
-            "ChangeMembership",
-            after,
-            move |mut c| async move { c.change_membership(req).await },
-        );
-        Box::pin(call.map_ok(|r| r.message))
+        let call = self.call(target, ordinal, "Status", after, |mut c| async move {
+            c.status(pb::StatusRequest {}).await
+        });
+        Box::pin(call.map_ok(node_state))
     }
 
-    fn remove_node<'a>(
+    fn change<'a>(
         &'a self,
         target: &'a Target,
         leader: i32,
-        id: u64,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>> {
-        let req = pb::RemoveNodeRequest { node_id: id };
-        let after = self.timeouts.call;
-        let call = self.call(
-            target,
-            leader,
-            "RemoveNode",
-            after,
-            move |mut c| async move { c.remove_node(req).await },
-        );
-        Box::pin(call.map_ok(|r| r.message))
-    }
-
-    fn transfer_leader<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        to: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        let req = pb::TransferLeaderRequest { node_id: to };
-        let after = self.timeouts.call;
-        let call = self.call(
-            target,
-            leader,
-            "TransferLeader",
-            after,
-            move |mut c| async move { c.transfer_leader(req).await },
-        );
-        Box::pin(call.map_ok(|r| r.message))
+        let after = match change {
+            // AddLearner answers once the learner has caught up.
+            Change::AddLearner { .. } => self.timeouts.add_learner,
+            _ => self.timeouts.call,
+        };
+        let call = self.call(target, leader, change.call(), after, |mut c| async move {
+            match change {
+                Change::AddLearner { id, addr } => {
+                    let req = pb::AddLearnerRequest { node_id: id, addr };
+                    c.add_learner(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::ChangeMembership { voters } => {
+                    let req = pb::ChangeMembershipRequest { voters };
+                    c.change_membership(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::RemoveNode { id } => {
+                    let req = pb::RemoveNodeRequest { node_id: id };
+                    c.remove_node(req).await.map(|r| r.map(|m| m.message))
+                }
+                Change::TransferLeader { to } => {
+                    let req = pb::TransferLeaderRequest { node_id: to };
+                    c.transfer_leader(req).await.map(|r| r.map(|m| m.message))
+                }
+            }
+        });
+        Box::pin(call)
     }
 
     fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move {
-            self.call(
-                target,
-                ordinal,
-                "Undrain",
-                self.timeouts.call,
-                |mut c| async move { c.undrain(pb::UndrainRequest {}).await },
-            )
-            .await
-            .map(|r| {
-                if r.was_draining {
-                    "drain ended".to_string()
-                } else {
-                    "it was not draining".to_string()
-                }
-            })
-        })
+        let after = self.timeouts.call;
+        let call = self.call(target, ordinal, "Undrain", after, |mut c| async move {
+            c.undrain(pb::UndrainRequest {}).await
+        });
+        Box::pin(call.map_ok(|r| {
+            let said = if r.was_draining {
+                "drain ended"
+            } else {
+                "it was not draining"
+            };
+            said.to_string()
+        }))
     }
 
     fn drain<'a>(

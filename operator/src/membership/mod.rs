@@ -122,6 +122,32 @@ impl MembershipError {
     }
 }
 
+/// A change to the Raft group, made on its leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Node `id`, reached at `addr`, joins as a learner; answered once it
+    /// has caught up.
+    AddLearner { id: u64, addr: String },
+    /// Exactly `voters` are the voters.
+    ChangeMembership { voters: Vec<u64> },
+    /// Node `id` leaves the group.
+    RemoveNode { id: u64 },
+    /// Node `to` becomes the leader.
+    TransferLeader { to: u64 },
+}
+
+impl Change {
+    /// The Admin call that makes it.
+    pub fn call(&self) -> &'static str {
+        match self {
+            Change::AddLearner { .. } => "AddLearner",
+            Change::ChangeMembership { .. } => "ChangeMembership",
+            Change::RemoveNode { .. } => "RemoveNode",
+            Change::TransferLeader { .. } => "TransferLeader",
+        }
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Result<T> = std::result::Result<T, MembershipError>;
 
@@ -129,7 +155,8 @@ pub type Result<T> = std::result::Result<T, MembershipError>;
 /// id = ordinal + 1. Calls that change membership are sent to the leader's
 /// pod (`leader`).
 pub trait Membership: Send + Sync {
-    /// Whether membership is managed at all (false: [`Unmanaged`]).
+    /// Whether membership is managed at all (false: the tests'
+    /// `Unmanaged`).
     fn managed(&self) -> bool {
         true
     }
@@ -140,35 +167,12 @@ pub trait Membership: Send + Sync {
     /// Pod `ordinal`'s own Status.
     fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>>;
 
-    /// Adds node `id` as a learner and waits until it has caught up.
-    fn add_learner<'a>(
+    /// Makes `change` on the leader (pod `leader`); returns what it said.
+    fn change<'a>(
         &'a self,
         target: &'a Target,
         leader: i32,
-        id: u64,
-        addr: String,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    /// Makes exactly `voters` the voters.
-    fn change_membership<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    fn remove_node<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        id: u64,
-    ) -> BoxFuture<'a, Result<String>>;
-
-    fn transfer_leader<'a>(
-        &'a self,
-        target: &'a Target,
-        leader: i32,
-        to: u64,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>>;
 
     /// Hands pod `ordinal`'s clients over; returns (disconnected, remaining).

@@ -2,7 +2,7 @@
 //! the controller does besides Raft membership (rendering, applying,
 //! status). Compiled for tests and the `test-support` feature only.
 
-use super::{BoxFuture, Membership, MembershipError, NodeState, Result, Target};
+use super::{BoxFuture, Change, Membership, MembershipError, NodeState, Result, Target};
 
 /// No membership management: nothing observed, scale-downs and rollouts
 /// proceed as the StatefulSet controller does them.
@@ -33,32 +33,7 @@ impl Membership for Unmanaged {
     fn status<'a>(&'a self, _: &'a Target, _: i32) -> BoxFuture<'a, Result<NodeState>> {
         unmanaged()
     }
-    fn add_learner<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-        _: String,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn change_membership<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, _: u64) -> BoxFuture<'a, Result<String>> {
-        unmanaged()
-    }
-    fn transfer_leader<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        _: u64,
-    ) -> BoxFuture<'a, Result<String>> {
+    fn change<'a>(&'a self, _: &'a Target, _: i32, _: Change) -> BoxFuture<'a, Result<String>> {
         unmanaged()
     }
     fn drain<'a>(&'a self, _: &'a Target, _: i32, _: String) -> BoxFuture<'a, Result<(u64, u64)>> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use raftmq_operator::membership::{
-    BoxFuture, Member, Membership, MembershipError, NodeState, Result, Target,
+    BoxFuture, Change, Member, Membership, MembershipError, NodeState, Result, Target,
 };
 use serde_json::Value;
 
@@ -155,52 +155,39 @@ impl Membership for PodGroup {
         }))
     }
 
-    fn add_learner<'a>(
+    fn change<'a>(
         &'a self,
         _: &'a Target,
         _: i32,
-        id: u64,
-        _: String,
+        change: Change,
     ) -> BoxFuture<'a, Result<String>> {
         let mut g = self.g();
-        g.calls.push(format!("add_learner {id}"));
-        g.learners.insert(id);
-        ready(Ok("added".into()))
-    }
-
-    fn change_membership<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls.push(format!("change_membership {voters:?}"));
-        for v in &voters {
-            g.learners.remove(v);
+        match change {
+            Change::AddLearner { id, .. } => {
+                g.calls.push(format!("add_learner {id}"));
+                g.learners.insert(id);
+                ready(Ok("added".into()))
+            }
+            Change::ChangeMembership { voters } => {
+                g.calls.push(format!("change_membership {voters:?}"));
+                for v in &voters {
+                    g.learners.remove(v);
+                }
+                g.voters = voters.into_iter().collect();
+                ready(Ok("changed".into()))
+            }
+            Change::RemoveNode { id } => {
+                g.calls.push(format!("remove_node {id}"));
+                g.voters.remove(&id);
+                g.learners.remove(&id);
+                ready(Ok("removed".into()))
+            }
+            Change::TransferLeader { to } => {
+                g.calls.push(format!("transfer_leader -> {to}"));
+                g.leader = to;
+                ready(Ok("transferred".into()))
+            }
         }
-        g.voters = voters.into_iter().collect();
-        ready(Ok("changed".into()))
-    }
-
-    fn remove_node<'a>(&'a self, _: &'a Target, _: i32, id: u64) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls.push(format!("remove_node {id}"));
-        g.voters.remove(&id);
-        g.learners.remove(&id);
-        ready(Ok("removed".into()))
-    }
-
-    fn transfer_leader<'a>(
-        &'a self,
-        _: &'a Target,
-        _: i32,
-        to: u64,
-    ) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        g.calls.push(format!("transfer_leader -> {to}"));
-        g.leader = to;
-        ready(Ok("transferred".into()))
     }
 
     fn drain<'a>(
