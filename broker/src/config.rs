@@ -47,6 +47,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
+    /// Bridges to other brokers (mosquitto's `connection` blocks).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             listeners: Vec::new(),
             http: HttpConfig::default(),
             cluster: ClusterConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -549,6 +552,8 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        crate::bridge::config::check_unique(&self.bridges)
+            .map_err(|why| invalid("bridges", &why))?;
         if self.cluster.plaintext_exposed() && !self.cluster.insecure_plaintext {
             return Err(invalid(
                 "cluster.bind",

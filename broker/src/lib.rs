@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod bridge;
 pub mod client;
 pub mod cluster;
 pub mod codec;

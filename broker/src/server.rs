@@ -111,6 +111,7 @@ impl Server {
             tasks.push(task);
         }
         tasks.extend(crate::sys::spawn(broker.clone()));
+        tasks.extend(crate::bridge::spawn(&broker, cluster.leadership()));
         Ok(Server {
             broker,
             cluster,

@@ -5,6 +5,7 @@
 //! and raw sockets speaking bytes.
 
 pub mod access;
+pub mod bridge;
 // The operator's in-process Kubernetes API double, and the lab built on it
 // (the operator, a kubelet stand-in running real brokers, QoS 1 load).
 #[path = "../../operator/tests/api_double/mod.rs"]

@@ -49,7 +49,7 @@ impl Route {
     }
 }
 
-fn tls_config(
+pub(crate) fn tls_config(
     ca: &Path,
     client: Option<(&Path, &Path)>,
     insecure: bool,
@@ -215,7 +215,7 @@ pub mod psk {
         }
     }
 
-    async fn handshake(
+    pub(crate) async fn handshake(
         host: &str,
         port: u16,
         identity: Vec<u8>,

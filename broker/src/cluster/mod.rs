@@ -129,6 +129,42 @@ async fn existing_cluster(net: &network::Network, peers: &[String]) -> Option<St
         .next()
 }
 
+/// openraft's settings, from `[cluster]`.
+fn raft_config(c: &crate::config::ClusterConfig) -> anyhow::Result<openraft::Config> {
+    openraft::Config {
+        cluster_name: "raftmq".into(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
+        max_in_snapshot_log_to_keep: c.keep_logs,
+        snapshot_max_chunk_size: c.snapshot_chunk_bytes,
+        ..Default::default()
+    }
+    .validate()
+    .context("cluster timing settings")
+}
+
+/// Whether node 1, its store empty, makes a new cluster: not when a peer
+/// already belongs to one. Then node 1's volume was lost, and it must
+/// wait to be removed and re-added like any fresh node, never take part
+/// under its old identity (it may have voted and acknowledged entries it
+/// no longer holds).
+async fn makes_new_cluster(config: &Config, net: &network::Network) -> bool {
+    let peers = bootstrap_peers(&config.cluster, &advertise(config));
+    match existing_cluster(net, &peers).await {
+        Some(peer) => {
+            tracing::warn!(
+                %peer,
+                "empty raft store on node 1, but {peer} already belongs to a cluster: \
+                 waiting to be re-added instead of making a new one"
+            );
+            false
+        }
+        None => true,
+    }
+}
+
 impl Cluster {
     /// Opens the node's log and snapshot under the data dir, replays what
     /// was committed, serves gRPC, and bootstraps a new cluster on node 1.
@@ -137,18 +173,7 @@ impl Cluster {
         let dir = config.data_dir.join("raft");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let raft_config = openraft::Config {
-            cluster_name: "raftmq".into(),
-            heartbeat_interval: c.heartbeat_ms,
-            election_timeout_min: c.election_timeout_ms,
-            election_timeout_max: c.election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
-            max_in_snapshot_log_to_keep: c.keep_logs,
-            snapshot_max_chunk_size: c.snapshot_chunk_bytes,
-            ..Default::default()
-        }
-        .validate()
-        .context("cluster timing settings")?;
+        let raft_config = raft_config(c)?;
 
         let stats = RaftStats::default();
         let health = Arc::new(health::StorageHealth::new(&config.data_dir));
@@ -160,25 +185,7 @@ impl Cluster {
         let fresh = !log.holds_state().context("raft log")? && !machine.has_snapshot();
         let peer_tls = tls::PeerTls::from_config(c, node_id)?;
         let net = network::Network::new(peer_tls.clone());
-        // Node 1 makes a new cluster of an empty store (below), unless a
-        // peer already belongs to one: then node 1's volume was lost, and
-        // it must wait to be removed and re-added like any fresh node,
-        // never take part under its old identity (it may have voted and
-        // acknowledged entries it no longer holds).
-        let bootstrap = fresh && node_id == 1 && {
-            let peers = bootstrap_peers(c, &advertise(config));
-            match existing_cluster(&net, &peers).await {
-                Some(peer) => {
-                    tracing::warn!(
-                        %peer,
-                        "empty raft store on node 1, but {peer} already belongs to a cluster: \
-                         waiting to be re-added instead of making a new one"
-                    );
-                    false
-                }
-                None => true,
-            }
-        };
+        let bootstrap = fresh && node_id == 1 && makes_new_cluster(config, &net).await;
         // Any other fresh node waits until a leader adds it (see Standing).
         let standing = Arc::new(standing::Standing::open(&dir, fresh && !bootstrap));
         if fresh && !bootstrap {
@@ -259,15 +266,12 @@ impl Cluster {
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         let acceptor = peer_tls.as_ref().map(|t| t.acceptor()).transpose()?;
         let incoming = peer::incoming(listener, acceptor.map(Arc::new), stats.refused.clone());
-        let mut server = tonic::transport::Server::builder();
+        let router = tonic::transport::Server::builder()
+            .add_service(raft_svc)
+            .add_service(admin_svc)
+            .add_service(forward_svc);
         tokio::spawn(async move {
-            if let Err(e) = server
-                .add_service(raft_svc)
-                .add_service(admin_svc)
-                .add_service(forward_svc)
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!("cluster gRPC server stopped: {e}");
             }
         });
@@ -374,6 +378,29 @@ impl Cluster {
         let _ = broker.health.storage.set(self.health.clone());
         watch::spawn_storage_notices(self.health.clone(), broker.clone());
         Ok(())
+    }
+
+    /// Whether this node leads the cluster, kept up to date (bridges run
+    /// on the leader: see `bridge/`). Follows the current Raft core, also
+    /// after the supervisor replaced it.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let raft = self.raft.clone();
+        let me = self.node_id;
+        tokio::spawn(async move {
+            loop {
+                let leads = {
+                    let m = raft.get().metrics().borrow().clone();
+                    m.current_leader == Some(me) && m.running_state.is_ok()
+                };
+                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        rx
     }
 
     /// Before this node stops: if it leads, hands leadership to the voter

@@ -38,6 +38,7 @@
 //!
 //! Leaves, each held alone and never while calling out: `cluster.view`,
 //! `cluster.claims`, `cluster.unapplied_claims`, `cluster.down_nodes`,
+//! `cluster.followed` (a watch channel, locked only inside its own calls),
 //! `health.drain`, `health.raft_summary`, and the auth policy's lock (a
 //! clone of the policy is taken and the lock let go). The seam's batch
 //! queue and the forwarder's peer queues are taken under 1-5 (a publish
@@ -99,6 +100,8 @@ pub struct Broker {
     pub(crate) cluster: ClusterLink,
     /// Whether this node should take traffic.
     pub health: Health,
+    /// The configured bridges' status (`bridge/`).
+    pub bridges: crate::bridge::Bridges,
 }
 
 /// The indexes this node serves its clients from.
@@ -183,6 +186,8 @@ impl Broker {
     ) -> Arc<Broker> {
         let m = &config.mqtt;
         let memory = MemoryBudget::new(m.max_memory);
+        let stats = Stats::default();
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &stats.registry);
         let session_limits = SessionLimits {
             max_inflight: m.max_inflight_messages,
             max_queued_messages: m.max_queued_messages,
@@ -200,7 +205,8 @@ impl Broker {
             node_id,
             config,
             auth,
-            stats: Stats::default(),
+            stats,
+            bridges,
             memory,
             local: Local {
                 sessions: Mutex::new(HashMap::new()),

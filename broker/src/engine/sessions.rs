@@ -213,7 +213,17 @@ impl Broker {
 
     /// An empty session as this broker makes them.
     pub(crate) fn new_session(&self, client_id: ByteStr, expiry: u32) -> Session {
-        let mut s = Session::new(client_id, expiry, self.session_limits);
+        let mut limits = self.session_limits;
+        // A bridge's outgoing queue has its own bound (its config's
+        // `max_queued_messages`, as in mosquitto).
+        if let Some(max) = self
+            .bridges
+            .by_session(&client_id)
+            .and_then(|b| b.config.max_queued_messages)
+        {
+            limits.max_queued_messages = max;
+        }
+        let mut s = Session::new(client_id, expiry, limits);
         s.derive_packet_ids = true;
         s
     }

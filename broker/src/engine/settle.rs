@@ -65,9 +65,10 @@ impl Broker {
         };
         let message = message.clone();
         Ticket::Pending(Box::pin(async move {
-            let (committed, read) = tokio::join!(committed.wait(), read);
-            committed?;
-            match read {
+            // The read was asked already and runs meanwhile; a commit that
+            // fails is answered at once.
+            committed.wait().await?;
+            match read.await {
                 Ok(index) => me.owe_what_was_missed(&message, seen, &owed, index).await,
                 Err(e) => {
                     tracing::debug!("publish answered from this node's view: {e}");

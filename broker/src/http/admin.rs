@@ -51,6 +51,7 @@ pub fn routes(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/sessions/{id}", get(get_client))
         .route("/subscriptions", get(list_subscriptions))
         .route("/retained", get(list_retained))
+        .route("/bridges", get(list_bridges))
         .route(
             "/publish",
             post(publish).layer(DefaultBodyLimit::max(body_limit)),
@@ -192,6 +193,13 @@ async fn list_subscriptions(State(broker): State<Arc<Broker>>) -> Json<Value> {
         }
     }
     Json(json!({ "subscriptions": out }))
+}
+
+/// Every configured bridge: where it runs, its state and figures.
+async fn list_bridges(State(broker): State<Arc<Broker>>) -> Json<Value> {
+    crate::bridge::refresh(&broker);
+    let bridges: Vec<Value> = broker.bridges.all().iter().map(|b| b.to_json()).collect();
+    Json(serde_json::json!({ "node": broker.node_id, "bridges": bridges }))
 }
 
 async fn list_retained(State(broker): State<Arc<Broker>>) -> Json<Value> {

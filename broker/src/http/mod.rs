@@ -63,6 +63,7 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     broker.refresh_gauges();
+    crate::bridge::refresh(&broker);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,351 @@
+//! One bridge's life on this node: it runs while this node holds the
+//! bridge's claim (leads the cluster, and is not draining); it connects to
+//! the remote first and to its own session here second (so that while the
+//! remote is away, outgoing messages wait in the session's queue, bounded
+//! by `max_queued_messages`), pumps until either side fails, and tries
+//! again after `restart_timeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::config::BridgeConfig;
+use super::link::{Link, LinkEnd, Side};
+use super::peer::Peer;
+use super::status::BridgeStatus;
+use super::{local, remote};
+use crate::codec::{ByteStr, Connect, Packet, Properties, Protocol, QoS, SubOptions, Subscribe};
+use crate::engine::{Broker, Publisher};
+use crate::message::{Message, MessageParts};
+
+/// How long either side has to answer CONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Copies in flight to the remote at most (its Receive Maximum may lower
+/// it); the local session's own window applies as well.
+const WINDOW: u16 = 1000;
+/// What we let the remote have in flight to us (MQTT 5).
+const RECEIVE_MAXIMUM: u16 = 100;
+
+/// Starts every configured bridge. `leader` says whether this node holds
+/// the bridges' claim (single node: always, once the log is up).
+pub fn spawn(broker: &Arc<Broker>, leader: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    broker
+        .bridges
+        .all()
+        .iter()
+        .map(|status| {
+            let runner = Runner {
+                broker: broker.clone(),
+                status: status.clone(),
+                leader: leader.clone(),
+                notified: None,
+            };
+            tokio::spawn(runner.run())
+        })
+        .collect()
+}
+
+struct Runner {
+    broker: Arc<Broker>,
+    status: Arc<BridgeStatus>,
+    leader: watch::Receiver<bool>,
+    /// The state last published on the notification topic.
+    notified: Option<bool>,
+}
+
+impl Runner {
+    fn config(&self) -> &BridgeConfig {
+        &self.status.config
+    }
+
+    fn holds_claim(&self) -> bool {
+        *self.leader.borrow() && !self.broker.is_draining()
+    }
+
+    async fn run(mut self) {
+        let mut failures: u32 = 0;
+        let mut next_address = 0usize;
+        loop {
+            self.wait_for_claim().await;
+            let started = Instant::now();
+            match self.connect(&mut next_address).await {
+                Ok(link) => {
+                    let end = self.pump(link).await;
+                    tracing::warn!(bridge = %self.config().name, "bridge down: {end}");
+                    // A link that held for a while starts the backoff over.
+                    if started.elapsed() > Duration::from_secs(self.config().restart_timeout.cap) {
+                        failures = 0;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(bridge = %self.config().name, "bridge cannot connect: {e:#}");
+                }
+            }
+            self.status.set_connected(None);
+            self.notify(false);
+            self.status.reconnects.inc();
+            if !self.holds_claim() {
+                continue;
+            }
+            let wait = self.backoff(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = self.leader.changed() => {}
+            }
+        }
+    }
+
+    /// Waits until this node runs the bridge.
+    async fn wait_for_claim(&mut self) {
+        if !self.holds_claim() {
+            self.status.set_running_here(false);
+            tracing::debug!(bridge = %self.config().name, "bridge runs elsewhere (not the leader, or draining)");
+        }
+        while !self.holds_claim() {
+            tokio::select! {
+                _ = self.leader.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.status.set_running_here(true);
+        tracing::info!(bridge = %self.config().name, "this node runs the bridge");
+    }
+
+    /// mosquitto's `restart_timeout base cap`: doubling from base, capped,
+    /// with jitter so that bridges of many sites do not retry in step.
+    fn backoff(&self, failures: u32) -> Duration {
+        let b = self.config().restart_timeout;
+        if b.base == b.cap {
+            return Duration::from_secs(b.cap);
+        }
+        let top = b.base.saturating_mul(1u64 << failures.min(16)).min(b.cap);
+        let ms = rand::random_range(b.base * 1000..=top * 1000);
+        Duration::from_millis(ms)
+    }
+
+    /// The remote first (tried in order, or round robin), then this
+    /// broker's session; subscribes both.
+    async fn connect(&self, next_address: &mut usize) -> anyhow::Result<(Side, Side, String)> {
+        let c = self.config();
+        let n = c.addresses.len();
+        let start = if c.round_robin { *next_address % n } else { 0 };
+        let mut last = None;
+        for i in 0..n {
+            let address = &c.addresses[(start + i) % n];
+            if c.round_robin {
+                *next_address = start + i + 1;
+            }
+            match self.connect_remote(address).await {
+                Ok(peer) => {
+                    let window = peer
+                        .connack
+                        .properties
+                        .receive_maximum
+                        .unwrap_or(u16::MAX)
+                        .min(WINDOW);
+                    let remote = Side::new(peer, false);
+                    let local = self.connect_local(window).await?;
+                    return Ok((local, remote, address.to_string()));
+                }
+                Err(e) => {
+                    tracing::debug!(bridge = %c.name, %address, "{e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no address")))
+    }
+
+    async fn connect_remote(&self, address: &super::config::Address) -> anyhow::Result<Peer> {
+        let c = self.config();
+        let hostname =
+            std::env::var("HOSTNAME").unwrap_or_else(|_| format!("raftmq-{}", self.broker.node_id));
+        let password = match (&c.remote_password, &c.remote_password_file) {
+            (Some(p), _) => Some(Bytes::from(p.clone())),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("remote_password_file {}", file.display()))?;
+                Some(Bytes::from(text.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            (None, None) => None,
+        };
+        let v5 = c.protocol.is_v5();
+        let mut properties = Properties::default();
+        if v5 {
+            properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+            if !c.clean_start {
+                properties.session_expiry_interval = Some(u32::MAX);
+            }
+        }
+        let connect = Connect {
+            protocol: c.protocol,
+            clean_start: c.clean_start,
+            keep_alive: c.keepalive_interval,
+            client_id: ByteStr::from(c.remote_clientid(&hostname)),
+            will: None,
+            username: c.remote_username.as_deref().map(ByteStr::from),
+            password,
+            properties,
+        };
+        // mosquitto's try_private for 3.1.1: the level's top bit says
+        // "a bridge", and a mosquitto remote then sends it none of its own
+        // messages back. A broker that does not know it refuses with 0x01;
+        // mosquitto then connects without it, and so do we.
+        let private = c.try_private && !v5;
+        let stream = remote::open(address, c.tls.as_ref()).await?;
+        let level = private.then_some(0x80 | Protocol::V311.level());
+        match Peer::connect(stream, connect.clone(), level, HANDSHAKE_TIMEOUT).await {
+            Err(super::peer::PeerError::Refused(1)) if private => {
+                let stream = remote::open(address, c.tls.as_ref()).await?;
+                let mut peer = Peer::connect(stream, connect, None, HANDSHAKE_TIMEOUT).await?;
+                self.subscribe_remote(&mut peer)?;
+                Ok(peer)
+            }
+            Ok(mut peer) => {
+                self.subscribe_remote(&mut peer)?;
+                Ok(peer)
+            }
+            Err(e) => Err(e).with_context(|| format!("{address}")),
+        }
+    }
+
+    fn subscribe_remote(&self, peer: &mut Peer) -> anyhow::Result<()> {
+        let c = self.config();
+        let filters: Vec<_> = c
+            .topics
+            .iter()
+            .filter(|t| t.direction.incoming())
+            .map(|t| {
+                let options = SubOptions {
+                    qos: t.qos,
+                    // MQTT 5 loop prevention: what we publish there does not
+                    // come back.
+                    no_local: c.try_private || t.direction.outgoing(),
+                    retain_as_published: true,
+                    retain_handling: 0,
+                };
+                (ByteStr::from(t.remote_filter()), options)
+            })
+            .collect();
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let subscribe = Subscribe {
+            packet_id: 1,
+            filters,
+            properties: Properties::default(),
+        };
+        peer.queue(&Packet::Subscribe(subscribe))?;
+        Ok(())
+    }
+
+    /// The bridge's persistent session on this broker, subscribed to the
+    /// `out` topics (no-local: what the bridge brings in never goes back).
+    async fn connect_local(&self, window: u16) -> anyhow::Result<Side> {
+        let c = self.config();
+        let connect = Connect {
+            protocol: Protocol::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: ByteStr::from(c.local_clientid()),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                session_expiry_interval: Some(u32::MAX),
+                receive_maximum: Some(window),
+                ..Properties::default()
+            },
+        };
+        let stream = local::open(&self.broker, &c.local_clientid());
+        let mut peer = Peer::connect(stream, connect, None, self.broker.commit_wait())
+            .await
+            .context("this broker refused the bridge's session")?;
+        let filters: Vec<_> = c
+            .topics
+            .iter()
+            .filter(|t| t.direction.outgoing())
+            .map(|t| {
+                let options = SubOptions {
+                    qos: t.qos,
+                    no_local: true,
+                    retain_as_published: true,
+                    // Retained messages once per new subscription, not at
+                    // every reconnect of the resumed session.
+                    retain_handling: 1,
+                };
+                (ByteStr::from(t.local_filter()), options)
+            })
+            .collect();
+        if !filters.is_empty() {
+            peer.queue(&Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters,
+                properties: Properties::default(),
+            }))?;
+        }
+        Ok(Side::new(peer, true))
+    }
+
+    async fn pump(&mut self, (local, remote, address): (Side, Side, String)) -> LinkEnd {
+        tracing::info!(bridge = %self.config().name, %address, "bridge connected");
+        self.status.set_connected(Some(address));
+        self.notify(true);
+        let status = self.status.clone();
+        let broker = self.broker.clone();
+        let leader = self.leader.clone();
+        let mut link = Link {
+            config: &status.config,
+            status: &status,
+            local,
+            remote,
+        };
+        let end = link.run(|| *leader.borrow() && !broker.is_draining()).await;
+        let Link { local, remote, .. } = link;
+        tokio::join!(local.peer.close(), remote.peer.close());
+        end
+    }
+
+    /// mosquitto's notifications: retained `1` / `0` on the bridge's
+    /// state topic, on this broker (`$SYS` is never replicated: each node
+    /// tells its own view; the node running the bridge says `1`).
+    fn notify(&mut self, up: bool) {
+        if !self.config().notifications || self.notified == Some(up) {
+            return;
+        }
+        self.notified = Some(up);
+        let topic = self.config().notification_topic();
+        let message = Arc::new(Message::new(MessageParts {
+            topic: ByteStr::from(topic.clone()),
+            payload: Bytes::from_static(if up { b"1" } else { b"0" }),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            origin: ByteStr::default(),
+            expires_at: None,
+            properties: None,
+            received_at: Instant::now(),
+        }));
+        match self.broker.authorize(Publisher::System, &topic) {
+            Ok(allowed) => drop(self.broker.publish(message, allowed)),
+            Err(_) => {
+                tracing::warn!(bridge = %self.config().name, %topic, "notification not published")
+            }
+        }
+    }
+}
+
+/// Brings every bridge's queue figures up to date (at each scrape): its
+/// session's queued and in-flight copies on this node.
+pub fn refresh(broker: &Broker) {
+    for status in broker.bridges.all() {
+        if let Some(cell) = broker.session(&status.config.local_clientid()) {
+            let s = cell.session.lock();
+            status.set_queue(s.queued_len() + s.inflight_len(), s.dropped);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What each bridge is doing, for `/metrics`, `GET /api/v1/bridges` and
+//! the dashboard: its state, what crossed it each way, what waits in its
+//! queue, how often it reconnected. One set of metrics, labelled by bridge.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use super::BridgeConfig;
+
+/// Every configured bridge's status, by name.
+pub struct Bridges {
+    bridges: Vec<Arc<BridgeStatus>>,
+}
+
+/// One bridge's figures. The counters are the Prometheus ones themselves.
+pub struct BridgeStatus {
+    pub config: BridgeConfig,
+    connected: AtomicBool,
+    /// Whether this node runs the bridge (the cluster's one that does).
+    running_here: AtomicBool,
+    pub messages_out: prometheus::IntCounter,
+    pub messages_in: prometheus::IntCounter,
+    pub bytes_out: prometheus::IntCounter,
+    pub bytes_in: prometheus::IntCounter,
+    pub reconnects: prometheus::IntCounter,
+    up: prometheus::IntGauge,
+    queued: prometheus::IntGauge,
+    dropped: prometheus::IntGauge,
+    /// The remote address connected to now.
+    remote: Mutex<Option<String>>,
+    /// When the state last changed, Unix seconds.
+    since: AtomicU64,
+}
+
+struct Families {
+    up: IntGaugeVec,
+    messages: IntCounterVec,
+    bytes: IntCounterVec,
+    reconnects: IntCounterVec,
+    queued: IntGaugeVec,
+    dropped: IntGaugeVec,
+}
+
+impl Families {
+    fn new(registry: &Registry) -> prometheus::Result<Families> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["bridge"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(Families {
+            up: gauge(
+                "raftmq_bridge_connected",
+                "1 while this node runs the bridge and it is connected to its remote",
+            )?,
+            messages: counter(
+                "raftmq_bridge_messages_total",
+                "Messages forwarded by the bridge (out: to the remote, in: from it)",
+                &["bridge", "direction"],
+            )?,
+            bytes: counter(
+                "raftmq_bridge_bytes_total",
+                "Payload bytes forwarded by the bridge",
+                &["bridge", "direction"],
+            )?,
+            reconnects: counter(
+                "raftmq_bridge_reconnects_total",
+                "Times the bridge lost its remote or failed to reach it",
+                &["bridge"],
+            )?,
+            queued: gauge(
+                "raftmq_bridge_queued_messages",
+                "Messages waiting for the remote in the bridge's session (queued and in flight)",
+            )?,
+            dropped: gauge(
+                "raftmq_bridge_dropped_messages",
+                "Messages the bridge's session dropped at max_queued_messages since it was made",
+            )?,
+        })
+    }
+}
+
+impl Bridges {
+    /// Registers the metrics of every configured bridge.
+    pub fn new(configs: &[BridgeConfig], registry: &Registry) -> Bridges {
+        let families = match Families::new(registry) {
+            Ok(f) => f,
+            Err(e) => {
+                // Only a second registration of the same names can fail.
+                tracing::error!("bridge metrics not registered: {e}");
+                return Bridges {
+                    bridges: Vec::new(),
+                };
+            }
+        };
+        let bridges = configs
+            .iter()
+            .map(|c| {
+                let n = c.name.as_str();
+                Arc::new(BridgeStatus {
+                    messages_out: families.messages.with_label_values(&[n, "out"]),
+                    messages_in: families.messages.with_label_values(&[n, "in"]),
+                    bytes_out: families.bytes.with_label_values(&[n, "out"]),
+                    bytes_in: families.bytes.with_label_values(&[n, "in"]),
+                    reconnects: families.reconnects.with_label_values(&[n]),
+                    up: families.up.with_label_values(&[n]),
+                    queued: families.queued.with_label_values(&[n]),
+                    dropped: families.dropped.with_label_values(&[n]),
+                    config: c.clone(),
+                    connected: AtomicBool::new(false),
+                    running_here: AtomicBool::new(false),
+                    remote: Mutex::new(None),
+                    since: AtomicU64::new(now_secs()),
+                })
+            })
+            .collect();
+        Bridges { bridges }
+    }
+
+    pub fn all(&self) -> &[Arc<BridgeStatus>] {
+        &self.bridges
+    }
+
+    /// The bridge whose local session has this client id.
+    pub fn by_session(&self, client_id: &str) -> Option<&Arc<BridgeStatus>> {
+        let name = client_id.strip_prefix("$bridge/")?;
+        self.bridges.iter().find(|b| b.config.name == name)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl BridgeStatus {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn is_running_here(&self) -> bool {
+        self.running_here.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_running_here(&self, yes: bool) {
+        self.running_here.store(yes, Ordering::Release);
+    }
+
+    /// Connected to `remote` (`None`: not connected). Returns whether the
+    /// state changed.
+    pub(super) fn set_connected(&self, remote: Option<String>) -> bool {
+        let up = remote.is_some();
+        *self.remote.lock() = remote;
+        self.up.set(i64::from(up));
+        let changed = self.connected.swap(up, Ordering::AcqRel) != up;
+        if changed {
+            self.since.store(now_secs(), Ordering::Relaxed);
+        }
+        changed
+    }
+
+    pub(super) fn set_queue(&self, queued: usize, dropped: u64) {
+        self.queued.set(queued as i64);
+        self.dropped.set(dropped as i64);
+    }
+
+    /// The bridge as `GET /api/v1/bridges` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "name": c.name,
+            "running_here": self.is_running_here(),
+            "connected": self.is_connected(),
+            "remote": *self.remote.lock(),
+            "since": self.since.load(Ordering::Relaxed),
+            "addresses": c.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "protocol": if c.protocol.is_v5() { "5.0" } else { "3.1.1" },
+            "topics": c.topics.iter().map(|t| serde_json::json!({
+                "pattern": t.pattern,
+                "direction": format!("{:?}", t.direction).to_lowercase(),
+                "qos": t.qos as u8,
+                "local_prefix": t.local_prefix,
+                "remote_prefix": t.remote_prefix,
+            })).collect::<Vec<_>>(),
+            "messages_out": self.messages_out.get(),
+            "messages_in": self.messages_in.get(),
+            "bytes_out": self.bytes_out.get(),
+            "bytes_in": self.bytes_in.get(),
+            "queued": self.queued.get(),
+            "dropped": self.dropped.get(),
+            "reconnects": self.reconnects.get(),
+        })
+    }
+}

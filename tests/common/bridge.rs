@@ -1,0 +1,274 @@
+//! For the bridge tests: Debian's mosquitto as the remote broker (plain,
+//! TLS or TLS-PSK listener, optionally persistent so that a subscriber's
+//! queue survives a restart), stopped and started again on the same port,
+//! and the `[[bridges]]` TOML that points raftmq at it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftmq::codec::{Packet, Protocol, Publish, QoS};
+
+use crate::raw::{self, RawClient, Read1};
+use crate::{free_port, require_tool};
+
+/// What the mosquitto listener speaks.
+pub enum Listener {
+    Plain,
+    /// TLS with a server certificate for localhost / 127.0.0.1.
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// TLS-PSK: `identity:hexkey`.
+    Psk {
+        identity: String,
+        key: String,
+    },
+}
+
+/// A mosquitto process. Killed when dropped.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto; `persistent` keeps sessions across a stop/start.
+    pub fn start(listener: Listener, persistent: bool) -> Mosquitto {
+        require_tool("mosquitto");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        let mut conf = format!(
+            "per_listener_settings false\nallow_anonymous true\nmax_queued_messages 0\n\
+             max_inflight_messages 100\nlog_dest file {d}/mosquitto.log\nlog_type all\n\
+             listener {port} 127.0.0.1\n"
+        );
+        match listener {
+            Listener::Plain => {}
+            Listener::Tls { cert, key } => {
+                conf.push_str(&format!(
+                    "certfile {}\nkeyfile {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+            Listener::Psk { identity, key } => {
+                std::fs::write(dir.path().join("psk"), format!("{identity}:{key}\n"))
+                    .expect("write psk file");
+                conf.push_str(&format!("psk_hint raftmq-tests\npsk_file {d}/psk\n"));
+            }
+        }
+        if persistent {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {d}/\nautosave_interval 0\n"
+            ));
+        }
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            dir,
+            port,
+            conf: path,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM (mosquitto saves its persistent sessions) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and files.
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- mosquitto log (tail) ----");
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A `[[bridges]]` table to `addr` with `rules` (mosquitto syntax) and
+/// `extra` keys; reconnects after 1 s.
+pub fn bridge_toml(
+    name: &str,
+    addr: SocketAddr,
+    protocol: &str,
+    rules: &[&str],
+    extra: &str,
+) -> String {
+    let topics: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[bridges]]\nname = \"{name}\"\naddresses = [\"{addr}\"]\nprotocol = \"{protocol}\"\n\
+         restart_timeout = 1\nkeepalive_interval = 10\ntopic = [{}]\n{extra}\n",
+        topics.join(", ")
+    )
+}
+
+/// A subscribed client (acks what it gets through [`Sub::take`]).
+pub struct Sub(pub RawClient);
+
+impl Sub {
+    pub fn new(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: &str,
+        clean: bool,
+        filter: &str,
+        qos: QoS,
+    ) -> Sub {
+        let (mut c, ack) = RawClient::open(addr, raw::connect(protocol, client_id, clean));
+        assert_eq!(ack.code, 0, "CONNACK");
+        let codes = c.subscribe(1, filter, qos);
+        assert!(codes.iter().all(|c| *c < 0x80), "SUBACK {codes:?}");
+        Sub(c)
+    }
+
+    /// Up to `n` PUBLISHes within `timeout` (acknowledged as they come).
+    pub fn take(&mut self, n: usize, timeout: Duration) -> Vec<Publish> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.0.recv(left.min(Duration::from_secs(1))) {
+                Read1::Packet(Packet::Publish(p)) => {
+                    self.0.ack(&p);
+                    got.push(p);
+                }
+                Read1::Packet(_) | Read1::Timeout => {}
+                Read1::Closed => break,
+            }
+        }
+        got
+    }
+
+    /// Asserts nothing more arrives within `wait`.
+    pub fn quiet(&mut self, wait: Duration) {
+        let extra = self.take(1, wait);
+        assert!(
+            extra.is_empty(),
+            "unexpected PUBLISH {:?}",
+            extra.first().map(|p| &p.topic)
+        );
+    }
+}
+
+/// Publishes one message (QoS 1/2 acknowledged) with a client of its own.
+pub fn publish_one(
+    addr: SocketAddr,
+    protocol: Protocol,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+) {
+    let id = format!("pub-{}", rand_suffix());
+    let (mut c, ack) = RawClient::open(addr, raw::connect(protocol, &id, true));
+    assert_eq!(ack.code, 0);
+    c.publish(topic, payload, qos, retain, 7);
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => {
+            let got = c.recv_until(Duration::from_secs(10), |p| {
+                matches!(p, Packet::PubAck(_)).then_some(())
+            });
+            assert!(got.is_some(), "no PUBACK");
+        }
+        QoS::ExactlyOnce => {
+            let got = c.recv_until(Duration::from_secs(10), |p| {
+                matches!(p, Packet::PubRec(_)).then_some(())
+            });
+            assert!(got.is_some(), "no PUBREC");
+            c.send(&Packet::PubRel(raftmq::codec::PubResp::new(7, 0)));
+            let got = c.recv_until(Duration::from_secs(10), |p| {
+                matches!(p, Packet::PubComp(_)).then_some(())
+            });
+            assert!(got.is_some(), "no PUBCOMP");
+        }
+    }
+    c.disconnect();
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::process::id() as u64 * 1_000_000 + N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Waits until the bridge reports itself connected on `/api/v1`-less
+/// `/metrics` (`raftmq_bridge_connected{bridge=name} 1`).
+pub fn wait_connected(b: &crate::Broker, name: &str, timeout: Duration) -> bool {
+    crate::eventually(timeout, || {
+        let (_, text) = b.http_get("/metrics");
+        text.lines()
+            .any(|l| l == format!("raftmq_bridge_connected{{bridge=\"{name}\"}} 1"))
+    })
+}
+
+/// A metric of one bridge (`raftmq_bridge_<what>{bridge=name,...}`).
+pub fn bridge_metric(b: &crate::Broker, line_prefix: &str) -> Option<f64> {
+    let (_, text) = b.http_get("/metrics");
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
