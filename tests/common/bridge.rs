@@ -180,6 +180,16 @@ impl Sub {
         Sub(c)
     }
 
+    /// Resumes a persistent session (subscribed before): no SUBSCRIBE,
+    /// whose wait for SUBACK would pass over the queued messages that
+    /// come first.
+    pub fn resume(addr: SocketAddr, protocol: Protocol, client_id: &str) -> Sub {
+        let (c, ack) = RawClient::open(addr, raw::connect(protocol, client_id, false));
+        assert_eq!(ack.code, 0, "CONNACK");
+        assert!(ack.session_present, "the session was kept");
+        Sub(c)
+    }
+
     /// Up to `n` PUBLISHes within `timeout` (acknowledged as they come).
     pub fn take(&mut self, n: usize, timeout: Duration) -> Vec<Publish> {
         let deadline = Instant::now() + timeout;
@@ -271,4 +281,108 @@ pub fn bridge_metric(b: &crate::Broker, line_prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A TCP relay to a remote broker that a test can cut (every connection
+/// closed, new ones refused) and restore on the same port: the remote
+/// goes away for the bridge while its own clients stay connected.
+pub struct Relay {
+    pub port: u16,
+    target: SocketAddr,
+    state: std::sync::Arc<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    up: std::sync::atomic::AtomicBool,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let port = free_port();
+        let relay = Relay {
+            port,
+            target,
+            state: std::sync::Arc::new(RelayState::default()),
+        };
+        relay.restore();
+        relay
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Closes every relayed connection and stops listening.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.state.up.store(false, Ordering::SeqCst);
+        self.state.generation.fetch_add(1, Ordering::SeqCst);
+        // Wake the accept loop so that it lets the port go.
+        let _ = std::net::TcpStream::connect(self.addr());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Listens again on the same port.
+    pub fn restore(&self) {
+        use std::sync::atomic::Ordering;
+        let listener = loop {
+            match std::net::TcpListener::bind(self.addr()) {
+                Ok(l) => break l,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        self.state.up.store(true, Ordering::SeqCst);
+        let state = self.state.clone();
+        let target = self.target;
+        let generation = state.generation.load(Ordering::SeqCst);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if state.generation.load(Ordering::SeqCst) != generation {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        from.set_read_timeout(Some(Duration::from_millis(100))).ok();
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            if state.generation.load(Ordering::SeqCst) != generation {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
 }

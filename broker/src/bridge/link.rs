@@ -303,6 +303,7 @@ fn forward(
         properties,
         payload: p.payload,
     };
+    tracing::trace!(bridge = %config.name, from_local = from.is_local, from_id = p.packet_id, dup = p.dup, to_id = packet_id, "forwarded");
     to.peer.queue(&Packet::Publish(out))?;
     if qos == QoS::AtMostOnce {
         // Nothing will come back to wait for.
