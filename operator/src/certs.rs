@@ -23,6 +23,8 @@ pub const CA_DAYS: i64 = 3650;
 pub enum CertError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("a certificate just issued could not be read back")]
+    Unreadable,
 }
 
 /// Why a certificate was (re)issued; `None` fields mean kept.

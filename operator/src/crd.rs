@@ -337,8 +337,9 @@ pub struct TlsSpec {
     /// Extra DNS names for the server certificate (external host names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_dns_names: Vec<String>,
-    /// Mutual TLS on the cluster port (7100) between brokers; needs a CA.
-    /// Default true.
+    /// Ignored: the cluster port (7100) is always mutual TLS, with the
+    /// operator's own peer CA and a certificate per node (kept so that
+    /// existing resources still validate).
     #[serde(default = "yes")]
     pub peer_tls: bool,
 }

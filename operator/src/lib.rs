@@ -16,6 +16,7 @@ pub mod crd;
 pub mod leader;
 pub mod lifecycle;
 pub mod membership;
+pub mod peer_certs;
 pub mod render;
 pub mod schema;
 pub mod status;

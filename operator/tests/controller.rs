@@ -558,7 +558,10 @@ async fn user_secret_tls_mode() {
         .unwrap_or_default()
         .contains("tls.secretName"));
 
-    // A certificate without a CA: it runs, peer TLS is off and a warning says so.
+    // A certificate without a CA: it runs; the listener verifies no
+    // clients, and the cluster port is mutual TLS all the same, with the
+    // operator's own peer certificates (issue 15: it was plain text, with
+    // a warning, before).
     h.api.create(
         "v1",
         "secrets",
@@ -570,7 +573,7 @@ async fn user_secret_tls_mode() {
     let d = h.condition("own", "Degraded");
     assert_eq!(d["status"], "False", "{d}");
     assert!(
-        d["message"]
+        !d["message"]
             .as_str()
             .unwrap_or_default()
             .contains("not encrypted"),
@@ -587,9 +590,15 @@ async fn user_secret_tls_mode() {
     );
     let toml = h.config_toml("own");
     assert!(
-        toml.contains("certfile = \"/etc/raftmq/tls/tls.crt\"") && !toml.contains("cafile"),
+        toml.contains("certfile = \"/etc/raftmq/tls/tls.crt\"")
+            && !toml.contains("cafile = \"/etc/raftmq/tls/ca.crt\""),
         "{toml}"
     );
+    assert!(
+        toml.contains("cafile = \"/etc/raftmq/peer/ca.crt\""),
+        "{toml}"
+    );
+    assert!(h.get("v1", "secrets", "own-peer").is_some());
     assert!(
         h.get("v1", "secrets", "own-ca").is_none() && h.get("v1", "secrets", "own-tls").is_none()
     );

@@ -110,6 +110,7 @@ fn observed(spec: &MqttClusterSpec) -> Observed {
         tls_has_ca: tls.is_some(),
         service_monitor_crd: true,
         cert_manager_crd: true,
+        ..Observed::default()
     }
 }
 

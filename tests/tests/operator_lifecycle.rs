@@ -264,7 +264,7 @@ async fn membership_over_mutual_tls() {
     lab.tls = lab.issued_tls();
     assert!(
         lab.tls.is_some(),
-        "the operator issued the CA and peer certificate"
+        "the operator issued the peer CA and its admin certificate"
     );
     let (_, config) = pod_config(&lab, 0);
     assert!(
@@ -281,6 +281,13 @@ async fn membership_over_mutual_tls() {
     assert!(lab
         .admin
         .status(&lab.target(lab.tls.clone()), 0)
+        .await
+        .is_ok());
+    // A node's own certificate reads the status too (and may do no more:
+    // cluster_security).
+    assert!(lab
+        .admin
+        .status(&lab.target(lab.peer_tls("node-2")), 0)
         .await
         .is_ok());
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Guard;
 use super::convert;
 use super::metrics::RaftStats;
 use super::network::{Network, MAX_MESSAGE_BYTES};
@@ -278,6 +279,7 @@ async fn open(net: &Network, addr: &str) -> Result<(mpsc::Sender<pb::ForwardBatc
 pub struct ForwardService {
     pub broker: Arc<OnceLock<Arc<Broker>>>,
     pub stats: RaftStats,
+    pub guard: Guard,
 }
 
 #[tonic::async_trait]
@@ -288,6 +290,10 @@ impl pb::forward_server::Forward for ForwardService {
         &self,
         req: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // A current member's certificate opens the stream; each batch must
+        // then name that member as its origin.
+        let sender = self.guard.member(&req, "Forward")?;
+        let guard = self.guard.clone();
         let broker = self
             .broker
             .get()
@@ -298,6 +304,18 @@ impl pb::forward_server::Forward for ForwardService {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
+                if !sender.allows(batch.origin) {
+                    let refused = guard.denied_later(
+                        "Forward",
+                        &sender,
+                        format!(
+                            "a forwarded batch for node {} from {sender:?}",
+                            batch.origin
+                        ),
+                    );
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 let n = batch.messages.len() as u64;
                 for f in batch.messages {
                     let message = match convert::message_from(f.message) {

@@ -28,6 +28,8 @@ pub struct RaftStats {
     pub nodes_down: IntGauge,
     /// 1 while the cluster port serves plain text beyond loopback.
     pub insecure_plaintext: IntGauge,
+    /// Cluster calls refused for the caller's identity, by RPC and code.
+    pub refused: IntCounterVec,
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -108,6 +110,14 @@ impl Default for RaftStats {
                 "raftmq_cluster_insecure_plaintext",
                 "1 while the cluster port serves plain text, unauthenticated, beyond loopback ([cluster] insecure_plaintext)",
             ),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "raftmq_cluster_refused_total",
+                    "Cluster calls refused for who made them (code: unauthenticated, permission_denied)",
+                ),
+                &["rpc", "code"],
+            )
+            .expect("static metric options"),
 
         }
     }
@@ -130,6 +140,7 @@ impl RaftStats {
         registry.register(Box::new(self.forward_dropped.clone()))?;
         registry.register(Box::new(self.nodes_down.clone()))?;
         registry.register(Box::new(self.insecure_plaintext.clone()))?;
+        registry.register(Box::new(self.refused.clone()))?;
         Ok(())
     }
 

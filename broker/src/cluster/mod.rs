@@ -10,6 +10,7 @@
 // openraft's error types (StorageError, RPCError) are large by design and
 // its traits require them; boxing ours would not shrink openraft's.
 
+mod auth;
 pub mod certs;
 pub mod cli;
 mod convert;
@@ -24,6 +25,7 @@ mod log_scan;
 mod log_store;
 pub mod metrics;
 mod network;
+mod peer;
 mod seam;
 mod service;
 mod snapshot_file;
@@ -210,12 +212,17 @@ impl Cluster {
             .with_context(|| format!("cluster gRPC: cannot bind {bind}"))?;
         let grpc_addr = listener.local_addr()?;
         let gate = types::WriteGate::default();
+        let guard = auth::Guard {
+            raft: raft.clone(),
+            refused: stats.refused.clone(),
+        };
         let raft_svc = RaftServer::new(service::RaftService {
             raft: raft.clone(),
             gate: gate.clone(),
             node_id,
             standing: standing.clone(),
             inbox: Arc::default(),
+            guard: guard.clone(),
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
@@ -228,6 +235,7 @@ impl Cluster {
             log: log.clone(),
             engine: engine.clone(),
             standing: standing.clone(),
+            guard: guard.clone(),
         };
         standing.hold_elections_if_out(&raft.get(), fresh);
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -252,20 +260,16 @@ impl Cluster {
         let forward_svc = ForwardServer::new(forward::ForwardService {
             broker: engine.clone(),
             stats: stats.clone(),
+            guard,
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
-        let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
-        if let Some(t) = &peer_tls {
-            server = server
-                .tls_config(t.server())
-                .context("cluster TLS: certificate, key or CA")?;
-        }
-        let router = server
+        let acceptor = peer_tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let incoming = peer::incoming(listener, acceptor.map(Arc::new), stats.refused.clone());
+        let router = tonic::transport::Server::builder()
             .add_service(raft_svc)
             .add_service(admin_svc)
             .add_service(forward_svc);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!("cluster gRPC server stopped: {e}");

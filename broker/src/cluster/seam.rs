@@ -114,7 +114,8 @@ async fn read_indexes(
 async fn read_index(raft: &RaftHandle, net: &Network) -> u64 {
     loop {
         let core = raft.get();
-        match tokio::time::timeout(READ_ATTEMPT, super::service::read_index(&core, net)).await {
+        match tokio::time::timeout(READ_ATTEMPT, super::service::read_index(&core, net, true)).await
+        {
             Ok(Ok(index)) => return index,
             Ok(Err(e)) => tracing::debug!("read index: {}; asking again", e.message()),
             Err(_) => tracing::debug!("read index: no answer; asking again"),

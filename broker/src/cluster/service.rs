@@ -10,6 +10,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use raftmq_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::auth::Guard;
 use super::convert;
 use super::log_store::LogStore;
 use super::network::Network;
@@ -39,6 +40,13 @@ pub struct RaftService {
     pub standing: Arc<Standing>,
     /// Snapshot chunks from the leader, checked before they are installed.
     pub inbox: Arc<SnapshotInbox>,
+    pub guard: Guard,
+}
+
+/// The node a Raft request's vote names: the leader (or candidate) that
+/// sent it. 0 (no vote) matches no certificate.
+fn voter(vote: &Option<pb::Vote>) -> NodeId {
+    vote.as_ref().map_or(0, |v| v.node_id)
 }
 
 impl RaftService {
@@ -61,6 +69,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.guard
+            .node(&req, "AppendEntries", voter(&req.get_ref().vote))?;
         self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let rpc = openraft::raft::AppendEntriesRequest {
@@ -99,6 +109,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        self.guard.node(&req, "Vote", voter(&req.get_ref().vote))?;
         self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let rpc = openraft::raft::VoteRequest {
@@ -117,6 +128,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        self.guard
+            .node(&req, "InstallSnapshot", voter(&req.get_ref().vote))?;
         self.refuse_if_unjoined()?;
         let r = req.into_inner();
         let vote = convert::vote_from(r.vote).map_err(bad_request)?;
@@ -154,9 +167,14 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn read_index(
         &self,
-        _: Request<pb::Empty>,
+        req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = leader_read_index(&self.raft.get()).await?;
+        self.guard.member_or_admin(&req, "ReadIndex")?;
+        let raft = self.raft.get();
+        let index = match req.into_inner().lease {
+            true => leader_index(&raft).await?,
+            false => leader_read_index(&raft).await?,
+        };
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
@@ -164,6 +182,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::MembershipNotice>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.guard.notice(&req, "NotifyMembership")?;
         let r = req.into_inner();
         if r.node_id != self.node_id {
             return Err(Status::invalid_argument(format!(
@@ -181,11 +200,15 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
-        let batch = Batch(req.into_inner().batch);
+        self.guard.reader(&req, "Propose")?;
         // The proposer's origin and commands are checked when applied; a
         // batch that does not decode is refused here so it never reaches
         // the log.
-        let (origin, _) = convert::batch_from(&batch).map_err(bad_request)?;
+        let (origin, _) =
+            convert::batch_from(&Batch(req.get_ref().batch.clone())).map_err(bad_request)?;
+        // A node proposes in its own name only.
+        self.guard.node(&req, "Propose", origin)?;
+        let batch = Batch(req.into_inner().batch);
         // A node removed from the cluster may not know it yet; its writes
         // must not commit any more.
         let member = self
@@ -234,9 +257,36 @@ async fn leader_read_index(raft: &Raft) -> Result<u64, Status> {
         .map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
+/// On the leader, while its lease holds: its committed index, without a
+/// round of heartbeats (which also logs an error for every member that is
+/// down). The lease: it heard from a quorum within the minimum election
+/// timeout (followers honour a leader for the maximum one, so no other
+/// leader can have been elected since) and has committed an entry of its
+/// own term (so everything committed before it led is below). Every write
+/// committed before the call is then at or below the answer. Otherwise the
+/// read index confirmed with heartbeats.
+async fn leader_index(raft: &Raft) -> Result<u64, Status> {
+    let state = raft
+        .with_raft_state(|st| {
+            let leading = st.server_state == ServerState::Leader;
+            let term = st.vote_ref().leader_id().term;
+            st.committed
+                .filter(|c| leading && c.leader_id.term == term)
+                .map(|c| c.index)
+        })
+        .await;
+    let lease_ms = raft.config().election_timeout_min;
+    let acked = raft.metrics().borrow().millis_since_quorum_ack;
+    match (state, acked) {
+        (Ok(Some(index)), Some(ms)) if ms < lease_ms => Ok(index),
+        _ => leader_read_index(raft).await,
+    }
+}
+
 /// The leader's read index: every write committed before the call is at or
-/// below it (asked over gRPC from a follower).
-pub async fn read_index(raft: &Raft, net: &Network) -> Result<u64, Status> {
+/// below it (asked over gRPC from a follower). `lease`: the leader may
+/// answer from its lease (see [`leader_index`]).
+pub async fn read_index(raft: &Raft, net: &Network, lease: bool) -> Result<u64, Status> {
     let (leader, addr) = {
         let m = raft.metrics();
         let m = m.borrow();
@@ -247,20 +297,24 @@ pub async fn read_index(raft: &Raft, net: &Network) -> Result<u64, Status> {
         (m.current_leader == Some(m.id), addr)
     };
     if leader {
-        return leader_read_index(raft).await;
+        return match lease {
+            true => leader_index(raft).await,
+            false => leader_read_index(raft).await,
+        };
     }
     let addr = addr.ok_or_else(|| Status::unavailable("no leader known"))?;
     let mut client = net
         .raft_client(&addr)
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    Ok(client.read_index(pb::Empty {}).await?.into_inner().index)
+    let req = pb::ReadIndexRequest { lease };
+    Ok(client.read_index(req).await?.into_inner().index)
 }
 
 /// Waits until this node's state reflects every write committed before the
 /// call: the leader's read index (asked over gRPC from a follower), then
 /// this node's apply up to it.
 pub async fn read_fresh(raft: &Raft, net: &Network) -> Result<(), Status> {
-    let index = read_index(raft, net).await?;
+    let index = read_index(raft, net, false).await?;
     raft.wait(Some(Duration::from_secs(10)))
         .applied_index_at_least(Some(index), "read index")
         .await
@@ -279,6 +333,7 @@ pub struct AdminService {
     /// The engine, for Drain (set once the cluster is attached).
     pub engine: Arc<OnceLock<Arc<Broker>>>,
     pub standing: Arc<Standing>,
+    pub guard: Guard,
 }
 
 /// The longest a node holds its elections for a transfer.
@@ -466,8 +521,9 @@ fn ok(message: impl Into<String>) -> Result<Response<pb::AdminResponse>, Status>
 impl pb::admin_server::Admin for AdminService {
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.guard.reader(&req, "Status")?;
         let m = self.raft.get().metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -515,6 +571,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.admin(&req, "AddLearner")?;
         let r = req.into_inner();
         if r.node_id == 0 || r.addr.is_empty() {
             return Err(Status::invalid_argument("node_id and addr are required"));
@@ -537,6 +594,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.admin(&req, "ChangeMembership")?;
         let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("at least one voter is required"));
@@ -553,6 +611,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.admin(&req, "RemoveNode")?;
         let id = req.into_inner().node_id;
         let membership = self
             .raft
@@ -606,6 +665,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.admin(&req, "TransferLeader")?;
         let target = req.into_inner().node_id;
         ok(self.transfer(target, TRANSFER_TIMEOUT).await?)
     }
@@ -614,6 +674,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::HoldElectionsRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.member_or_admin(&req, "HoldElections")?;
         let hold = req.into_inner().hold;
         self.raft.get().runtime_config().elect(!hold);
         if hold {
@@ -635,6 +696,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
+        self.guard.reader(&req, "Digest")?;
         if req.into_inner().fresh {
             read_fresh(&self.raft.get(), &self.net).await?;
         }
@@ -657,6 +719,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.guard.admin(&req, "Drain")?;
         let r = req.into_inner();
         let broker = self
             .engine
@@ -677,8 +740,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn undrain(
         &self,
-        _: Request<pb::UndrainRequest>,
+        req: Request<pb::UndrainRequest>,
     ) -> Result<Response<pb::UndrainResponse>, Status> {
+        self.guard.admin(&req, "Undrain")?;
         let broker = self
             .engine
             .get()
@@ -687,7 +751,8 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::UndrainResponse { was_draining }))
     }
 
-    async fn elect(&self, _: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
+    async fn elect(&self, req: Request<pb::Empty>) -> Result<Response<pb::AdminResponse>, Status> {
+        self.guard.member_or_admin(&req, "Elect")?;
         self.raft
             .get()
             .trigger()

@@ -1,13 +1,14 @@
 //! Mutual TLS between nodes (and from the CLI and the operator to the
 //! Admin service): every node presents its own certificate and accepts
-//! only peers whose certificate the cluster CA signed. Enabled when
+//! only peers whose certificate the cluster CA signed; what each may call
+//! is then decided by the identity the certificate names (`auth`). Enabled when
 //! `[cluster]` names all three of `certfile`, `keyfile` and `cafile`
 //! (the operator and `raftmq cluster certs` issue them); read at start.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::ClusterConfig;
 
@@ -15,6 +16,7 @@ use crate::config::ClusterConfig;
 pub struct PeerTls {
     identity: Identity,
     ca: Certificate,
+    files: crate::listener::tls::TlsFiles,
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -48,15 +50,26 @@ impl PeerTls {
         Ok(PeerTls {
             identity: Identity::from_pem(read(cert, "certfile")?, read(key, "keyfile")?),
             ca: Certificate::from_pem(read(ca, "cafile")?),
+            files: crate::listener::tls::TlsFiles {
+                certfile: cert.to_path_buf(),
+                keyfile: key.to_path_buf(),
+                cafile: Some(ca.to_path_buf()),
+                // A caller without a certificate completes the handshake
+                // and is answered Unauthenticated by every service (see
+                // `peer`); one from another CA does not.
+                require_certificate: false,
+            },
         })
     }
 
-    /// The server side: our certificate, and a client certificate signed by
-    /// the cluster CA required of every caller.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
+    /// The server side: our certificate; a client certificate, if any, must
+    /// chain to the cluster CA. HTTP/2 only (gRPC).
+    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        let config = self
+            .files
+            .build(&[b"h2"])
+            .context("cluster TLS: certificate, key or CA")?;
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 
     /// The client side: the peer's certificate must be signed by the

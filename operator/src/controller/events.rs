@@ -120,6 +120,25 @@ pub(super) async fn certificates_issued(
     }
 }
 
+/// The cluster plane's certificates issued: one Event saying which and why.
+pub(super) async fn peer_certificates_issued(
+    ctx: &Context,
+    cluster: &MqttCluster,
+    what: &[String],
+) {
+    if what.is_empty() {
+        return;
+    }
+    issued(
+        ctx,
+        cluster,
+        "peer",
+        "PeerCertificatesIssued",
+        format!("issued for the cluster port: {}", what.join("; ")),
+    )
+    .await;
+}
+
 /// One certificate issued: counted (by `kind`) and told.
 async fn issued(ctx: &Context, cluster: &MqttCluster, kind: &str, reason: &str, note: String) {
     ctx.metrics

@@ -108,6 +108,10 @@ pub struct Context {
     /// Reconciles failed in a row, per cluster (`namespace/name`): the
     /// error policy's backoff.
     pub failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// The operator's own namespace (`POD_NAMESPACE`, which the chart sets
+    /// from the downward API): the NetworkPolicy admits the operator to
+    /// the cluster port from there only.
+    pub operator_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +170,7 @@ impl Context {
             now: Arc::new(OffsetDateTime::now_utc),
             lifecycle: LifecycleSettings::default(),
             failures: std::sync::Mutex::new(BTreeMap::new()),
+            operator_namespace: std::env::var("POD_NAMESPACE").ok(),
         }
     }
 }

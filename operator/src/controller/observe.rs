@@ -3,6 +3,7 @@
 //! which optional APIs exist), the StatefulSet, the pods and each broker's
 //! Status; and what in the spec cannot be applied.
 
+pub mod peer;
 pub mod pods;
 pub mod secrets;
 pub mod tls;
@@ -96,9 +97,10 @@ pub(super) async fn observe(ctx: &Context, cluster: &MqttCluster) -> Result<Seen
         .and_then(|s| secrets::secret_string(&s, render::PASSWD_FILE))
         .and_then(Result::ok);
     let (mut observed, certificates) = tls::observe(ctx, cluster, &secrets, &names, &ns).await?;
+    observed.peer = Some(peer::observe(ctx, cluster, &secrets, &names).await?);
+    observed.operator_namespace = ctx.operator_namespace.clone();
     problems.extend(certificates.problems.iter().cloned());
     secrets::check_psk(&secrets, cluster, &ns, &mut problems).await?;
-    warnings.extend(certificates.peer_warning.clone());
     if let Some(w) = service_monitor_api(client, cluster, &mut observed).await {
         warnings.push(w);
     }
@@ -107,7 +109,7 @@ pub(super) async fn observe(ctx: &Context, cluster: &MqttCluster) -> Result<Seen
     let before = sts_api.get_opt(&names.statefulset()).await?;
     let target = Target {
         names: names.clone(),
-        tls: secrets::admin_tls(&secrets, cluster, &names, &observed).await?,
+        tls: observed.peer.as_ref().map(peer::admin_tls),
     };
     let pods = match &before {
         Some(_) => pods::pods(client, &ns, &names).await?,

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{
     meta, Names, Observed, RenderError, ACL_DIR, ACL_FILE, CLUSTER_PORT, CONFIG_DIR, CONFIG_FILE,
-    CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PSK_DIR, TLS_DIR, USERS_DIR,
+    CONFIG_OF, DATA_DIR, HTTP_PORT, PASSWD_FILE, PEER_DIR, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use raftmq_shared::config::keys::{self, auth as auth_key, cluster as cluster_key, listener};
 use raftmq_shared::config::DEFAULT_WS_PATH;
@@ -135,10 +135,7 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
             s(format!("0.0.0.0:{HTTP_PORT}")),
         )])),
     );
-    root.insert(
-        keys::CLUSTER.into(),
-        toml::Value::Table(cluster_table(spec, observed)),
-    );
+    root.insert(keys::CLUSTER.into(), toml::Value::Table(cluster_table()));
 
     if let Some(over) = &spec.config {
         let over = json_to_toml(&serde_json::Value::Object(over.clone()));
@@ -239,28 +236,24 @@ fn listener_table(spec: &MqttClusterSpec, l: &ActiveListener, observed: &Observe
     t
 }
 
-/// `[cluster]`: mutual TLS between the brokers when the cluster has a CA,
-/// else plain text said out loud.
-fn cluster_table(spec: &MqttClusterSpec, observed: &Observed) -> toml::Table {
-    let tls = spec.effective_tls();
-    let (cert, key, ca) = tls_files();
+/// `[cluster]`: mutual TLS for every cluster, whatever its listeners: each
+/// broker presents its own node certificate (the operator issues one per
+/// node id, all in one mounted Secret; the broker picks its own by
+/// `{node_id}`).
+fn cluster_table() -> toml::Table {
     let mut cluster = table(vec![(
         cluster_key::BIND,
         s(format!("0.0.0.0:{CLUSTER_PORT}")),
     )]);
-    if tls.as_ref().is_some_and(|t| t.peer_tls) && observed.tls_has_ca {
-        cluster.insert(cluster_key::CERTFILE.into(), s(&cert));
-        cluster.insert(cluster_key::KEYFILE.into(), s(&key));
-        cluster.insert(cluster_key::CAFILE.into(), s(&ca));
-    } else {
-        // Peers reach each other across the pod network: a broker refuses
-        // that in plain text unless told to, and says so (readyz, metric,
-        // a warning every minute).
-        cluster.insert(
-            cluster_key::INSECURE_PLAINTEXT.into(),
-            toml::Value::Boolean(true),
-        );
-    }
+    cluster.insert(
+        cluster_key::CERTFILE.into(),
+        s(format!("{PEER_DIR}/node-{{node_id}}.crt")),
+    );
+    cluster.insert(
+        cluster_key::KEYFILE.into(),
+        s(format!("{PEER_DIR}/node-{{node_id}}.key")),
+    );
+    cluster.insert(cluster_key::CAFILE.into(), s(format!("{PEER_DIR}/ca.crt")));
     cluster
 }
 

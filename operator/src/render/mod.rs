@@ -44,6 +44,9 @@ pub const ACL_FILE: &str = "acl";
 pub const USERS_DIR: &str = "/etc/raftmq/users";
 pub const PASSWD_FILE: &str = "passwd";
 pub const TLS_DIR: &str = "/etc/raftmq/tls";
+/// The cluster plane's certificates (every node's; the broker picks its
+/// own by node id).
+pub const PEER_DIR: &str = "/etc/raftmq/peer";
 pub const PSK_DIR: &str = "/etc/raftmq/psk";
 pub const CONTAINER: &str = "broker";
 
@@ -92,6 +95,16 @@ impl Names {
     }
     pub fn ca_secret(&self) -> String {
         format!("{}-ca", self.cluster)
+    }
+    /// Mounted by every pod: the peer CA certificate and each node's
+    /// certificate and key.
+    pub fn peer_secret(&self) -> String {
+        format!("{}-peer", self.cluster)
+    }
+    /// Never mounted: the peer CA's key and the operator's admin
+    /// certificate.
+    pub fn peer_ca_secret(&self) -> String {
+        format!("{}-peer-ca", self.cluster)
     }
     /// The operator- or cert-manager-managed server certificate Secret.
     pub fn tls_secret(&self) -> String {
@@ -191,6 +204,11 @@ pub struct Observed {
     pub service_monitor_crd: bool,
     /// cert-manager's Certificate CRD is installed.
     pub cert_manager_crd: bool,
+    /// The cluster plane's certificates (issued for every cluster).
+    pub peer: Option<crate::peer_certs::PeerMaterial>,
+    /// The namespace the operator runs in (the NetworkPolicy admits it to
+    /// the cluster port from there only); `None`: the cluster's own.
+    pub operator_namespace: Option<String>,
 }
 
 /// Everything a cluster consists of.
@@ -299,6 +317,10 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
     if let Some(pw) = &observed.password_file {
         secrets.push(secrets::users_secret(&names, &owner, pw));
     }
+    if let Some(peer) = &observed.peer {
+        secrets.push(secrets::peer_secret(&names, &owner, peer));
+        secrets.push(secrets::peer_ca_secret(&names, &owner, peer));
+    }
     if let (Some(t), Some(material)) = (&tls, &observed.tls) {
         if t.mode == TlsMode::Operator {
             secrets.push(secrets::ca_secret(&names, &owner, material));
@@ -330,10 +352,13 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
     let headless_service = services::headless(&names, &owner);
     let client_service = services::client(&names, &owner, spec);
     let pdb = policy::pdb(&names, &owner);
-    let network_policy = spec
-        .network_policy
-        .enabled
-        .then(|| policy::network_policy(&names, &owner, spec));
+    let network_policy = spec.network_policy.enabled.then(|| {
+        let operator_ns = observed
+            .operator_namespace
+            .as_deref()
+            .unwrap_or(&names.namespace);
+        policy::network_policy(&names, &owner, spec, operator_ns)
+    });
     let service_monitor = (spec.metrics.service_monitor.enabled && observed.service_monitor_crd)
         .then(|| monitoring::service_monitor(&names, &owner, &spec.metrics.service_monitor));
 

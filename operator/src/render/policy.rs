@@ -44,13 +44,18 @@ fn tcp(port: i32) -> NetworkPolicyPort {
 /// `app.kubernetes.io/name` of the operator's pods (the Helm chart sets it).
 pub const OPERATOR_APP_NAME: &str = "raftmq-operator";
 
-/// Ingress to the broker pods: the cluster port only from the cluster's
-/// pods (and the operator's); the MQTT listeners and the HTTP port from
-/// anywhere.
+/// Ingress to the broker pods: the cluster port only from the pods of the
+/// cluster's own StatefulSet (same namespace, its selector labels) and
+/// from the operator's pods in the operator's namespace
+/// (`operator_namespace`, named by `kubernetes.io/metadata.name`, which
+/// only the API server sets); the MQTT listeners and the HTTP port from
+/// anywhere. The cluster port also wants the caller's certificate: the
+/// policy narrows who may try.
 pub fn network_policy(
     names: &Names,
     owner: &OwnerReference,
     spec: &MqttClusterSpec,
+    operator_namespace: &str,
 ) -> NetworkPolicy {
     let mut open: Vec<NetworkPolicyPort> = spec
         .listeners
@@ -74,7 +79,13 @@ pub fn network_policy(
                         // The operator drives Raft membership through the
                         // brokers' Admin gRPC service on this port.
                         NetworkPolicyPeer {
-                            namespace_selector: Some(LabelSelector::default()),
+                            namespace_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    "kubernetes.io/metadata.name".to_string(),
+                                    operator_namespace.to_string(),
+                                )])),
+                                ..LabelSelector::default()
+                            }),
                             pod_selector: Some(LabelSelector {
                                 match_labels: Some(BTreeMap::from([(
                                     "app.kubernetes.io/name".to_string(),

@@ -1,5 +1,6 @@
-//! Secrets: the password file (mosquitto `$7$` hashes) and, in
-//! operator-issued TLS mode, the CA and the server certificate.
+//! Secrets: the password file (mosquitto `$7$` hashes), in
+//! operator-issued TLS mode the CA and the server certificate, and the
+//! cluster plane's certificates (every cluster).
 //!
 //! Hashing has a random salt, so a naive re-render would rewrite the
 //! password file on every reconcile. [`password_file`] keeps an existing
@@ -14,6 +15,7 @@ use k8s_openapi::ByteString;
 use raftmq_shared::passwd::{entry, hash_with_salt, parse_entry};
 
 use super::{meta, Names, TlsMaterial, PASSWD_FILE};
+use crate::peer_certs::PeerMaterial;
 
 /// The hash itself is `raftmq_shared::passwd`'s, the one the broker reads;
 /// an existing hash is kept only when it is a `$7$` one of the password.
@@ -93,6 +95,41 @@ pub fn tls_secret(names: &Names, owner: &OwnerReference, m: &TlsMaterial) -> Sec
             ("tls.crt", &m.tls_crt),
             ("tls.key", &m.tls_key),
             ("ca.crt", &m.ca_crt),
+        ],
+    )
+}
+
+/// Mounted by every broker: the peer CA certificate and `node-<id>.crt` /
+/// `node-<id>.key` for each node (the broker reads its own by node id).
+pub fn peer_secret(names: &Names, owner: &OwnerReference, m: &PeerMaterial) -> Secret {
+    let files: Vec<(String, &str)> = m
+        .nodes
+        .iter()
+        .flat_map(|(id, pair)| {
+            [
+                (format!("node-{id}.crt"), pair.crt.as_str()),
+                (format!("node-{id}.key"), pair.key.as_str()),
+            ]
+        })
+        .collect();
+    let mut data: Vec<(&str, &str)> = vec![("ca.crt", m.ca.crt.as_str())];
+    data.extend(files.iter().map(|(k, v)| (k.as_str(), *v)));
+    secret(names, owner, names.peer_secret(), "Opaque", data)
+}
+
+/// The operator's only: the peer CA's key (whoever holds it can mint an
+/// admin) and the operator's admin client certificate.
+pub fn peer_ca_secret(names: &Names, owner: &OwnerReference, m: &PeerMaterial) -> Secret {
+    secret(
+        names,
+        owner,
+        names.peer_ca_secret(),
+        "Opaque",
+        vec![
+            ("ca.crt", &m.ca.crt),
+            ("ca.key", &m.ca.key),
+            ("admin.crt", &m.admin.crt),
+            ("admin.key", &m.admin.key),
         ],
     )
 }

@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::config::config_path;
 use super::{
     common_labels, meta, selector_labels, Names, Observed, ACL_DIR, CLUSTER_PORT, CONFIG_CHECKSUM,
-    CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PSK_DIR, TLS_DIR, USERS_DIR,
+    CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PEER_DIR, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use crate::crd::{ListenerKindExt, MqttClusterSpec};
 
@@ -93,6 +93,11 @@ pub fn mounts(
             path: USERS_DIR,
         });
     }
+    // Every cluster: the cluster port is mutual TLS whatever the listeners.
+    v.push(Mount {
+        volume: secret_volume("peer", names.peer_secret(), None),
+        path: PEER_DIR,
+    });
     if let Some(tls) = spec.effective_tls() {
         if let Some(secret) = names.certificate_secret(&tls) {
             v.push(Mount {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use raftmq_operator::crd::{MqttCluster, TlsMode};
+use raftmq_operator::peer_certs::{Pair, PeerMaterial};
 use raftmq_operator::render::{secrets, Observed, TlsMaterial};
 use raftmq_operator::schema::parse_yaml_stream;
 use serde_json::Value;
@@ -95,6 +96,41 @@ pub fn example_observed(name: &str) -> Observed {
         tls_has_ca: tls.is_some(),
         service_monitor_crd: true,
         cert_manager_crd: true,
+        peer: Some(fake_peer(cluster.spec.replicas)),
+        operator_namespace: Some(OPERATOR_NAMESPACE.into()),
+    }
+}
+
+/// The namespace the examples' operator runs in.
+pub const OPERATOR_NAMESPACE: &str = "raftmq-system";
+
+/// Placeholder cluster-plane certificates for node ids 1..=replicas.
+pub fn fake_peer(replicas: i32) -> PeerMaterial {
+    let pem =
+        |what: &str| format!("-----BEGIN CERTIFICATE-----\n{what}\n-----END CERTIFICATE-----\n");
+    let key =
+        |what: &str| format!("-----BEGIN PRIVATE KEY-----\n{what}\n-----END PRIVATE KEY-----\n");
+    PeerMaterial {
+        ca: Pair {
+            crt: pem("PEERCA"),
+            key: key("PEERCAKEY"),
+        },
+        nodes: (1..=u64::try_from(replicas).unwrap_or(1))
+            .map(|id| {
+                let name = format!("NODE{id}");
+                (
+                    id,
+                    Pair {
+                        crt: pem(&name),
+                        key: key(&format!("{name}KEY")),
+                    },
+                )
+            })
+            .collect(),
+        admin: Pair {
+            crt: pem("ADMIN"),
+            key: key("ADMINKEY"),
+        },
     }
 }
 

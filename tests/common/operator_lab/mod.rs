@@ -185,21 +185,33 @@ impl Lab {
         }
     }
 
-    /// The operator-issued CA and peer certificate, from their Secrets.
-    pub fn issued_tls(&self) -> Option<ClientTls> {
+    /// A certificate from the operator-issued cluster-plane Secrets:
+    /// `stem` `admin` (the operator's admin identity) or `node-<id>`.
+    pub fn peer_tls(&self, stem: &str) -> Option<ClientTls> {
         let text = |secret: &str, key: &str| {
             let s = self.api.get("v1", "secrets", NS, secret)?;
             String::from_utf8(b64(s["data"][key].as_str()?)).ok()
         };
+        let secret = if stem == "admin" {
+            format!("{NAME}-peer-ca")
+        } else {
+            format!("{NAME}-peer")
+        };
         Some(ClientTls {
-            ca_crt: text(&format!("{NAME}-ca"), "ca.crt")?,
-            cert: text(&format!("{NAME}-tls"), "tls.crt")?,
-            key: text(&format!("{NAME}-tls"), "tls.key")?,
+            ca_crt: text(&format!("{NAME}-peer"), "ca.crt")?,
+            cert: text(&secret, &format!("{stem}.crt"))?,
+            key: text(&secret, &format!("{stem}.key"))?,
         })
     }
 
+    /// The operator's own admin certificate (the cluster port is mutual
+    /// TLS for every cluster).
+    pub fn issued_tls(&self) -> Option<ClientTls> {
+        self.peer_tls("admin")
+    }
+
     pub async fn raft_voters(&self) -> BTreeSet<u64> {
-        let target = self.target(self.tls.clone());
+        let target = self.target(self.tls.clone().or_else(|| self.issued_tls()));
         for o in 0..MAX_PODS {
             if let Ok(s) = self.admin.status(&target, o).await {
                 if let Some(l) = s.leader {

@@ -7,8 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::crd::{ListenerKind, MqttCluster};
-use crate::membership::ClientTls;
-use crate::render::{Names, Observed, TlsMaterial};
+use crate::render::TlsMaterial;
 use crate::validate::Problem;
 
 /// The text under `key` (`data`, else `stringData`): `None` when the key
@@ -87,44 +86,6 @@ pub(in crate::controller) fn material_from(
         tls_crt: get(tls, "tls.crt")?,
         tls_key: get(tls, "tls.key")?,
     })
-}
-
-/// The client certificate for the Admin service when the brokers require
-/// mutual TLS between nodes: the cluster's own peer certificate (it carries
-/// client auth; operator-issued, a user Secret or cert-manager's Secret).
-pub(in crate::controller) async fn admin_tls(
-    secrets: &Api<Secret>,
-    cluster: &MqttCluster,
-    names: &Names,
-    observed: &Observed,
-) -> Result<Option<ClientTls>, kube::Error> {
-    let Some(t) = cluster.spec.effective_tls() else {
-        return Ok(None);
-    };
-    if !(t.peer_tls && observed.tls_has_ca) {
-        return Ok(None);
-    }
-    if let Some(m) = &observed.tls {
-        return Ok(Some(ClientTls {
-            ca_crt: m.ca_crt.clone(),
-            cert: m.tls_crt.clone(),
-            key: m.tls_key.clone(),
-        }));
-    }
-    let Some(name) = names.certificate_secret(&t) else {
-        return Ok(None);
-    };
-    let Some(s) = secrets.get_opt(&name).await? else {
-        return Ok(None);
-    };
-    let get = |k: &str| secret_string(&s, k).and_then(Result::ok);
-    Ok((|| {
-        Some(ClientTls {
-            ca_crt: get("ca.crt")?,
-            cert: get("tls.crt")?,
-            key: get("tls.key")?,
-        })
-    })())
 }
 
 /// The PSK identities' Secret, when a PSK listener is on.

@@ -20,8 +20,6 @@ use crate::validate::Problem;
 pub struct Certificates {
     /// What keeps the TLS settings from being applied.
     pub problems: Vec<Problem>,
-    /// Peer TLS asked for but impossible (the brokers talk in the clear).
-    pub peer_warning: Option<Problem>,
     /// The operator-issued server certificate's expiry (RFC 3339).
     pub not_after: Option<String>,
     /// When the operator-issued server certificate is due for renewal.
@@ -129,14 +127,6 @@ async fn from_secret(
         }
     }
     observed.tls_has_ca = secret_string(&s, "ca.crt").is_some();
-    if t.peer_tls && !observed.tls_has_ca {
-        out.peer_warning = Some(Problem {
-            reason: "PeerTlsOff",
-            message: format!(
-                "tls.peerTls is set but Secret {name:?} has no \"ca.crt\"; traffic between brokers is not encrypted"
-            ),
-        });
-    }
     let needs_ca = cluster
         .spec
         .listeners
