@@ -88,6 +88,16 @@ ROWS = [
         ("Log entries /s", [("{{pod}}", f"max by (pod) (rate(raftmq_raft_applied_index{SEL}{RATE}))")], "ops", "timeseries"),
         ("Snapshot size", [("{{pod}}", f"max by (pod) (raftmq_raft_snapshot_bytes{SEL})")], "bytes", "timeseries"),
     ]),
+    ("Bridges", [
+        ("Bridges connected", [("{{bridge}}", f"max by (bridge) (raftmq_bridge_connected{SEL})")], "none", "timeseries"),
+        ("Bridged messages /s", [("{{bridge}} {{direction}}", f"sum by (bridge, direction) (rate(raftmq_bridge_messages_total{SEL}{RATE}))")], "ops", "timeseries"),
+        ("Bridged payload /s", [("{{bridge}} {{direction}}", f"sum by (bridge, direction) (rate(raftmq_bridge_bytes_total{SEL}{RATE}))")], "Bps", "timeseries"),
+        ("Bridge queue", [
+            ("queued {{bridge}}", f"max by (bridge) (raftmq_bridge_queued_messages{SEL})"),
+            ("dropped {{bridge}}", f"max by (bridge) (raftmq_bridge_dropped_messages{SEL})"),
+        ], "short", "timeseries"),
+        ("Bridge reconnects", [("{{bridge}}", f"sum by (bridge) (increase(raftmq_bridge_reconnects_total{SEL}[1h]))")], "short", "timeseries"),
+    ]),
     ("Storage", [
         ("Pods whose storage fails", [("pods", f"count(raftmq_storage_healthy{SEL} == 0) or vector(0)")], "short", "stat"),
         ("Data dir free", [("{{pod}}", f"min by (pod) (raftmq_data_dir_free_bytes{SEL})")], "bytes", "timeseries"),

@@ -520,8 +520,13 @@ fn operator_series() -> BTreeSet<String> {
 fn every_metric_in_dashboards_and_alert_rules_exists_on_live_brokers() {
     require_tool("promtool");
     // Two nodes, so that the leader exports per-follower replication lag;
-    // one delivery, so that the labelled histograms have their series.
-    let nodes = cluster::start(2, "");
+    // one delivery, so that the labelled histograms have their series; a
+    // bridge (to a port nobody listens on), so that its series exist.
+    let bridge = format!(
+        "[[bridges]]\nname = \"probe\"\naddresses = [\"127.0.0.1:{}\"]\ntopic = [\"b/# out 1\"]\n",
+        raftmq_e2e::free_port()
+    );
+    let nodes = cluster::start_each(2, "", |_, c| c.raw(&bridge));
     let mut sub = open(&nodes[0], "sub", Protocol::V311, true);
     assert_eq!(sub.subscribe(1, "d", QoS::AtMostOnce), vec![0]);
     open(&nodes[0], "pub", Protocol::V311, true).publish("d", b"x", QoS::AtMostOnce, false, 0);
