@@ -3,6 +3,7 @@
 //! in the order the publishes came, each once its commit is in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +40,8 @@ pub(super) enum PendingAck {
         packet_id: u16,
         /// Sessions the publish reached (0: "no matching subscribers").
         matched: usize,
+        /// Those found only as it settled (`Routed::matched_later`).
+        matched_later: Option<Arc<AtomicUsize>>,
         commit: Ticket,
     },
 }
@@ -254,6 +257,7 @@ impl Connection {
                         qos,
                         packet_id,
                         matched: routed.matched,
+                        matched_later: routed.matched_later,
                         commit,
                     });
                 Ok(())
@@ -316,8 +320,12 @@ impl Connection {
                     qos,
                     packet_id,
                     matched,
+                    matched_later,
                     commit: Ticket::Done(result),
-                }) => self.publish_committed(wbuf, qos, packet_id, matched, result)?,
+                }) => {
+                    let later = matched_later.map_or(0, |l| l.load(Ordering::Acquire));
+                    self.publish_committed(wbuf, qos, packet_id, matched + later, result)?
+                }
                 // `is_ready` turned every ready commit into `Done`.
                 Some(PendingAck::Commit { .. }) | None => return Ok(()),
             }

@@ -4,7 +4,7 @@
 //! forwarded to the nodes whose routes match.
 
 use std::cmp::max;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -177,6 +177,10 @@ fn share_of(group: &SharedGroup<ByteStr, Arc<SessionCell>>) -> ShareRef {
 pub struct Routed {
     /// Sessions that were handed (or queued) a copy.
     pub matched: usize,
+    /// Persistent sessions its settling found it owed a copy after it was
+    /// routed (`settle.rs`); final once `committed` resolves. `None` when
+    /// nothing is settled (a single node, a retained publish).
+    pub matched_later: Option<Arc<AtomicUsize>>,
     /// Resolves when every copy owed to a persistent session is committed.
     pub committed: Ticket,
     /// Connected sessions and peer queues that are over their
@@ -294,11 +298,16 @@ impl Broker {
         } else {
             self.cluster.seam.submit(commands)
         };
+        let mut matched_later = None;
         if let Some(seen) = seen {
-            committed = self.settle(&message, seen, std::mem::take(&mut remote.owed), committed);
+            let later = Arc::new(AtomicUsize::new(0));
+            let owed = std::mem::take(&mut remote.owed);
+            committed = self.settle(&message, seen, owed, committed, later.clone());
+            matched_later = Some(later);
         }
         Routed {
             matched,
+            matched_later,
             committed,
             congested,
         }

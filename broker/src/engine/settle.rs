@@ -19,7 +19,7 @@
 //! the leader) answers from what it knows: a partition's minority side
 //! keeps serving clean sessions (README, "A partition").
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -49,13 +49,16 @@ impl Broker {
 
     /// `committed`, and then what makes the answer to `message` true (see
     /// the module): it was matched against the view at `seen`, which owed
-    /// copies to the remote sessions `owed`.
+    /// copies to the remote sessions `owed`. The sessions found owed a copy
+    /// only then are counted in `later`, so that the publisher is not told
+    /// "no matching subscribers" about a message that reached one.
     pub(super) fn settle(
         &self,
         message: &SharedMessage,
         seen: u64,
         owed: SmallVec<[ByteStr; 4]>,
         committed: Ticket,
+        later: Arc<AtomicUsize>,
     ) -> Ticket {
         let Some(read) = self.cluster.seam.read_index() else {
             return committed;
@@ -69,7 +72,11 @@ impl Broker {
             // fails is answered at once.
             committed.wait().await?;
             match read.await {
-                Ok(index) => me.owe_what_was_missed(&message, seen, &owed, index).await,
+                Ok(index) => {
+                    let missed = me.owe_what_was_missed(&message, seen, &owed, index).await?;
+                    later.store(missed, Ordering::Release);
+                    Ok(())
+                }
                 Err(e) => {
                     tracing::debug!("publish answered from this node's view: {e}");
                     Ok(())
@@ -79,14 +86,15 @@ impl Broker {
     }
 
     /// Once the view holds the log up to `index`: the copies owed to
-    /// persistent sessions that came into it after `seen`, committed.
+    /// persistent sessions that came into it after `seen`, committed; how
+    /// many there were.
     async fn owe_what_was_missed(
         self: &Arc<Self>,
         message: &SharedMessage,
         seen: u64,
         owed: &[ByteStr],
         index: u64,
-    ) -> Result<(), StateError> {
+    ) -> Result<usize, StateError> {
         let mut followed = self.cluster.followed.subscribe();
         let deadline = self.config.cluster.commit_deadline();
         let caught_up = tokio::time::timeout(deadline, followed.wait_for(|i| *i >= index))
@@ -97,10 +105,10 @@ impl Broker {
                 index,
                 "publish answered before this node followed the log that far"
             );
-            return Ok(());
+            return Ok(0);
         }
         if self.cluster.persistent_changed.load(Ordering::Acquire) <= seen {
-            return Ok(());
+            return Ok(0);
         }
         let commands: Vec<Command> = {
             let view = self.cluster.view.read();
@@ -110,13 +118,15 @@ impl Broker {
                 .collect()
         };
         if commands.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         tracing::debug!(
             topic = %message.topic,
             copies = commands.len(),
             "publish owes copies to persistent sessions its view lacked"
         );
-        self.cluster.seam.submit(commands).wait().await
+        let missed = commands.len();
+        self.cluster.seam.submit(commands).wait().await?;
+        Ok(missed)
     }
 }

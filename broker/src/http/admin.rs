@@ -360,11 +360,13 @@ async fn publish(
         .authorize(Publisher::Admin, &message.topic)
         .map_err(|_| error(StatusCode::FORBIDDEN, "publish denied"))?;
     let routed = broker.publish(message, allowed);
-    let matched = routed.matched;
     routed
         .committed
         .wait()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(Json(json!({ "matched": matched })))
+    let later = routed
+        .matched_later
+        .map_or(0, |l| l.load(std::sync::atomic::Ordering::Acquire));
+    Ok(Json(json!({ "matched": routed.matched + later })))
 }
