@@ -81,11 +81,11 @@ fn parse(pem: &str) -> Option<Parsed> {
 }
 
 /// Renewal point: two thirds into the validity window.
-fn renew_at(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn renew_at(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
     not_after - (not_after - not_before) / 3
 }
 
-fn signed_by_ca(cert_der: &[u8], ca_der: &[u8]) -> bool {
+pub(crate) fn signed_by_ca(cert_der: &[u8], ca_der: &[u8]) -> bool {
     let (Ok((_, cert)), Ok((_, ca))) = (
         x509_parser::parse_x509_certificate(cert_der),
         x509_parser::parse_x509_certificate(ca_der),
@@ -96,10 +96,20 @@ fn signed_by_ca(cert_der: &[u8], ca_der: &[u8]) -> bool {
 }
 
 fn new_ca(cluster: &str, now: OffsetDateTime) -> Result<(String, String), CertError> {
+    new_ca_named(&format!("raftmq CA {cluster}"), now)
+}
+
+/// A self-signed CA named `common_name`, valid [`CA_DAYS`] from five
+/// minutes before `now` (clock skew): its PEM certificate and key. The
+/// listener CA here and the peer CA (`peer_certs.rs`) are both made so.
+pub(crate) fn new_ca_named(
+    common_name: &str,
+    now: OffsetDateTime,
+) -> Result<(String, String), CertError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "raftmq");
-    dn.push(DnType::CommonName, format!("raftmq CA {cluster}"));
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![

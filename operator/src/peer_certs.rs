@@ -17,18 +17,17 @@ use std::collections::BTreeMap;
 
 use raftmq_shared::identity::Identity;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
-use crate::certs::CertError;
+use crate::certs::{new_ca_named, renew_at, signed_by_ca, CertError};
 use crate::render::Names;
 
 /// The peer CA's lifetime.
-const CA_DAYS: i64 = 3650;
 /// Node and admin certificates' lifetime.
 const LEAF_DAYS: i64 = 825;
 /// The operator's admin identity.
@@ -89,17 +88,7 @@ fn parse(pem: &str) -> Option<Parsed> {
 }
 
 fn due(p: &Parsed, now: OffsetDateTime) -> bool {
-    p.not_after - (p.not_after - p.not_before) / 3 <= now
-}
-
-fn signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, ca))) = (
-        x509_parser::parse_x509_certificate(cert_der),
-        x509_parser::parse_x509_certificate(ca_der),
-    ) else {
-        return false;
-    };
-    cert.verify_signature(Some(ca.public_key())).is_ok()
+    renew_at(p.not_before, p.not_after) <= now
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -110,28 +99,10 @@ fn dn(common_name: &str) -> DistinguishedName {
 }
 
 fn new_ca(cluster: &str, now: OffsetDateTime) -> Result<Pair, CertError> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&format!("raftmq peer CA {cluster}"));
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(CA_DAYS);
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok(Pair {
-        crt: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    let (crt, key) = new_ca_named(&format!("raftmq peer CA {cluster}"), now)?;
+    Ok(Pair { crt, key })
 }
 
-/// The host names node `id`'s certificate covers: its pod's DNS name,
-/// every pod of the headless Service (the name it may be dialled at), and
-/// loopback (`kubectl exec ... raftmq cluster --node 127.0.0.1:7100`).
-/// Only the URI SAN says who it is.
 fn node_dns(names: &Names, id: u64) -> Vec<String> {
     let ordinal = i32::try_from(id.saturating_sub(1)).unwrap_or(i32::MAX);
     vec![
@@ -186,7 +157,7 @@ fn fault(
     let Some(p) = parse(&pair.crt).filter(|_| KeyPair::from_pem(&pair.key).is_ok()) else {
         return Some("the stored one could not be read".into());
     };
-    if !signed_by(&p.der, ca_der) {
+    if !signed_by_ca(&p.der, ca_der) {
         return Some("the stored one is not signed by the peer CA".into());
     }
     if p.uris != [identity.uri()] {
