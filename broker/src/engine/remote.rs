@@ -131,6 +131,8 @@ impl ClusterView {
                     None => self.wills.remove(client_id),
                 };
             }
+            // Followed by `placement.rs`.
+            Change::BridgeHolder { .. } | Change::Draining { .. } => {}
         }
     }
 
