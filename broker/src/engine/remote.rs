@@ -133,6 +133,8 @@ impl ClusterView {
             }
             // Followed by `placement.rs`.
             Change::BridgeHolder { .. } | Change::Draining { .. } => {}
+            // Messages, for the engine's own stores (`engine/follow.rs`).
+            Change::Retained { .. } | Change::Enqueued { .. } => {}
         }
     }
 

@@ -115,9 +115,19 @@ impl ReplicatedState {
         match command {
             Command::RetainSet(m) => {
                 self.retained.insert(m.topic.clone(), m.clone());
+                notes.note(|| Change::Retained {
+                    origin,
+                    topic: m.topic.clone(),
+                    message: Some(m.clone()),
+                });
             }
             Command::RetainClear { topic } => {
                 self.retained.remove(topic);
+                notes.note(|| Change::Retained {
+                    origin,
+                    topic: topic.clone(),
+                    message: None,
+                });
             }
             Command::ClaimClient {
                 client_id,
@@ -260,23 +270,31 @@ impl ReplicatedState {
                 qos,
                 retain,
                 subscription_ids,
-                local: _,
+                local,
                 message,
             } => {
                 // From any node: publishers everywhere owe this session.
                 let s = self.sessions.get_mut(client_id).ok_or(Ignored)?;
-                {
-                    s.messages.insert(
-                        *seq,
-                        PersistedMessage {
-                            qos: *qos,
-                            retain: *retain,
-                            released: false,
-                            subscription_ids: subscription_ids.clone(),
-                            message: message.clone(),
-                        },
-                    );
-                }
+                s.messages.insert(
+                    *seq,
+                    PersistedMessage {
+                        qos: *qos,
+                        retain: *retain,
+                        released: false,
+                        subscription_ids: subscription_ids.clone(),
+                        message: message.clone(),
+                    },
+                );
+                notes.note(|| Change::Enqueued {
+                    origin,
+                    client_id: client_id.clone(),
+                    seq: *seq,
+                    qos: *qos,
+                    retain: *retain,
+                    subscription_ids: subscription_ids.clone(),
+                    local: *local,
+                    message: message.clone(),
+                });
             }
             _ => self.apply_session(origin, command, notes)?,
         }

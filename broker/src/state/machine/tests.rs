@@ -494,3 +494,55 @@ fn a_draining_node_lets_go_of_its_bridges_until_it_starts_again() {
     let _ = s.apply(1, &Command::NodeGone { node: 2 });
     assert!(s.bridges.is_empty());
 }
+
+/// Messages are noted as the state takes them, with the node whose
+/// publish made them: a retained set or clear always, a copy owed to a
+/// session only when the session exists (otherwise it is ignored).
+#[test]
+fn noted_messages_carry_their_origin() {
+    let mut s = ReplicatedState::default();
+    let noted = |s: &mut ReplicatedState, origin: u64, c: &Command| {
+        let mut changes = Vec::new();
+        let _ = s.apply_with_changes(origin, c, &mut changes);
+        changes
+    };
+    let m = msg("t");
+    assert_eq!(
+        noted(&mut s, 3, &Command::RetainSet(m.clone())),
+        vec![Change::Retained {
+            origin: 3,
+            topic: "t".into(),
+            message: Some(m),
+        }]
+    );
+    assert_eq!(
+        noted(&mut s, 2, &Command::RetainClear { topic: "t".into() }),
+        vec![Change::Retained {
+            origin: 2,
+            topic: "t".into(),
+            message: None,
+        }]
+    );
+
+    let c = ByteStr::from("c");
+    assert!(
+        noted(&mut s, 3, &enqueue(&c, 9)).is_empty(),
+        "no session: ignored"
+    );
+    let _ = s.apply(2, &claim(&c, 2, true, None));
+    let _ = s.apply(
+        2,
+        &Command::SessionCreate {
+            client_id: c.clone(),
+            expiry: 60,
+        },
+    );
+    let changes = noted(&mut s, 3, &enqueue(&c, 9));
+    assert!(
+        matches!(
+            changes.as_slice(),
+            [Change::Enqueued { origin: 3, client_id, seq: 9, local: true, .. }] if *client_id == c
+        ),
+        "{changes:?}"
+    );
+}
