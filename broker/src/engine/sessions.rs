@@ -227,9 +227,7 @@ impl Broker {
         if let Some(max) = self.queue_bounds.read().get(&client_id) {
             limits.max_queued_messages = *max;
         }
-        let mut s = Session::new(client_id, expiry, limits);
-        s.derive_packet_ids = true;
-        s
+        Session::new(client_id, expiry, limits)
     }
 
     /// Removes `cell`'s subscriptions and forgets it. Caller holds the map.
