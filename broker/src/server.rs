@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
+use crate::bridge::Bridges;
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;
@@ -50,6 +51,7 @@ impl Server {
             source = ?broker.memory.source,
             "memory budget for held messages"
         );
+        let bridges = Arc::new(Bridges::new(&config.bridges, &broker.stats.registry));
         cluster.attach(&broker)?;
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
@@ -103,7 +105,7 @@ impl Server {
             .store(true, std::sync::atomic::Ordering::Release);
         let mut http_addr = None;
         if let Some(bind) = config.http.bind {
-            let (addr, task) = crate::http::spawn(broker.clone(), bind)
+            let (addr, task) = crate::http::spawn(broker.clone(), bridges.clone(), bind)
                 .await
                 .with_context(|| format!("HTTP: cannot bind {bind}"))?;
             tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz, /api/v1)");
@@ -111,7 +113,7 @@ impl Server {
             tasks.push(task);
         }
         tasks.extend(crate::sys::spawn(broker.clone()));
-        tasks.extend(crate::bridge::spawn(&broker, cluster.leadership()));
+        tasks.extend(crate::bridge::spawn(&broker, &bridges, cluster.standing()));
         Ok(Server {
             broker,
             cluster,

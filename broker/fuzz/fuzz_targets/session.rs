@@ -307,11 +307,9 @@ fuzz_target!(|input: Input| {
         },
         queue_qos0: input.queue_qos0,
     };
+    // Packet ids derived from sequence numbers, as for every session the
+    // broker makes.
     let mut s = Session::new(ByteStr::from_static("c"), u32::from(input.expiry), limits);
-    // Both packet id schemes (counted, or derived from sequence numbers as
-    // the broker does for sessions that move between nodes); the expiry's
-    // low bit picks one, so the corpus keeps its format.
-    s.derive_packet_ids = input.expiry & 1 == 1;
     let mut m = Model {
         owed: HashMap::new(),
         queued_qos0: HashSet::new(),

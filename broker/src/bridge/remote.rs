@@ -8,9 +8,9 @@ use anyhow::Context;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::config::{Address, BridgeTls};
 use super::peer::Stream;
 use crate::client::transport::tls_config;
+use crate::config::bridge::{Address, BridgeTls};
 
 /// How long a TCP connect and a TLS handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

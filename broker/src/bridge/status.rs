@@ -129,10 +129,8 @@ impl Bridges {
         &self.bridges
     }
 
-    /// The bridge whose local session has this client id.
-    pub fn by_session(&self, client_id: &str) -> Option<&Arc<BridgeStatus>> {
-        let name = client_id.strip_prefix("$bridge/")?;
-        self.bridges.iter().find(|b| b.config.name == name)
+    pub fn names(&self) -> Vec<String> {
+        self.bridges.iter().map(|b| b.config.name.clone()).collect()
     }
 }
 
@@ -175,10 +173,12 @@ impl BridgeStatus {
     }
 
     /// The bridge as `GET /api/v1/bridges` shows it.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// `runs_on`: the node whose claim it is (committed), if any.
+    pub fn to_json(&self, runs_on: Option<u64>) -> serde_json::Value {
         let c = &self.config;
         serde_json::json!({
             "name": c.name,
+            "runs_on": runs_on,
             "running_here": self.is_running_here(),
             "connected": self.is_connected(),
             "remote": *self.remote.lock(),

@@ -25,7 +25,7 @@ use super::metrics::RaftStats;
 use super::snapshot_file;
 use super::snapshot_stream;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Command, Committed, Effect, ReplicatedState};
+use crate::state::{Change, Committed, Effect, ReplicatedState};
 
 /// What the engine must learn from the replicated log.
 #[derive(Debug)]
@@ -39,17 +39,11 @@ pub enum Applied {
     Upto(u64),
 }
 
-/// Whether the engine needs the message `c` carries, which took effect:
-/// retained changes are applied in log order everywhere (see
-/// `engine/retain.rs`); copies owed to sessions reach their owner, except
-/// the ones its own engine already holds. What the other commands changed
-/// reaches it as [`Committed::Changed`].
-fn engine_needs(own: bool, c: &Command) -> bool {
-    match c {
-        Command::RetainSet(_) | Command::RetainClear { .. } => true,
-        Command::Enqueue { local, .. } => !(own && *local),
-        _ => false,
-    }
+/// Whether the engine of node `me` needs to hear of `change`: all of
+/// them, except the copies its own publishes enqueued for sessions it
+/// serves, which it already holds.
+fn engine_needs(me: u64, change: &Change) -> bool {
+    !matches!(change, Change::Enqueued { origin, local: true, .. } if *origin == me)
 }
 
 #[derive(Default)]
@@ -378,7 +372,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     changes.clear();
                                     continue;
                                 }
-                                events.extend(changes.drain(..).map(Committed::Changed));
+                                events.extend(
+                                    changes
+                                        .drain(..)
+                                        .filter(|ch| engine_needs(self.node_id, ch))
+                                        .map(Committed::Changed),
+                                );
                                 if let Some(Effect::ClaimRefused {
                                     client_id,
                                     node,
@@ -390,9 +389,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         events.push(Committed::ClaimRefused { client_id, nonce });
                                     }
                                     continue;
-                                }
-                                if engine_needs(own, &c) {
-                                    events.push(Committed::Command { origin, command: c });
                                 }
                                 match effect {
                                     Some(Effect::Claimed {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::{Broker, SessionCell};
 use crate::codec::ByteStr;
+use crate::message::SharedMessage;
 use crate::retained::RetainedStore;
 use crate::session::Delivery;
 use crate::state::{Change, Command, Committed, PersistedSession, ReplicatedState};
@@ -36,6 +37,7 @@ impl Broker {
                 .remote
                 .store(view.has_remote(), Ordering::Release);
         }
+        self.rebuild_placement(&state);
         for s in state.sessions.values() {
             for seq in s.messages.keys() {
                 self.seq_seen(*seq);
@@ -166,9 +168,31 @@ impl Broker {
         let enqueued = enqueued_by_others(self.node_id, &events);
         for event in events {
             match event {
-                Committed::Command { origin, command } => {
-                    self.follow_message(origin, &command, &enqueued)
-                }
+                Committed::Changed(Change::Retained {
+                    origin,
+                    topic,
+                    message,
+                }) => self.follow_retained(origin, &topic, message.as_ref(), &enqueued),
+                Committed::Changed(Change::Enqueued {
+                    client_id,
+                    seq,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    message,
+                    ..
+                }) => self.follow_enqueued(
+                    &client_id,
+                    Delivery {
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        share: None,
+                        seq,
+                        redelivery: false,
+                    },
+                ),
                 Committed::Changed(change) => {
                     if matches!(change, Change::Subscribed { .. } | Change::Owner { .. }) {
                         self.cluster
@@ -199,6 +223,7 @@ impl Broker {
     /// What a committed command changed: into the view of the cluster; a
     /// claim also takes the client from this node, or confirms ours.
     fn follow_change(self: &Arc<Self>, change: &Change) {
+        self.follow_placement(change);
         self.cluster.view.write().follow(change);
         if let Change::Owner {
             client_id,
@@ -211,49 +236,32 @@ impl Broker {
         }
     }
 
-    /// A committed message (proposed by `origin`): a retained change, or
-    /// a copy owed to a session of ours. `enqueued`: copies other nodes
-    /// enqueued in the same entry.
-    fn follow_message(&self, origin: u64, command: &Command, enqueued: &[Enqueued]) {
-        match command {
-            Command::RetainSet(m) => {
-                let for_sessions: Vec<ByteStr> = enqueued
-                    .iter()
-                    .filter(|e| e.origin == origin && e.topic == m.topic)
-                    .map(|e| e.client_id.clone())
-                    .collect();
-                self.retained_committed(origin, &m.topic, Some(m), &for_sessions);
-            }
-            Command::RetainClear { topic } => {
-                self.retained_committed(origin, topic, None, &[]);
-            }
-            Command::Enqueue {
-                client_id,
-                seq,
-                qos,
-                retain,
-                subscription_ids,
-                message,
-                ..
-            } => {
-                let cell = self.local.sessions.lock().get(client_id).cloned();
-                if let Some(cell) = cell {
-                    self.deliver_committed(
-                        &cell,
-                        Delivery {
-                            message: message.clone(),
-                            qos: *qos,
-                            retain: *retain,
-                            subscription_ids: subscription_ids.clone(),
-                            share: None,
-                            seq: *seq,
-                            redelivery: false,
-                        },
-                    );
-                }
-            }
-            // The rest arrives as what it changed (`Committed::Changed`).
-            _ => {}
+    /// A retained change committed by `origin` (`message` `None`: a
+    /// clear). `enqueued`: copies other nodes enqueued in the same entry.
+    fn follow_retained(
+        &self,
+        origin: u64,
+        topic: &ByteStr,
+        message: Option<&SharedMessage>,
+        enqueued: &[Enqueued],
+    ) {
+        let for_sessions: Vec<ByteStr> = match message {
+            Some(_) => enqueued
+                .iter()
+                .filter(|e| e.origin == origin && e.topic == *topic)
+                .map(|e| e.client_id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        self.retained_committed(origin, topic, message, &for_sessions);
+    }
+
+    /// A copy owed to a persistent session, committed: into the session
+    /// if it is ours.
+    fn follow_enqueued(&self, client_id: &ByteStr, delivery: Delivery) {
+        let cell = self.local.sessions.lock().get(client_id).cloned();
+        if let Some(cell) = cell {
+            self.deliver_committed(&cell, delivery);
         }
     }
 }
@@ -271,7 +279,10 @@ pub(crate) struct Enqueued {
 /// retained message is applied (see `Broker::deliver_applied`).
 fn enqueued_by_others(me: u64, events: &[Committed]) -> Vec<Enqueued> {
     let foreign_retain = events.iter().any(|e| {
-        matches!(e, Committed::Command { origin, command: Command::RetainSet(_) } if *origin != me)
+        matches!(
+            e,
+            Committed::Changed(Change::Retained { origin, message: Some(_), .. }) if *origin != me
+        )
     });
     if !foreign_retain {
         return Vec::new();
@@ -279,16 +290,13 @@ fn enqueued_by_others(me: u64, events: &[Committed]) -> Vec<Enqueued> {
     events
         .iter()
         .filter_map(|e| match e {
-            Committed::Command {
+            Committed::Changed(Change::Enqueued {
                 origin,
-                command:
-                    Command::Enqueue {
-                        client_id,
-                        message,
-                        local: false,
-                        ..
-                    },
-            } => Some(Enqueued {
+                client_id,
+                message,
+                local: false,
+                ..
+            }) => Some(Enqueued {
                 origin: *origin,
                 client_id: client_id.clone(),
                 topic: message.topic.clone(),

@@ -1,6 +1,6 @@
 //! One client's session: subscriptions, outbound QoS 1/2 state, the offline
 //! queue and inbound QoS 2 packet ids. Pure state, no I/O: the connection
-//! task drains [`Session::take_outbox`] into its socket, the router feeds
+//! task drains [`Session::swap_outbox`] into its socket, the engine feeds
 //! [`Session::deliver`]. Everything here is bounded by configuration.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -154,13 +154,13 @@ pub struct Session {
     inflight_ids: VecDeque<u16>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
-    next_packet_id: u16,
+    /// The sequence number of the next copy without one. Packet ids are
+    /// derived from sequence numbers ([`Session::derived_packet_id`]),
+    /// never counted: a node that resumes the session after another one
+    /// sends each copy with the packet id the client may already have
+    /// seen, which is what keeps QoS 2 exactly-once across nodes. Every
+    /// session is made so, a single node's too: any session may move.
     next_seq: u64,
-    /// Packet ids derived from sequence numbers instead of counted: a node
-    /// that resumes the session after another one sends each copy with the
-    /// packet id the client may already have seen, which is what keeps
-    /// QoS 2 exactly-once across nodes.
-    pub derive_packet_ids: bool,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
     inbound_qos2: HashSet<u16>,
     binding: Option<Binding>,
@@ -189,9 +189,7 @@ impl Session {
             inflight_ids: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            next_packet_id: 1,
             next_seq: 1,
-            derive_packet_ids: false,
             inbound_qos2: HashSet::new(),
             binding: None,
             generation: 0,
@@ -318,7 +316,8 @@ impl Session {
         (self.enqueue(d), seq)
     }
 
-    /// The packet id a derived-id session gives the copy `seq` (never 0).
+    /// The packet id of the copy `seq` (never 0), on whichever node
+    /// serves the session.
     pub fn derived_packet_id(seq: u64) -> u16 {
         // splitmix64's finaliser: neighbouring sequence numbers spread over
         // the whole id space, so collisions among a window are rare.
@@ -329,13 +328,10 @@ impl Session {
         (z % 65535) as u16 + 1
     }
 
-    /// Whether copy `seq` can take a packet id now. With derived ids a copy
-    /// whose id is still in flight waits for it: the id must be the same
-    /// on every node, so it cannot be swapped for a free one.
+    /// Whether copy `seq` can take its packet id now. A copy whose id is
+    /// still in flight waits for it: the id must be the same on every
+    /// node, so it cannot be swapped for a free one.
     fn id_free(&self, seq: u64) -> bool {
-        if !self.derive_packet_ids {
-            return true;
-        }
         let id = Self::derived_packet_id(seq);
         !self.inflight_ids.contains(&id)
     }
@@ -371,22 +367,8 @@ impl Session {
         Disposition::Queued
     }
 
-    fn alloc_packet_id(&mut self) -> u16 {
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight_ids.contains(&id) {
-                return id;
-            }
-        }
-    }
-
     fn send_inflight(&mut self, d: Delivery) {
-        let packet_id = if self.derive_packet_ids {
-            Self::derived_packet_id(d.seq)
-        } else {
-            self.alloc_packet_id()
-        };
+        let packet_id = Self::derived_packet_id(d.seq);
         self.push_inflight(Inflight {
             packet_id,
             stage: Stage::AwaitAck,
@@ -526,7 +508,9 @@ impl Session {
         (gone, self.fill_window(now))
     }
 
-    /// Everything the connection should write now, in order.
+    /// Everything the connection should write now, in order: the tests'
+    /// way to read the outbox (connections swap it, see below).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn take_outbox(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         self.swap_outbox(&mut out);
@@ -692,13 +676,8 @@ impl Session {
     pub fn restore(&mut self, mut d: Delivery, released: bool) {
         self.next_seq = self.next_seq.max(d.seq + 1);
         if released {
-            let packet_id = if self.derive_packet_ids {
-                Self::derived_packet_id(d.seq)
-            } else {
-                self.alloc_packet_id()
-            };
             self.push_inflight(Inflight {
-                packet_id,
+                packet_id: Self::derived_packet_id(d.seq),
                 stage: Stage::AwaitComp,
                 delivery: d,
             });

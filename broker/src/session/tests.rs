@@ -35,6 +35,11 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
     }
 }
 
+/// The packet id copy `seq` goes out with.
+fn id(seq: u64) -> u16 {
+    Session::derived_packet_id(seq)
+}
+
 fn sent(out: &[Outgoing]) -> Vec<(u16, bool, u8)> {
     out.iter()
         .filter_map(|o| match o {
@@ -56,13 +61,16 @@ fn window_limits_inflight_and_acks_refill_it() {
     for n in 0..5 {
         s.deliver(delivery(n, QoS::AtLeastOnce));
     }
-    assert_eq!(sent(&s.take_outbox()), vec![(1, false, 0), (2, false, 1)]);
+    assert_eq!(
+        sent(&s.take_outbox()),
+        vec![(id(1), false, 0), (id(2), false, 1)]
+    );
     assert_eq!(s.queued_len(), 3);
-    let (acked, _) = s.on_puback(1, now);
+    let (acked, _) = s.on_puback(id(1), now);
     assert_eq!(acked, Some(1));
-    assert_eq!(sent(&s.take_outbox()), vec![(3, false, 2)]);
+    assert_eq!(sent(&s.take_outbox()), vec![(id(3), false, 2)]);
     // Unknown or repeated ids change nothing.
-    assert_eq!(s.on_puback(1, now).0, None);
+    assert_eq!(s.on_puback(id(1), now).0, None);
     assert!(s.take_outbox().is_empty());
 }
 
@@ -85,16 +93,16 @@ fn reconnect_resends_unacked_with_dup() {
     s.deliver(delivery(8, QoS::ExactlyOnce));
     s.take_outbox();
     assert!(matches!(
-        s.on_pubrec(2, false, now),
+        s.on_pubrec(id(2), false, now),
         PubRecOutcome::Released { seq: 2 }
     ));
     s.take_outbox();
     assert!(s.detach(1).is_empty());
     s.attach(2, 65535, now);
     let out = s.take_outbox();
-    assert_eq!(sent(&out), vec![(1, true, 7)]);
-    assert!(matches!(out[1], Outgoing::PubRel { packet_id: 2 }));
-    assert_eq!(s.on_pubcomp(2, now).0, Some(2));
+    assert_eq!(sent(&out), vec![(id(1), true, 7)]);
+    assert!(matches!(out[1], Outgoing::PubRel { packet_id } if packet_id == id(2)));
+    assert_eq!(s.on_pubcomp(id(2), now).0, Some(2));
 }
 
 #[test]
@@ -224,16 +232,29 @@ fn inbound_qos2_ids_are_bounded_and_deduplicated() {
     assert_eq!(s.begin_inbound_qos2(3, 2), InboundQos2::New);
 }
 
+/// Packet ids come from sequence numbers, the same on every node that
+/// serves the session: never 0, and a copy whose id is still in flight
+/// waits for it (even with room in the window), then goes out with it.
 #[test]
-fn packet_ids_skip_those_in_flight_and_wrap() {
+fn a_copy_waits_while_its_packet_id_is_in_flight() {
+    assert!((0..100_000).all(|seq| id(seq) != 0));
+    let clash = (2u64..).find(|seq| id(*seq) == id(1)).unwrap_or(u64::MAX);
+    assert_eq!(id(clash), id(1));
     let now = Instant::now();
-    let mut s = Session::new("c".into(), 0, limits(3, 10));
+    let mut s = Session::new("c".into(), 0, limits(10, 10));
     s.attach(1, 65535, now);
-    s.next_packet_id = 65535;
-    s.deliver(delivery(0, QoS::AtLeastOnce));
-    s.deliver(delivery(1, QoS::AtLeastOnce));
-    let ids: Vec<u16> = sent(&s.take_outbox()).iter().map(|x| x.0).collect();
-    assert_eq!(ids, vec![65535, 1]);
+    for (n, seq) in [(0, 1), (1, clash), (2, 2)] {
+        let mut d = delivery(n, QoS::AtLeastOnce);
+        d.seq = seq;
+        s.deliver(d);
+    }
+    assert_eq!(sent(&s.take_outbox()), vec![(id(1), false, 0)]);
+    assert_eq!(s.queued_len(), 2, "the clash waits, and what is behind it");
+    assert_eq!(s.on_puback(id(1), now).0, Some(1));
+    assert_eq!(
+        sent(&s.take_outbox()),
+        vec![(id(clash), false, 1), (id(2), false, 2)]
+    );
 }
 
 #[test]
@@ -273,7 +294,7 @@ fn queued_qos1_pushes_back_and_acks_release_it() {
     assert!(s.register_waiting_publisher());
     s.take_outbox();
     assert!(s.congested(), "writing does not empty the queue");
-    s.on_puback(1, now);
+    s.on_puback(id(1), now);
     assert!(!s.congested(), "the ack moved one into the window");
     assert!(s.publishers_to_wake());
 }

@@ -109,6 +109,19 @@ pub enum Command {
     NodeGone {
         node: u64,
     },
+    /// `node` runs bridge `name` from now on, if `previous` still holds
+    /// it (`None`: nobody): a compare-and-set, so of two claims made on
+    /// the same view only the first committed counts.
+    ClaimBridge {
+        name: ByteStr,
+        node: u64,
+        previous: Option<u64>,
+    },
+    /// `node` is draining: it lets go of its bridges and takes no new ones
+    /// until it starts again (`NodeStarted`).
+    NodeDraining {
+        node: u64,
+    },
     /// A persistent session was created (or restarted with clean start).
     SessionCreate {
         client_id: ByteStr,
@@ -183,12 +196,34 @@ impl Ticket {
 }
 
 /// What a committed command changed in the part of the replicated state
-/// the engine keeps an index of (`engine/remote.rs`: who owns each client
-/// id, the persistent sessions and their subscriptions, routes, wills).
-/// Noted by [`ReplicatedState::apply_with_changes`] as it applies the
-/// command, so that what a command means is decided there alone.
+/// the engine keeps an index of: the view of the cluster
+/// (`engine/remote.rs`: who owns each client id, the persistent sessions
+/// and their subscriptions, routes, wills), the retained store and the
+/// copies owed to sessions (`engine/follow.rs`). Noted by
+/// [`ReplicatedState::apply_with_changes`] as it applies the command, so
+/// that what a command means is decided there alone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// The retained message of `topic` is `message` now (`None`: cleared),
+    /// by a publish made on node `origin`.
+    Retained {
+        origin: u64,
+        topic: ByteStr,
+        message: Option<SharedMessage>,
+    },
+    /// A copy of `message` owed to the persistent session `client_id`,
+    /// enqueued by node `origin`; `local`: the origin's own engine already
+    /// holds it (the session is served there).
+    Enqueued {
+        origin: u64,
+        client_id: ByteStr,
+        seq: u64,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: SmallVec<[u32; 1]>,
+        local: bool,
+        message: SharedMessage,
+    },
     /// `node` owns `client_id` now, by claim `nonce`, as `username`.
     Owner {
         client_id: ByteStr,
@@ -232,14 +267,21 @@ pub enum Change {
         client_id: ByteStr,
         record: Option<WillRecord>,
     },
+    /// Who runs bridge `name` now (`None`: nobody).
+    BridgeHolder {
+        name: ByteStr,
+        node: Option<u64>,
+    },
+    /// Whether `node` is draining now.
+    Draining {
+        node: u64,
+        draining: bool,
+    },
 }
 
 /// What the engine learns from the committed log, in log order.
 #[derive(Debug)]
 pub enum Committed {
-    /// A command as committed, with the node that proposed it: the ones
-    /// that carry messages (retained changes, copies owed to sessions).
-    Command { origin: u64, command: Command },
     /// What a committed command changed (see [`Change`]).
     Changed(Change),
     /// This node's claim of `client_id` is committed; the session's

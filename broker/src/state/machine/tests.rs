@@ -437,3 +437,112 @@ fn noted_changes_mirror_the_state() {
         ]
     );
 }
+
+fn claim_bridge(node: u64, previous: Option<u64>) -> Command {
+    Command::ClaimBridge {
+        name: "central".into(),
+        node,
+        previous,
+    }
+}
+
+#[test]
+fn a_bridge_claim_replaces_only_the_holder_it_names() {
+    let mut s = ReplicatedState::default();
+    let mut changes = Vec::new();
+    assert_eq!(
+        s.apply_with_changes(1, &claim_bridge(1, None), &mut changes),
+        Ok(None)
+    );
+    assert_eq!(
+        changes,
+        vec![Change::BridgeHolder {
+            name: "central".into(),
+            node: Some(1)
+        }]
+    );
+    // Made on a stale view (nobody held it): changes nothing.
+    assert_eq!(s.apply(2, &claim_bridge(2, None)), Err(Ignored));
+    assert_eq!(s.bridges["central"], 1);
+    assert_eq!(s.apply(2, &claim_bridge(2, Some(1))), Ok(None));
+    assert_eq!(s.bridges["central"], 2);
+}
+
+#[test]
+fn a_draining_node_lets_go_of_its_bridges_until_it_starts_again() {
+    let mut s = ReplicatedState::default();
+    let _ = s.apply(1, &claim_bridge(2, None));
+    let mut changes = Vec::new();
+    let _ = s.apply_with_changes(2, &Command::NodeDraining { node: 2 }, &mut changes);
+    assert!(s.bridges.is_empty());
+    assert!(changes.contains(&Change::BridgeHolder {
+        name: "central".into(),
+        node: None
+    }));
+    // No claim for a draining node.
+    assert_eq!(s.apply(1, &claim_bridge(2, None)), Err(Ignored));
+    let _ = s.apply(
+        2,
+        &Command::NodeStarted {
+            node: 2,
+            filters: Vec::new(),
+        },
+    );
+    assert!(s.draining.is_empty());
+    assert_eq!(s.apply(1, &claim_bridge(2, None)), Ok(None));
+    // A node that leaves the cluster lets go too.
+    let _ = s.apply(1, &Command::NodeGone { node: 2 });
+    assert!(s.bridges.is_empty());
+}
+
+/// Messages are noted as the state takes them, with the node whose
+/// publish made them: a retained set or clear always, a copy owed to a
+/// session only when the session exists (otherwise it is ignored).
+#[test]
+fn noted_messages_carry_their_origin() {
+    let mut s = ReplicatedState::default();
+    let noted = |s: &mut ReplicatedState, origin: u64, c: &Command| {
+        let mut changes = Vec::new();
+        let _ = s.apply_with_changes(origin, c, &mut changes);
+        changes
+    };
+    let m = msg("t");
+    assert_eq!(
+        noted(&mut s, 3, &Command::RetainSet(m.clone())),
+        vec![Change::Retained {
+            origin: 3,
+            topic: "t".into(),
+            message: Some(m),
+        }]
+    );
+    assert_eq!(
+        noted(&mut s, 2, &Command::RetainClear { topic: "t".into() }),
+        vec![Change::Retained {
+            origin: 2,
+            topic: "t".into(),
+            message: None,
+        }]
+    );
+
+    let c = ByteStr::from("c");
+    assert!(
+        noted(&mut s, 3, &enqueue(&c, 9)).is_empty(),
+        "no session: ignored"
+    );
+    let _ = s.apply(2, &claim(&c, 2, true, None));
+    let _ = s.apply(
+        2,
+        &Command::SessionCreate {
+            client_id: c.clone(),
+            expiry: 60,
+        },
+    );
+    let changes = noted(&mut s, 3, &enqueue(&c, 9));
+    assert!(
+        matches!(
+            changes.as_slice(),
+            [Change::Enqueued { origin: 3, client_id, seq: 9, local: true, .. }] if *client_id == c
+        ),
+        "{changes:?}"
+    );
+}

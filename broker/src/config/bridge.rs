@@ -523,10 +523,24 @@ impl BridgeConfig {
     }
 
     /// The client id the remote broker sees (mosquitto: `<host>.<name>`).
+    /// A StatefulSet pod's ordinal is left out (`mq-2` -> `mq`): every
+    /// node of a cluster connects as the same client, so the remote's
+    /// session (its QoS 2 state) carries over when another node takes the
+    /// bridge over.
     pub fn remote_clientid(&self, hostname: &str) -> String {
-        self.remote_clientid
-            .clone()
-            .unwrap_or_else(|| format!("{hostname}.{}", self.name))
+        self.remote_clientid.clone().unwrap_or_else(|| {
+            let host = match hostname.rsplit_once('-') {
+                Some((set, ordinal))
+                    if !set.is_empty()
+                        && !ordinal.is_empty()
+                        && ordinal.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    set
+                }
+                _ => hostname,
+            };
+            format!("{host}.{}", self.name)
+        })
     }
 
     /// mosquitto's default: `$SYS/broker/connection/<name>/state`.
@@ -587,6 +601,17 @@ mod tests {
         ] {
             assert!(rule(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_remote_client_id_is_the_same_on_every_pod() {
+        let b: BridgeConfig =
+            toml::from_str("name = \"central\"\naddresses = [\"h\"]\ntopic = [\"a/# out\"]\n")
+                .unwrap();
+        assert_eq!(b.remote_clientid("mq-0"), "mq.central");
+        assert_eq!(b.remote_clientid("mq-12"), "mq.central");
+        assert_eq!(b.remote_clientid("gateway"), "gateway.central");
+        assert_eq!(b.remote_clientid("gw-a"), "gw-a.central");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod bridge;
+
 /// Every way loading a configuration can fail; each names where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,7 +50,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
     /// Bridges to other brokers (mosquitto's `connection` blocks).
-    pub bridges: Vec<crate::bridge::BridgeConfig>,
+    pub bridges: Vec<bridge::BridgeConfig>,
 }
 
 impl Default for Config {
@@ -552,8 +554,7 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
-        crate::bridge::config::check_unique(&self.bridges)
-            .map_err(|why| invalid("bridges", &why))?;
+        bridge::check_unique(&self.bridges).map_err(|why| invalid("bridges", &why))?;
         if self.cluster.plaintext_exposed() && !self.cluster.insecure_plaintext {
             return Err(invalid(
                 "cluster.bind",
