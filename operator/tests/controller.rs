@@ -1008,3 +1008,24 @@ async fn the_first_bridge_mounts_the_bridges() {
     assert!(bridge(&bridges_toml(&h, "demo"), "up").is_some());
     assert!(h.get("v1", "secrets", "demo-bridge-secrets").is_some());
 }
+
+/// The Secret watch maps a Secret a bridge names back to its cluster (and
+/// nothing else to it).
+#[test]
+fn a_bridge_secret_triggers_its_cluster() {
+    use k8s_openapi::api::core::v1::Secret;
+    use raftmq_operator::controller::clusters_for_secret;
+    let cluster = std::sync::Arc::new(common::example_cluster("bridges.yaml"));
+    let secret = |name: &str| {
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some(NS.into());
+        s
+    };
+    for name in ["central-login", "central-ca", "site1-client", "gateway-psk"] {
+        let refs = clusters_for_secret(std::slice::from_ref(&cluster), &secret(name));
+        assert_eq!(refs.len(), 1, "{name}");
+        assert_eq!(refs[0].name, "site");
+    }
+    assert!(clusters_for_secret(&[cluster], &secret("unrelated")).is_empty());
+}
