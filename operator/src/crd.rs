@@ -18,6 +18,13 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod bridge;
+
+pub use bridge::{
+    BridgeCredentials, BridgeDirection, BridgeProtocol, BridgePsk, BridgeSpec, BridgeTls,
+    BridgeTopic, RestartTimeout,
+};
+
 /// The broker image the operator runs when the spec names none.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/raftmq/raftmq:", env!("CARGO_PKG_VERSION"));
 
@@ -117,6 +124,15 @@ pub struct MqttClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub config: Option<serde_json::Map<String, serde_json::Value>>,
+
+    /// Bridges to other brokers (mosquitto's `connection` blocks), with
+    /// credentials and certificates from Secrets. The brokers reload them
+    /// in place: a bridge whose settings change reconnects, nothing else
+    /// restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(b, self.exists_one(c, c.name == b.name))").message("bridge names must be unique"))]
+    pub bridges: Vec<BridgeSpec>,
 
     /// Prometheus scraping.
     #[serde(default)]

@@ -93,6 +93,7 @@ pub fn validate(spec: &MqttClusterSpec) -> Findings {
     users(spec, &mut f);
     acl(spec, &mut f);
     config(spec, &mut f);
+    bridges(spec, &mut f);
     f
 }
 
@@ -220,6 +221,98 @@ fn acl(spec: &MqttClusterSpec, f: &mut Findings) {
             }
         }
     }
+}
+
+/// Each bridge as the broker will read its table (the CRD's rules say the
+/// same where they can; this catches resources made before them).
+fn bridges(spec: &MqttClusterSpec, f: &mut Findings) {
+    let mut names = BTreeSet::new();
+    for (i, b) in spec.bridges.iter().enumerate() {
+        let at = format!("bridges[{i}] ({})", b.name);
+        let name_ok = b.name.len() <= 64
+            && b.name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && b.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            f.error(
+                "InvalidBridge",
+                format!("{at}: a bridge name is letters, digits, '.', '_' and '-', starting with a letter or digit"),
+            );
+        }
+        if !names.insert(b.name.as_str()) {
+            f.error(
+                "InvalidBridge",
+                format!("{at}: the name is used by another bridge"),
+            );
+        }
+        if b.addresses.is_empty()
+            || b.addresses
+                .iter()
+                .any(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            f.error(
+                "InvalidBridge",
+                format!("{at}: addresses must be non-empty host:port values without spaces"),
+            );
+        }
+        if b.topics.is_empty() {
+            f.error("InvalidBridge", format!("{at}: needs at least one topic"));
+        }
+        for (j, t) in b.topics.iter().enumerate() {
+            if let Some(e) = bridge_topic_error(t) {
+                f.error("InvalidBridge", format!("{at}: topics[{j}]: {e}"));
+            }
+        }
+        if b.tls.is_some() && b.psk.is_some() {
+            f.error(
+                "InvalidBridge",
+                format!("{at}: uses tls (certificates) or psk (TLS-PSK), not both"),
+            );
+        }
+        if let Some(r) = &b.restart_timeout {
+            if r.base_seconds < 1 || r.cap_seconds.is_some_and(|c| c < r.base_seconds) {
+                f.error(
+                    "InvalidBridge",
+                    format!(
+                        "{at}: restartTimeout needs baseSeconds >= 1 and capSeconds >= baseSeconds"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// What the broker would refuse in a bridge topic rule: prefixes are topic
+/// names, prefix plus pattern a topic filter on each side, an empty pattern
+/// needs a prefix, and no word can hold a space (the rule is one line of
+/// words).
+pub fn bridge_topic_error(t: &crate::crd::BridgeTopic) -> Option<String> {
+    let words = [&t.pattern, &t.local_prefix, &t.remote_prefix];
+    if words.iter().any(|w| w.contains(char::is_whitespace)) {
+        return Some("pattern and prefixes cannot contain spaces".into());
+    }
+    if !(0..=2).contains(&t.qos) {
+        return Some(format!("qos is {}; it must be 0, 1 or 2", t.qos));
+    }
+    for p in [&t.local_prefix, &t.remote_prefix] {
+        if p.contains(['+', '#']) {
+            return Some(format!("prefix {p:?} is a topic name: no wildcards"));
+        }
+    }
+    if t.pattern.is_empty() {
+        return (t.local_prefix.is_empty() && t.remote_prefix.is_empty())
+            .then(|| "an empty pattern needs a localPrefix or remotePrefix".into());
+    }
+    for filter in [
+        format!("{}{}", t.local_prefix, t.pattern),
+        format!("{}{}", t.remote_prefix, t.pattern),
+    ] {
+        if let Some(e) = topic_filter_error(&filter) {
+            return Some(format!("{filter:?}: {e}"));
+        }
+    }
+    None
 }
 
 /// `spec.config` may set broker sections, never a key the operator owns.

@@ -696,3 +696,336 @@ async fn storage_changes_grow_volumes_in_place() {
         .iter()
         .any(|r| r == "StorageImmutable"));
 }
+
+/// The bridges' ConfigMap as stored, parsed.
+fn bridges_toml(h: &Harness, cluster: &str) -> toml::Table {
+    let cm = h
+        .get("v1", "configmaps", &format!("{cluster}-bridges"))
+        .expect("bridges ConfigMap");
+    let text = cm["data"]["bridges.toml"].as_str().unwrap_or_default();
+    toml::from_str(text).unwrap_or_else(|e| panic!("bridges.toml: {e}\n{text}"))
+}
+
+fn bridge<'a>(t: &'a toml::Table, name: &str) -> Option<&'a toml::Table> {
+    t["bridges"]
+        .as_array()?
+        .iter()
+        .filter_map(toml::Value::as_table)
+        .find(|b| b["name"].as_str() == Some(name))
+}
+
+fn pod_template(h: &Harness, name: &str) -> Value {
+    h.get("apps/v1", "statefulsets", name).expect("sts")["spec"]["template"].clone()
+}
+
+/// Bridges live in a ConfigMap and a Secret of their own: adding,
+/// changing, rotating and removing them never touches the pod template;
+/// a Secret a bridge names that is missing is reported (condition and
+/// Event naming the bridge, the Secret and the key), the bridge keeps
+/// what it runs with, and the rest of the spec is applied all the same.
+#[tokio::test]
+async fn bridges_change_in_place() {
+    let h = Harness::new();
+    h.apply_example("bridges.yaml");
+    let name = "site";
+    h.reconcile(name).await;
+
+    // --- created ------------------------------------------------------------
+    let main = h.config_toml(name);
+    assert!(
+        main.contains("bridges_file = \"/etc/raftmq/bridges/bridges.toml\""),
+        "{main}"
+    );
+    let t = bridges_toml(&h, name);
+    let central = bridge(&t, "central").expect("central");
+    assert_eq!(central["remote_username"].as_str(), Some("site1"));
+    assert_eq!(
+        central["remote_password_file"].as_str(),
+        Some("/etc/raftmq/bridge-secrets/central.password")
+    );
+    assert_eq!(
+        central["cafile"].as_str(),
+        Some("/etc/raftmq/bridge-secrets/central.ca.crt")
+    );
+    assert_eq!(central["protocol"].as_str(), Some("5.0"));
+    assert_eq!(
+        central["topic"][0].as_str(),
+        Some("sensors/# out 1 \"\" central/site1/")
+    );
+    assert_eq!(
+        central["restart_timeout"],
+        toml::Value::try_from([5, 60]).expect("v")
+    );
+    let gateway = bridge(&t, "gateway").expect("gateway");
+    assert_eq!(gateway["identity"].as_str(), Some("site1"));
+    assert_eq!(
+        gateway["psk_file"].as_str(),
+        Some("/etc/raftmq/bridge-secrets/gateway.psk")
+    );
+    assert!(
+        gateway.get("psk").is_none(),
+        "no secret inline: {gateway:?}"
+    );
+    let secrets = "site-bridge-secrets";
+    assert_eq!(
+        h.secret_text(secrets, "central.password"),
+        "change-me-central"
+    );
+    assert!(h
+        .secret_text(secrets, "central.tls.key")
+        .contains("PRIVATE KEY"));
+    assert_eq!(
+        h.secret_text(secrets, "gateway.psk"),
+        "00112233445566778899aabbccddeeff"
+    );
+    let cm_text = h
+        .get("v1", "configmaps", "site-bridges")
+        .expect("cm")
+        .to_string();
+    assert!(
+        !cm_text.contains("change-me-central") && !cm_text.contains("00112233445566778899"),
+        "no secret in the ConfigMap: {cm_text}"
+    );
+    let vols = pod_template(&h, name)["spec"]["volumes"].clone();
+    assert!(
+        vols.as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["configMap"]["name"] == "site-bridges"),
+        "{vols}"
+    );
+    assert_eq!(h.condition(name, "Degraded")["status"], "False");
+    let template = pod_template(&h, name);
+
+    // --- a bridge added, one changed: in place ------------------------------
+    h.api.patch(
+        CR.0,
+        CR.1,
+        NS,
+        name,
+        json!({"spec": {"bridges": [
+            {"name": "central", "addresses": ["central.example.com:8883"],
+             "topics": [{"pattern": "sensors/#", "qos": 1}],
+             "remoteCredentials": {"secretName": "central-login"},
+             "tls": {"caSecretName": "central-ca", "clientCertSecretName": "site1-client"}},
+            {"name": "gateway", "addresses": ["gateway.site1.internal:8884"],
+             "topics": [{"pattern": "ble/#", "direction": "in", "qos": 1}],
+             "psk": {"secretName": "gateway-psk"}},
+            {"name": "backup", "addresses": ["backup-a:1883", "backup-b:1883"], "roundRobin": true,
+             "topics": [{"pattern": "#", "direction": "out"}]},
+        ]}}),
+    );
+    h.reconcile(name).await;
+    let t = bridges_toml(&h, name);
+    assert_eq!(t["bridges"].as_array().map(Vec::len), Some(3));
+    let backup = bridge(&t, "backup").expect("backup");
+    assert_eq!(backup["round_robin"].as_bool(), Some(true));
+    assert_eq!(
+        bridge(&t, "central").expect("central")["addresses"],
+        toml::Value::try_from(["central.example.com:8883"]).expect("v")
+    );
+    assert_eq!(pod_template(&h, name), template, "no roll");
+    assert!(h.event_reasons(name).iter().any(|r| r == "BridgesUpdated"));
+
+    // --- a credential rotated: the Secret follows, no roll -------------------
+    h.api.patch(
+        "v1",
+        "secrets",
+        NS,
+        "central-login",
+        json!({"stringData": {"password": "rotated"}}),
+    );
+    h.reconcile(name).await;
+    assert_eq!(h.secret_text(secrets, "central.password"), "rotated");
+    assert_eq!(pod_template(&h, name), template, "no roll");
+
+    // --- a Secret goes: reported, the bridge held, the rest applied ----------
+    assert!(h.api.delete("v1", "secrets", NS, "gateway-psk"));
+    h.api.patch(
+        CR.0,
+        CR.1,
+        NS,
+        name,
+        json!({"spec": {"bridges": [
+            {"name": "central", "addresses": ["central.example.com:8883"],
+             "topics": [{"pattern": "sensors/#", "qos": 1}], "keepaliveInterval": 20,
+             "remoteCredentials": {"secretName": "central-login"},
+             "tls": {"caSecretName": "central-ca", "clientCertSecretName": "site1-client"}},
+            {"name": "gateway", "addresses": ["gateway.site1.internal:8884"],
+             "topics": [{"pattern": "ble/#", "direction": "in", "qos": 1}],
+             "psk": {"secretName": "gateway-psk"}},
+        ]}}),
+    );
+    h.reconcile(name).await;
+    let d = h.condition(name, "Degraded");
+    assert_eq!(d["status"], "True", "{d}");
+    assert_eq!(d["reason"], "SecretNotFound", "{d}");
+    let msg = d["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("bridge gateway")
+            && msg.contains("gateway-psk")
+            && msg.contains("bridges[1].psk"),
+        "{msg}"
+    );
+    let warnings: Vec<(String, String, String)> = h
+        .events(name)
+        .into_iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "SecretNotFound")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].2.contains("gateway-psk"), "{warnings:?}");
+    let t = bridges_toml(&h, name);
+    assert_eq!(
+        bridge(&t, "central").expect("central")["keepalive_interval"].as_integer(),
+        Some(20),
+        "the rest of the spec is applied"
+    );
+    assert!(bridge(&t, "backup").is_none(), "a removed bridge goes");
+    assert!(
+        bridge(&t, "gateway").is_some(),
+        "the broken bridge keeps running as it was"
+    );
+    assert_eq!(
+        h.secret_text(secrets, "gateway.psk"),
+        "00112233445566778899aabbccddeeff"
+    );
+    assert_eq!(pod_template(&h, name), template, "no roll");
+    // Told once.
+    h.reconcile(name).await;
+    let n = h
+        .events(name)
+        .into_iter()
+        .filter(|(_, r, _)| r == "SecretNotFound")
+        .count();
+    assert_eq!(n, 1);
+
+    // --- a new bridge whose key is missing is left out -----------------------
+    h.api.create(
+        "v1",
+        "secrets",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "late-login"}, "stringData": {"username": "late"}}),
+    );
+    h.api.patch(
+        CR.0,
+        CR.1,
+        NS,
+        name,
+        json!({"spec": {"bridges": [
+            {"name": "gateway", "addresses": ["gateway.site1.internal:8884"],
+             "topics": [{"pattern": "ble/#", "direction": "in", "qos": 1}],
+             "psk": {"secretName": "gateway-psk"}},
+            {"name": "late", "addresses": ["late:1883"], "topics": [{"pattern": "x/#"}],
+             "remoteCredentials": {"secretName": "late-login"}},
+        ]}}),
+    );
+    h.reconcile(name).await;
+    let msg = h.condition(name, "Degraded")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("bridge late") && msg.contains("late-login") && msg.contains("\"password\""),
+        "{msg}"
+    );
+    assert!(h
+        .events(name)
+        .iter()
+        .any(|(_, r, n)| r == "SecretKeyMissing" && n.contains("late-login")));
+    let t = bridges_toml(&h, name);
+    assert!(
+        bridge(&t, "late").is_none() && bridge(&t, "gateway").is_some(),
+        "{t:?}"
+    );
+
+    // --- fixed: everything configured, Degraded clears ------------------------
+    h.api.create(
+        "v1",
+        "secrets",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "gateway-psk"}, "stringData": {"identity": "site1", "psk": "ffee"}}),
+    );
+    h.api.patch(
+        "v1",
+        "secrets",
+        NS,
+        "late-login",
+        json!({"stringData": {"password": "pw"}}),
+    );
+    h.reconcile(name).await;
+    assert_eq!(
+        h.condition(name, "Degraded")["status"],
+        "False",
+        "{}",
+        h.condition(name, "Degraded")
+    );
+    let t = bridges_toml(&h, name);
+    assert!(bridge(&t, "late").is_some());
+    assert_eq!(h.secret_text(secrets, "gateway.psk"), "ffee");
+    assert_eq!(h.secret_text(secrets, "late.password"), "pw");
+    assert!(
+        h.get("v1", "secrets", secrets).expect("s")["data"]
+            .get("central.password")
+            .is_none(),
+        "a removed bridge's files go"
+    );
+
+    // --- every bridge removed: the volumes stay, nothing rolls ----------------
+    h.api
+        .patch(CR.0, CR.1, NS, name, json!({"spec": {"bridges": null}}));
+    h.reconcile(name).await;
+    let t = bridges_toml(&h, name);
+    assert_eq!(t["bridges"].as_array().map(Vec::len), Some(0));
+    assert_eq!(pod_template(&h, name), template, "no roll");
+}
+
+/// The first bridge of a cluster mounts the bridges' volumes: the one
+/// change that rolls (told as ConfigChanged); a cluster without bridges
+/// has none of their objects.
+#[tokio::test]
+async fn the_first_bridge_mounts_the_bridges() {
+    let h = Harness::new();
+    h.apply_example("minimal.yaml");
+    h.reconcile("demo").await;
+    assert!(h.get("v1", "configmaps", "demo-bridges").is_none());
+    assert!(h.get("v1", "secrets", "demo-bridge-secrets").is_none());
+    assert!(!h.config_toml("demo").contains("bridges_file"));
+    let sum = h.checksum("demo");
+    h.api.patch(
+        CR.0,
+        CR.1,
+        NS,
+        "demo",
+        json!({"spec": {"bridges": [
+            {"name": "up", "addresses": ["up:1883"], "topics": [{"pattern": "a/#"}]},
+        ]}}),
+    );
+    h.reconcile("demo").await;
+    assert_ne!(h.checksum("demo"), sum);
+    assert!(h.event_reasons("demo").iter().any(|r| r == "ConfigChanged"));
+    assert!(bridge(&bridges_toml(&h, "demo"), "up").is_some());
+    assert!(h.get("v1", "secrets", "demo-bridge-secrets").is_some());
+}
+
+/// The Secret watch maps a Secret a bridge names back to its cluster (and
+/// nothing else to it).
+#[test]
+fn a_bridge_secret_triggers_its_cluster() {
+    use k8s_openapi::api::core::v1::Secret;
+    use raftmq_operator::controller::clusters_for_secret;
+    let cluster = std::sync::Arc::new(common::example_cluster("bridges.yaml"));
+    let secret = |name: &str| {
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some(NS.into());
+        s
+    };
+    for name in ["central-login", "central-ca", "site1-client", "gateway-psk"] {
+        let refs = clusters_for_secret(std::slice::from_ref(&cluster), &secret(name));
+        assert_eq!(refs.len(), 1, "{name}");
+        assert_eq!(refs[0].name, "site");
+    }
+    assert!(clusters_for_secret(&[cluster], &secret("unrelated")).is_empty());
+}

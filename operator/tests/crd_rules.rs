@@ -27,6 +27,21 @@ fn errors(obj: &Value) -> Vec<String> {
     }
 }
 
+/// A bridge the rules accept.
+fn bridge(name: &str) -> Value {
+    json!({"name": name, "addresses": ["central:1883"], "topics": [{"pattern": "a/#"}]})
+}
+
+/// `base` with `fields` set over it.
+fn with(mut base: Value, fields: Value) -> Value {
+    if let (Some(b), Some(f)) = (base.as_object_mut(), fields.as_object()) {
+        for (k, v) in f {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
 #[test]
 fn every_rule_compiles() {
     let compiled = kube_cel::compile_schema(&schema());
@@ -92,6 +107,35 @@ fn mistakes_are_refused_with_their_message() {
         (
             json!({"storage": {"size": "lots"}}),
             "storage.size must be a quantity",
+        ),
+        (
+            json!({"bridges": [bridge("a"), bridge("a")]}),
+            "bridge names must be unique",
+        ),
+        (
+            json!({"bridges": [bridge("../etc")]}),
+            "a bridge name is letters, digits",
+        ),
+        (
+            json!({"bridges": [with(bridge("a"), json!({
+                "tls": {"caSecretName": "ca"}, "psk": {"secretName": "psk"}}))]}),
+            "tls (certificates) or psk (TLS-PSK), not both",
+        ),
+        (
+            json!({"bridges": [with(bridge("a"), json!({"topics": [{"pattern": ""}]}))]}),
+            "an empty pattern needs a localPrefix or remotePrefix",
+        ),
+        (
+            json!({"bridges": [with(bridge("a"), json!({"topics": [{"pattern": "a/#/b"}]}))]}),
+            "'#' may only be its last character",
+        ),
+        (
+            json!({"bridges": [with(bridge("a"), json!({"topics": [{"pattern": "x", "localPrefix": "site/+/"}]}))]}),
+            "a bridge topic prefix is a topic name",
+        ),
+        (
+            json!({"bridges": [with(bridge("a"), json!({"restartTimeout": {"baseSeconds": 30, "capSeconds": 5}}))]}),
+            "capSeconds must be at least baseSeconds",
         ),
     ];
     for (spec, want) in cases {

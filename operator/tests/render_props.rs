@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use raftmq_operator::crd::{
-    AclAccess, AclRule, ListenerSpec, MqttCluster, MqttClusterSpec, PskSpec, ServiceType, TlsMode,
-    TlsSpec,
+    AclAccess, AclRule, BridgeSpec, ListenerSpec, MqttCluster, MqttClusterSpec, PskSpec,
+    ServiceType, TlsMode, TlsSpec,
 };
+use raftmq_operator::render::bridges::{BridgeMaterial, BridgeSecrets, FILE_KEYS};
 use raftmq_operator::render::{
-    render, selector_labels, Names, Observed, TlsMaterial, CONFIG_CHECKSUM,
+    render, selector_labels, Names, Observed, TlsMaterial, BRIDGE_SECRETS_DIR, CONFIG_CHECKSUM,
 };
 use raftmq_operator::schema::validate;
 use raftmq_operator::validate::validate as validate_spec;
@@ -78,6 +79,55 @@ prop_compose! {
         spec.network_policy.enabled = netpol;
         spec.metrics.service_monitor.enabled = sm;
         (name, spec)
+    }
+}
+
+prop_compose! {
+    /// Bridges with distinct names, each with some of credentials, TLS or
+    /// PSK, and what their Secrets hold.
+    fn arb_bridges()(
+        bridges in proptest::collection::btree_map(
+            "[a-z][a-z0-9._-]{0,10}",
+            (0u8..4, any::<bool>(), "[a-z]{1,6}(/[a-z]{1,4}){0,2}/#", 0i32..3, "[a-z]{0,4}", "[a-z0-9]{1,12}"),
+            1..4,
+        ),
+    ) -> (Vec<BridgeSpec>, BridgeMaterial) {
+        let mut specs = Vec::new();
+        let mut material = BridgeMaterial::default();
+        for (name, (kind, login, pattern, qos, prefix, secret)) in bridges {
+            let prefix = if prefix.is_empty() { prefix } else { format!("{prefix}/") };
+            let direction = ["out", "in", "both"][qos as usize];
+            let mut b = serde_json::json!({
+                "name": name, "addresses": [format!("{name}.example:1883")],
+                "topics": [{"pattern": pattern, "qos": qos, "direction": direction, "localPrefix": prefix}],
+            });
+            let mut s = BridgeSecrets::default();
+            if login {
+                b["remoteCredentials"] = serde_json::json!({"secretName": "login"});
+                s.username = Some(format!("user-{name}"));
+                s.password = Some(secret.clone());
+            }
+            match kind {
+                1 => {
+                    b["tls"] = serde_json::json!({"caSecretName": "ca"});
+                    s.ca = Some(format!("CA {secret}"));
+                }
+                2 => {
+                    b["tls"] = serde_json::json!({"caSecretName": "ca", "clientCertSecretName": "cert"});
+                    s.ca = Some(format!("CA {secret}"));
+                    s.client_cert = Some((format!("CRT {secret}"), format!("KEY {secret}")));
+                }
+                3 => {
+                    b["psk"] = serde_json::json!({"secretName": "psk"});
+                    s.identity = Some(format!("id-{name}"));
+                    s.psk = Some("00ff".into());
+                }
+                _ => {}
+            }
+            specs.push(serde_json::from_value::<BridgeSpec>(b).expect("bridge"));
+            material.resolved.insert(name, s);
+        }
+        (specs, material)
     }
 }
 
@@ -242,6 +292,53 @@ proptest! {
             serde_json::to_value(&before.statefulset).expect("a"),
             serde_json::to_value(&after.statefulset).expect("b")
         );
+    }
+
+    /// Bridges render into their own ConfigMap and Secret: every file a
+    /// bridge names is in the Secret under the mounted directory, and
+    /// adding, changing, rotating or removing bridges (once the pods mount
+    /// them) leaves the pod template as it was.
+    #[test]
+    fn bridge_changes_do_not_roll_pods((name, spec) in arb_spec(), (b1, m1) in arb_bridges(), (b2, m2) in arb_bridges(), none in any::<bool>()) {
+        let mut spec1 = spec.clone();
+        spec1.bridges = b1;
+        prop_assert!(validate_spec(&spec1).errors.is_empty(), "{:?}", validate_spec(&spec1).errors);
+        let mut obs1 = observed(&spec1);
+        obs1.bridges = m1;
+        let before = render(&cluster(&name, spec1), &obs1).expect("render");
+        for o in before.objects() {
+            prop_assert!(validate(&o).is_ok(), "{:?}", validate(&o));
+        }
+        let cm = before.bridges_config_map.as_ref().expect("bridges ConfigMap");
+        let text = &cm.data.as_ref().expect("data")["bridges.toml"];
+        let parsed: toml::Table = toml::from_str(text).expect("bridges.toml is TOML");
+        let secret_name = format!("{name}-bridge-secrets");
+        let secret = before.secrets.iter().find(|s| s.metadata.name.as_deref() == Some(secret_name.as_str())).expect("bridge Secret");
+        let data = secret.data.clone().unwrap_or_default();
+        let tables = parsed["bridges"].as_array().expect("bridges");
+        prop_assert_eq!(tables.len(), obs1.bridges.resolved.len());
+        for t in tables {
+            for k in FILE_KEYS {
+                if let Some(f) = t.get(k).and_then(|v| v.as_str()) {
+                    let file = f.strip_prefix(&format!("{BRIDGE_SECRETS_DIR}/"));
+                    prop_assert!(file.is_some_and(|f| data.contains_key(f)), "{} is not in the bridge Secret", f);
+                }
+            }
+        }
+
+        // The pods mount the bridges now; the next render sees that.
+        let mut spec2 = spec.clone();
+        spec2.bridges = if none { Vec::new() } else { b2 };
+        let mut obs2 = observed(&spec2);
+        obs2.bridges = if none { BridgeMaterial::default() } else { m2 };
+        obs2.bridges.mounted = true;
+        let after = render(&cluster(&name, spec2), &obs2).expect("render");
+        prop_assert_eq!(&before.config_checksum, &after.config_checksum);
+        prop_assert_eq!(
+            serde_json::to_value(&before.statefulset).expect("a"),
+            serde_json::to_value(&after.statefulset).expect("b")
+        );
+        prop_assert!(after.bridges_config_map.is_some(), "the mounted ConfigMap stays");
     }
 
     #[test]

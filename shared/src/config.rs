@@ -66,6 +66,12 @@ pub mod keys {
     pub const LISTENERS: &str = "listeners";
     pub const HTTP: &str = "http";
     pub const CLUSTER: &str = "cluster";
+    /// `[[bridges]]` tables, inline.
+    pub const BRIDGES: &str = "bridges";
+    /// A file of `[[bridges]]` tables (the same keys), reloaded by the broker
+    /// when it changes: a bridge whose settings changed reconnects, the
+    /// others are untouched. The operator renders its bridges there.
+    pub const BRIDGES_FILE: &str = "bridges_file";
 
     /// `[log]`.
     pub mod log {
@@ -95,6 +101,39 @@ pub mod keys {
         pub const PSK_FILE: &str = "psk_file";
         pub const PSK_HINT: &str = "psk_hint";
         pub const PATH: &str = "path";
+    }
+
+    /// One `[[bridges]]` entry (mosquitto's `connection` block), as far as
+    /// the operator writes it.
+    pub mod bridge {
+        pub const NAME: &str = "name";
+        pub const ADDRESSES: &str = "addresses";
+        pub const ROUND_ROBIN: &str = "round_robin";
+        /// mosquitto's `pattern [[[out|in|both] qos] local-prefix
+        /// remote-prefix]` strings.
+        pub const TOPIC: &str = "topic";
+        /// `"3.1.1"` or `"5.0"`.
+        pub const PROTOCOL: &str = "protocol";
+        pub const CLEAN_START: &str = "clean_start";
+        pub const REMOTE_CLIENTID: &str = "remote_clientid";
+        pub const REMOTE_USERNAME: &str = "remote_username";
+        pub const REMOTE_PASSWORD_FILE: &str = "remote_password_file";
+        pub const KEEPALIVE_INTERVAL: &str = "keepalive_interval";
+        /// Seconds: one number, or `[base, cap]`.
+        pub const RESTART_TIMEOUT: &str = "restart_timeout";
+        pub const TRY_PRIVATE: &str = "try_private";
+        pub const NOTIFICATIONS: &str = "notifications";
+        pub const NOTIFICATION_TOPIC: &str = "notification_topic";
+        pub const CAFILE: &str = "cafile";
+        pub const CERTFILE: &str = "certfile";
+        pub const KEYFILE: &str = "keyfile";
+        pub const SERVER_NAME: &str = "server_name";
+        pub const INSECURE: &str = "insecure";
+        /// TLS-PSK identity.
+        pub const IDENTITY: &str = "identity";
+        /// A file holding the TLS-PSK key in hex.
+        pub const PSK_FILE: &str = "psk_file";
+        pub const MAX_QUEUED_MESSAGES: &str = "max_queued_messages";
     }
 
     /// `[http]`.

@@ -386,3 +386,87 @@ impl Relay {
         });
     }
 }
+
+/// Collects the 4-byte big-endian ids published on `filter` at `addr`,
+/// as a well-behaved QoS 0/1/2 subscriber does: a QoS 2 PUBLISH whose
+/// packet id it holds (PUBREC sent, PUBREL not yet come) is the same
+/// message again and not counted; every other one is. So what the channel
+/// receives twice, the broker delivered twice.
+pub fn collect_ids(
+    addr: SocketAddr,
+    client_id: &str,
+    filter: &str,
+    qos: QoS,
+) -> std::sync::mpsc::Receiver<u32> {
+    use raftmq::codec::PubResp;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut sub = Sub::new(addr, Protocol::V311, client_id, true, filter, qos);
+    std::thread::spawn(move || {
+        let mut held = std::collections::HashSet::new();
+        loop {
+            let p = match sub.0.recv(Duration::from_millis(500)) {
+                Read1::Packet(p) => p,
+                Read1::Timeout => continue,
+                Read1::Closed => return,
+            };
+            let id = match p {
+                Packet::Publish(p) => {
+                    let fresh = match p.qos {
+                        QoS::AtMostOnce => true,
+                        QoS::AtLeastOnce => {
+                            sub.0.send(&Packet::PubAck(PubResp::new(p.packet_id, 0)));
+                            true
+                        }
+                        QoS::ExactlyOnce => {
+                            sub.0.send(&Packet::PubRec(PubResp::new(p.packet_id, 0)));
+                            held.insert(p.packet_id)
+                        }
+                    };
+                    match <[u8; 4]>::try_from(&p.payload[..]) {
+                        Ok(b) if fresh => u32::from_be_bytes(b),
+                        _ => continue,
+                    }
+                }
+                Packet::PubRel(r) => {
+                    held.remove(&r.packet_id);
+                    sub.0.send(&Packet::PubComp(PubResp::new(r.packet_id, 0)));
+                    continue;
+                }
+                _ => continue,
+            };
+            if tx.send(id).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The bridges as `GET /api/v1/bridges` on `b` shows them (admin token
+/// `token`): name -> (the node its claim names, runs here, connected).
+pub fn bridges_api(
+    b: &crate::Broker,
+    token: &str,
+) -> std::collections::BTreeMap<String, (Option<u64>, bool, bool)> {
+    let (code, body) = crate::http_get(
+        &b.http_url("/api/v1/bridges"),
+        Some(&format!("Bearer {token}")),
+    );
+    assert_eq!(code, 200, "GET /api/v1/bridges: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["bridges"]
+        .as_array()
+        .expect("bridges")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    b["runs_on"].as_u64(),
+                    b["running_here"].as_bool().unwrap_or(false),
+                    b["connected"].as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect()
+}

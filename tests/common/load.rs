@@ -42,6 +42,34 @@ pub fn publish_acked_as(
     protocol: Protocol,
     addrs: &[SocketAddr],
     client_id: &str,
+    next: impl FnMut() -> Option<u32>,
+    window: usize,
+    acked_count: &AtomicUsize,
+    reconnects: &AtomicUsize,
+    refused: &AtomicUsize,
+) -> BTreeSet<u32> {
+    publish_acked_at(
+        protocol,
+        QoS::AtLeastOnce,
+        addrs,
+        client_id,
+        next,
+        window,
+        acked_count,
+        reconnects,
+        refused,
+    )
+}
+
+/// [`publish_acked_as`] at `qos` (1 or 2). At QoS 2 a message counts as
+/// acknowledged at its PUBREC; PUBREL/PUBCOMP follow on the same
+/// connection (the broker has the message by then).
+#[allow(clippy::too_many_arguments)]
+pub fn publish_acked_at(
+    protocol: Protocol,
+    qos: QoS,
+    addrs: &[SocketAddr],
+    client_id: &str,
     mut next: impl FnMut() -> Option<u32>,
     window: usize,
     acked_count: &AtomicUsize,
@@ -70,9 +98,11 @@ pub fn publish_acked_as(
             _ => continue,
         }
         let mut inflight: BTreeMap<u16, u32> = BTreeMap::new();
+        // QoS 2 ids past PUBREC, waiting for PUBCOMP.
+        let mut releasing: BTreeSet<u16> = BTreeSet::new();
         let mut next_pid = 1u16;
         loop {
-            while inflight.len() < window {
+            while inflight.len() + releasing.len() < window {
                 let id = match retry.pop_front() {
                     Some(id) => id,
                     None if exhausted => break,
@@ -90,13 +120,29 @@ pub fn publish_acked_as(
                 } else {
                     next_pid + 1
                 };
-                c.publish("d/load", &id.to_be_bytes(), QoS::AtLeastOnce, false, pid);
+                c.publish("d/load", &id.to_be_bytes(), qos, false, pid);
                 inflight.insert(pid, id);
             }
-            if inflight.is_empty() {
+            if inflight.is_empty() && releasing.is_empty() {
                 break 'connect;
             }
             match c.recv(Duration::from_secs(8)) {
+                Read1::Packet(Packet::PubRec(a)) => {
+                    if let Some(id) = inflight.remove(&a.packet_id) {
+                        if a.code < 0x80 {
+                            acked.insert(id);
+                            acked_count.fetch_add(1, Ordering::Relaxed);
+                            c.send(&Packet::PubRel(raftmq::codec::PubResp::new(a.packet_id, 0)));
+                            releasing.insert(a.packet_id);
+                        } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            retry.push_back(id);
+                        }
+                    }
+                }
+                Read1::Packet(Packet::PubComp(a)) => {
+                    releasing.remove(&a.packet_id);
+                }
                 Read1::Packet(Packet::PubAck(a)) => {
                     if let Some(id) = inflight.remove(&a.packet_id) {
                         if a.code < 0x80 {

@@ -1,80 +1,118 @@
-//! A 3-node raftmq cluster bridging out to mosquitto under a steady QoS 1
-//! load; kill -9 of the node running the bridge (the leader). Another node
-//! takes the bridge over within the election timeout plus a few seconds
-//! and resumes from the replicated session: every message acknowledged to
-//! the publisher reaches the mosquitto subscriber (duplicates counted).
+//! Bridges in a 3-node raftmq cluster bridging out to mosquitto. Exactly
+//! one node runs each bridge (its claim in the replicated state, shown by
+//! `GET /api/v1/bridges` on every node); under a steady load, kill -9 of
+//! the node running the bridge: another node takes it over within the
+//! election timeout plus a few seconds and resumes from the replicated
+//! session. Every message acknowledged to the publisher reaches the
+//! mosquitto subscriber; duplicates are counted at QoS 1 and there are
+//! none at QoS 2.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use raftmq::codec::{Protocol, QoS};
-use raftmq_e2e::bridge::{bridge_toml, wait_connected, Listener, Mosquitto, Sub};
-use raftmq_e2e::cluster::{self, grpc_addr, wait_leader, ELECTION_TIMEOUT_MS};
-use raftmq_e2e::load::publish_acked;
+use raftmq_e2e::bridge::{
+    bridge_toml, bridges_api, collect_ids, wait_connected, Listener, Mosquitto,
+};
+use raftmq_e2e::cluster::{self, cli, grpc_addr, wait_leader, ELECTION_TIMEOUT_MS};
+use raftmq_e2e::load::publish_acked_at;
+use raftmq_e2e::Broker;
 
 const MESSAGES: u32 = 3000;
+const TOKEN: &str = "cluster-bridge-token";
+/// The issue's bound: the election timeout plus a few seconds (the
+/// leader's liveness probe counts a node down after 3 s).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(8);
 
-#[test]
-fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
-    let m = Mosquitto::start(Listener::Plain, false);
-    // Collects at mosquitto from the start, acknowledging each.
-    let (tx, rx) = mpsc::channel::<u32>();
-    let mut sub = Sub::new(
-        m.addr(),
-        Protocol::V311,
-        "collector",
-        true,
-        "d/#",
-        QoS::AtLeastOnce,
-    );
-    std::thread::spawn(move || loop {
-        for p in sub.take(100, Duration::from_millis(500)) {
-            if let Ok(b) = <[u8; 4]>::try_from(&p.payload[..]) {
-                if tx.send(u32::from_be_bytes(b)).is_err() {
-                    return;
-                }
+fn start_cluster(bridges: &str) -> Vec<Broker> {
+    cluster::start_each(3, "", |_, c| {
+        c.raw(bridges).env("RAFTMQ_HTTP__ADMIN_TOKEN", TOKEN)
+    })
+}
+
+/// The node (index) whose claim `name` is, once every live node agrees
+/// on it and that node runs it, connected; the others do not run it.
+fn wait_placed(nodes: &[Broker], live: &[usize], name: &str, timeout: Duration) -> Option<usize> {
+    let mut placed = None;
+    let ok = raftmq_e2e::eventually(timeout, || {
+        let views: Vec<_> = live
+            .iter()
+            .map(|i| (*i, bridges_api(&nodes[*i], TOKEN)))
+            .collect();
+        let holders: BTreeSet<Option<u64>> = views
+            .iter()
+            .map(|(_, v)| v.get(name).and_then(|b| b.0))
+            .collect();
+        let [Some(h)] = holders.into_iter().collect::<Vec<_>>()[..] else {
+            return false;
+        };
+        let hi = (h - 1) as usize;
+        let right = views.iter().all(|(i, v)| {
+            let (_, running, connected) = v[name];
+            if *i == hi {
+                running && connected
+            } else {
+                !running && !connected
             }
-        }
+        });
+        placed = Some(hi);
+        right && live.contains(&hi)
     });
+    ok.then_some(placed).flatten()
+}
+
+struct Figures {
+    takeover: Duration,
+    acked: usize,
+    lost: usize,
+    duplicates: usize,
+}
+
+/// One run: a bridge at `qos` under a steady load at `qos` from
+/// publishers on the two other nodes; kill -9 of the node running it.
+fn takeover_run(qos: QoS) -> Figures {
+    let m = Mosquitto::start(Listener::Plain, false);
+    let rx = collect_ids(m.addr(), "collector", "d/#", qos);
     let bridge = bridge_toml(
         "central",
         m.addr(),
         "3.1.1",
-        &["d/# out 1"],
-        "max_queued_messages = 100000\n",
+        &[&format!("d/# out {}", qos as u8)],
+        // The same remote client id from every node, its session kept:
+        // the remote's QoS 2 state carries over a takeover.
+        "max_queued_messages = 100000\nremote_clientid = \"raftmq-test.central\"\nclean_start = false\n",
     );
-    let mut nodes = cluster::start_each(3, "", |_, c| c.raw(&bridge));
+    let mut nodes = start_cluster(&bridge);
+    let hi = wait_placed(&nodes, &[0, 1, 2], "central", Duration::from_secs(30))
+        .expect("one node runs the bridge");
     let first = grpc_addr(&nodes[0], 1);
-    let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
-    let li = (leader - 1) as usize;
-    assert!(
-        wait_connected(&nodes[li], "central", Duration::from_secs(30)),
-        "the leader runs the bridge"
-    );
-    for (i, n) in nodes.iter().enumerate() {
-        if i != li {
-            assert!(
-                !wait_connected(n, "central", Duration::ZERO),
-                "only the leader runs it"
-            );
+    if qos == QoS::ExactlyOnce {
+        // Measures the bridge alone: with the leader alive, no publisher
+        // sends a message again (which would be a duplicate of its own).
+        let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
+        if leader as usize == hi + 1 {
+            let to = if hi == 0 { 2 } else { 1 };
+            let at = grpc_addr(&nodes[hi], hi as u64 + 1);
+            let (code, out) = cli(&at, &["transfer-leader", "--id", &to.to_string()]);
+            assert_eq!(code, Some(0), "transfer-leader: {out}");
+            let not = Some(hi as u64 + 1);
+            assert!(wait_leader(&first, not, Duration::from_secs(20)).is_some());
         }
     }
 
-    // Publishers on the two other nodes.
-    let addrs: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != li)
-        .map(|(_, n)| n.tcp_addr())
+    let addrs: Vec<_> = (0..3)
+        .filter(|i| *i != hi)
+        .map(|i| nodes[i].tcp_addr())
         .collect();
     let acked_count = AtomicUsize::new(0);
     let reconnects = AtomicUsize::new(0);
     let (acked, takeover) = std::thread::scope(|s| {
         let load = s.spawn(|| {
             let mut next = 0u32;
-            publish_acked(
+            publish_acked_at(
+                Protocol::V5,
+                qos,
                 &addrs,
                 "load",
                 || {
@@ -86,14 +124,15 @@ fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
                 10,
                 &acked_count,
                 &reconnects,
+                &AtomicUsize::new(0),
             )
         });
         while acked_count.load(Ordering::Relaxed) < (MESSAGES / 3) as usize {
             std::thread::sleep(Duration::from_millis(10));
         }
-        nodes[li].kill9();
+        nodes[hi].kill9();
         let killed = Instant::now();
-        let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+        let others: Vec<usize> = (0..3).filter(|i| *i != hi).collect();
         let took = raftmq_e2e::eventually(Duration::from_secs(60), || {
             others
                 .iter()
@@ -120,13 +159,32 @@ fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
         got.insert(id);
     }
     let lost: Vec<u32> = acked.difference(&got).copied().collect();
+    let f = Figures {
+        takeover,
+        acked: acked.len(),
+        lost: lost.len(),
+        duplicates: copies - got.len(),
+    };
     eprintln!(
-        "bridge failover: takeover {takeover:?} after kill -9 (election timeout {ELECTION_TIMEOUT_MS} ms); \
-         {} acknowledged, {} lost, {} duplicates",
-        acked.len(),
-        lost.len(),
-        copies - got.len()
+        "bridge failover at QoS {}: takeover {:?} after kill -9 (election timeout {ELECTION_TIMEOUT_MS} ms); \
+         {} acknowledged, {} lost, {} duplicates, {} publisher reconnects",
+        qos as u8,
+        f.takeover,
+        f.acked,
+        f.lost,
+        f.duplicates,
+        reconnects.load(Ordering::Relaxed)
     );
+    if !lost.is_empty() || f.duplicates > 0 {
+        // What mosquitto says of the bridge's session around the loss.
+        let log = m.log();
+        let notes: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("Received PUB") && !l.contains("Sending PUB"))
+            .filter(|l| !l.contains("PINGREQ") && !l.contains("PINGRESP"))
+            .collect();
+        eprintln!("---- mosquitto ----\n{}", notes.join("\n"));
+    }
     assert!(
         lost.is_empty(),
         "lost {} acknowledged (first {:?})",
@@ -134,7 +192,61 @@ fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
         &lost[..lost.len().min(10)]
     );
     assert!(
-        takeover < Duration::from_millis(ELECTION_TIMEOUT_MS) + Duration::from_secs(8),
-        "takeover took {takeover:?}"
+        f.takeover < Duration::from_millis(ELECTION_TIMEOUT_MS) + TAKEOVER_BOUND,
+        "takeover took {:?}",
+        f.takeover
+    );
+    f
+}
+
+#[test]
+fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
+    takeover_run(QoS::AtLeastOnce);
+}
+
+#[test]
+fn each_bridge_runs_on_exactly_one_node_and_moves_when_it_dies() {
+    let m = Mosquitto::start(Listener::Plain, false);
+    let bridges = [
+        bridge_toml("east", m.addr(), "3.1.1", &["e/# out 1"], ""),
+        bridge_toml("west", m.addr(), "5.0", &["w/# out 1"], ""),
+    ]
+    .concat();
+    let mut nodes = start_cluster(&bridges);
+    let all = [0, 1, 2];
+    // Node 1 was alone when it placed them; they spread as the others
+    // join.
+    let mut placed = BTreeMap::new();
+    let spread = raftmq_e2e::eventually(Duration::from_secs(30), || {
+        for name in ["east", "west"] {
+            let at = wait_placed(&nodes, &all, name, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("{name} runs on exactly one node"));
+            placed.insert(name, at);
+        }
+        placed["east"] != placed["west"]
+    });
+    assert!(spread, "two bridges on three nodes are spread: {placed:?}");
+
+    let victim = placed["east"];
+    nodes[victim].kill9();
+    let killed = Instant::now();
+    let live: Vec<usize> = all.into_iter().filter(|i| *i != victim).collect();
+    let moved = wait_placed(&nodes, &live, "east", Duration::from_secs(60))
+        .expect("east moved to a live node");
+    let took = killed.elapsed();
+    eprintln!(
+        "bridge east moved from node {} to node {} in {took:?}",
+        victim + 1,
+        moved + 1
+    );
+    assert_ne!(moved, victim);
+    assert!(
+        took < Duration::from_millis(ELECTION_TIMEOUT_MS) + TAKEOVER_BOUND,
+        "moving took {took:?}"
+    );
+    // The other bridge stayed where it was.
+    assert_eq!(
+        wait_placed(&nodes, &live, "west", Duration::from_secs(10)),
+        Some(placed["west"])
     );
 }

@@ -5,16 +5,30 @@
 //! leaves the bridge's local session (replicated like any persistent
 //! session's copy) only when the remote has it, and an incoming one is
 //! acknowledged to the remote only when this broker has committed it.
+//!
+//! Outgoing QoS 2 is exactly once across a takeover: a copy goes to the
+//! remote with the packet id the bridge's session gave it (derived from
+//! the copy, the same on every node), and each step of its handshake
+//! follows the session's replicated one: PUBREC goes to the session when
+//! the remote sent it; PUBREL goes to the remote only when the session
+//! sent it (its release committed); PUBCOMP goes to the session only when
+//! the remote sent it. A node that takes the bridge over resends what the
+//! session holds with the same ids under the same remote client id, so
+//! the remote's own QoS 2 state (`clean_start = false`) drops a copy it
+//! has already received.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::codec::{ByteStr, Packet, Properties, PubResp, Publish, QoS};
+use crate::engine::Placement;
 use crate::topic_tree::filter_matches;
 
-use super::config::{BridgeConfig, TopicRule};
 use super::peer::{Peer, PeerError};
 use super::status::BridgeStatus;
+use crate::config::bridge::{BridgeConfig, TopicRule};
 
 /// One side of the link.
 pub struct Side {
@@ -27,6 +41,9 @@ pub struct Side {
     /// This side's QoS 2 publishes we hold (not released yet): a
     /// redelivery of one is not forwarded twice.
     receiving: HashSet<u16>,
+    /// PUBRELs we passed on to this side from the other one: its PUBCOMP
+    /// is owed to the other side.
+    owe_comp: HashSet<u16>,
     next_id: u16,
     /// Highest QoS this side accepts (MQTT 5 Maximum QoS).
     max_qos: QoS,
@@ -52,6 +69,7 @@ impl Side {
             pending: HashMap::new(),
             released: HashSet::new(),
             receiving: HashSet::new(),
+            owe_comp: HashSet::new(),
             next_id: 0,
             max_qos,
             is_local,
@@ -92,8 +110,12 @@ pub struct Link<'a> {
 
 impl Link<'_> {
     /// Pumps until either side fails or `keep_running` says stop (asked
-    /// once a second, when the queue figures are refreshed too).
-    pub async fn run(&mut self, mut keep_running: impl FnMut() -> bool) -> LinkEnd {
+    /// whenever the bridges' claims change, and once a second).
+    pub async fn run(
+        &mut self,
+        mut claims: watch::Receiver<Placement>,
+        mut keep_running: impl FnMut() -> bool,
+    ) -> LinkEnd {
         let keepalive = Duration::from_secs(u64::from(self.config.keepalive_interval.max(1)));
         let mut ping = tokio::time::interval(keepalive);
         ping.reset();
@@ -137,6 +159,11 @@ impl Link<'_> {
                         return LinkEnd::Stopped;
                     }
                 }
+                Ok(()) = claims.changed() => {
+                    if !keep_running() {
+                        return LinkEnd::Stopped;
+                    }
+                }
             }
         }
     }
@@ -167,14 +194,16 @@ impl Link<'_> {
             }
             Packet::PubRec(r) => {
                 let origin = from.pending.remove(&r.packet_id);
-                if r.code < 0x80 {
+                if r.code >= 0x80 {
+                    tracing::warn!(bridge = %self.config.name, code = r.code, "a forwarded QoS 2 message was refused");
+                } else if from_local {
+                    // This broker has committed it: release it at once.
                     from.released.insert(r.packet_id);
                     from.peer
                         .queue(&Packet::PubRel(PubResp::new(r.packet_id, 0)))
                         .map_err(fail)?;
-                } else {
-                    tracing::warn!(bridge = %self.config.name, code = r.code, "a forwarded QoS 2 message was refused");
                 }
+                // The remote's PUBREC: its PUBREL waits for the session's.
                 if let Some(origin) = origin {
                     acknowledge(to, origin).map_err(|e| either(!from_local, e))?;
                 }
@@ -182,10 +211,25 @@ impl Link<'_> {
             }
             Packet::PubComp(r) => {
                 from.released.remove(&r.packet_id);
+                if from.owe_comp.remove(&r.packet_id) {
+                    to.peer
+                        .queue(&Packet::PubComp(PubResp::new(r.packet_id, 0)))
+                        .map_err(|e| either(!from_local, e))?;
+                }
                 Ok(())
             }
             Packet::PubRel(r) => {
                 from.receiving.remove(&r.packet_id);
+                if from_local && to.max_qos == QoS::ExactlyOnce {
+                    // The session's release is committed: now the remote's
+                    // (also for a copy a previous holder had forwarded).
+                    to.released.insert(r.packet_id);
+                    to.owe_comp.insert(r.packet_id);
+                    return to
+                        .peer
+                        .queue(&Packet::PubRel(PubResp::new(r.packet_id, 0)))
+                        .map_err(|e| either(false, e));
+                }
                 from.peer
                     .queue(&Packet::PubComp(PubResp::new(r.packet_id, 0)))
                     .map_err(fail)
@@ -271,6 +315,17 @@ fn forward(
     let qos = p.qos.min(to.max_qos);
     let packet_id = if qos == QoS::AtMostOnce {
         0
+    } else if from.is_local {
+        // The session's id: the same on whichever node resends it (see
+        // the top of this file). The session reuses it only once the
+        // remote has completed it.
+        let id = p.packet_id;
+        if to.pending.contains_key(&id) || to.released.contains(&id) {
+            return Err(PeerError::Protocol(
+                "packet id still in flight at the remote",
+            ));
+        }
+        id
     } else {
         match to.next_packet_id() {
             Some(id) => id,
@@ -295,7 +350,8 @@ fn forward(
         Properties::default()
     };
     let out = Publish {
-        dup: false,
+        // A copy the session sends again may have reached the remote.
+        dup: from.is_local && p.dup,
         qos,
         retain: p.retain,
         topic: ByteStr::from(topic),

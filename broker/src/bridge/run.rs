@@ -1,10 +1,13 @@
 //! One bridge's life on this node: it runs while this node holds the
-//! bridge's claim (leads the cluster, and is not draining); it connects to
+//! bridge's claim (`claim.rs`; as committed, and while this node is in
+//! touch with a leader and not draining); it connects to
 //! the remote first and to its own session here second (so that while the
 //! remote is away, outgoing messages wait in the session's queue, bounded
 //! by `max_queued_messages`), pumps until either side fails, and tries
 //! again after `restart_timeout`.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +16,14 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::config::BridgeConfig;
 use super::link::{Link, LinkEnd, Side};
 use super::peer::Peer;
-use super::status::BridgeStatus;
+use super::status::{BridgeStatus, Bridges};
 use super::{local, remote};
+use crate::cluster::Standing;
 use crate::codec::{ByteStr, Connect, Packet, Properties, Protocol, QoS, SubOptions, Subscribe};
-use crate::engine::{Broker, Publisher};
+use crate::config::bridge::BridgeConfig;
+use crate::engine::{Broker, Placement, Publisher};
 use crate::message::{Message, MessageParts};
 
 /// How long either side has to answer CONNECT.
@@ -30,31 +34,97 @@ const WINDOW: u16 = 1000;
 /// What we let the remote have in flight to us (MQTT 5).
 const RECEIVE_MAXIMUM: u16 = 100;
 
-/// Starts every configured bridge. `leader` says whether this node holds
-/// the bridges' claim (single node: always, once the log is up).
-pub fn spawn(broker: &Arc<Broker>, leader: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    broker
-        .bridges
-        .all()
-        .iter()
-        .map(|status| {
+/// The bridges running on this node (each waiting for its claim, or
+/// running), changed as a whole by [`BridgeSet::apply`].
+pub struct BridgeSet {
+    broker: Arc<Broker>,
+    bridges: Arc<Bridges>,
+    runners: parking_lot::Mutex<HashMap<String, (BridgeConfig, JoinHandle<()>)>>,
+}
+
+impl BridgeSet {
+    /// Starts `configs`, and their placement (`claim.rs`).
+    pub fn start(
+        broker: &Arc<Broker>,
+        bridges: &Arc<Bridges>,
+        standing: watch::Receiver<Standing>,
+        configs: Vec<BridgeConfig>,
+    ) -> (Arc<BridgeSet>, JoinHandle<()>) {
+        let set = Arc::new(BridgeSet {
+            broker: broker.clone(),
+            bridges: bridges.clone(),
+            runners: parking_lot::Mutex::new(HashMap::new()),
+        });
+        set.apply(configs);
+        let placing = super::claim::spawn(broker.clone(), bridges.clone(), standing);
+        (set, placing)
+    }
+
+    /// Makes `configs` the bridges: one whose settings changed reconnects
+    /// with the new ones, a new one starts, a removed one stops (its
+    /// session stays, as in mosquitto); the others are not touched.
+    pub fn apply(&self, configs: Vec<BridgeConfig>) {
+        let mut runners = self.runners.lock();
+        let keep: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        let removed: Vec<String> = runners
+            .keys()
+            .filter(|n| !keep.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some((_, task)) = runners.remove(&name) {
+                task.abort();
+            }
+            self.bridges.remove(&name);
+            tracing::info!(bridge = %name, "bridge removed: stopped (its session stays)");
+        }
+        for config in configs {
+            if runners.get(&config.name).is_some_and(|(c, _)| *c == config) {
+                continue;
+            }
+            let name = config.name.clone();
+            if let Some((_, task)) = runners.remove(&name) {
+                task.abort();
+                tracing::info!(bridge = %name, "bridge settings changed: reconnecting");
+            }
+            self.broker
+                .set_queue_bound(&config.local_clientid(), config.max_queued_messages);
+            let status = self.bridges.add(config.clone());
             let runner = Runner {
-                broker: broker.clone(),
-                status: status.clone(),
-                leader: leader.clone(),
+                broker: self.broker.clone(),
+                status,
+                placement: self.broker.placement(),
                 notified: None,
             };
-            tokio::spawn(runner.run())
-        })
-        .collect()
+            runners.insert(name, (config, tokio::spawn(runner.run())));
+        }
+    }
+
+    /// Stops every bridge (the server stops).
+    pub fn stop(&self) {
+        for (_, task) in self.runners.lock().values() {
+            task.abort();
+        }
+    }
 }
 
 struct Runner {
     broker: Arc<Broker>,
     status: Arc<BridgeStatus>,
-    leader: watch::Receiver<bool>,
+    /// The bridges' claims as committed.
+    placement: watch::Receiver<Placement>,
     /// The state last published on the notification topic.
     notified: Option<bool>,
+}
+
+/// Whether this node runs bridge `name`: it holds the committed claim,
+/// is not draining, and is in touch with a leader (a node cut off from the
+/// others stops after an election timeout; the leader moves its bridges
+/// only after the longer liveness timeout).
+fn holds_claim(broker: &Broker, placement: &watch::Receiver<Placement>, name: &str) -> bool {
+    placement.borrow().holder(name) == Some(broker.node_id)
+        && !broker.is_draining()
+        && broker.health.has_leader.load(Ordering::Acquire)
 }
 
 impl Runner {
@@ -63,7 +133,7 @@ impl Runner {
     }
 
     fn holds_claim(&self) -> bool {
-        *self.leader.borrow() && !self.broker.is_draining()
+        holds_claim(&self.broker, &self.placement, &self.config().name)
     }
 
     async fn run(mut self) {
@@ -95,7 +165,7 @@ impl Runner {
             failures = failures.saturating_add(1);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = self.leader.changed() => {}
+                _ = self.placement.changed() => {}
             }
         }
     }
@@ -104,11 +174,11 @@ impl Runner {
     async fn wait_for_claim(&mut self) {
         if !self.holds_claim() {
             self.status.set_running_here(false);
-            tracing::debug!(bridge = %self.config().name, "bridge runs elsewhere (not the leader, or draining)");
+            tracing::debug!(bridge = %self.config().name, "bridge runs elsewhere (or nowhere yet)");
         }
         while !self.holds_claim() {
             tokio::select! {
-                _ = self.leader.changed() => {}
+                _ = self.placement.changed() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -163,10 +233,12 @@ impl Runner {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no address")))
     }
 
-    async fn connect_remote(&self, address: &super::config::Address) -> anyhow::Result<Peer> {
+    async fn connect_remote(
+        &self,
+        address: &crate::config::bridge::Address,
+    ) -> anyhow::Result<Peer> {
         let c = self.config();
-        let hostname =
-            std::env::var("HOSTNAME").unwrap_or_else(|_| format!("raftmq-{}", self.broker.node_id));
+        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "raftmq".to_string());
         let password = match (&c.remote_password, &c.remote_password_file) {
             (Some(p), _) => Some(Bytes::from(p.clone())),
             (None, Some(file)) => {
@@ -300,14 +372,19 @@ impl Runner {
         self.notify(true);
         let status = self.status.clone();
         let broker = self.broker.clone();
-        let leader = self.leader.clone();
+        let placement = self.placement.clone();
         let mut link = Link {
             config: &status.config,
             status: &status,
             local,
             remote,
         };
-        let end = link.run(|| *leader.borrow() && !broker.is_draining()).await;
+        let name = status.config.name.clone();
+        let end = link
+            .run(self.placement.clone(), || {
+                holds_claim(&broker, &placement, &name)
+            })
+            .await;
         let Link { local, remote, .. } = link;
         tokio::join!(local.peer.close(), remote.peer.close());
         end
@@ -343,8 +420,8 @@ impl Runner {
 
 /// Brings every bridge's queue figures up to date (at each scrape): its
 /// session's queued and in-flight copies on this node.
-pub fn refresh(broker: &Broker) {
-    for status in broker.bridges.all() {
+pub fn refresh(broker: &Broker, bridges: &Bridges) {
+    for status in bridges.all() {
         if let Some(cell) = broker.session(&status.config.local_clientid()) {
             let s = cell.session.lock();
             status.set_queue(s.queued_len() + s.inflight_len(), s.dropped);

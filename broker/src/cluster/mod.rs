@@ -61,6 +61,15 @@ pub use supervisor::RaftHandle;
 pub use types::Raft;
 
 /// A started cluster node; [`Cluster::attach`] connects it to the engine.
+/// This node's part in the Raft group, as [`Cluster::standing`] tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// This node leads (and its core runs).
+    pub leads: bool,
+    /// The voters of the membership in force.
+    pub voters: std::collections::BTreeSet<u64>,
+}
+
 pub struct Cluster {
     /// The node's Raft core (replaced when one stops on a storage error).
     pub raft: RaftHandle,
@@ -380,20 +389,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether this node leads the cluster, kept up to date (bridges run
-    /// on the leader: see `bridge/`). Follows the current Raft core, also
-    /// after the supervisor replaced it.
-    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+    /// Whether this node leads the cluster and who votes, kept up to date
+    /// (the leader places the bridges: see `bridge/claim.rs`). Follows the
+    /// current Raft core, also after the supervisor replaced it.
+    pub fn standing(&self) -> tokio::sync::watch::Receiver<Standing> {
+        let (tx, rx) = tokio::sync::watch::channel(Standing::default());
         let raft = self.raft.clone();
         let me = self.node_id;
         tokio::spawn(async move {
             loop {
-                let leads = {
+                let now = {
                     let m = raft.get().metrics().borrow().clone();
-                    m.current_leader == Some(me) && m.running_state.is_ok()
+                    Standing {
+                        leads: m.current_leader == Some(me) && m.running_state.is_ok(),
+                        voters: m.membership_config.membership().voter_ids().collect(),
+                    }
                 };
-                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                tx.send_if_modified(|v| {
+                    let changed = *v != now;
+                    *v = now;
+                    changed
+                });
                 if tx.is_closed() {
                     return;
                 }

@@ -26,6 +26,8 @@ const SESSIONS: u32 = 2;
 const OWNERS: u32 = 3;
 const WILLS: u32 = 4;
 const ROUTES: u32 = 5;
+const BRIDGES: u32 = 6;
+const DRAINING: u32 = 7;
 /// `PersistedSession` field numbers.
 const CLIENT_ID: u32 = 1;
 const EXPIRY: u32 = 2;
@@ -53,6 +55,16 @@ pub fn write_state(state: &ReplicatedState, w: &mut impl Write) -> io::Result<u6
     }
     for (f, n) in &state.routes {
         out.message(ROUTES, &convert::route_to(f, n))?;
+    }
+    for (name, node) in &state.bridges {
+        let holder = pb::BridgeHolder {
+            name: name.to_string(),
+            node: *node,
+        };
+        out.message(BRIDGES, &holder)?;
+    }
+    for node in &state.draining {
+        out.message(DRAINING, &pb::Draining { node: *node })?;
     }
     Ok(out.written)
 }
@@ -175,6 +187,13 @@ pub fn read_state(r: &mut impl Read) -> Result<ReplicatedState, ReadError> {
             ROUTES => {
                 let (f, n) = convert::route_from(pb::Route::decode(&buf[..])?);
                 state.routes.insert(f, n);
+            }
+            BRIDGES => {
+                let b = pb::BridgeHolder::decode(&buf[..])?;
+                state.bridges.insert(b.name.into(), b.node);
+            }
+            DRAINING => {
+                state.draining.insert(pb::Draining::decode(&buf[..])?.node);
             }
             // A field from a later version: not ours to read.
             _ => {}
@@ -373,6 +392,8 @@ mod tests {
             },
         );
         s.routes.insert("x/#".into(), [1, 2].into_iter().collect());
+        s.bridges.insert("central".into(), 3);
+        s.draining.insert(2);
         s
     }
 

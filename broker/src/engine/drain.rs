@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::Broker;
 use crate::codec::{reason, ByteStr, ConnAck, Properties, Protocol};
+use crate::state::Command;
 
 /// What a draining node tells its clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +144,7 @@ impl Broker {
     /// and waits again; a shutdown after a drain switches the reason to
     /// 0x8B, never back.
     pub async fn drain(self: &Arc<Self>, mode: DrainMode, timeout: Duration) -> DrainOutcome {
+        let first = !self.is_draining();
         let mode = {
             let mut d = self.health.drain.write();
             let keep = d
@@ -159,6 +161,11 @@ impl Broker {
             connections = self.live_connections(),
             "draining: handing clients to other nodes"
         );
+        if first {
+            // Its bridges go to other nodes (the state machine lets go of
+            // them; the leader places them again).
+            self.submit(vec![Command::NodeDraining { node: self.node_id }]);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         // What this node's clients did so far (acks, subscriptions, session
         // changes) goes into the log before they are told to leave: the

@@ -37,6 +37,7 @@ impl Broker {
                 .remote
                 .store(view.has_remote(), Ordering::Release);
         }
+        self.rebuild_placement(&state);
         for s in state.sessions.values() {
             for seq in s.messages.keys() {
                 self.seq_seen(*seq);
@@ -222,6 +223,7 @@ impl Broker {
     /// What a committed command changed: into the view of the cluster; a
     /// claim also takes the client from this node, or confirms ours.
     fn follow_change(self: &Arc<Self>, change: &Change) {
+        self.follow_placement(change);
         self.cluster.view.write().follow(change);
         if let Change::Owner {
             client_id,

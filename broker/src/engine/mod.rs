@@ -15,6 +15,7 @@
 //! | `wills.rs` | wills, published once cluster-wide |
 //! | `timers.rs` | session-expiry and will-delay timers |
 //! | `drain.rs` | handing this node's clients to other nodes |
+//! | `placement.rs` | which node runs each bridge, as committed |
 //!
 //! # Locks
 //!
@@ -38,7 +39,8 @@
 //!
 //! Leaves, each held alone and never while calling out: `cluster.view`,
 //! `cluster.claims`, `cluster.unapplied_claims`, `cluster.down_nodes`,
-//! `cluster.followed` (a watch channel, locked only inside its own calls),
+//! `cluster.followed` and `cluster.placement` (watch channels, locked only
+//! inside their own calls),
 //! `health.drain`, `health.raft_summary`, and the auth policy's lock (a
 //! clone of the policy is taken and the lock let go). The seam's batch
 //! queue and the forwarder's peer queues are taken under 1-5 (a publish
@@ -48,6 +50,7 @@
 mod drain;
 mod follow;
 mod ownership;
+mod placement;
 mod publish;
 mod remote;
 mod retain;
@@ -62,6 +65,7 @@ mod tests;
 
 pub use drain::{DrainMode, DrainOutcome, LiveConnection};
 pub use ownership::ClaimError;
+pub use placement::Placement;
 pub use publish::{may_read, Allowed, Denied, Forward, Publisher, Routed};
 pub use sessions::{Claim, Departure, OpenedSession, SessionCell, SessionRequest, WillHandle};
 pub use subscriptions::Subscriptions;
@@ -100,8 +104,10 @@ pub struct Broker {
     pub(crate) cluster: ClusterLink,
     /// Whether this node should take traffic.
     pub health: Health,
-    /// The configured bridges' status (`bridge/`).
-    pub bridges: crate::bridge::Bridges,
+    /// Sessions whose offline queue has its own bound, by client id (a
+    /// bridge's `max_queued_messages`, as in mosquitto); set by whoever
+    /// makes such sessions, read when the session is made.
+    queue_bounds: RwLock<HashMap<ByteStr, usize>>,
 }
 
 /// The indexes this node serves its clients from.
@@ -151,6 +157,8 @@ pub(crate) struct ClusterLink {
     persistent_changed: AtomicU64,
     /// Nodes the leader's liveness probe finds unreachable.
     down_nodes: Mutex<HashSet<u64>>,
+    /// The bridges' claims as committed (`placement.rs`).
+    placement: watch::Sender<Placement>,
 }
 
 /// The health of this node's storage, as the cluster watches it.
@@ -187,7 +195,11 @@ impl Broker {
         let m = &config.mqtt;
         let memory = MemoryBudget::new(m.max_memory);
         let stats = Stats::default();
-        let bridges = crate::bridge::Bridges::new(&config.bridges, &stats.registry);
+        let queue_bounds = config
+            .bridges
+            .iter()
+            .filter_map(|b| Some((ByteStr::from(b.local_clientid()), b.max_queued_messages?)))
+            .collect();
         let session_limits = SessionLimits {
             max_inflight: m.max_inflight_messages,
             max_queued_messages: m.max_queued_messages,
@@ -206,7 +218,7 @@ impl Broker {
             config,
             auth,
             stats,
-            bridges,
+            queue_bounds: RwLock::new(queue_bounds),
             memory,
             local: Local {
                 sessions: Mutex::new(HashMap::new()),
@@ -228,6 +240,7 @@ impl Broker {
                 followed: watch::Sender::new(0),
                 persistent_changed: AtomicU64::new(0),
                 down_nodes: Mutex::new(HashSet::new()),
+                placement: watch::Sender::new(Placement::default()),
             },
             health: Health {
                 ready: AtomicBool::new(false),

@@ -131,6 +131,8 @@ impl ClusterView {
                     None => self.wills.remove(client_id),
                 };
             }
+            // Followed by `placement.rs`.
+            Change::BridgeHolder { .. } | Change::Draining { .. } => {}
             // Messages, for the engine's own stores (`engine/follow.rs`).
             Change::Retained { .. } | Change::Enqueued { .. } => {}
         }

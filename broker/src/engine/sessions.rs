@@ -211,17 +211,21 @@ impl Broker {
         }
     }
 
+    /// Gives the session `client_id` its own bound on queued messages
+    /// (`None`: the broker's), from the next time the session is made.
+    pub fn set_queue_bound(&self, client_id: &str, max: Option<usize>) {
+        let mut bounds = self.queue_bounds.write();
+        match max {
+            Some(m) => bounds.insert(ByteStr::from(client_id), m),
+            None => bounds.remove(client_id),
+        };
+    }
+
     /// An empty session as this broker makes them.
     pub(crate) fn new_session(&self, client_id: ByteStr, expiry: u32) -> Session {
         let mut limits = self.session_limits;
-        // A bridge's outgoing queue has its own bound (its config's
-        // `max_queued_messages`, as in mosquitto).
-        if let Some(max) = self
-            .bridges
-            .by_session(&client_id)
-            .and_then(|b| b.config.max_queued_messages)
-        {
-            limits.max_queued_messages = max;
+        if let Some(max) = self.queue_bounds.read().get(&client_id) {
+            limits.max_queued_messages = *max;
         }
         Session::new(client_id, expiry, limits)
     }

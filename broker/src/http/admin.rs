@@ -22,13 +22,14 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::bridge::Bridges;
 use crate::codec::{reason, ByteStr, Properties, QoS, UserProperties};
 use crate::engine::{Broker, Publisher, SessionCell};
 use crate::message::{ForwardedProperties, Message, MessageParts};
@@ -196,9 +197,17 @@ async fn list_subscriptions(State(broker): State<Arc<Broker>>) -> Json<Value> {
 }
 
 /// Every configured bridge: where it runs, its state and figures.
-async fn list_bridges(State(broker): State<Arc<Broker>>) -> Json<Value> {
-    crate::bridge::refresh(&broker);
-    let bridges: Vec<Value> = broker.bridges.all().iter().map(|b| b.to_json()).collect();
+async fn list_bridges(
+    State(broker): State<Arc<Broker>>,
+    Extension(bridges): Extension<Arc<Bridges>>,
+) -> Json<Value> {
+    crate::bridge::refresh(&broker, &bridges);
+    let placement = broker.placement().borrow().clone();
+    let bridges: Vec<Value> = bridges
+        .all()
+        .iter()
+        .map(|b| b.to_json(placement.holder(&b.config.name)))
+        .collect();
     Json(serde_json::json!({ "node": broker.node_id, "bridges": bridges }))
 }
 

@@ -11,20 +11,23 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::bridge::Bridges;
 use crate::engine::Broker;
 
 /// Binds the HTTP listener (so a port clash fails the start) and serves it.
 pub async fn spawn(
     broker: Arc<Broker>,
+    bridges: Arc<Bridges>,
     bind: SocketAddr,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let app = router(broker);
+    let app = router(broker, bridges);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP server stopped: {e}");
@@ -33,12 +36,15 @@ pub async fn spawn(
     Ok((addr, task))
 }
 
-pub fn router(broker: Arc<Broker>) -> Router {
+/// The bridges' status is not the engine's (the engine knows no bridge):
+/// the handlers that show it get it as an extension.
+pub fn router(broker: Arc<Broker>, bridges: Arc<Bridges>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .nest("/api/v1", admin::routes(broker.clone()))
+        .layer(Extension(bridges))
         .with_state(broker)
 }
 
@@ -61,9 +67,12 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+async fn metrics(
+    State(broker): State<Arc<Broker>>,
+    Extension(bridges): Extension<Arc<Bridges>>,
+) -> impl IntoResponse {
     broker.refresh_gauges();
-    crate::bridge::refresh(&broker);
+    crate::bridge::refresh(&broker, &bridges);
     (
         [(
             header::CONTENT_TYPE,

@@ -109,6 +109,19 @@ pub enum Command {
     NodeGone {
         node: u64,
     },
+    /// `node` runs bridge `name` from now on, if `previous` still holds
+    /// it (`None`: nobody): a compare-and-set, so of two claims made on
+    /// the same view only the first committed counts.
+    ClaimBridge {
+        name: ByteStr,
+        node: u64,
+        previous: Option<u64>,
+    },
+    /// `node` is draining: it lets go of its bridges and takes no new ones
+    /// until it starts again (`NodeStarted`).
+    NodeDraining {
+        node: u64,
+    },
     /// A persistent session was created (or restarted with clean start).
     SessionCreate {
         client_id: ByteStr,
@@ -253,6 +266,16 @@ pub enum Change {
     Will {
         client_id: ByteStr,
         record: Option<WillRecord>,
+    },
+    /// Who runs bridge `name` now (`None`: nobody).
+    BridgeHolder {
+        name: ByteStr,
+        node: Option<u64>,
+    },
+    /// Whether `node` is draining now.
+    Draining {
+        node: u64,
+        draining: bool,
     },
 }
 

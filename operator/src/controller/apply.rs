@@ -35,6 +35,11 @@ pub(super) async fn apply_all(
     for s in &rendered.secrets {
         apply(client, ns, s).await?;
     }
+    // After the bridge Secret: a broker reading a new bridge finds its
+    // files (it reads them again at each connection attempt anyway).
+    if let Some(b) = &rendered.bridges_config_map {
+        apply(client, ns, b).await?;
+    }
     if let Some(c) = &rendered.certificate {
         apply_dynamic(client, ns, &certificate_resource(), c).await?;
     }
@@ -72,6 +77,10 @@ pub(super) async fn prune_all(
         .clone()
         .unwrap_or_default();
     prune_configs(&cms, names, uid, &keep, sts, &seen.pods).await?;
+    if rendered.bridges_config_map.is_none() {
+        prune(&cms, &names.bridges_config_map(), uid).await?;
+        prune(&seen.secrets, &names.bridge_secret(), uid).await?;
+    }
     if !want.has_users {
         prune(&seen.secrets, &names.users_secret(), uid).await?;
     }

@@ -91,6 +91,26 @@ pub async fn problems(ctx: &Context, cluster: &MqttCluster, action: &str, proble
     }
 }
 
+/// A Warning Event per bridge problem not told yet (the Degraded message
+/// as the last reconcile left it does not carry it), or all again when the
+/// spec changed.
+pub(super) async fn bridge_problems(ctx: &Context, cluster: &MqttCluster, seen: &Seen) {
+    let told = seen
+        .previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::status::DEGRADED && c.status == "True")
+        .map(|c| c.message.as_str())
+        .unwrap_or_default();
+    let news: Vec<Problem> = seen
+        .bridge_problems
+        .iter()
+        .filter(|p| seen.new_generation || !told.contains(&p.message))
+        .cloned()
+        .collect();
+    problems(ctx, cluster, "ResolveBridgeSecrets", &news).await;
+}
+
 /// The CA or server certificate the operator just issued.
 pub(super) async fn certificates_issued(
     ctx: &Context,
@@ -216,6 +236,26 @@ pub(super) async fn changes(
                 )
                 .await;
             }
+        }
+    }
+    let bridges = rendered
+        .bridges_config_map
+        .as_ref()
+        .and_then(|c| c.data.as_ref()?.get(crate::render::BRIDGES_FILE));
+    if let (Some(old), Some(new)) = (&seen.stored_bridges, bridges) {
+        if old != new {
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "BridgesUpdated",
+                "Apply",
+                format!(
+                    "updated the bridges ({} configured); brokers reload them in place and only changed bridges reconnect",
+                    seen.observed.bridges.resolved.len() + seen.observed.bridges.held.len()
+                ),
+            )
+            .await;
         }
     }
     if users_changed && seen.existing_passwd.is_some() {

@@ -252,12 +252,37 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         life.degraded = Some((p.reason.to_string(), p.message.clone()));
         requeue = requeue.min(RETRY_DEGRADED);
     }
+    if !seen.bridge_problems.is_empty() {
+        events::bridge_problems(ctx, cluster, &seen).await;
+        life.degraded = Some(with_bridge_problems(
+            life.degraded.take(),
+            &seen.bridge_problems,
+        ));
+        requeue = requeue.min(RETRY_DEGRADED);
+    }
 
     let sts = apply::apply_all(&ctx.client, &seen.ns, &want.rendered).await?;
     apply::prune_all(&ctx.client, cluster, &seen, &want, &sts).await?;
     events::changes(ctx, cluster, &seen, &want.rendered, want.users_changed).await;
     report::reconciled(ctx, cluster, &seen, &sts, &warnings, &life).await?;
     Ok((Action::requeue(requeue), life.degraded.is_some()))
+}
+
+/// The Degraded reason and message with the bridges' problems added (the
+/// first problem's reason when nothing else is wrong).
+fn with_bridge_problems(
+    degraded: Option<(String, String)>,
+    problems: &[crate::validate::Problem],
+) -> (String, String) {
+    let told = problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match degraded {
+        Some((reason, msg)) => (reason, format!("{msg}; {told}")),
+        None => (problems.first().map_or("", |p| p.reason).to_string(), told),
+    }
 }
 
 /// Exponential backoff per cluster: `retry_base` doubling per failure in a
@@ -271,7 +296,7 @@ pub fn error_policy(cluster: Arc<MqttCluster>, _error: &Error, ctx: Arc<Context>
 }
 
 /// Which MqttClusters in `store` a Secret matters to: the ones owning it
-/// and the ones naming it in a user, TLS or PSK reference.
+/// and the ones naming it in a user, TLS, PSK or bridge reference.
 pub fn clusters_for_secret(
     clusters: &[Arc<MqttCluster>],
     secret: &Secret,
@@ -291,6 +316,9 @@ pub fn clusters_for_secret(
                     .any(|u| u.password_secret_ref.name == name)
                 || s.tls.as_ref().and_then(|t| t.secret_name.as_ref()) == Some(&name)
                 || s.psk.as_ref().map(|p| &p.secret_name) == Some(&name)
+                || s.bridges
+                    .iter()
+                    .any(|b| b.secret_names().contains(&name.as_str()))
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()

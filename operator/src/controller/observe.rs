@@ -3,6 +3,7 @@
 //! which optional APIs exist), the StatefulSet, the pods and each broker's
 //! Status; and what in the spec cannot be applied.
 
+pub mod bridges;
 pub mod peer;
 pub mod pods;
 pub mod secrets;
@@ -11,7 +12,7 @@ pub mod tls;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, Client, ResourceExt};
 use time::OffsetDateTime;
 
@@ -37,6 +38,11 @@ pub(super) struct Seen {
     /// What keeps the spec from being applied.
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// Bridges whose Secrets cannot be read (the rest is applied all the
+    /// same).
+    pub bridge_problems: Vec<Problem>,
+    /// `bridges.toml` as stored.
+    pub stored_bridges: Option<String>,
     /// Each user and the password from its Secret.
     pub users: Vec<(String, String)>,
     /// The password file as the users Secret holds it now.
@@ -101,12 +107,16 @@ pub(super) async fn observe(ctx: &Context, cluster: &MqttCluster) -> Result<Seen
     observed.operator_namespace = ctx.operator_namespace.clone();
     problems.extend(certificates.problems.iter().cloned());
     secrets::check_psk(&secrets, cluster, &ns, &mut problems).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let bridges = bridges::observe(&secrets, &config_maps, cluster, &names, &ns).await?;
+    observed.bridges = bridges.material;
     if let Some(w) = service_monitor_api(client, cluster, &mut observed).await {
         warnings.push(w);
     }
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let before = sts_api.get_opt(&names.statefulset()).await?;
+    observed.bridges.mounted = bridges::mounted(before.as_ref());
     let target = Target {
         names: names.clone(),
         tls: observed.peer.as_ref().map(peer::admin_tls),
@@ -131,6 +141,8 @@ pub(super) async fn observe(ctx: &Context, cluster: &MqttCluster) -> Result<Seen
         new_generation,
         problems,
         warnings,
+        bridge_problems: bridges.problems,
+        stored_bridges: bridges.stored_toml,
         users,
         existing_passwd,
         observed,

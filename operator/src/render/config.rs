@@ -29,7 +29,12 @@ pub const OVERRIDABLE: &[&str] = &[
 ];
 
 /// Top-level keys the operator owns.
-const RESERVED_TOP: &[&str] = &[keys::DATA_DIR, keys::LISTENERS];
+const RESERVED_TOP: &[&str] = &[
+    keys::DATA_DIR,
+    keys::LISTENERS,
+    keys::BRIDGES,
+    keys::BRIDGES_FILE,
+];
 
 /// Keys within a section the operator owns.
 const RESERVED: &[(&str, &str)] = &[
@@ -136,6 +141,11 @@ pub fn broker_toml(spec: &MqttClusterSpec, observed: &Observed) -> Result<String
         )])),
     );
     root.insert(keys::CLUSTER.into(), toml::Value::Table(cluster_table()));
+    // The bridges live in their own ConfigMap, reloaded in place: a bridge
+    // added or changed does not change this file (nor roll the pods).
+    if super::bridges::in_use(spec, observed) {
+        root.insert(keys::BRIDGES_FILE.into(), s(super::bridges::bridges_path()));
+    }
 
     if let Some(over) = &spec.config {
         let over = json_to_toml(&serde_json::Value::Object(over.clone()));

@@ -4,6 +4,7 @@
 //! no clock, no randomness here; that is what makes the golden tests and the
 //! property tests possible.
 
+pub mod bridges;
 pub mod config;
 pub mod monitoring;
 pub mod policy;
@@ -48,6 +49,13 @@ pub const TLS_DIR: &str = "/etc/raftmq/tls";
 /// own by node id).
 pub const PEER_DIR: &str = "/etc/raftmq/peer";
 pub const PSK_DIR: &str = "/etc/raftmq/psk";
+/// The bridges' ConfigMap (`bridges.toml`), reloaded by the brokers in
+/// place.
+pub const BRIDGES_DIR: &str = "/etc/raftmq/bridges";
+pub const BRIDGES_FILE: &str = "bridges.toml";
+/// The bridges' credentials and certificates, copied by the operator from
+/// the Secrets the bridges name.
+pub const BRIDGE_SECRETS_DIR: &str = "/etc/raftmq/bridge-secrets";
 pub const CONTAINER: &str = "broker";
 
 /// Object names derived from the cluster name. Every renderer and the
@@ -89,6 +97,14 @@ impl Names {
     /// The ACL's ConfigMap (reloaded by the brokers in place).
     pub fn acl_config_map(&self) -> String {
         format!("{}-acl", self.cluster)
+    }
+    /// The bridges' `bridges.toml` (reloaded by the brokers in place).
+    pub fn bridges_config_map(&self) -> String {
+        format!("{}-bridges", self.cluster)
+    }
+    /// The bridges' credentials and certificates, one file each.
+    pub fn bridge_secret(&self) -> String {
+        format!("{}-bridge-secrets", self.cluster)
     }
     pub fn users_secret(&self) -> String {
         format!("{}-users", self.cluster)
@@ -209,6 +225,8 @@ pub struct Observed {
     /// The namespace the operator runs in (the NetworkPolicy admits it to
     /// the cluster port from there only); `None`: the cluster's own.
     pub operator_namespace: Option<String>,
+    /// What the bridges' Secrets hold.
+    pub bridges: bridges::BridgeMaterial,
 }
 
 /// Everything a cluster consists of.
@@ -218,6 +236,9 @@ pub struct Rendered {
     pub config_map: ConfigMap,
     /// The ACL file (when there are rules).
     pub acl_config_map: Option<ConfigMap>,
+    /// `bridges.toml` (when the cluster has bridges, or its pods mount
+    /// them already); its Secret is among `secrets`.
+    pub bridges_config_map: Option<ConfigMap>,
     pub secrets: Vec<Secret>,
     pub headless_service: Service,
     pub client_service: Service,
@@ -242,6 +263,10 @@ impl Rendered {
             out.push(v(a));
         }
         out.extend(self.secrets.iter().map(v));
+        // After the Secrets: a broker reading a new bridge finds its files.
+        if let Some(b) = &self.bridges_config_map {
+            out.push(v(b));
+        }
         if let Some(c) = &self.certificate {
             out.push(v(c));
         }
@@ -317,6 +342,13 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
     if let Some(pw) = &observed.password_file {
         secrets.push(secrets::users_secret(&names, &owner, pw));
     }
+    let bridges_config_map = if bridges::in_use(spec, observed) {
+        let b = bridges::render(spec, &observed.bridges)?;
+        secrets.push(bridges::secret(&names, &owner, &b));
+        Some(bridges::config_map(&names, &owner, &b))
+    } else {
+        None
+    };
     if let Some(peer) = &observed.peer {
         secrets.push(secrets::peer_secret(&names, &owner, peer));
         secrets.push(secrets::peer_ca_secret(&names, &owner, peer));
@@ -365,6 +397,7 @@ pub fn render(cluster: &MqttCluster, observed: &Observed) -> Result<Rendered, Re
     Ok(Rendered {
         config_map,
         acl_config_map,
+        bridges_config_map,
         secrets,
         headless_service,
         client_service,

@@ -75,6 +75,20 @@ pub fn users_secret(names: &Names, owner: &OwnerReference, passwd: &str) -> Secr
     )
 }
 
+/// The bridges' credentials and certificates (file name -> content),
+/// copied from the Secrets `spec.bridges` names.
+pub fn bridge_secret(
+    names: &Names,
+    owner: &OwnerReference,
+    files: &BTreeMap<String, String>,
+) -> Secret {
+    let data = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    secret(names, owner, names.bridge_secret(), "Opaque", data)
+}
+
 pub fn ca_secret(names: &Names, owner: &OwnerReference, m: &TlsMaterial) -> Secret {
     secret(
         names,

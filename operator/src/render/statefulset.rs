@@ -22,10 +22,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::config_path;
 use super::{
-    common_labels, meta, selector_labels, Names, Observed, ACL_DIR, CLUSTER_PORT, CONFIG_CHECKSUM,
-    CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT, PEER_DIR, PSK_DIR, TLS_DIR, USERS_DIR,
+    common_labels, meta, selector_labels, Names, Observed, ACL_DIR, BRIDGES_DIR,
+    BRIDGE_SECRETS_DIR, CLUSTER_PORT, CONFIG_CHECKSUM, CONFIG_DIR, CONTAINER, DATA_DIR, HTTP_PORT,
+    PEER_DIR, PSK_DIR, TLS_DIR, USERS_DIR,
 };
 use crate::crd::{ListenerKindExt, MqttClusterSpec};
+
+/// The bridges' ConfigMap volume: a running template that has it keeps it.
+pub const BRIDGES_VOLUME: &str = "bridges";
 
 /// UID/GID the broker runs as.
 pub const RUN_AS: i64 = 65532;
@@ -91,6 +95,18 @@ pub fn mounts(
         v.push(Mount {
             volume: secret_volume("users", names.users_secret(), None),
             path: USERS_DIR,
+        });
+    }
+    // Named, not content-addressed: bridges and their credentials change
+    // in place (see render/bridges.rs).
+    if super::bridges::in_use(spec, observed) {
+        v.push(Mount {
+            volume: config_map(BRIDGES_VOLUME, names.bridges_config_map()),
+            path: BRIDGES_DIR,
+        });
+        v.push(Mount {
+            volume: secret_volume("bridge-secrets", names.bridge_secret(), None),
+            path: BRIDGE_SECRETS_DIR,
         });
     }
     // Every cluster: the cluster port is mutual TLS whatever the listeners.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use raftmq_operator::crd::{MqttCluster, TlsMode};
 use raftmq_operator::peer_certs::{Pair, PeerMaterial};
+use raftmq_operator::render::bridges::{BridgeMaterial, BridgeSecrets};
 use raftmq_operator::render::{secrets, Observed, TlsMaterial};
 use raftmq_operator::schema::parse_yaml_stream;
 use serde_json::Value;
@@ -98,6 +99,48 @@ pub fn example_observed(name: &str) -> Observed {
         cert_manager_crd: true,
         peer: Some(fake_peer(cluster.spec.replicas)),
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
+        bridges: example_bridges(name),
+    }
+}
+
+/// `stringData[key]` of Secret `secret` in an example file.
+pub fn example_secret_value(name: &str, secret: &str, key: &str) -> Option<String> {
+    example_docs(name)
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret)
+        .and_then(|d| d["stringData"][key].as_str().map(String::from))
+}
+
+/// What the example's bridges' Secrets hold (each the example carries).
+pub fn example_bridges(name: &str) -> BridgeMaterial {
+    let cluster = example_cluster(name);
+    let get = |secret: &str, key: &str| {
+        example_secret_value(name, secret, key)
+            .unwrap_or_else(|| panic!("{name} carries Secret {secret} with {key}"))
+    };
+    let resolved = cluster
+        .spec
+        .bridges
+        .iter()
+        .map(|b| {
+            let c = b.remote_credentials.as_ref();
+            let t = b.tls.as_ref();
+            let p = b.psk.as_ref();
+            let client = t.and_then(|t| t.client_cert_secret_name.as_deref());
+            let secrets = BridgeSecrets {
+                username: c.map(|c| get(&c.secret_name, &c.username_key)),
+                password: c.map(|c| get(&c.secret_name, &c.password_key)),
+                ca: t.map(|t| get(&t.ca_secret_name, &t.ca_key)),
+                client_cert: client.map(|s| (get(s, "tls.crt"), get(s, "tls.key"))),
+                identity: p.map(|p| get(&p.secret_name, &p.identity_key)),
+                psk: p.map(|p| get(&p.secret_name, &p.psk_key)),
+            };
+            (b.name.clone(), secrets)
+        })
+        .collect();
+    BridgeMaterial {
+        resolved,
+        ..BridgeMaterial::default()
     }
 }
 
@@ -139,4 +182,5 @@ pub const EXAMPLES: &[&str] = &[
     "tls-users-acl.yaml",
     "cert-manager.yaml",
     "restricted.yaml",
+    "bridges.yaml",
 ];

@@ -348,6 +348,16 @@ pub fn command_to(c: &Command) -> pb::Command {
             filters: filters.iter().map(|f| f.to_string()).collect(),
         }),
         Command::NodeGone { node } => Kind::NodeGone(pb::NodeGone { node: *node }),
+        Command::ClaimBridge {
+            name,
+            node,
+            previous,
+        } => Kind::ClaimBridge(pb::ClaimBridge {
+            name: name.to_string(),
+            node: *node,
+            previous: *previous,
+        }),
+        Command::NodeDraining { node } => Kind::NodeDraining(pb::NodeDraining { node: *node }),
         Command::SessionCreate { client_id, expiry } => Kind::SessionCreate(pb::SessionCreate {
             client_id: client_id.to_string(),
             expiry: *expiry,
@@ -444,6 +454,12 @@ pub fn command_from(c: pb::Command) -> Result<Command, Invalid> {
             filters: r.filters.into_iter().map(ByteStr::from).collect(),
         },
         Kind::NodeGone(r) => Command::NodeGone { node: r.node },
+        Kind::ClaimBridge(r) => Command::ClaimBridge {
+            name: r.name.into(),
+            node: r.node,
+            previous: r.previous,
+        },
+        Kind::NodeDraining(r) => Command::NodeDraining { node: r.node },
         Kind::SessionCreate(r) => Command::SessionCreate {
             client_id: r.client_id.into(),
             expiry: r.expiry,

@@ -29,6 +29,19 @@ pub fn state_to(s: &ReplicatedState) -> pb::StateSnapshot {
         owners: s.owners.iter().map(|(c, n)| owner_to(s, c, *n)).collect(),
         wills: s.wills.iter().map(|(c, w)| will_entry_to(c, w)).collect(),
         routes: s.routes.iter().map(|(f, n)| route_to(f, n)).collect(),
+        bridges: s
+            .bridges
+            .iter()
+            .map(|(name, node)| pb::BridgeHolder {
+                name: name.to_string(),
+                node: *node,
+            })
+            .collect(),
+        draining: s
+            .draining
+            .iter()
+            .map(|node| pb::Draining { node: *node })
+            .collect(),
     }
 }
 
@@ -65,6 +78,10 @@ pub fn state_from(s: pb::StateSnapshot) -> Result<ReplicatedState, Invalid> {
         let (f, n) = route_from(r);
         state.routes.insert(f, n);
     }
+    for b in s.bridges {
+        state.bridges.insert(b.name.into(), b.node);
+    }
+    state.draining = s.draining.iter().map(|d| d.node).collect();
     Ok(state)
 }
 
@@ -126,6 +143,17 @@ fn commands_round_trip() {
             client_id: "c".into(),
             nonce: 99,
         },
+        Command::ClaimBridge {
+            name: "central".into(),
+            node: 3,
+            previous: Some(1),
+        },
+        Command::ClaimBridge {
+            name: "central".into(),
+            node: 2,
+            previous: None,
+        },
+        Command::NodeDraining { node: 2 },
         Command::Ack {
             client_id: "c".into(),
             seq: 7,

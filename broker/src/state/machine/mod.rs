@@ -50,6 +50,10 @@ pub struct ReplicatedState {
     pub wills: HashMap<ByteStr, WillRecord>,
     /// Filter as written -> the nodes with local subscribers on it.
     pub routes: BTreeMap<ByteStr, BTreeSet<u64>>,
+    /// Bridge name -> the node that runs it (the bridge's claim).
+    pub bridges: BTreeMap<ByteStr, u64>,
+    /// Nodes draining: they hold no bridge until they start again.
+    pub draining: BTreeSet<u64>,
     /// The log index this copy reflects (0 outside a cluster); not part of
     /// snapshots, which carry it in their metadata.
     pub applied_index: u64,
@@ -210,6 +214,12 @@ impl ReplicatedState {
             Command::RouteAdd { node, filter } => self.add_route(*node, filter, notes),
             Command::RouteRemove { node, filter } => self.remove_route(*node, filter, notes),
             Command::NodeStarted { node, filters } => {
+                if self.draining.remove(node) {
+                    notes.note(|| Change::Draining {
+                        node: *node,
+                        draining: false,
+                    });
+                }
                 self.forget_routes(*node, notes);
                 for f in filters {
                     self.add_route(*node, f, notes);
@@ -227,7 +237,33 @@ impl ReplicatedState {
                 let owners = &self.owners;
                 self.usernames.retain(|c, _| owners.contains_key(c));
             }
-            Command::NodeGone { node } => self.forget_routes(*node, notes),
+            Command::NodeGone { node } => {
+                self.forget_routes(*node, notes);
+                self.release_bridges(*node, notes);
+            }
+            Command::ClaimBridge {
+                name,
+                node,
+                previous,
+            } => {
+                if self.bridges.get(name) != previous.as_ref() || self.draining.contains(node) {
+                    return Err(Ignored);
+                }
+                self.bridges.insert(name.clone(), *node);
+                notes.note(|| Change::BridgeHolder {
+                    name: name.clone(),
+                    node: Some(*node),
+                });
+            }
+            Command::NodeDraining { node } => {
+                if self.draining.insert(*node) {
+                    notes.note(|| Change::Draining {
+                        node: *node,
+                        draining: true,
+                    });
+                }
+                self.release_bridges(*node, notes);
+            }
             Command::Enqueue {
                 client_id,
                 seq,
@@ -426,6 +462,13 @@ impl ReplicatedState {
                 put(&n.to_le_bytes());
             }
         }
+        for (name, node) in &self.bridges {
+            put(name.as_bytes());
+            put(&node.to_le_bytes());
+        }
+        for node in &self.draining {
+            put(&node.to_le_bytes());
+        }
         h.finish()
             .as_ref()
             .iter()
@@ -454,6 +497,20 @@ impl ReplicatedState {
                 self.routes.remove(filter);
             }
         }
+    }
+
+    /// `node` runs no bridge any more: they are free to be claimed.
+    fn release_bridges(&mut self, node: u64, notes: &mut Notes<'_>) {
+        self.bridges.retain(|name, n| {
+            let keep = *n != node;
+            if !keep {
+                notes.note(|| Change::BridgeHolder {
+                    name: name.clone(),
+                    node: None,
+                });
+            }
+            keep
+        });
     }
 
     fn forget_routes(&mut self, node: u64, notes: &mut Notes<'_>) {

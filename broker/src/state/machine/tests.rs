@@ -438,6 +438,63 @@ fn noted_changes_mirror_the_state() {
     );
 }
 
+fn claim_bridge(node: u64, previous: Option<u64>) -> Command {
+    Command::ClaimBridge {
+        name: "central".into(),
+        node,
+        previous,
+    }
+}
+
+#[test]
+fn a_bridge_claim_replaces_only_the_holder_it_names() {
+    let mut s = ReplicatedState::default();
+    let mut changes = Vec::new();
+    assert_eq!(
+        s.apply_with_changes(1, &claim_bridge(1, None), &mut changes),
+        Ok(None)
+    );
+    assert_eq!(
+        changes,
+        vec![Change::BridgeHolder {
+            name: "central".into(),
+            node: Some(1)
+        }]
+    );
+    // Made on a stale view (nobody held it): changes nothing.
+    assert_eq!(s.apply(2, &claim_bridge(2, None)), Err(Ignored));
+    assert_eq!(s.bridges["central"], 1);
+    assert_eq!(s.apply(2, &claim_bridge(2, Some(1))), Ok(None));
+    assert_eq!(s.bridges["central"], 2);
+}
+
+#[test]
+fn a_draining_node_lets_go_of_its_bridges_until_it_starts_again() {
+    let mut s = ReplicatedState::default();
+    let _ = s.apply(1, &claim_bridge(2, None));
+    let mut changes = Vec::new();
+    let _ = s.apply_with_changes(2, &Command::NodeDraining { node: 2 }, &mut changes);
+    assert!(s.bridges.is_empty());
+    assert!(changes.contains(&Change::BridgeHolder {
+        name: "central".into(),
+        node: None
+    }));
+    // No claim for a draining node.
+    assert_eq!(s.apply(1, &claim_bridge(2, None)), Err(Ignored));
+    let _ = s.apply(
+        2,
+        &Command::NodeStarted {
+            node: 2,
+            filters: Vec::new(),
+        },
+    );
+    assert!(s.draining.is_empty());
+    assert_eq!(s.apply(1, &claim_bridge(2, None)), Ok(None));
+    // A node that leaves the cluster lets go too.
+    let _ = s.apply(1, &Command::NodeGone { node: 2 });
+    assert!(s.bridges.is_empty());
+}
+
 /// Messages are noted as the state takes them, with the node whose
 /// publish made them: a retained set or clear always, a copy owed to a
 /// session only when the session exists (otherwise it is ignored).

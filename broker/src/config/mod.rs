@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod bridge;
+
 /// Every way loading a configuration can fail; each names where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,7 +50,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
     /// Bridges to other brokers (mosquitto's `connection` blocks).
-    pub bridges: Vec<crate::bridge::BridgeConfig>,
+    pub bridges: Vec<bridge::BridgeConfig>,
+    /// A TOML file of more `[[bridges]]` (same keys; names unique across
+    /// both), watched: a change applies without a restart.
+    pub bridges_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             cluster: ClusterConfig::default(),
             bridges: Vec::new(),
+            bridges_file: None,
         }
     }
 }
@@ -440,6 +446,17 @@ impl Default for ClusterConfig {
 }
 
 impl Config {
+    /// The inline `[[bridges]]` and those of `bridges_file` as it reads
+    /// now; names unique across both.
+    pub fn all_bridges(&self) -> Result<Vec<bridge::BridgeConfig>, String> {
+        let mut all = self.bridges.clone();
+        if let Some(path) = &self.bridges_file {
+            all.extend(bridge::read_bridges_file(path)?);
+        }
+        bridge::check_unique(&all)?;
+        Ok(all)
+    }
+
     /// Reads `path` (if any), applies `RAFTMQ_*` overrides from `env`, and
     /// validates the result.
     pub fn load(
@@ -552,8 +569,9 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
-        crate::bridge::config::check_unique(&self.bridges)
-            .map_err(|why| invalid("bridges", &why))?;
+        bridge::check_unique(&self.bridges).map_err(|why| invalid("bridges", &why))?;
+        self.all_bridges()
+            .map_err(|why| invalid("bridges_file", &why))?;
         if self.cluster.plaintext_exposed() && !self.cluster.insecure_plaintext {
             return Err(invalid(
                 "cluster.bind",
