@@ -15,9 +15,30 @@ use tokio::sync::Semaphore;
 
 use crate::wire;
 
-/// The i-th source address: 127.0.0.10, 127.0.0.11, ...
+/// The i-th source address: 127.0.0.10, 127.0.0.11, ... (idle).
 fn source(i: usize, sources: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + (i % sources) as u8))
+}
+
+/// The storm's own source addresses, 127.0.0.100, ...: the idle scenario's
+/// closed sockets wait in TIME_WAIT on theirs for a minute.
+fn storm_source(i: usize, sources: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 100 + (i % sources.min(100)) as u8))
+}
+
+/// After DISCONNECT, waits (1 s at most) for the broker to close first, as
+/// the protocol has it: the closing side keeps the connection in
+/// TIME_WAIT for a minute, and that must not be us. Closing first left
+/// every handshake's source port in TIME_WAIT here, tens of thousands per
+/// source address across scenarios, and the kernel's search for a free
+/// port to bind then cost more than the brokers' handshakes (a few
+/// hundred per second for every broker).
+async fn broker_closes(stream: &mut TcpStream) {
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Opens a TCP connection from `from`, sends CONNECT, waits for a
@@ -27,13 +48,14 @@ async fn mqtt_connect(
     from: IpAddr,
     client_id: &str,
     keep_alive: u16,
+    clean: bool,
 ) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     stream
-        .write_all(&wire::connect_frame(client_id, keep_alive)?)
+        .write_all(&wire::connect_frame_with(client_id, keep_alive, clean)?)
         .await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await?;
@@ -76,7 +98,7 @@ pub async fn idle(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
         let from = source(i, s.sources);
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            mqtt_connect(addr, from, &format!("idle-{run_id}-{i}"), 600).await
+            mqtt_connect(addr, from, &format!("idle-{run_id}-{i}"), 600, true).await
         }));
     }
     let mut held = Vec::with_capacity(s.connections);
@@ -105,6 +127,11 @@ pub async fn idle(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
     if let Some(e) = first_error {
         eprintln!("first connect failure: {e:#}");
     }
+    // Reset, not closed: a close would leave every one of these ports in
+    // TIME_WAIT for a minute, on the next scenario's way.
+    for stream in &held {
+        let _ = stream.set_zero_linger();
+    }
     drop(held);
     Ok(())
 }
@@ -113,6 +140,7 @@ pub struct StormSettings {
     pub workers: usize,
     pub seconds: u64,
     pub sources: usize,
+    pub persistent: bool,
 }
 
 /// `workers` loops of connect, CONNECT, CONNACK, DISCONNECT, close for
@@ -126,17 +154,24 @@ pub async fn storm(addr: SocketAddr, s: StormSettings) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for w in 0..s.workers {
         let (done, errors) = (done.clone(), errors.clone());
-        let sources = s.sources;
+        let (sources, persistent) = (s.sources, s.persistent);
         tasks.push(tokio::spawn(async move {
             let mut i = 0usize;
             while Instant::now() < deadline {
-                let from = source(w + i * 7, sources);
-                let id = format!("storm-{run_id}-{w}-{i}");
+                let from = storm_source(w + i * 7, sources);
+                // Persistent: the same id each time, so that every connect
+                // resumes (and, in raftmq, commits) that session.
+                let id = if persistent {
+                    format!("storm-{run_id}-{w}")
+                } else {
+                    format!("storm-{run_id}-{w}-{i}")
+                };
                 i += 1;
-                match mqtt_connect(addr, from, &id, 60).await {
+                match mqtt_connect(addr, from, &id, 60, !persistent).await {
                     Ok(mut stream) => {
                         done.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.write_all(&wire::DISCONNECT).await;
+                        broker_closes(&mut stream).await;
                     }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -153,8 +188,9 @@ pub async fn storm(addr: SocketAddr, s: StormSettings) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
     println!(
-        "{{\"scenario\":\"connect-storm workers={}\",\"connacks\":{n},\"errors\":{},\"seconds\":{secs:.2},\"connects_per_sec\":{:.0}}}",
+        "{{\"scenario\":\"connect-storm workers={} persistent={}\",\"connacks\":{n},\"errors\":{},\"seconds\":{secs:.2},\"connects_per_sec\":{:.0}}}",
         s.workers,
+        s.persistent,
         errors.load(Ordering::Relaxed),
         n as f64 / secs
     );

@@ -1,7 +1,10 @@
 //! Latency at a fixed rate: one publisher paced by its own thread (a
-//! blocking socket and `thread::sleep`, so pacing needs no busy loop and
-//! messages are not sent in timer-tick bursts), one subscriber; each
-//! payload carries its send time, the subscriber takes the difference.
+//! blocking socket and `thread::sleep`, so pacing needs no busy loop), one
+//! subscriber; each payload carries its send time, the subscriber takes the
+//! difference. Two pacings: one message per write, spread evenly
+//! (`--burst 1`), or a tick's worth of messages in one write (`--burst 20`
+//! at 20k/s: 20 messages every millisecond, as a client with a 1 ms timer
+//! sends them), which finds what a broker does with a batch in one read.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,6 +24,8 @@ pub struct Settings {
     pub payload: usize,
     pub qos: QoS,
     pub idle_timeout: Duration,
+    /// Messages per write; the writes come every `burst / rate` seconds.
+    pub burst: u64,
 }
 
 pub async fn run(addr: SocketAddr, s: Settings) -> anyhow::Result<()> {
@@ -33,8 +38,12 @@ pub async fn run(addr: SocketAddr, s: Settings) -> anyhow::Result<()> {
     let total = s.rate * s.seconds;
     let template = Template::new(&topic, &vec![b'l'; s.payload], s.qos)?;
     let (rate, qos) = (s.rate, s.qos);
-    let publisher =
-        std::thread::spawn(move || paced_publisher(addr, template, base, rate, total, qos));
+    let pacing = Pacing {
+        rate,
+        burst: s.burst.max(1),
+        total,
+    };
+    let publisher = std::thread::spawn(move || paced_publisher(addr, template, base, pacing, qos));
 
     let (mut r, mut buf, mut w) = sub.into_parts();
     let mut latencies: Vec<u32> = Vec::with_capacity(total as usize);
@@ -80,7 +89,8 @@ pub async fn run(addr: SocketAddr, s: Settings) -> anyhow::Result<()> {
         f64::from(sample[i]) / 1000.0
     };
     println!(
-        "{{\"scenario\":\"latency rate={rate} qos={} payload={}\",\"sent\":{sent},\"expected\":{total},\"received\":{received},\"lost\":{},\"p50_us\":{:.0},\"p99_us\":{:.0},\"p999_us\":{:.0},\"max_us\":{:.0}}}",
+        "{{\"scenario\":\"latency rate={rate} burst={} qos={} payload={}\",\"sent\":{sent},\"expected\":{total},\"received\":{received},\"lost\":{},\"p50_us\":{:.0},\"p99_us\":{:.0},\"p999_us\":{:.0},\"max_us\":{:.0}}}",
+        s.burst.max(1),
         qos as u8,
         s.payload,
         total.saturating_sub(received),
@@ -92,16 +102,24 @@ pub async fn run(addr: SocketAddr, s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `total` messages at `rate` per second, `burst` to a write.
+#[derive(Clone, Copy)]
+struct Pacing {
+    rate: u64,
+    burst: u64,
+    total: u64,
+}
+
 /// Sends `total` messages at `rate` per second, each stamped with its send
 /// time in nanoseconds since `base`.
 fn paced_publisher(
     addr: SocketAddr,
     template: Template,
     base: Instant,
-    rate: u64,
-    total: u64,
+    pacing: Pacing,
     qos: QoS,
 ) -> anyhow::Result<u64> {
+    let Pacing { rate, burst, total } = pacing;
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     stream.write_all(&wire::connect_frame(
@@ -120,19 +138,20 @@ fn paced_publisher(
         });
     }
     let start = Instant::now();
-    let interval_ns = 1_000_000_000 / rate;
+    // One tick per write: `burst` messages are due at each.
+    let tick_ns = (burst * 1_000_000_000 / rate).max(1);
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut sent = 0u64;
     let mut id = 0u16;
     while sent < total {
-        let due = start + Duration::from_nanos(sent * interval_ns);
+        let due = start + Duration::from_nanos(sent / burst * tick_ns);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
         // Everything that is due by now goes in one write.
         let elapsed = start.elapsed();
-        let due_count = (elapsed.as_nanos() as u64 / interval_ns + 1).min(total);
+        let due_count = ((elapsed.as_nanos() as u64 / tick_ns + 1) * burst).min(total);
         let stamp = base.elapsed().as_nanos() as u64;
         while sent < due_count {
             id = id.checked_add(1).unwrap_or(1);

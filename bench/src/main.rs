@@ -7,6 +7,7 @@ mod client;
 mod commit;
 mod conns;
 mod latency;
+mod suback;
 mod throughput;
 mod tls;
 mod wire;
@@ -100,6 +101,10 @@ enum Scenario {
         qos: u8,
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Messages per write: 1 spreads them evenly; 20 at 20,000/s sends
+        /// 20 in one write every millisecond (a client's timer tick).
+        #[arg(long, default_value_t = 1)]
+        burst: u64,
     },
     /// (e) N idle connections: the broker's RSS per connection.
     Idle {
@@ -118,12 +123,25 @@ enum Scenario {
     },
     /// (f) Connect storm: CONNECT/CONNACK per second.
     Storm {
-        #[arg(long, default_value_t = 32)]
+        /// Handshakes in flight (one loop each).
+        #[arg(long, alias = "in-flight", default_value_t = 100)]
         workers: usize,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         #[arg(long, default_value_t = 8)]
         sources: usize,
+        /// Clean session off, one fixed client id per loop: every connect
+        /// resumes a persistent session (in raftmq, a Raft commit).
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// (g) SUBACK latency: one clean-session client subscribes to new
+    /// filters one after another.
+    Suback {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
     },
     /// W writers, each publishing QoS 1 retained messages one at a time:
     /// replicated commits per second and their latency.
@@ -217,6 +235,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 qos: q,
                 payload,
+                burst,
             } => {
                 return latency::run(
                     addr,
@@ -226,6 +245,7 @@ fn main() -> anyhow::Result<()> {
                         payload,
                         qos: qos(q)?,
                         idle_timeout: Duration::from_secs(idle),
+                        burst,
                     },
                 )
                 .await
@@ -253,6 +273,7 @@ fn main() -> anyhow::Result<()> {
                 workers,
                 seconds,
                 sources,
+                persistent,
             } => {
                 return conns::storm(
                     addr,
@@ -260,10 +281,12 @@ fn main() -> anyhow::Result<()> {
                         workers,
                         seconds,
                         sources,
+                        persistent,
                     },
                 )
                 .await
             }
+            Scenario::Suback { count, qos: q } => return suback::run(addr, count, qos(q)?).await,
             Scenario::Commit {
                 writers,
                 seconds,

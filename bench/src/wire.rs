@@ -166,11 +166,20 @@ pub fn puback(out: &mut BytesMut, packet_id: u16) {
 
 /// A 3.1.1 CONNECT for `client_id`, clean session.
 pub fn connect_frame(client_id: &str, keep_alive: u16) -> anyhow::Result<BytesMut> {
+    connect_frame_with(client_id, keep_alive, true)
+}
+
+/// A 3.1.1 CONNECT for `client_id`, clean session or not.
+pub fn connect_frame_with(
+    client_id: &str,
+    keep_alive: u16,
+    clean: bool,
+) -> anyhow::Result<BytesMut> {
     let mut buf = BytesMut::new();
     codec::encode(
         &Packet::Connect(Box::new(codec::Connect {
             protocol: PROTOCOL,
-            clean_start: true,
+            clean_start: clean,
             keep_alive,
             client_id: ByteStr::from(client_id),
             will: None,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Policy};
-use crate::bridge::Bridges;
+use crate::bridge::{BridgeSet, Bridges};
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::connection::ListenerInfo;
@@ -25,6 +25,7 @@ pub struct Server {
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub http_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    bridges: Arc<BridgeSet>,
 }
 
 /// How often mounted files are checked for a new version.
@@ -51,7 +52,12 @@ impl Server {
             source = ?broker.memory.source,
             "memory budget for held messages"
         );
-        let bridges = Arc::new(Bridges::new(&config.bridges, &broker.stats.registry));
+        let bridges = Arc::new(Bridges::new(&broker.stats.registry));
+        // Validated at load; read again here, as it is now.
+        let bridge_configs = config.all_bridges().map_err(anyhow::Error::msg)?;
+        for b in &bridge_configs {
+            broker.set_queue_bound(&b.local_clientid(), b.max_queued_messages);
+        }
         cluster.attach(&broker)?;
         let global = ConnectionLimit::new(config.mqtt.max_connections);
         let mut tasks = Vec::new();
@@ -98,6 +104,22 @@ impl Server {
                 ConnectionLimit::new(l.max_connections),
             ));
         }
+        let (bridge_set, placing) =
+            BridgeSet::start(&broker, &bridges, cluster.standing(), bridge_configs);
+        tasks.push(placing);
+        if let Some(path) = config.bridges_file.clone() {
+            let set = bridge_set.clone();
+            let config = config.clone();
+            watch.add(vec![path.clone()], move |why| match config.all_bridges() {
+                Ok(all) => {
+                    tracing::info!(file = %path.display(), "bridges reloaded ({why})");
+                    set.apply(all);
+                }
+                Err(e) => {
+                    tracing::error!("bridges not reloaded ({why}), the running ones stay: {e}")
+                }
+            });
+        }
         tasks.push(watch.spawn(WATCH_PERIOD));
         broker
             .health
@@ -113,13 +135,13 @@ impl Server {
             tasks.push(task);
         }
         tasks.extend(crate::sys::spawn(broker.clone()));
-        tasks.extend(crate::bridge::spawn(&broker, &bridges, cluster.standing()));
         Ok(Server {
             broker,
             cluster,
             local_addrs,
             http_addr,
             tasks,
+            bridges: bridge_set,
         })
     }
 
@@ -128,6 +150,7 @@ impl Server {
         for t in &self.tasks {
             t.abort();
         }
+        self.bridges.stop();
     }
 }
 

@@ -33,5 +33,5 @@ mod run;
 pub mod status;
 
 pub use crate::config::bridge::BridgeConfig;
-pub use run::{refresh, spawn};
+pub use run::{refresh, BridgeSet};
 pub use status::{BridgeStatus, Bridges};

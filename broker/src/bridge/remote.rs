@@ -47,8 +47,10 @@ async fn open_now(address: &Address, tls: Option<&BridgeTls>) -> anyhow::Result<
         }
         #[cfg(feature = "psk")]
         Some(BridgeTls::Psk { identity, psk }) => {
+            // Read now: a rotated psk_file counts from this connection on.
+            let hex = psk.hex().map_err(|e| anyhow::anyhow!("{e}"))?;
             let key =
-                crate::listener::psk::decode_key(psk).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
+                crate::listener::psk::decode_key(&hex).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
             let stream = crate::client::transport::psk::handshake(
                 &address.host,
                 address.port,

@@ -6,6 +6,7 @@
 //! by `max_queued_messages`), pumps until either side fails, and tries
 //! again after `restart_timeout`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,31 +34,78 @@ const WINDOW: u16 = 1000;
 /// What we let the remote have in flight to us (MQTT 5).
 const RECEIVE_MAXIMUM: u16 = 100;
 
-/// Starts every configured bridge, and their placement (`claim.rs`).
-pub fn spawn(
-    broker: &Arc<Broker>,
-    bridges: &Arc<Bridges>,
-    standing: watch::Receiver<Standing>,
-) -> Vec<JoinHandle<()>> {
-    let mut tasks: Vec<JoinHandle<()>> = bridges
-        .all()
-        .iter()
-        .map(|status| {
+/// The bridges running on this node (each waiting for its claim, or
+/// running), changed as a whole by [`BridgeSet::apply`].
+pub struct BridgeSet {
+    broker: Arc<Broker>,
+    bridges: Arc<Bridges>,
+    runners: parking_lot::Mutex<HashMap<String, (BridgeConfig, JoinHandle<()>)>>,
+}
+
+impl BridgeSet {
+    /// Starts `configs`, and their placement (`claim.rs`).
+    pub fn start(
+        broker: &Arc<Broker>,
+        bridges: &Arc<Bridges>,
+        standing: watch::Receiver<Standing>,
+        configs: Vec<BridgeConfig>,
+    ) -> (Arc<BridgeSet>, JoinHandle<()>) {
+        let set = Arc::new(BridgeSet {
+            broker: broker.clone(),
+            bridges: bridges.clone(),
+            runners: parking_lot::Mutex::new(HashMap::new()),
+        });
+        set.apply(configs);
+        let placing = super::claim::spawn(broker.clone(), bridges.clone(), standing);
+        (set, placing)
+    }
+
+    /// Makes `configs` the bridges: one whose settings changed reconnects
+    /// with the new ones, a new one starts, a removed one stops (its
+    /// session stays, as in mosquitto); the others are not touched.
+    pub fn apply(&self, configs: Vec<BridgeConfig>) {
+        let mut runners = self.runners.lock();
+        let keep: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        let removed: Vec<String> = runners
+            .keys()
+            .filter(|n| !keep.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some((_, task)) = runners.remove(&name) {
+                task.abort();
+            }
+            self.bridges.remove(&name);
+            tracing::info!(bridge = %name, "bridge removed: stopped (its session stays)");
+        }
+        for config in configs {
+            if runners.get(&config.name).is_some_and(|(c, _)| *c == config) {
+                continue;
+            }
+            let name = config.name.clone();
+            if let Some((_, task)) = runners.remove(&name) {
+                task.abort();
+                tracing::info!(bridge = %name, "bridge settings changed: reconnecting");
+            }
+            self.broker
+                .set_queue_bound(&config.local_clientid(), config.max_queued_messages);
+            let status = self.bridges.add(config.clone());
             let runner = Runner {
-                broker: broker.clone(),
-                status: status.clone(),
-                placement: broker.placement(),
+                broker: self.broker.clone(),
+                status,
+                placement: self.broker.placement(),
                 notified: None,
             };
-            tokio::spawn(runner.run())
-        })
-        .collect();
-    tasks.push(super::claim::spawn(
-        broker.clone(),
-        bridges.clone(),
-        standing,
-    ));
-    tasks
+            runners.insert(name, (config, tokio::spawn(runner.run())));
+        }
+    }
+
+    /// Stops every bridge (the server stops).
+    pub fn stop(&self) {
+        for (_, task) in self.runners.lock().values() {
+            task.abort();
+        }
+    }
 }
 
 struct Runner {

@@ -5,14 +5,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::BridgeConfig;
 
-/// Every configured bridge's status, by name.
+/// Every configured bridge's status, by name. The set changes when
+/// `bridges_file` does (`run.rs`).
 pub struct Bridges {
-    bridges: Vec<Arc<BridgeStatus>>,
+    families: Families,
+    bridges: RwLock<Vec<Arc<BridgeStatus>>>,
 }
 
 /// One bridge's figures. The counters are the Prometheus ones themselves.
@@ -45,15 +47,20 @@ struct Families {
 }
 
 impl Families {
-    fn new(registry: &Registry) -> prometheus::Result<Families> {
+    /// The metric families, registered in `registry` when it has one.
+    fn new(registry: Option<&Registry>) -> prometheus::Result<Families> {
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
             let g = IntGaugeVec::new(Opts::new(name, help), &["bridge"])?;
-            registry.register(Box::new(g.clone()))?;
+            if let Some(r) = registry {
+                r.register(Box::new(g.clone()))?;
+            }
             Ok(g)
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
+            if let Some(r) = registry {
+                r.register(Box::new(c.clone()))?;
+            }
             Ok::<_, prometheus::Error>(c)
         };
         Ok(Families {
@@ -89,48 +96,77 @@ impl Families {
 }
 
 impl Bridges {
-    /// Registers the metrics of every configured bridge.
-    pub fn new(configs: &[BridgeConfig], registry: &Registry) -> Bridges {
-        let families = match Families::new(registry) {
+    /// Registers the bridges' metric families; no bridge yet.
+    pub fn new(registry: &Registry) -> Bridges {
+        let families = Families::new(Some(registry)).or_else(|e| {
+            // Only a second registration of the same names can fail.
+            tracing::error!("bridge metrics not registered: {e}");
+            Families::new(None)
+        });
+        let families = match families {
             Ok(f) => f,
-            Err(e) => {
-                // Only a second registration of the same names can fail.
-                tracing::error!("bridge metrics not registered: {e}");
-                return Bridges {
-                    bridges: Vec::new(),
-                };
-            }
+            // Unregistered families are built from constant names and
+            // labels: this cannot fail.
+            Err(e) => unreachable!("bridge metric families: {e}"),
         };
-        let bridges = configs
-            .iter()
-            .map(|c| {
-                let n = c.name.as_str();
-                Arc::new(BridgeStatus {
-                    messages_out: families.messages.with_label_values(&[n, "out"]),
-                    messages_in: families.messages.with_label_values(&[n, "in"]),
-                    bytes_out: families.bytes.with_label_values(&[n, "out"]),
-                    bytes_in: families.bytes.with_label_values(&[n, "in"]),
-                    reconnects: families.reconnects.with_label_values(&[n]),
-                    up: families.up.with_label_values(&[n]),
-                    queued: families.queued.with_label_values(&[n]),
-                    dropped: families.dropped.with_label_values(&[n]),
-                    config: c.clone(),
-                    connected: AtomicBool::new(false),
-                    running_here: AtomicBool::new(false),
-                    remote: Mutex::new(None),
-                    since: AtomicU64::new(now_secs()),
-                })
-            })
-            .collect();
-        Bridges { bridges }
+        Bridges {
+            families,
+            bridges: RwLock::new(Vec::new()),
+        }
     }
 
-    pub fn all(&self) -> &[Arc<BridgeStatus>] {
-        &self.bridges
+    /// The status of a bridge (re)configured as `config`; its figures
+    /// carry on if it was there before.
+    pub fn add(&self, config: BridgeConfig) -> Arc<BridgeStatus> {
+        let f = &self.families;
+        let n = config.name.clone();
+        let n = n.as_str();
+        let status = Arc::new(BridgeStatus {
+            messages_out: f.messages.with_label_values(&[n, "out"]),
+            messages_in: f.messages.with_label_values(&[n, "in"]),
+            bytes_out: f.bytes.with_label_values(&[n, "out"]),
+            bytes_in: f.bytes.with_label_values(&[n, "in"]),
+            reconnects: f.reconnects.with_label_values(&[n]),
+            up: f.up.with_label_values(&[n]),
+            queued: f.queued.with_label_values(&[n]),
+            dropped: f.dropped.with_label_values(&[n]),
+            config,
+            connected: AtomicBool::new(false),
+            running_here: AtomicBool::new(false),
+            remote: Mutex::new(None),
+            since: AtomicU64::new(now_secs()),
+        });
+        status.up.set(0);
+        let mut all = self.bridges.write();
+        all.retain(|b| b.config.name != n);
+        all.push(status.clone());
+        status
+    }
+
+    /// Forgets a removed bridge and its metrics.
+    pub fn remove(&self, name: &str) {
+        self.bridges.write().retain(|b| b.config.name != name);
+        let f = &self.families;
+        for direction in ["out", "in"] {
+            let _ = f.messages.remove_label_values(&[name, direction]);
+            let _ = f.bytes.remove_label_values(&[name, direction]);
+        }
+        let _ = f.reconnects.remove_label_values(&[name]);
+        let _ = f.up.remove_label_values(&[name]);
+        let _ = f.queued.remove_label_values(&[name]);
+        let _ = f.dropped.remove_label_values(&[name]);
+    }
+
+    pub fn all(&self) -> Vec<Arc<BridgeStatus>> {
+        self.bridges.read().clone()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.bridges.iter().map(|b| b.config.name.clone()).collect()
+        self.bridges
+            .read()
+            .iter()
+            .map(|b| b.config.name.clone())
+            .collect()
     }
 }
 

@@ -144,14 +144,15 @@ impl StateSeam for RaftSeam {
         true
     }
 
+    fn has_peers(&self) -> bool {
+        let raft = self.raft.get();
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().nodes().count() >= 2
+    }
+
     fn read_index(&self) -> Option<ReadIndex> {
-        let alone = {
-            let raft = self.raft.get();
-            let m = raft.metrics();
-            let m = m.borrow();
-            m.membership_config.membership().nodes().count() < 2
-        };
-        if alone {
+        if !self.has_peers() {
             return None;
         }
         let (tx, rx) = oneshot::channel();

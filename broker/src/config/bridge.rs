@@ -4,7 +4,7 @@
 //! bad bridge is reported with the file and the line of its table.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,28 @@ pub enum BridgeTls {
         insecure: bool,
     },
     /// TLS-PSK (OpenSSL), the way Bluetooth gateways connect.
-    Psk { identity: String, psk: String },
+    Psk { identity: String, psk: PskKey },
+}
+
+/// Where the pre-shared key is: in the config (`psk`, hex), or in a file
+/// holding it in hex (`psk_file`, read at each connection, so a rotated
+/// key is used from the next one on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PskKey {
+    Hex(String),
+    File(PathBuf),
+}
+
+impl PskKey {
+    /// The key in hex, now.
+    pub fn hex(&self) -> Result<String, String> {
+        match self {
+            PskKey::Hex(h) => Ok(h.clone()),
+            PskKey::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("psk_file {}: {e}", path.display())),
+        }
+    }
 }
 
 /// A `host:port` the bridge may connect to (port 1883 when left out).
@@ -323,6 +344,8 @@ struct RawBridge {
     #[serde(default, alias = "bridge_psk")]
     psk: Option<String>,
     #[serde(default)]
+    psk_file: Option<PathBuf>,
+    #[serde(default)]
     max_queued_messages: Option<usize>,
 }
 
@@ -423,7 +446,7 @@ impl TryFrom<RawBridge> for BridgeConfig {
 
 /// TLS with certificates, or TLS-PSK, or neither; never half of one.
 fn tls(r: &RawBridge) -> Result<Option<BridgeTls>, String> {
-    let psk = r.identity.is_some() || r.psk.is_some();
+    let psk = r.identity.is_some() || r.psk.is_some() || r.psk_file.is_some();
     let certs = r.cafile.is_some() || r.certfile.is_some() || r.keyfile.is_some();
     if psk && certs {
         return Err(
@@ -431,17 +454,26 @@ fn tls(r: &RawBridge) -> Result<Option<BridgeTls>, String> {
         );
     }
     if psk {
-        let (Some(identity), Some(psk)) = (&r.identity, &r.psk) else {
-            return Err("TLS-PSK needs both identity and psk".into());
+        let key = match (&r.psk, &r.psk_file) {
+            (Some(psk), None) => {
+                let hex_ok = !psk.is_empty()
+                    && psk.len() % 2 == 0
+                    && psk.chars().all(|c| c.is_ascii_hexdigit());
+                if !hex_ok {
+                    return Err("psk must be the key in hex (as in mosquitto's psk_file)".into());
+                }
+                PskKey::Hex(psk.clone())
+            }
+            (None, Some(file)) => PskKey::File(file.clone()),
+            (Some(_), Some(_)) => return Err("psk and psk_file exclude each other".into()),
+            (None, None) => return Err("TLS-PSK needs psk or psk_file".into()),
         };
-        let hex_ok =
-            !psk.is_empty() && psk.len() % 2 == 0 && psk.chars().all(|c| c.is_ascii_hexdigit());
-        if !hex_ok {
-            return Err("psk must be the key in hex (as in mosquitto's psk_file)".into());
-        }
+        let Some(identity) = &r.identity else {
+            return Err("TLS-PSK needs identity".into());
+        };
         return Ok(Some(BridgeTls::Psk {
             identity: identity.clone(),
-            psk: psk.clone(),
+            psk: key,
         }));
     }
     if !certs {
@@ -468,7 +500,7 @@ fn tls(r: &RawBridge) -> Result<Option<BridgeTls>, String> {
 impl From<BridgeConfig> for RawBridge {
     fn from(b: BridgeConfig) -> RawBridge {
         let (mut cafile, mut certfile, mut keyfile, mut server_name) = (None, None, None, None);
-        let (mut insecure, mut identity, mut psk) = (false, None, None);
+        let (mut insecure, mut identity, mut psk, mut psk_file) = (false, None, None, None);
         match b.tls {
             Some(BridgeTls::Certificates {
                 cafile: ca,
@@ -479,8 +511,12 @@ impl From<BridgeConfig> for RawBridge {
             }) => (cafile, certfile, keyfile, server_name, insecure) = (Some(ca), c, k, s, i),
             Some(BridgeTls::Psk {
                 identity: id,
-                psk: key,
+                psk: PskKey::Hex(key),
             }) => (identity, psk) = (Some(id), Some(key)),
+            Some(BridgeTls::Psk {
+                identity: id,
+                psk: PskKey::File(file),
+            }) => (identity, psk_file) = (Some(id), Some(file)),
             None => {}
         }
         RawBridge {
@@ -510,6 +546,7 @@ impl From<BridgeConfig> for RawBridge {
             insecure,
             identity,
             psk,
+            psk_file,
             max_queued_messages: b.max_queued_messages,
         }
     }
@@ -549,6 +586,25 @@ impl BridgeConfig {
             .clone()
             .unwrap_or_else(|| format!("$SYS/broker/connection/{}/state", self.name))
     }
+}
+
+/// `bridges_file`: `[[bridges]]` tables with the same keys as inline ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgesFile {
+    #[serde(default)]
+    bridges: Vec<BridgeConfig>,
+}
+
+/// Reads a `bridges_file`; the error names the file and, for a bad table,
+/// its line.
+pub fn read_bridges_file(path: &Path) -> Result<Vec<BridgeConfig>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read bridges_file {}: {e}", path.display()))?;
+    let file: BridgesFile =
+        toml::from_str(&text).map_err(|e| format!("bridges_file {}: {e}", path.display()))?;
+    check_unique(&file.bridges).map_err(|e| format!("bridges_file {}: {e}", path.display()))?;
+    Ok(file.bridges)
 }
 
 /// Checks across bridges: names are unique (they name the sessions).
@@ -601,6 +657,28 @@ mod tests {
         ] {
             assert!(rule(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_psk_is_inline_or_in_a_file_not_both() {
+        let parse = |keys: &str| {
+            toml::from_str::<BridgeConfig>(&format!(
+                "name = \"g\"\naddresses = [\"h\"]\ntopic = [\"a/# out\"]\nidentity = \"gw\"\n{keys}"
+            ))
+        };
+        let b = parse("psk_file = \"/psk/key\"\n").unwrap();
+        assert_eq!(
+            b.tls,
+            Some(BridgeTls::Psk {
+                identity: "gw".into(),
+                psk: PskKey::File("/psk/key".into())
+            })
+        );
+        assert!(parse("psk = \"a1b2\"\npsk_file = \"/psk/key\"\n").is_err());
+        assert!(parse("").is_err());
+        // Written back the way it was read.
+        let again: BridgeConfig = toml::from_str(&toml::to_string(&b).unwrap()).unwrap();
+        assert_eq!(again, b);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Bridges to other brokers (mosquitto's `connection` blocks).
     pub bridges: Vec<bridge::BridgeConfig>,
+    /// A TOML file of more `[[bridges]]` (same keys; names unique across
+    /// both), watched: a change applies without a restart.
+    pub bridges_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             cluster: ClusterConfig::default(),
             bridges: Vec::new(),
+            bridges_file: None,
         }
     }
 }
@@ -442,6 +446,17 @@ impl Default for ClusterConfig {
 }
 
 impl Config {
+    /// The inline `[[bridges]]` and those of `bridges_file` as it reads
+    /// now; names unique across both.
+    pub fn all_bridges(&self) -> Result<Vec<bridge::BridgeConfig>, String> {
+        let mut all = self.bridges.clone();
+        if let Some(path) = &self.bridges_file {
+            all.extend(bridge::read_bridges_file(path)?);
+        }
+        bridge::check_unique(&all)?;
+        Ok(all)
+    }
+
     /// Reads `path` (if any), applies `RAFTMQ_*` overrides from `env`, and
     /// validates the result.
     pub fn load(
@@ -555,6 +570,8 @@ impl Config {
             ));
         }
         bridge::check_unique(&self.bridges).map_err(|why| invalid("bridges", &why))?;
+        self.all_bridges()
+            .map_err(|why| invalid("bridges_file", &why))?;
         if self.cluster.plaintext_exposed() && !self.cluster.insecure_plaintext {
             return Err(invalid(
                 "cluster.bind",

@@ -97,7 +97,10 @@ impl Connection {
         }
         // Other nodes route to this subscription once its route is
         // committed: SUBACK waits for that, so that a publish made anywhere
-        // after SUBACK reaches it. Without a leader the subscription still
+        // after SUBACK reaches it (one group commit for all the filters), and
+        // for a persistent session's subscription to be durable. A clean
+        // session on a node without peers has no ticket (see
+        // `Broker::subscribe`). Without a leader the subscription still
         // serves this node's own publishers, so nobody waits for a quorum.
         if !tickets.is_empty()
             && self

@@ -19,6 +19,11 @@ impl Broker {
     /// so that SUBACK can wait until other nodes will route to it, and the
     /// retained store's stamp as of the moment it went into the tree (see
     /// `retained.rs`: which retained messages it gets from the store).
+    ///
+    /// No ticket for a clean session's route on a node without peers: the
+    /// route is still submitted (in order with any later withdrawal, for
+    /// nodes that join), but nobody can route by it before it commits, and
+    /// this node's own publishers match the tree, which has it already.
     pub fn subscribe(
         &self,
         cell: &Arc<SessionCell>,
@@ -44,8 +49,12 @@ impl Broker {
             });
         }
         commands.extend(route);
-        let ticket = (!commands.is_empty()).then(|| self.cluster.seam.submit(commands));
-        (existed, ticket, since)
+        if commands.is_empty() {
+            return (existed, None, since);
+        }
+        let ticket = self.cluster.seam.submit(commands);
+        let wait = persistent || self.cluster.seam.has_peers();
+        (existed, wait.then_some(ticket), since)
     }
 
     /// Counts a local subscription on `raw`; the first announces a route.

@@ -465,3 +465,112 @@ async fn a_session_that_leaves_the_node_mid_stream_counts_what_it_did_not_get() 
     b.release(&ByteStr::from("mover"));
     assert_eq!(b.stats.publish_dropped.get(), (30 - window) as u64);
 }
+
+/// A seam whose commits never come (a slow log), with or without peers:
+/// what SUBACK waits for is whatever `subscribe` hands back as a ticket.
+struct UncommittedSeam {
+    applied: MemoryState,
+    peers: bool,
+    submitted: parking_lot::Mutex<Vec<Command>>,
+}
+
+impl StateSeam for UncommittedSeam {
+    fn submit(&self, commands: Vec<Command>) -> crate::state::Ticket {
+        drop(self.applied.submit(commands.clone()));
+        self.submitted.lock().extend(commands);
+        crate::state::Ticket::Pending(Box::pin(std::future::pending()))
+    }
+
+    fn snapshot(&self) -> crate::state::ReplicatedState {
+        self.applied.snapshot()
+    }
+
+    fn has_peers(&self) -> bool {
+        self.peers
+    }
+}
+
+fn broker_on(peers: bool) -> (Arc<Broker>, Arc<UncommittedSeam>) {
+    let seam = Arc::new(UncommittedSeam {
+        applied: MemoryState::new(1),
+        peers,
+        submitted: parking_lot::Mutex::default(),
+    });
+    let b = Broker::new(
+        Arc::new(Config::default()),
+        1,
+        seam.clone(),
+        Auth::new(Policy {
+            allow_anonymous: true,
+            ..Default::default()
+        }),
+    );
+    (b, seam)
+}
+
+/// Subscribes `s` to `filter`: whether SUBACK would wait (a ticket).
+fn sub_ticket(b: &Broker, s: &OpenedSession, filter: &str) -> bool {
+    let parsed = parse_filter(filter, b.topic_limits).unwrap();
+    let (_, ticket, _) = b.subscribe(
+        &s.cell,
+        &ByteStr::from(filter),
+        &parsed,
+        SubOptions::default(),
+        None,
+    );
+    ticket.is_some()
+}
+
+fn routes_submitted(seam: &UncommittedSeam) -> Vec<(bool, String)> {
+    seam.submitted
+        .lock()
+        .iter()
+        .filter_map(|c| match c {
+            Command::RouteAdd { filter, .. } => Some((true, filter.to_string())),
+            Command::RouteRemove { filter, .. } => Some((false, filter.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clean_subscription_on_a_node_without_peers_waits_for_no_commit() {
+    let (b, seam) = broker_on(false);
+    let s = open(&b, "clean", true, 0);
+    assert!(!sub_ticket(&b, &s, "a/#"), "nothing to wait for alone");
+    // It serves this node's publishers at once...
+    assert_eq!(
+        b.publish(msg("a/1", QoS::AtMostOnce, "x"), admin(&b))
+            .matched,
+        1
+    );
+    // ...and its route still goes to the log, in order with its withdrawal.
+    let parsed = parse_filter("a/#", b.topic_limits).unwrap();
+    assert!(b.unsubscribe(&s.cell, &ByteStr::from("a/#"), &parsed));
+    assert!(!sub_ticket(&b, &s, "a/#"));
+    assert_eq!(
+        routes_submitted(&seam),
+        vec![
+            (true, "a/#".to_string()),
+            (false, "a/#".to_string()),
+            (true, "a/#".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn persistent_subscriptions_and_peers_still_wait_for_the_commit() {
+    let (b, _) = broker_on(false);
+    let p = open(&b, "durable", false, 3600);
+    assert!(
+        sub_ticket(&b, &p, "d/#"),
+        "a persistent session's subscription is durable first"
+    );
+
+    let (b, _) = broker_on(true);
+    let s = open(&b, "clean", true, 0);
+    assert!(
+        sub_ticket(&b, &s, "c/#"),
+        "peers route by the committed route"
+    );
+}

@@ -321,6 +321,13 @@ pub trait StateSeam: Send + Sync + 'static {
     fn read_index(&self) -> Option<ReadIndex> {
         None
     }
+
+    /// Whether another node is a member (voter or learner): someone who
+    /// may route to this node from what is committed. Without one, what
+    /// only other nodes read (routes) need not be waited for.
+    fn has_peers(&self) -> bool {
+        false
+    }
 }
 
 /// A read index on its way (see [`StateSeam::read_index`]).

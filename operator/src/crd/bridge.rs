@@ -48,7 +48,9 @@ pub struct BridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_start: Option<bool>,
 
-    /// The client id on the remote (default `<pod name>.<bridge name>`).
+    /// The client id on the remote (default `<cluster name>.<bridge
+    /// name>`: every pod connects as the same client, so the remote's
+    /// session carries over when another pod takes the bridge over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub remote_client_id: Option<String>,
