@@ -47,6 +47,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 # The tests' raftmq-faulty binary: the broker with storage fault injection.
 cargo clippy -p raftmq --all-targets --features fault-injection -- -D warnings
+echo "== module graph (no import circle among broker/src's modules)"
+python3 scripts/module-graph.py
 
 if [ -x scripts/fuzz.sh ]; then
   echo "== fuzz (bounded)"

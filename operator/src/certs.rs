@@ -6,18 +6,13 @@
 //! changed. The Secrets are updated in place; the broker reloads them, so
 //! no pod restarts.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use raftmq_shared::certs as recipe;
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
 use crate::render::TlsMaterial;
-
-/// CA lifetime.
-pub const CA_DAYS: i64 = 3650;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -99,29 +94,15 @@ fn new_ca(cluster: &str, now: OffsetDateTime) -> Result<(String, String), CertEr
     new_ca_named(&format!("raftmq CA {cluster}"), now)
 }
 
-/// A self-signed CA named `common_name`, valid [`CA_DAYS`] from five
-/// minutes before `now` (clock skew): its PEM certificate and key. The
-/// listener CA here and the peer CA (`peer_certs.rs`) are both made so.
+/// A self-signed CA named `common_name` (see [`recipe::new_ca`]): its PEM
+/// certificate and key. The listener CA here and the peer CA
+/// (`peer_certs.rs`) are both made so.
 pub(crate) fn new_ca_named(
     common_name: &str,
     now: OffsetDateTime,
 ) -> Result<(String, String), CertError> {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "raftmq");
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(CA_DAYS);
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let ca = recipe::new_ca(common_name, now)?;
+    Ok((ca.pem, ca.issuer.key().serialize_pem()))
 }
 
 fn new_server(
@@ -132,27 +113,20 @@ fn new_server(
     ca_key: &str,
     now: OffsetDateTime,
 ) -> Result<(String, String), CertError> {
-    let ca_key = KeyPair::from_pem(ca_key)?;
-    let issuer = Issuer::from_ca_cert_pem(ca_crt, ca_key)?;
-    let mut params = CertificateParams::new(dns.to_vec())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "raftmq");
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
+    let issuer = recipe::issuer(ca_crt, ca_key)?;
+    let both = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::hours(hours);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let params = CertificateParams::new(dns.to_vec())?;
+    Ok(recipe::sign_leaf(
+        params,
+        common_name,
+        both,
+        &issuer,
+        now,
+        Duration::hours(hours),
+    )?)
 }
 
 /// Keeps what is still good in `existing` and issues what is not.

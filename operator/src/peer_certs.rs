@@ -15,11 +15,9 @@
 
 use std::collections::BTreeMap;
 
+use raftmq_shared::certs as recipe;
 use raftmq_shared::identity::Identity;
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
@@ -27,7 +25,6 @@ use x509_parser::pem::parse_x509_pem;
 use crate::certs::{new_ca_named, renew_at, signed_by_ca, CertError};
 use crate::render::Names;
 
-/// The peer CA's lifetime.
 /// Node and admin certificates' lifetime.
 const LEAF_DAYS: i64 = 825;
 /// The operator's admin identity.
@@ -91,13 +88,6 @@ fn due(p: &Parsed, now: OffsetDateTime) -> bool {
     renew_at(p.not_before, p.not_after) <= now
 }
 
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "raftmq");
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
 fn new_ca(cluster: &str, now: OffsetDateTime) -> Result<Pair, CertError> {
     let (crt, key) = new_ca_named(&format!("raftmq peer CA {cluster}"), now)?;
     Ok(Pair { crt, key })
@@ -120,27 +110,15 @@ fn leaf(
     ca: &Pair,
     now: OffsetDateTime,
 ) -> Result<Pair, CertError> {
-    let issuer = Issuer::from_ca_cert_pem(&ca.crt, KeyPair::from_pem(&ca.key)?)?;
+    let issuer = recipe::issuer(&ca.crt, &ca.key)?;
     // rcgen makes an address among the names an IP SAN.
     let mut params = CertificateParams::new(dns.to_vec())?;
     params
         .subject_alt_names
         .push(SanType::URI(identity.uri().try_into()?));
-    params.distinguished_name = dn(&identity.uri());
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = eku;
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(LEAF_DAYS);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(Pair {
-        crt: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    let lifetime = Duration::days(LEAF_DAYS);
+    let (crt, key) = recipe::sign_leaf(params, &identity.uri(), eku, &issuer, now, lifetime)?;
+    Ok(Pair { crt, key })
 }
 
 /// Why `existing` cannot stay as `identity`'s certificate; `None`: keep.

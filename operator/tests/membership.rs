@@ -6,158 +6,28 @@
 //! and a failing step (Degraded, retried with exponential backoff).
 
 mod api_double;
+mod common;
+mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_double::ApiDouble;
+use harness::raft::PodGroup;
+use harness::{CR, NS};
 use kube::runtime::controller::Action;
 use raftmq_operator::controller::{reconcile, Context, LifecycleSettings, TEMPLATE_HASH};
 use raftmq_operator::crd::MqttCluster;
-use raftmq_operator::membership::{
-    BoxFuture, Change, Member, Membership, MembershipError, NodeState, Result, Target,
-};
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-const NS: &str = "mqtt";
 const NAME: &str = "demo";
-const CR: (&str, &str) = ("raftmq.io/v1alpha1", "mqttclusters");
-
-#[derive(Default)]
-struct Group {
-    voters: BTreeSet<u64>,
-    learners: BTreeSet<u64>,
-    leader: u64,
-    /// Node ids whose broker answers.
-    up: BTreeSet<u64>,
-    empty: BTreeSet<u64>,
-    draining: BTreeSet<u64>,
-    calls: Vec<String>,
-    /// AddLearner times out while set.
-    fail_add: bool,
-}
-
-#[derive(Default, Clone)]
-struct Fake(Arc<Mutex<Group>>);
-
-impl Fake {
-    fn g(&self) -> std::sync::MutexGuard<'_, Group> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn calls(&self) -> Vec<String> {
-        std::mem::take(&mut self.g().calls)
-    }
-}
-
-fn ready<T: Send + 'static>(v: Result<T>) -> BoxFuture<'static, Result<T>> {
-    Box::pin(async move { v })
-}
-
-impl Membership for Fake {
-    fn peer_addr(&self, _: &Target, ordinal: i32) -> String {
-        format!("pod{ordinal}:7100")
-    }
-    fn status<'a>(&'a self, _: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>> {
-        let g = self.g();
-        let id = ordinal as u64 + 1;
-        if !g.up.contains(&id) {
-            return ready(Err(MembershipError::Unreachable {
-                pod: format!("demo-{ordinal}"),
-                addr: String::new(),
-                reason: "down".into(),
-            }));
-        }
-        let member = g.voters.contains(&id) || g.learners.contains(&id);
-        let members = if id == g.leader {
-            g.voters
-                .iter()
-                .map(|v| (*v, true))
-                .chain(g.learners.iter().map(|l| (*l, false)))
-                .map(|(id, voter)| Member {
-                    id,
-                    addr: format!("pod{}:7100", id - 1),
-                    voter,
-                    matched: Some(100),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        ready(Ok(NodeState {
-            id,
-            state: if id == g.leader { "Leader" } else { "Follower" }.into(),
-            term: 3,
-            leader: member.then_some(g.leader),
-            last_log_index: Some(100),
-            initialized: !g.empty.contains(&id),
-            draining: g.draining.contains(&id),
-            members,
-        }))
-    }
-    fn change<'a>(
-        &'a self,
-        _: &'a Target,
-        leader: i32,
-        change: Change,
-    ) -> BoxFuture<'a, Result<String>> {
-        let mut g = self.g();
-        match change {
-            Change::AddLearner { id, addr } => {
-                g.calls
-                    .push(format!("add_learner {id} {addr} via {}", leader + 1));
-                if g.fail_add {
-                    return ready(Err(MembershipError::Timeout {
-                        call: "AddLearner",
-                        pod: format!("demo-{leader}"),
-                        after: Duration::from_secs(120),
-                    }));
-                }
-                g.learners.insert(id);
-                g.empty.remove(&id);
-                ready(Ok("added".into()))
-            }
-            Change::ChangeMembership { voters } => {
-                g.calls.push(format!("change_membership {voters:?}"));
-                for v in &voters {
-                    g.learners.remove(v);
-                }
-                g.voters = voters.into_iter().collect();
-                ready(Ok("changed".into()))
-            }
-            Change::RemoveNode { id } => {
-                g.calls.push(format!("remove_node {id}"));
-                g.voters.remove(&id);
-                g.learners.remove(&id);
-                ready(Ok("removed".into()))
-            }
-            Change::TransferLeader { to } => {
-                g.calls
-                    .push(format!("transfer_leader {} -> {to}", leader + 1));
-                g.leader = to;
-                ready(Ok("transferred".into()))
-            }
-        }
-    }
-    fn drain<'a>(
-        &'a self,
-        _: &'a Target,
-        ordinal: i32,
-        server_reference: String,
-    ) -> BoxFuture<'a, Result<(u64, u64)>> {
-        let mut g = self.g();
-        let id = ordinal as u64 + 1;
-        g.calls.push(format!("drain {id} -> {server_reference}"));
-        g.draining.insert(id);
-        ready(Ok((7, 0)))
-    }
-}
 
 struct H {
     api: ApiDouble,
-    fake: Fake,
+    fake: PodGroup,
     ctx: Arc<Context>,
     clock: Arc<Mutex<OffsetDateTime>>,
 }
@@ -165,7 +35,7 @@ struct H {
 impl H {
     fn new(replicas: i32) -> H {
         let api = ApiDouble::new();
-        let fake = Fake::default();
+        let fake = PodGroup::new(&api, NAME);
         let mut ctx = Context::new(
             api.client(),
             Metrics::new().expect("metrics"),
@@ -254,7 +124,8 @@ impl H {
             .to_string()
     }
 
-    /// A ready pod on the StatefulSet's current template, its broker up.
+    /// A ready pod on the StatefulSet's current template, its broker up
+    /// (a new pod: a drain of the one it replaces is over).
     fn pod(&self, o: i32) {
         let hash = self.hash();
         self.api.delete("v1", "pods", NS, &format!("{NAME}-{o}"));
@@ -266,11 +137,10 @@ impl H {
                    "metadata": {"name": format!("{NAME}-{o}"),
                                 "labels": {"app.kubernetes.io/name": "raftmq", "app.kubernetes.io/instance": NAME},
                                 "annotations": {TEMPLATE_HASH: hash}},
-                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                              "containerStatuses": [{"name": "broker", "ready": true,
+                                                     "state": {"running": {}}}]}}),
         );
-        let mut g = self.fake.g();
-        g.up.insert(o as u64 + 1);
-        g.draining.remove(&(o as u64 + 1));
     }
 
     fn status(&self) -> Value {

@@ -10,7 +10,10 @@
 //! - [`identity`]: who a cluster certificate speaks for
 //!   (`raftmq://node/<id>`, `raftmq://admin/<name>`), which the operator and
 //!   `raftmq cluster certs` write and every broker checks.
+//! - [`certs`]: how both of those issuers make a CA and the certificates
+//!   it signs.
 
+pub mod certs;
 pub mod config;
 pub mod identity;
 pub mod passwd;

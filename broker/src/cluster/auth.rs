@@ -109,26 +109,11 @@ fn peer<T>(req: &Request<T>) -> PeerInfo {
 
 impl Guard {
     fn is_member(&self, id: NodeId) -> bool {
-        self.raft
-            .get()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some()
+        self.raft.membership(|m| m.get_node(&id).is_some())
     }
 
     fn has_members(&self) -> bool {
-        self.raft
-            .get()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .next()
-            .is_some()
+        self.raft.membership(|m| m.nodes().next().is_some())
     }
 
     /// Runs `rule` on the caller; a refusal is logged, counted and turned

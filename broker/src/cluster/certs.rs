@@ -12,15 +12,10 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use raftmq_shared::certs::{self as recipe, NewCa};
 use raftmq_shared::identity::Identity;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use time::{Duration, OffsetDateTime};
-
-/// The CA's lifetime.
-const CA_DAYS: i64 = 3650;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -74,13 +69,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
     }
 }
 
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "raftmq");
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
 /// Writes `text` to `path`; private keys readable by the owner only.
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
     let mut options = std::fs::OpenOptions::new();
@@ -95,22 +83,6 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
     file.sync_all().map_err(io(path))
 }
 
-fn new_ca(now: OffsetDateTime) -> Result<(String, KeyPair, CertificateParams), CertsError> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn("raftmq cluster CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(CA_DAYS);
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key, params))
-}
-
 /// The CA in `out`, or a new one written there.
 fn ca(out: &Path, now: OffsetDateTime) -> Result<(Issuer<'static, KeyPair>, bool), CertsError> {
     let (crt, key) = (out.join("ca.crt"), out.join("ca.key"));
@@ -118,14 +90,13 @@ fn ca(out: &Path, now: OffsetDateTime) -> Result<(Issuer<'static, KeyPair>, bool
         (true, true) => {
             let pem = std::fs::read_to_string(&crt).map_err(io(&crt))?;
             let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;
-            let issuer = Issuer::from_ca_cert_pem(&pem, KeyPair::from_pem(&key_pem)?)?;
-            Ok((issuer, true))
+            Ok((recipe::issuer(&pem, &key_pem)?, true))
         }
         (false, false) => {
-            let (pem, key_pair, params) = new_ca(now)?;
+            let NewCa { pem, issuer } = recipe::new_ca("raftmq cluster CA", now)?;
             write(&crt, &pem, false)?;
-            write(&key, &key_pair.serialize_pem(), true)?;
-            Ok((Issuer::new(params, key_pair), false))
+            write(&key, &issuer.key().serialize_pem(), true)?;
+            Ok((issuer, false))
         }
         _ => Err(CertsError::HalfCa { path: crt }),
     }
@@ -139,25 +110,22 @@ fn leaf(
     now: OffsetDateTime,
     days: i64,
 ) -> Result<(String, String), CertsError> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&identity.uri());
     let uri = identity
         .uri()
         .try_into()
         .map_err(|_| CertsError::AdminName(identity.uri()))?;
+    let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.subject_alt_names.extend(names.iter().cloned());
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = eku;
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(days);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let lifetime = Duration::days(days);
+    Ok(recipe::sign_leaf(
+        params,
+        &identity.uri(),
+        eku,
+        issuer,
+        now,
+        lifetime,
+    )?)
 }
 
 /// The names every node certificate covers.

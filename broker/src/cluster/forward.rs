@@ -120,14 +120,7 @@ impl Forwarder {
     }
 
     fn address(&self, node: u64) -> Option<String> {
-        self.raft
-            .get()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&node)
-            .map(|n| n.addr.clone())
+        self.raft.member_addr(node)
     }
 
     fn dropped(&self, node: u64, n: usize) {

@@ -211,15 +211,7 @@ impl pb::raft_server::Raft for RaftService {
         let batch = Batch(req.into_inner().batch);
         // A node removed from the cluster may not know it yet; its writes
         // must not commit any more.
-        let member = self
-            .raft
-            .get()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&origin)
-            .is_some();
+        let member = self.raft.membership(|m| m.get_node(&origin).is_some());
         if !member {
             return Ok(Response::new(pb::ProposeResponse {
                 error: format!("node {origin} is not a member of the cluster"),
@@ -346,6 +338,21 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 impl AdminService {
+    /// Commits a membership change; `retain`: voters it removes stay on
+    /// as learners.
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+        retain: bool,
+    ) -> Result<(), Status> {
+        self.raft
+            .get()
+            .change_membership(change, retain)
+            .await
+            .map_err(write_err)?;
+        Ok(())
+    }
+
     /// Waits until `target` holds this leader's whole log.
     async fn caught_up(&self, target: NodeId, limit: Duration) -> Result<(), Status> {
         let mut watch = self.raft.get().metrics();
@@ -599,11 +606,8 @@ impl pb::admin_server::Admin for AdminService {
         if voters.is_empty() {
             return Err(Status::invalid_argument("at least one voter is required"));
         }
-        self.raft
-            .get()
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
-            .await
-            .map_err(write_err)?;
+        self.change(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+            .await?;
         ok(format!("voters are now {voters:?}"))
     }
 
@@ -613,31 +617,18 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AdminResponse>, Status> {
         self.guard.admin(&req, "RemoveNode")?;
         let id = req.into_inner().node_id;
-        let membership = self
-            .raft
-            .get()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.raft.membership(Clone::clone);
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         if voters.contains(&id) {
             let rest: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
             if rest.is_empty() {
                 return Err(Status::failed_precondition("cannot remove the last voter"));
             }
-            self.raft
-                .get()
-                .change_membership(ChangeMembers::ReplaceAllVoters(rest), false)
-                .await
-                .map_err(write_err)?;
+            self.change(ChangeMembers::ReplaceAllVoters(rest), false)
+                .await?;
         } else if membership.get_node(&id).is_some() {
-            self.raft
-                .get()
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(write_err)?;
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
         } else {
             return Err(Status::not_found(format!("node {id} is not a member")));
         }

@@ -28,7 +28,7 @@ use super::log_repair::{self, Known, Verdict};
 use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
-use super::types::Raft;
+use super::types::{Membership, NodeId, Raft};
 
 /// The node's current Raft core.
 #[derive(Clone)]
@@ -42,6 +42,19 @@ impl RaftHandle {
 
     pub fn get(&self) -> Raft {
         self.0.borrow().clone()
+    }
+
+    /// What `f` reads from the membership as this node knows it now.
+    pub fn membership<R>(&self, f: impl FnOnce(&Membership) -> R) -> R {
+        let raft = self.get();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        f(m.membership_config.membership())
+    }
+
+    /// The address of `node`, if it is a member (voter or learner).
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.membership(|m| m.get_node(&node).map(|n| n.addr.clone()))
     }
 
     /// Waits until a new core replaces the current one.

@@ -1,7 +1,8 @@
-//! A Raft group behind the `Membership` seam whose brokers live in the API
-//! double's pods: a broker answers while its pod runs (the kubelet has it
-//! Running), a replaced pod is a restarted broker (its drain is gone), the
-//! leader's pod going away means another voter leads.
+//! The tests' one fake Raft group, behind the `Membership` seam, whose
+//! brokers live in the API double's pods: a broker answers while its pod
+//! runs (the kubelet has it Running), a replaced pod is a restarted broker
+//! (its drain is gone), the leader's pod going away means another voter
+//! leads. It records the Admin calls made, in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,11 +21,19 @@ pub struct Group {
     pub voters: BTreeSet<u64>,
     pub learners: BTreeSet<u64>,
     pub leader: u64,
+    /// Node ids whose broker starts with an empty volume (uninitialized)
+    /// until it is added again.
+    pub empty: BTreeSet<u64>,
     /// Drained brokers: node id -> the uid of the pod that was drained.
     pub draining: BTreeMap<u64, String>,
+    /// `add_learner <id> <addr> via <leader id>`, `change_membership
+    /// [ids]`, `remove_node <id>`, `transfer_leader <from> -> <to>`,
+    /// `drain <id> -> <server reference>`, `undrain <id>`.
     pub calls: Vec<String>,
     /// Whether the brokers have Undrain.
     pub no_undrain: bool,
+    /// AddLearner times out while set.
+    pub fail_add: bool,
 }
 
 #[derive(Clone)]
@@ -59,8 +68,9 @@ impl PodGroup {
     }
 
     fn pod(&self, id: u64) -> Option<Value> {
+        let ordinal = id.checked_sub(1)?;
         self.api
-            .get("v1", "pods", NS, &format!("{}-{}", self.cluster, id - 1))
+            .get("v1", "pods", NS, &format!("{}-{ordinal}", self.cluster))
     }
 
     /// The broker of node `id` runs: its pod exists, its container is
@@ -149,7 +159,7 @@ impl Membership for PodGroup {
             term: 3,
             leader: member.then_some(g.leader),
             last_log_index: Some(100),
-            initialized: true,
+            initialized: !g.empty.contains(&id),
             draining: g.draining.get(&id) == Some(&uid),
             members,
         }))
@@ -158,14 +168,23 @@ impl Membership for PodGroup {
     fn change<'a>(
         &'a self,
         _: &'a Target,
-        _: i32,
+        leader: i32,
         change: Change,
     ) -> BoxFuture<'a, Result<String>> {
         let mut g = self.g();
         match change {
-            Change::AddLearner { id, .. } => {
-                g.calls.push(format!("add_learner {id}"));
+            Change::AddLearner { id, addr } => {
+                g.calls
+                    .push(format!("add_learner {id} {addr} via {}", leader + 1));
+                if g.fail_add {
+                    return ready(Err(MembershipError::Timeout {
+                        call: "AddLearner",
+                        pod: format!("{}-{leader}", self.cluster),
+                        after: Duration::from_secs(120),
+                    }));
+                }
                 g.learners.insert(id);
+                g.empty.remove(&id);
                 ready(Ok("added".into()))
             }
             Change::ChangeMembership { voters } => {
@@ -183,7 +202,8 @@ impl Membership for PodGroup {
                 ready(Ok("removed".into()))
             }
             Change::TransferLeader { to } => {
-                g.calls.push(format!("transfer_leader -> {to}"));
+                g.calls
+                    .push(format!("transfer_leader {} -> {to}", leader + 1));
                 g.leader = to;
                 ready(Ok("transferred".into()))
             }
@@ -194,7 +214,7 @@ impl Membership for PodGroup {
         &'a self,
         _: &'a Target,
         ordinal: i32,
-        _: String,
+        server_reference: String,
     ) -> BoxFuture<'a, Result<(u64, u64)>> {
         let id = ordinal as u64 + 1;
         if !self.up(id) {
@@ -202,7 +222,7 @@ impl Membership for PodGroup {
         }
         let uid = self.uid(id);
         let mut g = self.g();
-        g.calls.push(format!("drain {id}"));
+        g.calls.push(format!("drain {id} -> {server_reference}"));
         g.draining.insert(id, uid);
         ready(Ok((3, 0)))
     }
