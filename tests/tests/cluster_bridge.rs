@@ -183,7 +183,12 @@ fn takeover_run(qos: QoS) -> Figures {
             .filter(|l| !l.contains("Received PUB") && !l.contains("Sending PUB"))
             .filter(|l| !l.contains("PINGREQ") && !l.contains("PINGRESP"))
             .collect();
-        eprintln!("---- mosquitto ----\n{}", notes.join("\n"));
+        eprintln!(
+            "---- mosquitto ({} lines; lost {:?}) ----\n{}",
+            log.lines().count(),
+            &lost[..lost.len().min(10)],
+            notes.join("\n")
+        );
     }
     assert!(
         lost.is_empty(),

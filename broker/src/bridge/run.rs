@@ -33,6 +33,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WINDOW: u16 = 1000;
 /// What we let the remote have in flight to us (MQTT 5).
 const RECEIVE_MAXIMUM: u16 = 100;
+/// Copies in flight to a 3.1.1 remote, which cannot say how many it takes:
+/// mosquitto's default `max_inflight_messages`. Past its limit mosquitto
+/// drops an incoming QoS 2 message yet answers PUBREC (3.1.1 has no
+/// reason code to refuse with), so a larger burst (a bridge taken over
+/// with a backlog) would lose messages.
+const WINDOW_V311: u16 = 20;
 
 /// The bridges running on this node (each waiting for its claim, or
 /// running), changed as a whole by [`BridgeSet::apply`].
@@ -214,11 +220,16 @@ impl Runner {
             }
             match self.connect_remote(address).await {
                 Ok(peer) => {
+                    let unsaid = if peer.protocol.is_v5() {
+                        u16::MAX
+                    } else {
+                        WINDOW_V311
+                    };
                     let window = peer
                         .connack
                         .properties
                         .receive_maximum
-                        .unwrap_or(u16::MAX)
+                        .unwrap_or(unsaid)
                         .min(WINDOW);
                     let remote = Side::new(peer, false);
                     let local = self.connect_local(window).await?;
