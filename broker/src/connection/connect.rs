@@ -2,7 +2,6 @@
 //! client id, will, who owns the id), the client id claimed through the
 //! cluster, the session opened and CONNACK written.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,8 +263,7 @@ impl Connection {
             username: a.username,
             keepalive: Duration::from_millis(u64::from(keep_alive) * 1500),
             client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: c.properties.request_problem_information != Some(0),
             will: c.will.map(|will| Box::new(WillHandle { will, nonce })),

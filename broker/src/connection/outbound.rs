@@ -187,14 +187,15 @@ impl Connection {
         }
         let mut topic = m.topic.as_bytes().as_ref();
         if self.client_alias_max > 0 {
-            let alias = match self.aliases_out.get(&m.topic) {
+            let aliases = &mut self.aliases.get_or_insert_with(Box::default).outbound;
+            let alias = match aliases.get(&m.topic) {
                 Some(&alias) => {
                     topic = b"";
                     Some(alias)
                 }
-                None if self.aliases_out.len() < usize::from(self.client_alias_max) => {
-                    let alias = self.aliases_out.len() as u16 + 1;
-                    self.aliases_out.insert(m.topic.clone(), alias);
+                None if aliases.len() < usize::from(self.client_alias_max) => {
+                    let alias = aliases.len() as u16 + 1;
+                    aliases.insert(m.topic.clone(), alias);
                     Some(alias)
                 }
                 None => None,

@@ -135,12 +135,14 @@ impl Connection {
             ));
         }
         if p.topic.is_empty() {
-            match self.aliases_in.get(&alias) {
+            let known = self.aliases.as_ref().and_then(|a| a.inbound.get(&alias));
+            match known {
                 Some(t) => p.topic = t.clone(),
                 None => return Err(Exit::Close(reason::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else {
-            self.aliases_in.insert(alias, p.topic.clone());
+            let aliases = self.aliases.get_or_insert_with(Box::default);
+            aliases.inbound.insert(alias, p.topic.clone());
         }
         p.properties.topic_alias = None;
         Ok(())
