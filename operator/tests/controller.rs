@@ -21,6 +21,44 @@ fn passwd_hash<'a>(passwd: &'a str, user: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// What the StatefulSet controller reports once its 3 pods run revision
+/// `r1` and are ready.
+fn statefulset_settled(h: &Harness, name: &str) {
+    let gen =
+        h.get("apps/v1", "statefulsets", name).expect("sts")["metadata"]["generation"].clone();
+    h.api.set_status(
+        "apps/v1",
+        "statefulsets",
+        NS,
+        name,
+        json!({
+            "observedGeneration": gen, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+            "currentRevision": "r1", "updateRevision": "r1",
+        }),
+    );
+}
+
+/// Pod `ordinal` of the StatefulSet, on revision `r1`, running and ready
+/// (owned by the StatefulSet, so it goes with it). Its claim is left out:
+/// one the StatefulSet controller makes stays after the cluster is deleted
+/// (`whenDeleted: Retain`), which is not what this test is about.
+fn pod_runs(h: &Harness, name: &str, ordinal: i32) {
+    let sts = h.get("apps/v1", "statefulsets", name).expect("sts");
+    h.api.create(
+        "v1",
+        "pods",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": format!("{name}-{ordinal}"),
+                            "labels": {"app.kubernetes.io/name": "raftmq", "app.kubernetes.io/instance": name,
+                                       "controller-revision-hash": "r1"},
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                                 "name": name, "uid": sts["metadata"]["uid"], "controller": true}]},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                          "containerStatuses": [{"name": "broker", "ready": true, "state": {"running": {}}}]}}),
+    );
+}
+
 #[tokio::test]
 async fn cluster_lifecycle() {
     let h = Harness::new();
@@ -99,17 +137,15 @@ async fn cluster_lifecycle() {
     assert!(!objs.iter().any(|o| o.starts_with("servicemonitors/")));
 
     // --- pods come up ---------------------------------------------------
-    let gen = sts["metadata"]["generation"].clone();
-    h.api.set_status(
-        "apps/v1",
-        "statefulsets",
-        NS,
-        name,
-        json!({
-            "observedGeneration": gen, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
-            "currentRevision": "r1", "updateRevision": "r1",
-        }),
-    );
+    statefulset_settled(&h, name);
+    for o in 0..3 {
+        pod_runs(&h, name, o);
+    }
+    h.group_formed(name);
+    h.reconcile(name).await;
+    // Every pod on the current template: the operator raised the rollout
+    // partition, which the StatefulSet controller sees.
+    statefulset_settled(&h, name);
     h.reconcile(name).await;
     assert_eq!(
         h.condition(name, "Ready")["status"],

@@ -20,12 +20,6 @@ fn cluster(name: &str, spec: Value) -> Value {
     json!({"apiVersion": CR.0, "kind": "MqttCluster", "metadata": {"name": name}, "spec": spec})
 }
 
-/// The pods come up (StatefulSet controller and kubelet on the double).
-fn pods_run(h: &Harness) {
-    h.api.set_kubelet(api_double::default_kubelet(&h.api));
-    h.api.settle_statefulsets();
-}
-
 #[tokio::test]
 async fn a_refused_write_is_in_status_and_a_warning_event_with_backoff() {
     let h = Harness::new();
@@ -81,7 +75,7 @@ async fn a_refused_write_is_in_status_and_a_warning_event_with_backoff() {
         json!({"spec": {"pod": {"labels": {"team": "ops"}}}}),
     );
     h.reconcile("demo").await;
-    pods_run(&h);
+    h.comes_up("demo").await;
     h.reconcile("demo").await;
     assert_eq!(h.condition("demo", "Ready")["status"], "True");
     assert_eq!(h.condition("demo", "Degraded")["status"], "False");
@@ -144,7 +138,7 @@ async fn a_refused_volume_resize_is_degraded_and_the_rest_goes_on() {
         cluster("demo", json!({"replicas": 3, "storage": {"size": "1Gi"}})),
     );
     h.reconcile("demo").await;
-    pods_run(&h);
+    h.comes_up("demo").await;
     h.reconcile("demo").await;
     assert_eq!(h.condition("demo", "Ready")["status"], "True");
 
@@ -178,7 +172,7 @@ async fn a_refused_volume_resize_is_degraded_and_the_rest_goes_on() {
         h.get(CR.0, CR.1, "demo").expect("cr")["status"]["observedGeneration"],
         2
     );
-    pods_run(&h);
+    h.pods_run("demo");
     h.reconcile("demo").await;
     assert_eq!(
         h.get(CR.0, CR.1, "demo").expect("cr")["status"]["readyReplicas"],
@@ -225,7 +219,7 @@ async fn status_names_pending_claims_and_pods_that_cannot_start() {
     h.api
         .create(CR.0, CR.1, NS, cluster("demo", json!({"replicas": 3})));
     h.reconcile("demo").await;
-    pods_run(&h);
+    h.pods_run("demo");
     h.reconcile("demo").await;
     let ready = h.condition("demo", "Ready");
     let msg = ready["message"].as_str().unwrap_or_default();

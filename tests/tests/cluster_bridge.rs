@@ -210,6 +210,12 @@ fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
 }
 
 #[test]
+fn at_qos_2_a_takeover_loses_nothing_and_duplicates_nothing() {
+    let f = takeover_run(QoS::ExactlyOnce);
+    assert_eq!(f.duplicates, 0, "duplicates at QoS 2");
+}
+
+#[test]
 fn each_bridge_runs_on_exactly_one_node_and_moves_when_it_dies() {
     let m = Mosquitto::start(Listener::Plain, false);
     let bridges = [

@@ -166,6 +166,8 @@ impl Broker {
         }
         let mut view_changed = false;
         let enqueued = enqueued_by_others(self.node_id, &events);
+        let mut events = events;
+        let mut arriving = arriving_sessions(&mut events);
         for event in events {
             match event {
                 Committed::Changed(Change::Retained {
@@ -194,6 +196,14 @@ impl Broker {
                     },
                 ),
                 Committed::Changed(change) => {
+                    if let Change::Owner {
+                        client_id, node, ..
+                    } = &change
+                    {
+                        if *node == self.node_id {
+                            self.arrive(client_id, &mut arriving);
+                        }
+                    }
                     if matches!(change, Change::Subscribed { .. } | Change::Owner { .. }) {
                         self.cluster
                             .persistent_changed
@@ -203,11 +213,11 @@ impl Broker {
                     view_changed = true;
                 }
                 Committed::Claimed {
-                    client_id,
-                    nonce,
-                    session,
-                    username,
-                } => self.claimed(&client_id, nonce, session, username),
+                    client_id, nonce, ..
+                } => {
+                    self.arrive(&client_id, &mut arriving);
+                    self.claimed(&client_id, nonce);
+                }
                 Committed::WillFired { will, .. } => self.publish_will(will, Instant::now()),
                 Committed::ClaimRefused { client_id, nonce } => {
                     self.claim_refused(&client_id, nonce)
@@ -217,6 +227,23 @@ impl Broker {
         if view_changed {
             let remote = self.cluster.view.read().has_remote();
             self.cluster.remote.store(remote, Ordering::Release);
+        }
+    }
+
+    /// Installs the session of `client_id` if this entry brought it here
+    /// and it is not installed yet. Called as the view is about to name
+    /// this node its owner, never after: a publish that finds the owner
+    /// here in the view must find the session in the tree too, or it would
+    /// owe the session a copy neither here nor through the log (one that
+    /// still sees the old owner sends its copy through the log and skips
+    /// the tree's: `publish.rs`, `via_log`).
+    fn arrive(&self, client_id: &ByteStr, arriving: &mut Vec<Arriving>) {
+        let Some(i) = arriving.iter().position(|a| a.client_id == *client_id) else {
+            return;
+        };
+        let a = arriving.swap_remove(i);
+        if !self.local.sessions.lock().contains_key(client_id) {
+            self.install_session(a.client_id, a.session, a.username);
         }
     }
 
@@ -264,6 +291,37 @@ impl Broker {
             self.deliver_committed(&cell, delivery);
         }
     }
+}
+
+/// A session this node's claim brought here, to install (`Broker::arrive`).
+struct Arriving {
+    client_id: ByteStr,
+    session: PersistedSession,
+    username: Option<ByteStr>,
+}
+
+/// The sessions the claims committed in one entry bring here, taken out
+/// of their `Claimed` events.
+fn arriving_sessions(events: &mut [Committed]) -> Vec<Arriving> {
+    let mut arriving = Vec::new();
+    for e in events.iter_mut() {
+        if let Committed::Claimed {
+            client_id,
+            session,
+            username,
+            ..
+        } = e
+        {
+            if let Some(session) = session.take() {
+                arriving.push(Arriving {
+                    client_id: client_id.clone(),
+                    session,
+                    username: username.take(),
+                });
+            }
+        }
+    }
+    arriving
 }
 
 /// A copy another node enqueued for a persistent session (through Raft).

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::{Broker, Claim};
 use crate::codec::{reason, ByteStr};
 use crate::config::SessionTakeover;
-use crate::state::{Command, PersistedSession, StateError};
+use crate::state::{Command, StateError};
 
 /// Why a claim of a client id failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,22 +141,11 @@ impl Broker {
         }
     }
 
-    /// A claim of `client_id` by this node is committed; `session` is the
-    /// replicated session as of that point of the log. It is installed here
-    /// and now, in log order, so that copies committed after the claim find
-    /// it; then the waiting CONNECT (connection `nonce`) goes on.
-    pub(crate) fn claimed(
-        &self,
-        client_id: &ByteStr,
-        nonce: u64,
-        session: Option<PersistedSession>,
-        username: Option<ByteStr>,
-    ) {
-        if let Some(persisted) = session {
-            if !self.local.sessions.lock().contains_key(client_id) {
-                self.install_session(client_id.clone(), persisted, username);
-            }
-        }
+    /// A claim of `client_id` by this node is committed, and its session
+    /// installed here in log order (`follow.rs`, `arrive`), so that copies
+    /// committed after the claim find it: the waiting CONNECT (connection
+    /// `nonce`) goes on.
+    pub(crate) fn claimed(&self, client_id: &ByteStr, nonce: u64) {
         if let Some(tx) = self
             .cluster
             .claims

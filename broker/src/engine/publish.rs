@@ -56,6 +56,11 @@ struct Remote {
     enqueued: usize,
     /// Those sessions (for a QoS 1/2 publish, see `settle.rs`).
     owed: SmallVec<[ByteStr; 4]>,
+    /// Those whose copy this publish commits through the log. One may
+    /// already be in the local tree: a session moving here is installed
+    /// before the view names this node its owner (`follow.rs`), and its
+    /// copy then arrives through the log alone, not twice.
+    via_log: SmallVec<[ByteStr; 4]>,
 }
 
 impl Remote {
@@ -259,6 +264,9 @@ impl Broker {
                     if s.options.no_local && s.key == message.origin {
                         continue;
                     }
+                    if remote.via_log.contains(&s.key) {
+                        continue;
+                    }
                     targets.push(Target::new(s, message.qos, None));
                 }
             }
@@ -321,10 +329,14 @@ impl Broker {
         let view = self.cluster.view.read();
         for owed in owed_remote(&view, message, &[]) {
             remote.enqueued += 1;
+            let client_id = owed.0.clone();
             if message.qos != QoS::AtMostOnce {
-                remote.owed.push(owed.0.clone());
+                remote.owed.push(client_id.clone());
             }
-            commands.extend(self.enqueue(owed, message));
+            if let Some(copy) = self.enqueue(owed, message) {
+                commands.push(copy);
+                remote.via_log.push(client_id);
+            }
         }
         let mut plain: SmallVec<[u64; 4]> = SmallVec::new();
         let mut groups: SmallVec<[(ShareRef, u64); 2]> = SmallVec::new();

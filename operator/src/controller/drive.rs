@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::decide::Desired;
 use super::events::{publish, publish_about};
-use super::observe::{pods::Observation, Seen};
+use super::observe::Seen;
 use super::{api_message, Context, RESYNC};
 use crate::crd::{MqttCluster, Operation};
 use crate::lifecycle::{self, node_id, Step};
@@ -27,11 +27,12 @@ pub(super) async fn lifecycle(
     ctx: &Context,
     cluster: &MqttCluster,
     seen: &Seen,
-    group: &Observation,
     want: &mut Desired,
 ) -> (Lifecycle, Duration) {
     let before = seen.before.as_ref();
-    let facts = group.facts(cluster, before, Some(&want.hash), &ctx.lifecycle, seen.now);
+    let facts = seen
+        .group
+        .facts(cluster, before, Some(&want.hash), &ctx.lifecycle, seen.now);
     let plan = lifecycle::plan(&facts, |o| seen.names.pod(o));
     let spec = &mut want.rendered.statefulset.spec;
     spec.replicas = Some(plan.replicas);

@@ -241,13 +241,8 @@ async fn reconcile_inner(cluster: &MqttCluster, ctx: &Context) -> Result<(Action
         events::problems(ctx, cluster, "Validate", &warnings).await;
     }
 
-    let mut requeue = seen.requeue(RESYNC);
-    let mut life = observed_life;
-    if let Some(group) = &seen.group {
-        let (l, r) = drive::lifecycle(ctx, cluster, &seen, group, &mut want).await;
-        life = l;
-        requeue = requeue.min(r);
-    }
+    let (mut life, r) = drive::lifecycle(ctx, cluster, &seen, &mut want).await;
+    let mut requeue = seen.requeue(RESYNC).min(r);
     if let (None, Some(p)) = (&life.degraded, &expansion) {
         life.degraded = Some((p.reason.to_string(), p.message.clone()));
         requeue = requeue.min(RETRY_DEGRADED);

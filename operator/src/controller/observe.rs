@@ -55,8 +55,8 @@ pub(super) struct Seen {
     /// How to reach the brokers' Admin service.
     pub target: Target,
     pub pods: Vec<Pod>,
-    /// Each pod and its broker's Status (`None`: membership not managed).
-    pub group: Option<pods::Observation>,
+    /// Each pod and its broker's Status.
+    pub group: pods::Observation,
     /// Why pods do not run.
     pub troubles: Vec<String>,
     pub now: OffsetDateTime,
@@ -65,13 +65,12 @@ pub(super) struct Seen {
 impl Seen {
     /// The Raft group as observed, before any step (for status).
     pub fn lifecycle(&self, cluster: &MqttCluster, settings: &LifecycleSettings) -> Lifecycle {
-        let view = self.group.as_ref().map(|g| {
-            let facts = g.facts(cluster, self.before.as_ref(), None, settings, self.now);
-            lifecycle::view(&facts, |o| self.names.pod(o))
-        });
+        let facts = self
+            .group
+            .facts(cluster, self.before.as_ref(), None, settings, self.now);
         Lifecycle {
             troubles: self.troubles.clone(),
-            view: view.unwrap_or_default(),
+            view: lifecycle::view(&facts, |o| self.names.pod(o)),
             ..Lifecycle::default()
         }
     }
@@ -125,11 +124,7 @@ pub(super) async fn observe(ctx: &Context, cluster: &MqttCluster) -> Result<Seen
         Some(_) => pods::pods(client, &ns, &names).await?,
         None => Vec::new(),
     };
-    let group = if ctx.membership.managed() {
-        Some(pods::group(ctx.membership.as_ref(), &names, &target, &pods).await)
-    } else {
-        None
-    };
+    let group = pods::group(ctx.membership.as_ref(), &names, &target, &pods).await;
     let troubles = pods::troubles(client, &ns, &names, &pods).await?;
     Ok(Seen {
         uid: cluster.uid().unwrap_or_default(),

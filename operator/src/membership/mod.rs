@@ -1,16 +1,11 @@
 //! The seam for Raft membership: what the controller asks of the brokers'
 //! `Admin` gRPC service. [`admin::AdminMembership`] is the real one (tonic,
-//! mutual TLS when the cluster has certificates); the tests' doubles are
-//! an `Unmanaged` one (feature `test-support`) and a fake Raft group. What
+//! mutual TLS when the cluster has certificates); the tests' double is a
+//! fake Raft group (in `tests/`). What
 //! to do, step by step, is decided by [`crate::lifecycle`] from what these
 //! calls observe.
 
 pub mod admin;
-#[cfg(any(test, feature = "test-support"))]
-mod unmanaged;
-
-#[cfg(any(test, feature = "test-support"))]
-pub use unmanaged::Unmanaged;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -155,12 +150,6 @@ pub type Result<T> = std::result::Result<T, MembershipError>;
 /// id = ordinal + 1. Calls that change membership are sent to the leader's
 /// pod (`leader`).
 pub trait Membership: Send + Sync {
-    /// Whether membership is managed at all (false: the tests'
-    /// `Unmanaged`).
-    fn managed(&self) -> bool {
-        true
-    }
-
     /// The address peers reach pod `ordinal` at (what AddLearner records).
     fn peer_addr(&self, target: &Target, ordinal: i32) -> String;
 

@@ -8,7 +8,7 @@ use base64::Engine;
 use kube::runtime::controller::Action;
 use raftmq_operator::controller::{reconcile, Context, Error, LifecycleSettings};
 use raftmq_operator::crd::MqttCluster;
-use raftmq_operator::membership::{Membership, Unmanaged};
+use raftmq_operator::membership::Membership;
 use raftmq_operator::render::CONFIG_CHECKSUM;
 use raftmq_operator::telemetry::Metrics;
 use serde_json::{json, Value};
@@ -19,6 +19,8 @@ use crate::common;
 
 pub mod raft;
 
+use raft::Groups;
+
 pub const NS: &str = "mqtt";
 pub const CR: (&str, &str) = ("raftmq.io/v1alpha1", "mqttclusters");
 
@@ -26,19 +28,22 @@ pub struct Harness {
     pub api: ApiDouble,
     pub ctx: Arc<Context>,
     pub clock: Arc<Mutex<OffsetDateTime>>,
+    /// The clusters' Raft groups, when the harness made them (`new`).
+    pub groups: Option<Groups>,
 }
 
 impl Harness {
+    /// Every cluster's brokers in the fake Raft group of its pods.
     pub fn new() -> Harness {
-        Harness::with(Arc::new(Unmanaged), LifecycleSettings::default())
+        let api = ApiDouble::new();
+        let groups = Groups::new(&api);
+        let mut h = Harness::on(api, Arc::new(groups.clone()), LifecycleSettings::default());
+        h.groups = Some(groups);
+        h
     }
 
-    /// With Raft membership through `membership`, paced by `lifecycle`.
-    pub fn with(membership: Arc<dyn Membership>, lifecycle: LifecycleSettings) -> Harness {
-        Harness::on(ApiDouble::new(), membership, lifecycle)
-    }
-
-    /// The same on an API double made beforehand.
+    /// On an API double made beforehand, with Raft membership through
+    /// `membership`, paced by `lifecycle`.
     pub fn on(
         api: ApiDouble,
         membership: Arc<dyn Membership>,
@@ -54,7 +59,39 @@ impl Harness {
             api,
             ctx: Arc::new(ctx),
             clock,
+            groups: None,
         }
+    }
+
+    /// The pods come up (the API double's StatefulSet controller and
+    /// kubelet) and the brokers of cluster `name` that run make its Raft
+    /// group: the cluster runs.
+    pub fn pods_run(&self, name: &str) {
+        self.api
+            .set_kubelet(crate::api_double::default_kubelet(&self.api));
+        self.api.settle_statefulsets();
+        self.group_formed(name);
+    }
+
+    /// The brokers of cluster `name` whose pods run are the voters of its
+    /// Raft group, the first of them leads.
+    pub fn group_formed(&self, name: &str) {
+        let group = self.groups.as_ref().expect("Harness::new").of(name);
+        let running: Vec<u64> = (1..=self.api.list("v1", "pods", NS).len() as u64)
+            .filter(|id| group.up(*id))
+            .collect();
+        let mut g = group.g();
+        g.leader = running.first().copied().unwrap_or_default();
+        g.voters = running.into_iter().collect();
+    }
+
+    /// [`Harness::pods_run`], then what follows in a cluster: the
+    /// operator looks (every pod on the current template: it raises the
+    /// rollout partition) and the StatefulSet controller sees that.
+    pub async fn comes_up(&self, name: &str) {
+        self.pods_run(name);
+        self.reconcile(name).await;
+        self.api.settle_statefulsets();
     }
 
     /// Loads an example file into the double as `kubectl apply` would.

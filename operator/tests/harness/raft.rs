@@ -242,6 +242,68 @@ impl Membership for PodGroup {
     }
 }
 
+/// The Raft groups of every cluster the API double has: a [`PodGroup`] per
+/// cluster, made the first time the controller asks about it.
+#[derive(Clone)]
+pub struct Groups {
+    api: ApiDouble,
+    groups: Arc<Mutex<BTreeMap<String, PodGroup>>>,
+}
+
+impl Groups {
+    pub fn new(api: &ApiDouble) -> Groups {
+        Groups {
+            api: api.clone(),
+            groups: Arc::default(),
+        }
+    }
+
+    /// The group of cluster `name`.
+    pub fn of(&self, name: &str) -> PodGroup {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .entry(name.to_string())
+            .or_insert_with(|| PodGroup::new(&self.api, name))
+            .clone()
+    }
+}
+
+impl Membership for Groups {
+    fn peer_addr(&self, target: &Target, ordinal: i32) -> String {
+        self.of(&target.names.cluster).peer_addr(target, ordinal)
+    }
+
+    fn status<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<NodeState>> {
+        let g = self.of(&target.names.cluster);
+        Box::pin(async move { g.status(target, ordinal).await })
+    }
+
+    fn change<'a>(
+        &'a self,
+        target: &'a Target,
+        leader: i32,
+        change: Change,
+    ) -> BoxFuture<'a, Result<String>> {
+        let g = self.of(&target.names.cluster);
+        Box::pin(async move { g.change(target, leader, change).await })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        target: &'a Target,
+        ordinal: i32,
+        server_reference: String,
+    ) -> BoxFuture<'a, Result<(u64, u64)>> {
+        let g = self.of(&target.names.cluster);
+        Box::pin(async move { g.drain(target, ordinal, server_reference).await })
+    }
+
+    fn undrain<'a>(&'a self, target: &'a Target, ordinal: i32) -> BoxFuture<'a, Result<String>> {
+        let g = self.of(&target.names.cluster);
+        Box::pin(async move { g.undrain(target, ordinal).await })
+    }
+}
+
 /// Fast pacing for tests driven reconcile by reconcile.
 pub fn settings() -> raftmq_operator::controller::LifecycleSettings {
     raftmq_operator::controller::LifecycleSettings {
