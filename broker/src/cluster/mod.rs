@@ -174,6 +174,37 @@ async fn makes_new_cluster(config: &Config, net: &network::Network) -> bool {
     }
 }
 
+/// Serves the cluster's gRPC services on `listener` (mutual TLS when
+/// `peer_tls` is set; refused handshakes counted in `stats`).
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    peer_tls: Option<&tls::PeerTls>,
+    stats: &RaftStats,
+    config: &Config,
+    node_id: u64,
+) -> anyhow::Result<()> {
+    let grpc_addr = listener.local_addr()?;
+    let acceptor = peer_tls.map(|t| t.acceptor()).transpose()?;
+    let incoming = peer::incoming(listener, acceptor.map(Arc::new), stats.refused.clone());
+    tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!("cluster gRPC server stopped: {e}");
+        }
+    });
+    tracing::info!(
+        node_id,
+        addr = %grpc_addr,
+        tls = peer_tls.is_some(),
+        "cluster gRPC listening"
+    );
+    if config.cluster.plaintext_exposed() {
+        stats.insecure_plaintext.set(1);
+        insecure::spawn_warnings(grpc_addr);
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Opens the node's log and snapshot under the data dir, replays what
     /// was committed, serves gRPC, and bootstraps a new cluster on node 1.
@@ -273,27 +304,11 @@ impl Cluster {
         })
         .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
-        let acceptor = peer_tls.as_ref().map(|t| t.acceptor()).transpose()?;
-        let incoming = peer::incoming(listener, acceptor.map(Arc::new), stats.refused.clone());
         let router = tonic::transport::Server::builder()
             .add_service(raft_svc)
             .add_service(admin_svc)
             .add_service(forward_svc);
-        tokio::spawn(async move {
-            if let Err(e) = router.serve_with_incoming(incoming).await {
-                tracing::error!("cluster gRPC server stopped: {e}");
-            }
-        });
-        tracing::info!(
-            node_id,
-            addr = %grpc_addr,
-            tls = peer_tls.is_some(),
-            "cluster gRPC listening"
-        );
-        if c.plaintext_exposed() {
-            stats.insecure_plaintext.set(1);
-            insecure::spawn_warnings(grpc_addr);
-        }
+        serve(router, listener, peer_tls.as_ref(), &stats, config, node_id)?;
 
         if bootstrap && !raft.get().is_initialized().await? {
             let addr = advertise(config);

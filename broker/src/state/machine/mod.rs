@@ -129,6 +129,60 @@ impl ReplicatedState {
                     message: None,
                 });
             }
+            Command::RouteAdd { node, filter } => self.add_route(*node, filter, notes),
+            Command::RouteRemove { node, filter } => self.remove_route(*node, filter, notes),
+            Command::Enqueue {
+                client_id,
+                seq,
+                qos,
+                retain,
+                subscription_ids,
+                local,
+                message,
+            } => {
+                // From any node: publishers everywhere owe this session.
+                let s = self.sessions.get_mut(client_id).ok_or(Ignored)?;
+                s.messages.insert(
+                    *seq,
+                    PersistedMessage {
+                        qos: *qos,
+                        retain: *retain,
+                        released: false,
+                        subscription_ids: subscription_ids.clone(),
+                        message: message.clone(),
+                    },
+                );
+                notes.note(|| Change::Enqueued {
+                    origin,
+                    client_id: client_id.clone(),
+                    seq: *seq,
+                    qos: *qos,
+                    retain: *retain,
+                    subscription_ids: subscription_ids.clone(),
+                    local: *local,
+                    message: message.clone(),
+                });
+            }
+            Command::ClaimClient { .. }
+            | Command::Unclaim { .. }
+            | Command::WillClear { .. }
+            | Command::WillFire { .. } => return self.apply_ownership(command, notes),
+            Command::NodeStarted { .. }
+            | Command::NodeGone { .. }
+            | Command::ClaimBridge { .. }
+            | Command::NodeDraining { .. } => self.apply_node(command, notes)?,
+            _ => self.apply_session(origin, command, notes)?,
+        }
+        Ok(None)
+    }
+
+    /// Who owns a client id, and its will.
+    fn apply_ownership(
+        &mut self,
+        command: &Command,
+        notes: &mut Notes<'_>,
+    ) -> Result<Option<Effect>, Ignored> {
+        match command {
             Command::ClaimClient {
                 client_id,
                 node,
@@ -211,8 +265,14 @@ impl ReplicatedState {
                     will: record.will,
                 }));
             }
-            Command::RouteAdd { node, filter } => self.add_route(*node, filter, notes),
-            Command::RouteRemove { node, filter } => self.remove_route(*node, filter, notes),
+            _ => return Err(Ignored),
+        }
+        Ok(None)
+    }
+
+    /// Nodes coming, going and draining, and the bridges they hold.
+    fn apply_node(&mut self, command: &Command, notes: &mut Notes<'_>) -> Result<(), Ignored> {
+        match command {
             Command::NodeStarted { node, filters } => {
                 if self.draining.remove(node) {
                     notes.note(|| Change::Draining {
@@ -264,41 +324,9 @@ impl ReplicatedState {
                 }
                 self.release_bridges(*node, notes);
             }
-            Command::Enqueue {
-                client_id,
-                seq,
-                qos,
-                retain,
-                subscription_ids,
-                local,
-                message,
-            } => {
-                // From any node: publishers everywhere owe this session.
-                let s = self.sessions.get_mut(client_id).ok_or(Ignored)?;
-                s.messages.insert(
-                    *seq,
-                    PersistedMessage {
-                        qos: *qos,
-                        retain: *retain,
-                        released: false,
-                        subscription_ids: subscription_ids.clone(),
-                        message: message.clone(),
-                    },
-                );
-                notes.note(|| Change::Enqueued {
-                    origin,
-                    client_id: client_id.clone(),
-                    seq: *seq,
-                    qos: *qos,
-                    retain: *retain,
-                    subscription_ids: subscription_ids.clone(),
-                    local: *local,
-                    message: message.clone(),
-                });
-            }
-            _ => self.apply_session(origin, command, notes)?,
+            _ => return Err(Ignored),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Whether `client_id` is owned (a live connection or a session) by an
