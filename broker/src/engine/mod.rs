@@ -329,6 +329,15 @@ impl Broker {
             drop(self.cluster.seam.submit(commands));
         }
     }
+
+    /// [`Broker::submit`] for a connection's comings and goings, which
+    /// nobody waits for: they may share the log entry (and its flush) of
+    /// what the client does next (see [`StateSeam::submit_lazy`]).
+    pub(crate) fn submit_lazy(&self, commands: Vec<Command>) {
+        if !commands.is_empty() {
+            drop(self.cluster.seam.submit_lazy(commands));
+        }
+    }
 }
 
 /// Sequence numbers: node id above this bit.

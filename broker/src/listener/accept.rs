@@ -122,6 +122,7 @@ async fn handle(
 /// holding no read buffer.
 impl crate::connection::Transport for TcpStream {
     const KNOWS_READINESS: bool = true;
+    const CLOSES_ON_DROP: bool = true;
 
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         TcpStream::readable(self)
