@@ -69,9 +69,37 @@ struct Figures {
     duplicates: usize,
 }
 
+/// Whether the node running the bridge leads when it is killed: then the
+/// election comes first, and the new leader moves the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Leads,
+    Follows,
+}
+
+/// Makes node `hi` (index) lead, or not, as `holder` says.
+fn set_leader(nodes: &[Broker], hi: usize, holder: Holder) {
+    let first = grpc_addr(&nodes[0], 1);
+    let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
+    let me = hi as u64 + 1;
+    let (from, to) = match holder {
+        Holder::Follows if leader == me => (leader, if hi == 0 { 2 } else { 1 }),
+        Holder::Leads if leader != me => (leader, me),
+        _ => return,
+    };
+    let at = grpc_addr(&nodes[from as usize - 1], from);
+    let (code, out) = cli(&at, &["transfer-leader", "--id", &to.to_string()]);
+    assert_eq!(code, Some(0), "transfer-leader: {out}");
+    let led = raftmq_e2e::eventually(Duration::from_secs(20), || {
+        wait_leader(&first, None, Duration::from_secs(1)) == Some(to)
+    });
+    assert!(led, "node {to} leads after transfer-leader");
+}
+
 /// One run: a bridge at `qos` under a steady load at `qos` from
-/// publishers on the two other nodes; kill -9 of the node running it.
-fn takeover_run(qos: QoS) -> Figures {
+/// publishers on the two other nodes; kill -9 of the node running it,
+/// which leads or follows as `holder` says.
+fn takeover_run(qos: QoS, holder: Holder) -> Figures {
     let m = Mosquitto::start(Listener::Plain, false);
     let rx = collect_ids(m.addr(), "collector", "d/#", qos);
     let bridge = bridge_toml(
@@ -86,20 +114,10 @@ fn takeover_run(qos: QoS) -> Figures {
     let mut nodes = start_cluster(&bridge);
     let hi = wait_placed(&nodes, &[0, 1, 2], "central", Duration::from_secs(30))
         .expect("one node runs the bridge");
-    let first = grpc_addr(&nodes[0], 1);
-    if qos == QoS::ExactlyOnce {
-        // Measures the bridge alone: with the leader alive, no publisher
-        // sends a message again (which would be a duplicate of its own).
-        let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
-        if leader as usize == hi + 1 {
-            let to = if hi == 0 { 2 } else { 1 };
-            let at = grpc_addr(&nodes[hi], hi as u64 + 1);
-            let (code, out) = cli(&at, &["transfer-leader", "--id", &to.to_string()]);
-            assert_eq!(code, Some(0), "transfer-leader: {out}");
-            let not = Some(hi as u64 + 1);
-            assert!(wait_leader(&first, not, Duration::from_secs(20)).is_some());
-        }
-    }
+    // At QoS 2 the holder follows: with the leader alive, no publisher
+    // sends a message again (which would be a duplicate of its own), so
+    // the run measures the bridge alone.
+    set_leader(&nodes, hi, holder);
 
     let addrs: Vec<_> = (0..3)
         .filter(|i| *i != hi)
@@ -166,7 +184,7 @@ fn takeover_run(qos: QoS) -> Figures {
         duplicates: copies - got.len(),
     };
     eprintln!(
-        "bridge failover at QoS {}: takeover {:?} after kill -9 (election timeout {ELECTION_TIMEOUT_MS} ms); \
+        "bridge failover at QoS {}, holder {holder:?}: takeover {:?} after kill -9 (election timeout {ELECTION_TIMEOUT_MS} ms); \
          {} acknowledged, {} lost, {} duplicates, {} publisher reconnects",
         qos as u8,
         f.takeover,
@@ -206,12 +224,17 @@ fn takeover_run(qos: QoS) -> Figures {
 
 #[test]
 fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
-    takeover_run(QoS::AtLeastOnce);
+    takeover_run(QoS::AtLeastOnce, Holder::Follows);
+}
+
+#[test]
+fn kill9_of_the_bridging_leader_loses_no_acknowledged_message() {
+    takeover_run(QoS::AtLeastOnce, Holder::Leads);
 }
 
 #[test]
 fn at_qos_2_a_takeover_loses_nothing_and_duplicates_nothing() {
-    let f = takeover_run(QoS::ExactlyOnce);
+    let f = takeover_run(QoS::ExactlyOnce, Holder::Follows);
     assert_eq!(f.duplicates, 0, "duplicates at QoS 2");
 }
 

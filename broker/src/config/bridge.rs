@@ -559,6 +559,16 @@ impl BridgeConfig {
         format!("$bridge/{}", self.name)
     }
 
+    /// The filters the bridge's session subscribes to here: its `out`
+    /// rules' local filters.
+    pub fn local_filters(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .filter(|t| t.direction.outgoing())
+            .map(|t| t.local_filter())
+            .collect()
+    }
+
     /// The client id the remote broker sees (mosquitto: `<host>.<name>`).
     /// A StatefulSet pod's ordinal is left out (`mq-2` -> `mq`): every
     /// node of a cluster connects as the same client, so the remote's
