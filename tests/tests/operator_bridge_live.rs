@@ -3,9 +3,9 @@
 //! double, real `raftmq serve` processes whose ConfigMap and Secret volumes
 //! the kubelet stand-in updates in place, as the kubelet does) with a
 //! bridge to a real mosquitto. Changing the bridge's topic rule in
-//! `spec.bridges` takes effect on the running broker: the bridge
-//! reconnects with the new settings, another bridge stays connected, no
-//! pod is replaced and no broker process restarts.
+//! `spec.bridges`, then rotating the password in the user's Secret it
+//! names, takes effect on the running broker: the bridge reconnects with
+//! the new settings, no pod is replaced and no broker process restarts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -121,6 +121,7 @@ async fn bridge_changes_reach_running_brokers_without_a_restart() {
         set_password(&file, "site2", "pw-o", false);
         format!("password_file {}\nuser root\n", file.display())
     });
+    let passwd = remote.dir.path().join("passwd");
     let lab = Lab::start(json!({
         "replicas": 1,
         "bridges": bridges(remote.addr(), "site-a/"),
@@ -194,7 +195,41 @@ async fn bridge_changes_reach_running_brokers_without_a_restart() {
         assert_eq!(pods(&lab), before, "a pod or broker was restarted");
         assert_eq!(other(), 1, "the other bridge reconnected");
 
+        // The password in the Secret the bridge's credentials come from
+        // changes, the remote not told yet: the bridge's connection could
+        // go on, yet the bridge reconnects with the new password at once
+        // (and is refused), so a rotated credential proves itself now
+        // rather than at the next network fault.
+        lab.api.patch(
+            "v1",
+            "secrets",
+            NS,
+            "central-login",
+            json!({"data": {"password": b64("pw-2")}}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !remote.log().contains("not authorised") {
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not log in again after its password changed:\n{}",
+                remote.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The remote takes the new password (mosquitto reads its password
+        // file again): the bridge, retrying, gets through.
+        set_password(&passwd, "site1", "pw-2", false);
+        remote.reload();
+        crosses(pod, &mut sub, "site-b/", Duration::from_secs(20));
+        let now = bridge_connections(&remote, CLIENT);
+        assert!(
+            now > after_rule,
+            "the bridge did not log in with its new password ({after_rule} connections before, {now} after)"
+        );
         assert_eq!(pods(&lab), before, "a pod or broker was restarted");
+        // Its files were swapped with the bridge Secret's (the kubelet
+        // replaces the whole volume), their content the same.
+        assert_eq!(other(), 1, "the other bridge reconnected");
     });
     let log = lock(&lab.cluster.log).join("\n");
     assert!(
