@@ -1,6 +1,7 @@
 //! Which members are alive, as the leader sees them: it asks each one for
 //! its status every half second. A member that has not answered for
-//! [`DOWN_AFTER`] is down: the wills of the clients it served are
+//! `down_after` is down (the leader this node took over from, at its
+//! first unanswered probe): the wills of the clients it served are
 //! published (after their delays) by the leader, through the log's guard,
 //! so each goes out once even if the node was only cut off.
 
@@ -35,44 +36,77 @@ pub fn spawn(
         let me = broker.node_id;
         // Last answer per member, measured only while this node leads.
         let mut heard: HashMap<u64, Instant> = HashMap::new();
+        // The leader this node last followed, while it does not lead.
+        let mut previous: Option<u64> = None;
+        let mut leading = false;
         loop {
-            tokio::time::sleep(PROBE_EVERY).await;
-            let m = raft.get().metrics().borrow().clone();
+            let mut metrics = raft.get().metrics();
+            let m = metrics.borrow_and_update().clone();
             // A core stopped on a storage error leads nothing.
             if m.current_leader != Some(me) || m.running_state.is_err() {
                 heard.clear();
                 broker.set_down_nodes(Vec::new());
                 stats.nodes_down.set(0);
+                previous = m.current_leader.filter(|l| *l != me).or(previous);
+                leading = false;
+                // Leadership is noticed as it comes, not a period later.
+                let _ = tokio::time::timeout(PROBE_EVERY, metrics.changed()).await;
                 continue;
             }
-            let members: Vec<(u64, String)> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != me)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect();
-            let now = Instant::now();
-            let probes = members.iter().map(|(id, addr)| {
-                let net = net.clone();
-                async move { (*id, probe(&net, addr).await) }
-            });
-            for (id, ok) in futures_util::future::join_all(probes).await {
-                let last = heard.entry(id).or_insert(now);
-                if ok {
-                    *last = now;
+            if !leading {
+                leading = true;
+                // This node was elected: the leader before it lost its
+                // place, so a quorum has not heard from it for openraft's
+                // lease, and it stopped what runs only in contact with a
+                // quorum (`Health::leader_contact`). If it does not answer
+                // the first probe either, it is down now, not after
+                // `down_after` more: its bridges move at once.
+                if let Some(p) = previous.take() {
+                    if let Some(long_ago) = Instant::now().checked_sub(down_after) {
+                        heard.insert(p, long_ago);
+                    }
                 }
             }
-            heard.retain(|id, _| members.iter().any(|(m, _)| m == id));
-            let down: Vec<u64> = heard
-                .iter()
-                .filter(|(_, t)| now.duration_since(**t) >= down_after)
-                .map(|(id, _)| *id)
-                .collect();
+            let down = probe_all(&net, &m, me, &mut heard, down_after).await;
             stats.nodes_down.set(down.len() as i64);
             broker.set_down_nodes(down);
+            tokio::time::sleep(PROBE_EVERY).await;
         }
     })
+}
+
+/// Probes every other member once; returns those silent for `down_after`.
+async fn probe_all(
+    net: &Network,
+    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    me: u64,
+    heard: &mut HashMap<u64, Instant>,
+    down_after: Duration,
+) -> Vec<u64> {
+    let members: Vec<(u64, String)> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let now = Instant::now();
+    let probes = members.iter().map(|(id, addr)| {
+        let net = net.clone();
+        async move { (*id, probe(&net, addr).await) }
+    });
+    for (id, ok) in futures_util::future::join_all(probes).await {
+        let last = heard.entry(id).or_insert(now);
+        if ok {
+            *last = now;
+        }
+    }
+    heard.retain(|id, _| members.iter().any(|(m, _)| m == id));
+    heard
+        .iter()
+        .filter(|(_, t)| now.duration_since(**t) >= down_after)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 async fn probe(net: &Network, addr: &str) -> bool {

@@ -72,8 +72,8 @@ impl Broker {
 
     /// Members the leader's liveness probe finds unreachable (empty on
     /// the other nodes).
-    pub fn down_nodes(&self) -> BTreeSet<u64> {
-        self.cluster.down_nodes.lock().iter().copied().collect()
+    pub fn down_nodes(&self) -> watch::Receiver<BTreeSet<u64>> {
+        self.cluster.down_nodes.subscribe()
     }
 
     pub(super) fn rebuild_placement(&self, state: &ReplicatedState) {
