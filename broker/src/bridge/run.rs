@@ -44,7 +44,24 @@ const WINDOW_V311: u16 = 20;
 pub struct BridgeSet {
     broker: Arc<Broker>,
     bridges: Arc<Bridges>,
-    runners: parking_lot::Mutex<HashMap<String, (BridgeConfig, JoinHandle<()>)>>,
+    runners: parking_lot::Mutex<HashMap<String, Running>>,
+}
+
+/// A bridge as started: its settings, what its files held then, its task.
+struct Running {
+    config: BridgeConfig,
+    files: Vec<Option<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+/// What `config`'s files hold now (`None`: unreadable, which its next
+/// connection attempt reports).
+fn file_contents(config: &BridgeConfig) -> Vec<Option<Vec<u8>>> {
+    config
+        .files()
+        .iter()
+        .map(|p| std::fs::read(p).ok())
+        .collect()
 }
 
 impl BridgeSet {
@@ -73,6 +90,10 @@ impl BridgeSet {
     /// rules changed leaves the filters no rule names any more. Done here
     /// by the node that holds the session (the last to run the bridge),
     /// and again by whichever node connects it next (`connect_local`).
+    /// The settings include what its password, certificate and key files
+    /// hold: a rotated credential is used at once, so that a wrong one
+    /// shows now (the bridge down) rather than at the next network fault,
+    /// and a revoked one is no longer relied on.
     pub fn apply(&self, configs: Vec<BridgeConfig>) {
         let mut runners = self.runners.lock();
         let keep: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
@@ -82,15 +103,19 @@ impl BridgeSet {
             .cloned()
             .collect();
         for name in removed {
-            if let Some((config, task)) = runners.remove(&name) {
-                task.abort();
-                leave_stale_filters(&self.broker, &config.local_clientid(), &[]);
+            if let Some(r) = runners.remove(&name) {
+                r.task.abort();
+                leave_stale_filters(&self.broker, &r.config.local_clientid(), &[]);
             }
             self.bridges.remove(&name);
             tracing::info!(bridge = %name, "bridge removed: stopped (its session stays, subscribed to nothing)");
         }
         for config in configs {
-            if runners.get(&config.name).is_some_and(|(c, _)| *c == config) {
+            let files = file_contents(&config);
+            if runners
+                .get(&config.name)
+                .is_some_and(|r| r.config == config && r.files == files)
+            {
                 continue;
             }
             leave_stale_filters(
@@ -99,9 +124,14 @@ impl BridgeSet {
                 &config.local_filters(),
             );
             let name = config.name.clone();
-            if let Some((_, task)) = runners.remove(&name) {
-                task.abort();
-                tracing::info!(bridge = %name, "bridge settings changed: reconnecting");
+            if let Some(r) = runners.remove(&name) {
+                r.task.abort();
+                let what = if r.config == config {
+                    "bridge credentials changed"
+                } else {
+                    "bridge settings changed"
+                };
+                tracing::info!(bridge = %name, "{what}: reconnecting");
             }
             self.broker
                 .set_queue_bound(&config.local_clientid(), config.max_queued_messages);
@@ -113,14 +143,32 @@ impl BridgeSet {
                 contact: self.broker.health.leader_contact.subscribe(),
                 notified: None,
             };
-            runners.insert(name, (config, tokio::spawn(runner.run())));
+            let task = tokio::spawn(runner.run());
+            runners.insert(
+                name,
+                Running {
+                    config,
+                    files,
+                    task,
+                },
+            );
         }
+    }
+
+    /// The files the bridges read at each connection (for the file watch:
+    /// a change reconnects the bridge, see [`BridgeSet::apply`]).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.runners
+            .lock()
+            .values()
+            .flat_map(|r| r.config.files())
+            .collect()
     }
 
     /// Stops every bridge (the server stops).
     pub fn stop(&self) {
-        for (_, task) in self.runners.lock().values() {
-            task.abort();
+        for r in self.runners.lock().values() {
+            r.task.abort();
         }
     }
 }
