@@ -2,8 +2,7 @@
 //! bridge's claim in the replicated state (`Command::ClaimBridge`), like a
 //! client id's owner. The leader places the bridges: one whose holder is
 //! not a voter any more, is unreachable (the leader's liveness probe,
-//! `cluster/liveness.rs`) or drains
-//! goes to the live voter that runs the fewest, so bridges spread over the
+//! `cluster/liveness.rs`) or drains goes to the live voter that runs the fewest, so bridges spread over the
 //! cluster. A claim is a compare-and-set on the holder it replaces, so a
 //! placement made on a stale view (a leader that just lost its place)
 //! changes nothing. A node runs a bridge only while the committed state
