@@ -1,8 +1,8 @@
 //! Where each bridge runs: exactly one node at a time, named by the
 //! bridge's claim in the replicated state (`Command::ClaimBridge`), like a
 //! client id's owner. The leader places the bridges: one whose holder is
-//! not a voter any more, is down (the leader's liveness probe) or drains
-//! goes to the live voter that runs the fewest, so bridges spread over the
+//! not a voter any more, is unreachable (the leader's liveness probe,
+//! `cluster/liveness.rs`) or drains goes to the live voter that runs the fewest, so bridges spread over the
 //! cluster. A claim is a compare-and-set on the holder it replaces, so a
 //! placement made on a stale view (a leader that just lost its place)
 //! changes nothing. A node runs a bridge only while the committed state
@@ -37,7 +37,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut placement = broker.placement();
-        let mut down = broker.down_nodes();
+        let mut down = broker.unreachable_nodes();
         // Claims asked for and not seen committed yet: name -> (node, when).
         let mut asked: HashMap<String, (u64, Instant)> = HashMap::new();
         loop {

@@ -203,10 +203,10 @@ struct Runner {
 /// first) and stops at once (the runner and the pump wake on both). When
 /// it is cut off (`E`: the election timeout):
 /// - a follower holder loses contact `E` after its leader's last
-///   AppendEntries reached it, while the leader moves its bridges only
-///   once its liveness probe heard nothing for `down_after`
-///   (`max(3E, 3 s)`, from its last answered probe, at most a probe
-///   period before the cut): it has stopped well before;
+///   AppendEntries reached it, so about `E` after the cut, while the
+///   leader moves its bridges only once its probes have gone unanswered
+///   for `2E` (at least 1 s) since the first unanswered one, sent after
+///   the cut (`cluster/liveness.rs`): it has stopped `E` before;
 /// - a leader holder loses contact `E` after a quorum last acknowledged
 ///   it, while the others elect a new leader (which may move its bridges
 ///   at its first unanswered probe, `cluster/liveness.rs`) no earlier than

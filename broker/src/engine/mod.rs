@@ -155,9 +155,12 @@ pub(crate) struct ClusterLink {
     /// The index of the last change followed that may owe a publish's copy
     /// to another persistent session (a subscription, a new owner).
     persistent_changed: AtomicU64,
-    /// Nodes the leader's liveness probe finds unreachable (watched by
-    /// the bridges' placement, which moves theirs at once).
+    /// Nodes the leader's liveness probe finds down (their clients' wills
+    /// go out).
     down_nodes: watch::Sender<BTreeSet<u64>>,
+    /// Nodes whose bridges may move (`placement.rs`): down, or cut off
+    /// long enough to have stopped them.
+    unreachable: watch::Sender<BTreeSet<u64>>,
     /// The bridges' claims as committed (`placement.rs`).
     placement: watch::Sender<Placement>,
 }
@@ -253,6 +256,7 @@ impl Broker {
                 followed: watch::Sender::new(0),
                 persistent_changed: AtomicU64::new(0),
                 down_nodes: watch::Sender::new(BTreeSet::new()),
+                unreachable: watch::Sender::new(BTreeSet::new()),
                 placement: watch::Sender::new(Placement::default()),
             },
             health: Health {
