@@ -22,7 +22,7 @@ fn source(i: usize, sources: usize) -> IpAddr {
 
 /// The storm's own source addresses, 127.0.0.100, ...: the idle scenario's
 /// closed sockets wait in TIME_WAIT on theirs for a minute.
-fn storm_source(i: usize, sources: usize) -> IpAddr {
+pub(crate) fn storm_source(i: usize, sources: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 100 + (i % sources.min(100)) as u8))
 }
 
@@ -33,7 +33,7 @@ fn storm_source(i: usize, sources: usize) -> IpAddr {
 /// source address across scenarios, and the kernel's search for a free
 /// port to bind then cost more than the brokers' handshakes (a few
 /// hundred per second for every broker).
-async fn broker_closes(stream: &mut TcpStream) {
+pub(crate) async fn broker_closes(stream: &mut TcpStream) {
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -50,6 +50,21 @@ async fn mqtt_connect(
     keep_alive: u16,
     clean: bool,
 ) -> anyhow::Result<TcpStream> {
+    Ok(
+        mqtt_connect_present(addr, from, client_id, keep_alive, clean)
+            .await?
+            .0,
+    )
+}
+
+/// [`mqtt_connect`], and whether the CONNACK said "session present".
+pub(crate) async fn mqtt_connect_present(
+    addr: SocketAddr,
+    from: IpAddr,
+    client_id: &str,
+    keep_alive: u16,
+    clean: bool,
+) -> anyhow::Result<(TcpStream, bool)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
     let mut stream = socket.connect(addr).await?;
@@ -63,7 +78,7 @@ async fn mqtt_connect(
         connack[0] == 0x20 && connack[3] == 0,
         "CONNECT refused: {connack:?}"
     );
-    Ok(stream)
+    Ok((stream, connack[2] & 1 == 1))
 }
 
 /// Resident set size of `pid` in KiB.

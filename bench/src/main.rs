@@ -7,6 +7,7 @@ mod client;
 mod commit;
 mod conns;
 mod latency;
+mod lifecycle;
 mod suback;
 mod throughput;
 mod tls;
@@ -150,6 +151,28 @@ enum Scenario {
         /// resumes a persistent session (in raftmq, a Raft commit).
         #[arg(long)]
         persistent: bool,
+    },
+    /// Persistent sessions' lifecycle: CONNECT (clean session off, a new
+    /// client id each time), SUBSCRIBE, DISCONNECT per second.
+    Lifecycle {
+        /// Clients at once (1: one client after another).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        sources: usize,
+    },
+    /// Reconnect storm: N persistent sessions (one subscription each) lose
+    /// their connections at once and all come back.
+    Reconnect {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Handshakes in flight.
+        #[arg(long, default_value_t = 100)]
+        workers: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: usize,
     },
     /// (g) SUBACK latency: one clean-session client subscribes to new
     /// filters one after another.
@@ -320,6 +343,30 @@ fn main() -> anyhow::Result<()> {
                     },
                 )
                 .await
+            }
+            Scenario::Lifecycle {
+                workers,
+                seconds,
+                sources,
+            } => {
+                let s = lifecycle::LifecycleSettings {
+                    workers,
+                    seconds,
+                    sources,
+                };
+                return lifecycle::lifecycle(addr, s).await;
+            }
+            Scenario::Reconnect {
+                sessions,
+                workers,
+                sources,
+            } => {
+                let s = lifecycle::ReconnectSettings {
+                    sessions,
+                    workers,
+                    sources,
+                };
+                return lifecycle::reconnect(addr, s).await;
             }
             Scenario::Suback { count, qos: q } => return suback::run(addr, count, qos(q)?).await,
             Scenario::Commit {

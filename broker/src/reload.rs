@@ -1,5 +1,5 @@
-//! Re-reads mounted files (users, ACL, certificates, PSK keys) on SIGHUP and
-//! when they change on disk. Kubernetes updates mounted ConfigMaps and
+//! Re-reads mounted files (users, ACL, certificates, PSK keys, bridges) on
+//! SIGHUP and when they change on disk. Kubernetes updates mounted ConfigMaps and
 //! Secrets by swapping a symlink, which an inotify watch on the old file
 //! would never see; polling the resolved file's identity does.
 
@@ -19,14 +19,38 @@ fn fingerprint(path: &Path) -> Fingerprint {
 }
 
 struct Group {
-    files: Vec<PathBuf>,
-    seen: Vec<Fingerprint>,
+    /// The files, as of now (a bridge's credentials come and go with it).
+    files: Box<dyn Fn() -> Vec<PathBuf> + Send + Sync>,
+    seen: Vec<(PathBuf, Fingerprint)>,
     reload: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl Group {
-    fn current(&self) -> Vec<Fingerprint> {
-        self.files.iter().map(|p| fingerprint(p)).collect()
+    fn current(&self) -> Vec<(PathBuf, Fingerprint)> {
+        (self.files)()
+            .into_iter()
+            .map(|p| {
+                let f = fingerprint(&p);
+                (p, f)
+            })
+            .collect()
+    }
+
+    /// What counts as seen after a reload: the files as listed now (the
+    /// reload may have changed the list), each as it was before the reload
+    /// where it was known then, so that a change made meanwhile is not
+    /// passed over.
+    fn seen_after_reload(&self, before: &[(PathBuf, Fingerprint)]) -> Vec<(PathBuf, Fingerprint)> {
+        (self.files)()
+            .into_iter()
+            .map(|p| {
+                let f = match before.iter().find(|(q, _)| *q == p) {
+                    Some((_, f)) => *f,
+                    None => fingerprint(&p),
+                };
+                (p, f)
+            })
+            .collect()
     }
 }
 
@@ -59,12 +83,23 @@ impl FileWatch {
         if files.is_empty() {
             return;
         }
-        let seen = files.iter().map(|p| fingerprint(p)).collect();
-        self.groups.push(Group {
-            files,
-            seen,
+        self.add_listed(move || files.clone(), reload);
+    }
+
+    /// As [`FileWatch::add`], for files that `files` lists anew at each
+    /// look (one added to the list or taken off it counts as a change).
+    pub fn add_listed(
+        &mut self,
+        files: impl Fn() -> Vec<PathBuf> + Send + Sync + 'static,
+        reload: impl Fn(&str) + Send + Sync + 'static,
+    ) {
+        let mut g = Group {
+            files: Box::new(files),
+            seen: Vec::new(),
             reload: Box::new(reload),
-        });
+        };
+        g.seen = g.current();
+        self.groups.push(g);
     }
 
     pub fn spawn(mut self, period: Duration) -> JoinHandle<()> {
@@ -83,12 +118,15 @@ impl FileWatch {
                 };
                 for g in &mut self.groups {
                     let now = g.current();
-                    if signalled {
-                        (g.reload)("SIGHUP");
+                    let why = if signalled {
+                        "SIGHUP"
                     } else if now != g.seen {
-                        (g.reload)("file changed");
-                    }
-                    g.seen = now;
+                        "file changed"
+                    } else {
+                        continue;
+                    };
+                    (g.reload)(why);
+                    g.seen = g.seen_after_reload(&now);
                 }
             }
         })

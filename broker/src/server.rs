@@ -107,19 +107,7 @@ impl Server {
         let (bridge_set, placing) =
             BridgeSet::start(&broker, &bridges, cluster.standing(), bridge_configs);
         tasks.push(placing);
-        if let Some(path) = config.bridges_file.clone() {
-            let set = bridge_set.clone();
-            let config = config.clone();
-            watch.add(vec![path.clone()], move |why| match config.all_bridges() {
-                Ok(all) => {
-                    tracing::info!(file = %path.display(), "bridges reloaded ({why})");
-                    set.apply(all);
-                }
-                Err(e) => {
-                    tracing::error!("bridges not reloaded ({why}), the running ones stay: {e}")
-                }
-            });
-        }
+        watch_bridges(&mut watch, &config, &bridge_set);
         tasks.push(watch.spawn(WATCH_PERIOD));
         broker
             .health
@@ -152,6 +140,25 @@ impl Server {
         }
         self.bridges.stop();
     }
+}
+
+/// Reloads the bridges when `bridges_file` changes, and reconnects a
+/// bridge whose own files (password, certificates, key) change: a rotated
+/// credential is used at once (`BridgeSet::apply`).
+fn watch_bridges(watch: &mut FileWatch, config: &Arc<Config>, set: &Arc<BridgeSet>) {
+    if config.bridges_file.is_none() && set.files().is_empty() {
+        return;
+    }
+    let (listed, file) = (set.clone(), config.bridges_file.clone());
+    let files = move || file.iter().cloned().chain(listed.files()).collect();
+    let (set, config) = (set.clone(), config.clone());
+    watch.add_listed(files, move |why| match config.all_bridges() {
+        Ok(all) => {
+            tracing::info!(file = ?config.bridges_file, "bridges reloaded ({why})");
+            set.apply(all);
+        }
+        Err(e) => tracing::error!("bridges not reloaded ({why}), the running ones stay: {e}"),
+    });
 }
 
 /// Builds a listener's transport and registers its files for reload.

@@ -39,6 +39,16 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts mosquitto; `persistent` keeps sessions across a stop/start.
     pub fn start(listener: Listener, persistent: bool) -> Mosquitto {
+        Self::start_with(listener, persistent, |_| String::new())
+    }
+
+    /// As [`Mosquitto::start`], with the lines `extra` gives for its
+    /// directory added to the config (a `password_file`, say).
+    pub fn start_with(
+        listener: Listener,
+        persistent: bool,
+        extra: impl FnOnce(&std::path::Path) -> String,
+    ) -> Mosquitto {
         require_tool("mosquitto");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -68,6 +78,7 @@ impl Mosquitto {
                 "persistence true\npersistence_location {d}/\nautosave_interval 0\n"
             ));
         }
+        conf.push_str(&extra(dir.path()));
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, conf).expect("write mosquitto.conf");
         let mut m = Mosquitto {
@@ -117,6 +128,17 @@ impl Mosquitto {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
             let _ = child.wait();
+        }
+    }
+
+    /// SIGHUP: mosquitto reads its password file again (connected
+    /// clients stay).
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGHUP);
+            }
         }
     }
 

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use raftmq::codec::{Protocol, QoS};
-use raftmq_e2e::bridge::{bridge_toml, publish_one, wait_connected, Listener, Mosquitto, Sub};
+use raftmq_e2e::bridge::{
+    bridge_metric, bridge_toml, publish_one, wait_connected, Listener, Mosquitto, Relay, Sub,
+};
 use raftmq_e2e::{Broker, BrokerConfig};
 
 const T: Duration = Duration::from_secs(20);
@@ -132,6 +134,88 @@ fn bridges_file_changes_apply_without_a_restart() {
     );
     let got = bystander.take(1, T);
     assert_eq!(got.len(), 1, "the bystander's connection stayed up");
+}
+
+fn publish(b: &Broker, topic: &str) {
+    publish_one(
+        b.tcp_addr(),
+        Protocol::V5,
+        topic,
+        b"x",
+        QoS::AtLeastOnce,
+        false,
+    );
+}
+
+/// An `out` rule removed by a reload takes its filter from the bridge's
+/// session: while the remote is away, publishes on it queue nothing for
+/// the bridge. A bridge removed altogether keeps its session and what it
+/// had queued, but queues nothing more: added again, it forwards the
+/// former and not what was published while it was gone.
+#[test]
+fn out_rules_removed_by_a_reload_queue_nothing_more() {
+    let m = Mosquitto::start(Listener::Plain, false);
+    let relay = Relay::start(m.addr());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bridges.toml");
+    let central = |rules: &[&str]| bridge_toml("central", relay.addr(), "5.0", rules, "");
+    write(&file, &central(&["a/# out 1", "b/# out 1"]));
+    let b =
+        Broker::start(BrokerConfig::new().top(&format!("bridges_file = \"{}\"", file.display())));
+    assert!(wait_connected(&b, "central", T), "{}", b.logs());
+    let mut at_remote = Sub::new(m.addr(), Protocol::V311, "r", true, "#", QoS::AtLeastOnce);
+    assert!(arrives(&b, &mut at_remote, "a/1"), "a/# goes out");
+    assert!(arrives(&b, &mut at_remote, "b/1"), "b/# goes out");
+
+    // a/# removed; then the remote goes away, so copies stay queued.
+    write(&file, &central(&["b/# out 1"]));
+    let reloaded = raftmq_e2e::eventually(T, || {
+        b.logs().contains("bridge settings changed: reconnecting")
+    });
+    assert!(reloaded, "the reload applied:\n{}", b.logs());
+    relay.cut();
+    let down = raftmq_e2e::eventually(T, || !wait_connected(&b, "central", Duration::ZERO));
+    assert!(down, "the bridge lost its remote");
+    for i in 2..12 {
+        publish(&b, &format!("a/{i}"));
+    }
+    // Acknowledged after the a/ ones, so queued after them if they were.
+    publish(&b, "b/2");
+    let queued = "raftmq_bridge_queued_messages{bridge=\"central\"}";
+    let mut n = None;
+    raftmq_e2e::eventually(T, || {
+        n = bridge_metric(&b, queued);
+        n.is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(n, Some(1.0), "only b/2 waits for the remote, no a/ copy");
+
+    // The bridge removed: b/3 is published while it is gone.
+    write(&file, "");
+    let removed = raftmq_e2e::eventually(T, || {
+        let (_, text) = b.http_get("/metrics");
+        !text.contains("bridge=\"central\"")
+    });
+    assert!(removed, "the removed bridge stops");
+    publish(&b, "b/3");
+    write(&file, &central(&["b/# out 1"]));
+    relay.restore();
+    assert!(wait_connected(&b, "central", T), "added again, it connects");
+    publish(&b, "b/4");
+    let mut topics = Vec::new();
+    let got = raftmq_e2e::eventually(T, || {
+        let more = at_remote.take(1, Duration::from_secs(1));
+        topics.extend(more.into_iter().map(|p| p.topic.to_string()));
+        topics.iter().any(|t| t == "b/4")
+    });
+    assert!(got, "b/4 arrives; got {topics:?}");
+    assert!(
+        topics.iter().any(|t| t == "b/2"),
+        "what was queued before the removal is forwarded: {topics:?}"
+    );
+    assert!(
+        !topics.iter().any(|t| t == "b/3"),
+        "nothing was queued while the bridge was removed: {topics:?}"
+    );
 }
 
 #[test]

@@ -69,9 +69,46 @@ struct Figures {
     duplicates: usize,
 }
 
+/// Whether the node running the bridge leads when it is killed: then the
+/// election comes first, and the new leader moves the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Leads,
+    Follows,
+}
+
+/// What happens to the node running the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Kill9,
+    /// SIGSTOP until another node runs the bridge, then SIGCONT: the old
+    /// holder comes back and must not run it any more.
+    Pause,
+}
+
+/// Makes node `hi` (index) lead, or not, as `holder` says.
+fn set_leader(nodes: &[Broker], hi: usize, holder: Holder) {
+    let first = grpc_addr(&nodes[0], 1);
+    let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
+    let me = hi as u64 + 1;
+    let (from, to) = match holder {
+        Holder::Follows if leader == me => (leader, if hi == 0 { 2 } else { 1 }),
+        Holder::Leads if leader != me => (leader, me),
+        _ => return,
+    };
+    let at = grpc_addr(&nodes[from as usize - 1], from);
+    let (code, out) = cli(&at, &["transfer-leader", "--id", &to.to_string()]);
+    assert_eq!(code, Some(0), "transfer-leader: {out}");
+    let led = raftmq_e2e::eventually(Duration::from_secs(20), || {
+        wait_leader(&first, None, Duration::from_secs(1)) == Some(to)
+    });
+    assert!(led, "node {to} leads after transfer-leader");
+}
+
 /// One run: a bridge at `qos` under a steady load at `qos` from
-/// publishers on the two other nodes; kill -9 of the node running it.
-fn takeover_run(qos: QoS) -> Figures {
+/// publishers on the two other nodes; kill -9 (or `how`) of the node
+/// running it, which leads or follows as `holder` says.
+fn takeover_run(qos: QoS, holder: Holder, how: Failure) -> Figures {
     let m = Mosquitto::start(Listener::Plain, false);
     let rx = collect_ids(m.addr(), "collector", "d/#", qos);
     let bridge = bridge_toml(
@@ -86,20 +123,10 @@ fn takeover_run(qos: QoS) -> Figures {
     let mut nodes = start_cluster(&bridge);
     let hi = wait_placed(&nodes, &[0, 1, 2], "central", Duration::from_secs(30))
         .expect("one node runs the bridge");
-    let first = grpc_addr(&nodes[0], 1);
-    if qos == QoS::ExactlyOnce {
-        // Measures the bridge alone: with the leader alive, no publisher
-        // sends a message again (which would be a duplicate of its own).
-        let leader = wait_leader(&first, None, Duration::from_secs(20)).expect("a leader");
-        if leader as usize == hi + 1 {
-            let to = if hi == 0 { 2 } else { 1 };
-            let at = grpc_addr(&nodes[hi], hi as u64 + 1);
-            let (code, out) = cli(&at, &["transfer-leader", "--id", &to.to_string()]);
-            assert_eq!(code, Some(0), "transfer-leader: {out}");
-            let not = Some(hi as u64 + 1);
-            assert!(wait_leader(&first, not, Duration::from_secs(20)).is_some());
-        }
-    }
+    // At QoS 2 the holder follows: with the leader alive, no publisher
+    // sends a message again (which would be a duplicate of its own), so
+    // the run measures the bridge alone.
+    set_leader(&nodes, hi, holder);
 
     let addrs: Vec<_> = (0..3)
         .filter(|i| *i != hi)
@@ -130,7 +157,10 @@ fn takeover_run(qos: QoS) -> Figures {
         while acked_count.load(Ordering::Relaxed) < (MESSAGES / 3) as usize {
             std::thread::sleep(Duration::from_millis(10));
         }
-        nodes[hi].kill9();
+        match how {
+            Failure::Kill9 => nodes[hi].kill9(),
+            Failure::Pause => nodes[hi].pause(),
+        }
         let killed = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != hi).collect();
         let took = raftmq_e2e::eventually(Duration::from_secs(60), || {
@@ -140,9 +170,22 @@ fn takeover_run(qos: QoS) -> Figures {
         });
         assert!(took, "no node took the bridge over");
         let takeover = killed.elapsed();
+        if how == Failure::Pause {
+            nodes[hi].resume();
+        }
         (load.join().expect("load"), takeover)
     });
     assert_eq!(acked.len(), MESSAGES as usize, "every publish acknowledged");
+    if how == Failure::Pause {
+        // Back, the old holder sees the claim moved: one node runs the
+        // bridge, and not it.
+        let now = wait_placed(&nodes, &[0, 1, 2], "central", Duration::from_secs(30));
+        assert!(
+            now.is_some_and(|n| n != hi),
+            "node {} came back; the bridge runs on {now:?}",
+            hi + 1
+        );
+    }
 
     let mut got = BTreeSet::new();
     let mut copies = 0usize;
@@ -166,7 +209,7 @@ fn takeover_run(qos: QoS) -> Figures {
         duplicates: copies - got.len(),
     };
     eprintln!(
-        "bridge failover at QoS {}: takeover {:?} after kill -9 (election timeout {ELECTION_TIMEOUT_MS} ms); \
+        "bridge failover at QoS {}, holder {holder:?}, {how:?}: takeover {:?} after the failure (election timeout {ELECTION_TIMEOUT_MS} ms); \
          {} acknowledged, {} lost, {} duplicates, {} publisher reconnects",
         qos as u8,
         f.takeover,
@@ -206,12 +249,24 @@ fn takeover_run(qos: QoS) -> Figures {
 
 #[test]
 fn kill9_of_the_bridging_node_loses_no_acknowledged_message() {
-    takeover_run(QoS::AtLeastOnce);
+    takeover_run(QoS::AtLeastOnce, Holder::Follows, Failure::Kill9);
+}
+
+#[test]
+fn kill9_of_the_bridging_leader_loses_no_acknowledged_message() {
+    takeover_run(QoS::AtLeastOnce, Holder::Leads, Failure::Kill9);
+}
+
+/// A leader cut off (paused) stops running its bridge before another node
+/// can take it (`bridge/run.rs`); back, it runs it no more.
+#[test]
+fn a_paused_bridging_leader_hands_the_bridge_over_and_loses_nothing() {
+    takeover_run(QoS::AtLeastOnce, Holder::Leads, Failure::Pause);
 }
 
 #[test]
 fn at_qos_2_a_takeover_loses_nothing_and_duplicates_nothing() {
-    let f = takeover_run(QoS::ExactlyOnce);
+    let f = takeover_run(QoS::ExactlyOnce, Holder::Follows, Failure::Kill9);
     assert_eq!(f.duplicates, 0, "duplicates at QoS 2");
 }
 

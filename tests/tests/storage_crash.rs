@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use raftmq::codec::{Protocol, QoS};
 use raftmq_e2e::load::publish_acked;
+use raftmq_e2e::raw::{self, RawClient};
 use raftmq_e2e::storage::{drain_subscriber, park_subscriber};
 use raftmq_e2e::{Broker, BrokerConfig};
 
@@ -88,4 +90,62 @@ fn thirty_kills_under_a_qos1_load_lose_nothing_acknowledged_and_every_start_succ
         (ROUNDS * PER_ROUND) as usize,
         "every id acknowledged in the end"
     );
+}
+
+/// On a node without peers a persistent session goes on before its claim
+/// commits, and a reconnect that would change nothing in the replicated
+/// state makes no claim at all: what was acknowledged (each SUBACK) must
+/// still be there after kill -9, and a will that a later reconnect brings
+/// must be registered all the same (it fires when the node restarts).
+#[test]
+fn persistent_sessions_made_and_resumed_keep_what_was_acknowledged_across_kill_9() {
+    const GATEWAYS: usize = 20;
+    let t = Duration::from_secs(5);
+    let mut b = Broker::start(BrokerConfig::new());
+    let open = |b: &Broker, id: &str, clean: bool| {
+        RawClient::open(b.tcp_addr(), raw::connect(Protocol::V311, id, clean))
+    };
+    let (mut watcher, _) = open(&b, "gw-watcher", false);
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce);
+    watcher.disconnect();
+    for i in 0..GATEWAYS {
+        let id = format!("gw-{i}");
+        let (mut c, ack) = open(&b, &id, false);
+        assert!(!ack.session_present, "{id} is new");
+        c.subscribe(1, &format!("gw/{i}/cmd"), QoS::AtLeastOnce);
+        c.disconnect();
+        // Back at once, as after a network blip: nothing to claim again.
+        let (c, ack) = open(&b, &id, false);
+        assert!(ack.session_present, "{id} resumed");
+        c.disconnect();
+    }
+    // This reconnect brings a will: it is claimed, though the one before
+    // it was not.
+    let mut c = raw::connect(Protocol::V311, "gw-0", false);
+    c.will = Some(raw::will("gone/gw-0", b"lost", QoS::AtLeastOnce, false));
+    let (held, ack) = RawClient::open(b.tcp_addr(), c);
+    assert!(ack.session_present);
+    b.restart();
+    drop(held);
+
+    let (mut watcher, ack) = open(&b, "gw-watcher", false);
+    assert!(ack.session_present, "the watcher's session survived");
+    let m = watcher
+        .next_publish(t)
+        .expect("gw-0's will fired at restart");
+    assert_eq!((&*m.topic, &m.payload[..]), ("gone/gw-0", &b"lost"[..]));
+    watcher.ack(&m);
+    let (mut p, _) = open(&b, "gw-publisher", true);
+    for i in 0..GATEWAYS {
+        let id = format!("gw-{i}");
+        let (mut c, ack) = open(&b, &id, false);
+        assert!(ack.session_present, "{id}'s session survived the kill");
+        assert!(p.publish_qos1(&format!("gw/{i}/cmd"), b"cmd", false, 1) < 0x80);
+        let m = c
+            .next_publish(t)
+            .expect("the subscription survived the kill");
+        assert_eq!(&m.payload[..], b"cmd");
+        c.ack(&m);
+        c.disconnect();
+    }
 }

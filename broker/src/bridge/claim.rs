@@ -1,8 +1,8 @@
 //! Where each bridge runs: exactly one node at a time, named by the
 //! bridge's claim in the replicated state (`Command::ClaimBridge`), like a
 //! client id's owner. The leader places the bridges: one whose holder is
-//! not a voter any more, is down (the leader's liveness probe) or drains
-//! goes to the live voter that runs the fewest, so bridges spread over the
+//! not a voter any more, is unreachable (the leader's liveness probe,
+//! `cluster/liveness.rs`) or drains goes to the live voter that runs the fewest, so bridges spread over the
 //! cluster. A claim is a compare-and-set on the holder it replaces, so a
 //! placement made on a stale view (a leader that just lost its place)
 //! changes nothing. A node runs a bridge only while the committed state
@@ -21,12 +21,15 @@ use crate::codec::ByteStr;
 use crate::engine::{Broker, Placement};
 use crate::state::Command;
 
-/// How often the leader looks again without being woken.
-const PERIOD: Duration = Duration::from_secs(1);
 /// A claim not committed by then is asked for again.
 const RETRY: Duration = Duration::from_secs(3);
 
-/// Places the configured bridges while this node leads.
+/// Places the configured bridges while this node leads. It looks again
+/// whenever something that decides placement changes (leadership or the
+/// voters, the committed claims, the members the liveness probe finds
+/// down, the configured bridges), and when an asked claim is due to be
+/// asked again: a bridge whose holder went down moves as soon as the
+/// probe says so, without a polling delay.
 pub fn spawn(
     broker: Arc<Broker>,
     bridges: Arc<Bridges>,
@@ -34,41 +37,64 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut placement = broker.placement();
+        let mut down = broker.unreachable_nodes();
         // Claims asked for and not seen committed yet: name -> (node, when).
         let mut asked: HashMap<String, (u64, Instant)> = HashMap::new();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(PERIOD) => {}
-                Ok(()) = standing.changed() => {}
-                Ok(()) = placement.changed() => {}
-            }
-            let now = standing.borrow().clone();
+            let now = standing.borrow_and_update().clone();
             if !now.leads {
                 asked.clear();
-                continue;
+            } else {
+                place(&broker, &bridges, &now, &placement, &down, &mut asked);
             }
-            let current = placement.borrow().clone();
-            let names = bridges.names();
-            let claims = plan(&names, &current, &now.voters, &broker.down_nodes());
-            asked.retain(|name, (node, at)| {
-                current.holder(name) != Some(*node) && at.elapsed() < RETRY
-            });
-            let mut commands = Vec::new();
-            for (name, node, previous) in claims {
-                if asked.get(&name).is_some_and(|(n, _)| *n == node) {
-                    continue;
+            // The earliest asked claim due to be asked again.
+            let retry = asked.values().map(|(_, at)| *at + RETRY).min();
+            let retry = async move {
+                match retry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
-                tracing::info!(bridge = %name, node, ?previous, "placing the bridge");
-                asked.insert(name.clone(), (node, Instant::now()));
-                commands.push(Command::ClaimBridge {
-                    name: ByteStr::from(name),
-                    node,
-                    previous,
-                });
+            };
+            tokio::select! {
+                () = retry => {}
+                () = bridges.changed.notified() => {}
+                changed = standing.changed() => if changed.is_err() { return },
+                Ok(()) = placement.changed() => {}
+                Ok(()) = down.changed() => {}
             }
-            broker.submit(commands);
         }
     })
+}
+
+/// One look at the placement while this node leads: asks for the claims
+/// [`plan`] finds, once each until committed or [`RETRY`] passed.
+fn place(
+    broker: &Broker,
+    bridges: &Bridges,
+    now: &Standing,
+    placement: &watch::Receiver<Placement>,
+    down: &watch::Receiver<BTreeSet<u64>>,
+    asked: &mut HashMap<String, (u64, Instant)>,
+) {
+    let current = placement.borrow().clone();
+    let down = down.borrow().clone();
+    let names = bridges.names();
+    let claims = plan(&names, &current, &now.voters, &down);
+    asked.retain(|name, (node, at)| current.holder(name) != Some(*node) && at.elapsed() < RETRY);
+    let mut commands = Vec::new();
+    for (name, node, previous) in claims {
+        if asked.get(&name).is_some_and(|(n, _)| *n == node) {
+            continue;
+        }
+        tracing::info!(bridge = %name, node, ?previous, "placing the bridge");
+        asked.insert(name.clone(), (node, Instant::now()));
+        commands.push(Command::ClaimBridge {
+            name: ByteStr::from(name),
+            node,
+            previous,
+        });
+    }
+    broker.submit(commands);
 }
 
 /// The claims to make: `(bridge, node, holder it replaces)` for each

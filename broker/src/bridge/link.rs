@@ -110,10 +110,12 @@ pub struct Link<'a> {
 
 impl Link<'_> {
     /// Pumps until either side fails or `keep_running` says stop (asked
-    /// whenever the bridges' claims change, and once a second).
+    /// whenever the bridges' claims or the node's contact with a leader
+    /// change, and once a second).
     pub async fn run(
         &mut self,
         mut claims: watch::Receiver<Placement>,
+        mut contact: watch::Receiver<bool>,
         mut keep_running: impl FnMut() -> bool,
     ) -> LinkEnd {
         let keepalive = Duration::from_secs(u64::from(self.config.keepalive_interval.max(1)));
@@ -160,6 +162,11 @@ impl Link<'_> {
                     }
                 }
                 Ok(()) = claims.changed() => {
+                    if !keep_running() {
+                        return LinkEnd::Stopped;
+                    }
+                }
+                Ok(()) = contact.changed() => {
                     if !keep_running() {
                         return LinkEnd::Stopped;
                     }

@@ -7,7 +7,6 @@
 //! again after `restart_timeout`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,24 @@ const WINDOW_V311: u16 = 20;
 pub struct BridgeSet {
     broker: Arc<Broker>,
     bridges: Arc<Bridges>,
-    runners: parking_lot::Mutex<HashMap<String, (BridgeConfig, JoinHandle<()>)>>,
+    runners: parking_lot::Mutex<HashMap<String, Running>>,
+}
+
+/// A bridge as started: its settings, what its files held then, its task.
+struct Running {
+    config: BridgeConfig,
+    files: Vec<Option<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+/// What `config`'s files hold now (`None`: unreadable, which its next
+/// connection attempt reports).
+fn file_contents(config: &BridgeConfig) -> Vec<Option<Vec<u8>>> {
+    config
+        .files()
+        .iter()
+        .map(|p| std::fs::read(p).ok())
+        .collect()
 }
 
 impl BridgeSet {
@@ -67,8 +83,17 @@ impl BridgeSet {
     }
 
     /// Makes `configs` the bridges: one whose settings changed reconnects
-    /// with the new ones, a new one starts, a removed one stops (its
-    /// session stays, as in mosquitto); the others are not touched.
+    /// with the new ones, a new one starts, a removed one stops; the others
+    /// are not touched. A removed bridge's session stays with what it has
+    /// queued (the bridge added again under its name resumes it), but
+    /// leaves every filter, so it queues nothing more; one whose `out`
+    /// rules changed leaves the filters no rule names any more. Done here
+    /// by the node that holds the session (the last to run the bridge),
+    /// and again by whichever node connects it next (`connect_local`).
+    /// The settings include what its password, certificate and key files
+    /// hold: a rotated credential is used at once, so that a wrong one
+    /// shows now (the bridge down) rather than at the next network fault,
+    /// and a revoked one is no longer relied on.
     pub fn apply(&self, configs: Vec<BridgeConfig>) {
         let mut runners = self.runners.lock();
         let keep: HashSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
@@ -78,20 +103,35 @@ impl BridgeSet {
             .cloned()
             .collect();
         for name in removed {
-            if let Some((_, task)) = runners.remove(&name) {
-                task.abort();
+            if let Some(r) = runners.remove(&name) {
+                r.task.abort();
+                leave_stale_filters(&self.broker, &r.config.local_clientid(), &[]);
             }
             self.bridges.remove(&name);
-            tracing::info!(bridge = %name, "bridge removed: stopped (its session stays)");
+            tracing::info!(bridge = %name, "bridge removed: stopped (its session stays, subscribed to nothing)");
         }
         for config in configs {
-            if runners.get(&config.name).is_some_and(|(c, _)| *c == config) {
+            let files = file_contents(&config);
+            if runners
+                .get(&config.name)
+                .is_some_and(|r| r.config == config && r.files == files)
+            {
                 continue;
             }
+            leave_stale_filters(
+                &self.broker,
+                &config.local_clientid(),
+                &config.local_filters(),
+            );
             let name = config.name.clone();
-            if let Some((_, task)) = runners.remove(&name) {
-                task.abort();
-                tracing::info!(bridge = %name, "bridge settings changed: reconnecting");
+            if let Some(r) = runners.remove(&name) {
+                r.task.abort();
+                let what = if r.config == config {
+                    "bridge credentials changed"
+                } else {
+                    "bridge settings changed"
+                };
+                tracing::info!(bridge = %name, "{what}: reconnecting");
             }
             self.broker
                 .set_queue_bound(&config.local_clientid(), config.max_queued_messages);
@@ -100,17 +140,45 @@ impl BridgeSet {
                 broker: self.broker.clone(),
                 status,
                 placement: self.broker.placement(),
+                contact: self.broker.health.leader_contact.subscribe(),
                 notified: None,
             };
-            runners.insert(name, (config, tokio::spawn(runner.run())));
+            let task = tokio::spawn(runner.run());
+            runners.insert(
+                name,
+                Running {
+                    config,
+                    files,
+                    task,
+                },
+            );
         }
+    }
+
+    /// The files the bridges read at each connection (for the file watch:
+    /// a change reconnects the bridge, see [`BridgeSet::apply`]).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.runners
+            .lock()
+            .values()
+            .flat_map(|r| r.config.files())
+            .collect()
     }
 
     /// Stops every bridge (the server stops).
     pub fn stop(&self) {
-        for (_, task) in self.runners.lock().values() {
-            task.abort();
+        for r in self.runners.lock().values() {
+            r.task.abort();
         }
+    }
+}
+
+/// Unsubscribes the bridge session `client_id` from the filters not in
+/// `keep`, if this node holds it.
+fn leave_stale_filters(broker: &Broker, client_id: &str, keep: &[String]) {
+    let gone = broker.unsubscribe_unless(client_id, |f| keep.iter().any(|k| k == f));
+    if !gone.is_empty() {
+        tracing::info!(%client_id, ?gone, "bridge session unsubscribed from filters no out rule names");
     }
 }
 
@@ -119,18 +187,42 @@ struct Runner {
     status: Arc<BridgeStatus>,
     /// The bridges' claims as committed.
     placement: watch::Receiver<Placement>,
+    /// Whether this node is in contact with a leader in charge.
+    contact: watch::Receiver<bool>,
     /// The state last published on the notification topic.
     notified: Option<bool>,
 }
 
 /// Whether this node runs bridge `name`: it holds the committed claim,
-/// is not draining, and is in touch with a leader (a node cut off from the
-/// others stops after an election timeout; the leader moves its bridges
-/// only after the longer liveness timeout).
+/// is not draining, and is in contact with a leader in charge
+/// (`Health::leader_contact`).
+///
+/// Exactly one node at a time, and how long two may overlap: a claim
+/// moves only by a new holder's claim committed by a leader. While the
+/// holder is reachable it sees that claim committed (or loses contact
+/// first) and stops at once (the runner and the pump wake on both). When
+/// it is cut off (`E`: the election timeout):
+/// - a follower holder loses contact `E` after its leader's last
+///   AppendEntries reached it, so about `E` after the cut, while the
+///   leader moves its bridges only once its probes have gone unanswered
+///   for `2E` (at least 1 s) since the first unanswered one, sent after
+///   the cut (`cluster/liveness.rs`): it has stopped `E` before;
+/// - a leader holder loses contact `E` after a quorum last acknowledged
+///   it, while the others elect a new leader (which may move its bridges
+///   at its first unanswered probe, `cluster/liveness.rs`) no earlier than
+///   openraft's lease, `2E` after that: it has stopped `E` before.
+///
+/// So no two nodes run a bridge at once, short of a clock or a scheduler
+/// stalled for `E`. Not covered: a follower cut off together with a
+/// stale leader (a minority of two in a cluster of five or more) keeps
+/// hearing it, so keeps running until the partition heals. The remote
+/// has a view of its own: until it notices the old connection gone (its
+/// keepalive, or the new one taking over the same `remote_clientid`), it
+/// may hold both.
 fn holds_claim(broker: &Broker, placement: &watch::Receiver<Placement>, name: &str) -> bool {
     placement.borrow().holder(name) == Some(broker.node_id)
         && !broker.is_draining()
-        && broker.health.has_leader.load(Ordering::Acquire)
+        && *broker.health.leader_contact.borrow()
 }
 
 impl Runner {
@@ -185,6 +277,8 @@ impl Runner {
         while !self.holds_claim() {
             tokio::select! {
                 _ = self.placement.changed() => {}
+                _ = self.contact.changed() => {}
+                // A drain's end is not watched.
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -351,6 +445,9 @@ impl Runner {
         let mut peer = Peer::connect(stream, connect, None, self.broker.commit_wait())
             .await
             .context("this broker refused the bridge's session")?;
+        // The session is held here now: rules removed while another node
+        // held it (or while this one was down) leave their filters.
+        leave_stale_filters(&self.broker, &c.local_clientid(), &c.local_filters());
         let filters: Vec<_> = c
             .topics
             .iter()
@@ -392,7 +489,7 @@ impl Runner {
         };
         let name = status.config.name.clone();
         let end = link
-            .run(self.placement.clone(), || {
+            .run(self.placement.clone(), self.contact.clone(), || {
                 holds_claim(&broker, &placement, &name)
             })
             .await;

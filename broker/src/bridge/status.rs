@@ -15,6 +15,9 @@ use super::BridgeConfig;
 pub struct Bridges {
     families: Families,
     bridges: RwLock<Vec<Arc<BridgeStatus>>>,
+    /// Told when a bridge is added or removed: the leader places it at
+    /// once (`claim.rs`).
+    pub changed: tokio::sync::Notify,
 }
 
 /// One bridge's figures. The counters are the Prometheus ones themselves.
@@ -112,6 +115,7 @@ impl Bridges {
         Bridges {
             families,
             bridges: RwLock::new(Vec::new()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -140,6 +144,8 @@ impl Bridges {
         let mut all = self.bridges.write();
         all.retain(|b| b.config.name != n);
         all.push(status.clone());
+        drop(all);
+        self.changed.notify_one();
         status
     }
 
@@ -155,6 +161,7 @@ impl Bridges {
         let _ = f.up.remove_label_values(&[name]);
         let _ = f.queued.remove_label_values(&[name]);
         let _ = f.dropped.remove_label_values(&[name]);
+        self.changed.notify_one();
     }
 
     pub fn all(&self) -> Vec<Arc<BridgeStatus>> {

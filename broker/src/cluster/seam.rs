@@ -32,9 +32,20 @@ use crate::state::{Command, ReadIndex, ReplicatedState, StateError, StateSeam, T
 const MAX_BATCH_COMMANDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long commands submitted lazily ([`StateSeam::submit_lazy`]) wait
+/// for others to share their entry. A log flush takes milliseconds on a
+/// shared virtual disk: a new persistent session's claim and start, not
+/// waited for, would otherwise take one flush and its SUBSCRIBE, which is
+/// waited for, the next; this way both go in one. Nothing waits longer
+/// than this for the commands' sake: whoever needs a commit submits
+/// eagerly, and takes the lazy ones queued before it along.
+const LAZY_WINDOW: Duration = Duration::from_millis(5);
+
 struct Pending {
     commands: Vec<Command>,
     done: oneshot::Sender<Result<(), StateError>>,
+    /// Submitted lazily, at this moment.
+    lazy: Option<tokio::time::Instant>,
 }
 
 /// One try at the leader's read index: it takes a round trip or two, so
@@ -124,16 +135,32 @@ async fn read_index(raft: &RaftHandle, net: &Network) -> u64 {
     }
 }
 
-impl StateSeam for RaftSeam {
-    fn submit(&self, commands: Vec<Command>) -> Ticket {
+impl RaftSeam {
+    fn enqueue(&self, commands: Vec<Command>, lazy: bool) -> Ticket {
         let (done, rx) = oneshot::channel();
-        if self.queue.send(Pending { commands, done }).is_err() {
+        let lazy = lazy.then(tokio::time::Instant::now);
+        let pending = Pending {
+            commands,
+            done,
+            lazy,
+        };
+        if self.queue.send(pending).is_err() {
             return Ticket::Done(Err(StateError::Unavailable("cluster stopped".into())));
         }
         Ticket::Pending(Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(StateError::Unavailable("cluster stopped".into())))
         }))
+    }
+}
+
+impl StateSeam for RaftSeam {
+    fn submit(&self, commands: Vec<Command>) -> Ticket {
+        self.enqueue(commands, false)
+    }
+
+    fn submit_lazy(&self, commands: Vec<Command>) -> Ticket {
+        self.enqueue(commands, true)
     }
 
     fn snapshot(&self) -> ReplicatedState {
@@ -174,6 +201,50 @@ fn weight(c: &Command) -> usize {
     }
 }
 
+/// One group commit: `first` and what is queued behind it, up to the
+/// batch's bounds. While everything in it was submitted lazily, it waits
+/// (until the first is [`LAZY_WINDOW`] old) for more.
+async fn gather(first: Pending, rx: &mut mpsc::UnboundedReceiver<Pending>) -> Vec<Pending> {
+    let until = first.lazy.map(|at| at + LAZY_WINDOW);
+    let mut group = Group::default();
+    let mut room = group.add(first);
+    loop {
+        while room {
+            match rx.try_recv() {
+                Ok(p) => room = group.add(p),
+                Err(_) => break,
+            }
+        }
+        let Some(until) = until.filter(|_| room && !group.eager) else {
+            return group.pending;
+        };
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(p)) => room = group.add(p),
+            _ => return group.pending,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    pending: Vec<Pending>,
+    count: usize,
+    bytes: usize,
+    /// Someone waits for this group's commit.
+    eager: bool,
+}
+
+impl Group {
+    /// Adds `p`; whether the group has room for more.
+    fn add(&mut self, p: Pending) -> bool {
+        self.count += p.commands.len();
+        self.bytes += p.commands.iter().map(weight).sum::<usize>();
+        self.eager |= p.lazy.is_none();
+        self.pending.push(p);
+        self.count < MAX_BATCH_COMMANDS && self.bytes < MAX_BATCH_BYTES
+    }
+}
+
 /// The one task that proposes this node's batches, in order.
 struct Writer {
     raft: RaftHandle,
@@ -199,19 +270,7 @@ impl Writer {
                     None => return,
                 },
             };
-            let mut bytes: usize = first.commands.iter().map(weight).sum();
-            let mut count = first.commands.len();
-            let mut group = vec![first];
-            while count < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(p) => {
-                        count += p.commands.len();
-                        bytes += p.commands.iter().map(weight).sum::<usize>();
-                        group.push(p);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let group = gather(first, &mut rx).await;
             let commands: Vec<Command> = group
                 .iter()
                 .flat_map(|p| p.commands.iter().cloned())

@@ -100,6 +100,9 @@ impl pb::raft_server::Raft for RaftService {
             A::Conflict => R::Conflict(pb::Empty {}),
             A::HigherVote(v) => R::HigherVote(convert::vote_to(&v)),
         };
+        if !matches!(result, R::HigherVote(_)) {
+            self.standing.heard_from_leader();
+        }
         Ok(Response::new(pb::AppendEntriesResponse {
             result: Some(result),
         }))

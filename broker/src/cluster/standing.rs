@@ -28,6 +28,10 @@ pub struct Standing {
     removed: AtomicBool,
     marker: PathBuf,
     unjoined_marker: PathBuf,
+    /// When a leader's AppendEntries (a heartbeat at least) was last
+    /// taken: a follower is in contact with its leader for an election
+    /// timeout after (`Health::leader_contact`).
+    heard: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// Marks a node whose store lost committed entries as unjoined, across
@@ -50,7 +54,18 @@ impl Standing {
             removed: AtomicBool::new(marker.exists()),
             marker,
             unjoined_marker,
+            heard: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// A leader's AppendEntries was taken just now.
+    pub fn heard_from_leader(&self) {
+        *self.heard.lock() = Some(std::time::Instant::now());
+    }
+
+    /// When a leader's AppendEntries was last taken.
+    pub fn last_heard_from_leader(&self) -> Option<std::time::Instant> {
+        *self.heard.lock()
     }
 
     pub fn unjoined(&self) -> bool {

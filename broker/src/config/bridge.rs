@@ -62,8 +62,8 @@ pub enum BridgeTls {
 }
 
 /// Where the pre-shared key is: in the config (`psk`, hex), or in a file
-/// holding it in hex (`psk_file`, read at each connection, so a rotated
-/// key is used from the next one on).
+/// holding it in hex (`psk_file`, read at each connection; a change to it
+/// reconnects the bridge, see `BridgeSet::apply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PskKey {
     Hex(String),
@@ -557,6 +557,39 @@ impl BridgeConfig {
     /// queue). Clients cannot take it: it carries the bridge's identity.
     pub fn local_clientid(&self) -> String {
         format!("$bridge/{}", self.name)
+    }
+
+    /// The filters the bridge's session subscribes to here: its `out`
+    /// rules' local filters.
+    pub fn local_filters(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .filter(|t| t.direction.outgoing())
+            .map(|t| t.local_filter())
+            .collect()
+    }
+
+    /// The files the bridge reads at each connection: its password,
+    /// certificates and keys.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.remote_password_file.iter().cloned().collect();
+        match &self.tls {
+            Some(BridgeTls::Certificates {
+                cafile,
+                certfile,
+                keyfile,
+                ..
+            }) => {
+                files.push(cafile.clone());
+                files.extend(certfile.iter().chain(keyfile).cloned());
+            }
+            Some(BridgeTls::Psk {
+                psk: PskKey::File(path),
+                ..
+            }) => files.push(path.clone()),
+            Some(BridgeTls::Psk { .. }) | None => {}
+        }
+        files
     }
 
     /// The client id the remote broker sees (mosquitto: `<host>.<name>`).

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::{Connection, Exit, Flow};
+use super::{Connection, Exit, Flow, Transport};
 use crate::codec::{reason, ByteStr, Disconnect, Packet, Properties};
 use crate::engine::{Departure, DrainMode};
 
@@ -32,7 +32,7 @@ impl Connection {
     /// Says goodbye as `exit` requires, handles the will, frees the session.
     pub(super) async fn finish<S>(&mut self, stream: &mut S, wbuf: &mut BytesMut, exit: Exit)
     where
-        S: AsyncWrite + Unpin,
+        S: Transport,
     {
         let departure = match exit {
             Exit::ClientDisconnect(reason::DISCONNECT_WITH_WILL) => Departure::Unclean,
@@ -92,6 +92,10 @@ impl Connection {
                 self.broker.stats.bytes_sent.inc_by(wbuf.len() as u64);
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        // The caller drops the stream next: where that closes it the same
+        // way (plain TCP), no shutdown first.
+        if !S::CLOSES_ON_DROP {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        }
     }
 }

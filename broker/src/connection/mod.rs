@@ -80,6 +80,14 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
     /// Whether [`Transport::poll_readable`] really waits for input.
     const KNOWS_READINESS: bool = false;
 
+    /// Whether dropping the stream ends the connection as well as
+    /// `shutdown()` would. Plain TCP: close sends the same FIN after what
+    /// was written, so a shutdown first is a syscall (and a trip through
+    /// the TCP stack) for nothing on every connection's end. TLS and
+    /// WebSocket have a goodbye of their own to send (close_notify, a close
+    /// frame): they shut down.
+    const CLOSES_ON_DROP: bool = false;
+
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }

@@ -77,7 +77,7 @@ pub use sessions::{Claim, Departure, OpenedSession, SessionCell, SessionRequest,
 pub use signal::{ConnSignal, Signal};
 pub use subscriptions::Subscriptions;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -165,8 +165,12 @@ pub(crate) struct ClusterLink {
     /// The index of the last change followed that may owe a publish's copy
     /// to another persistent session (a subscription, a new owner).
     persistent_changed: AtomicU64,
-    /// Nodes the leader's liveness probe finds unreachable.
-    down_nodes: Mutex<HashSet<u64>>,
+    /// Nodes the leader's liveness probe finds down (their clients' wills
+    /// go out).
+    down_nodes: watch::Sender<BTreeSet<u64>>,
+    /// Nodes whose bridges may move (`placement.rs`): down, or cut off
+    /// long enough to have stopped them.
+    unreachable: watch::Sender<BTreeSet<u64>>,
     /// The bridges' claims as committed (`placement.rs`).
     placement: watch::Sender<Placement>,
 }
@@ -185,6 +189,18 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Whether the Raft group has a leader (always, without a cluster).
     pub has_leader: AtomicBool,
+    /// Whether this node is in contact with a leader still in charge: a
+    /// follower while its leader's last AppendEntries is less than the
+    /// election timeout `E` old, the leader itself only while a quorum
+    /// acknowledged it within `E`. A leader
+    /// cut off from the others thus says no within `E` of the last
+    /// acknowledgement, while the others elect a new one no earlier than
+    /// openraft's lease (`2E`) after it: what runs only in contact (a
+    /// bridge, `bridge/run.rs`) has stopped on the old leader before a
+    /// new one can place it elsewhere. Set by the cluster's watch; none
+    /// until it says so (a node restarting with a claim in its log does not
+    /// run the bridge before it knows).
+    pub leader_contact: watch::Sender<bool>,
     /// Whether this node can write its Raft storage (set by the cluster).
     pub storage: OnceLock<Arc<dyn StorageProbe>>,
     /// One line of Raft figures for `/readyz` (term, leader, indexes).
@@ -250,12 +266,14 @@ impl Broker {
                 restored_index: AtomicU64::new(0),
                 followed: watch::Sender::new(0),
                 persistent_changed: AtomicU64::new(0),
-                down_nodes: Mutex::new(HashSet::new()),
+                down_nodes: watch::Sender::new(BTreeSet::new()),
+                unreachable: watch::Sender::new(BTreeSet::new()),
                 placement: watch::Sender::new(Placement::default()),
             },
             health: Health {
                 ready: AtomicBool::new(false),
                 has_leader: AtomicBool::new(true),
+                leader_contact: watch::Sender::new(false),
                 storage: OnceLock::new(),
                 raft_summary: RwLock::new(String::new()),
                 drain: RwLock::new(None),
@@ -338,6 +356,15 @@ impl Broker {
     pub(crate) fn submit(&self, commands: Vec<Command>) {
         if !commands.is_empty() {
             drop(self.cluster.seam.submit(commands));
+        }
+    }
+
+    /// [`Broker::submit`] for a connection's comings and goings, which
+    /// nobody waits for: they may share the log entry (and its flush) of
+    /// what the client does next (see [`StateSeam::submit_lazy`]).
+    pub(crate) fn submit_lazy(&self, commands: Vec<Command>) {
+        if !commands.is_empty() {
+            drop(self.cluster.seam.submit_lazy(commands));
         }
     }
 }

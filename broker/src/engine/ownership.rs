@@ -38,39 +38,59 @@ impl Broker {
     /// closes a connection with the same id elsewhere). An error means the
     /// client must be refused: the cluster cannot serve its session now, or
     /// the id belongs to another identity.
+    ///
+    /// On a node without peers a persistent session without a will goes
+    /// on at once too (see [`Broker::settled_here`]), and a claim that
+    /// would change nothing is not made at all ([`Broker::claim_is_moot`]).
     pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), ClaimError> {
         let client_id = claim.client_id.clone();
+        let local = self.local.sessions.lock().contains_key(&client_id);
+        let alone = !self.cluster.seam.has_peers();
+        if alone && local && self.claim_is_moot(&claim) {
+            return Ok(());
+        }
+        let (nonce, persistent) = (claim.nonce, claim.persistent);
+        // A persistent session's will is registered before CONNACK, as
+        // ever: a crash right after it still publishes it at restart.
+        let at_once = alone && claim.will.is_none() && self.settled_here(&client_id);
+        let wait_state = self.cluster.seam.follows_log() && !claim.clean_start && !local;
         let command = Command::ClaimClient {
             client_id: client_id.clone(),
             node: self.node_id,
-            nonce: claim.nonce,
+            nonce,
             clean_start: claim.clean_start,
             will: claim.will,
             username: claim.username,
             same_identity_only: self.config.auth.allow_session_takeover
                 == SessionTakeover::SameIdentity,
         };
-        let local = self.local.sessions.lock().contains_key(&client_id);
-        let wait_state = self.cluster.seam.follows_log() && !claim.clean_start && !local;
         if self.cluster.seam.follows_log() {
             self.cluster
                 .unapplied_claims
                 .lock()
-                .insert(client_id.clone(), claim.nonce);
+                .insert(client_id.clone(), nonce);
+        }
+        if at_once || (!persistent && !wait_state) {
+            // The client goes on at once; a claim that never commits
+            // must not keep shielding it from later takeovers. A clean
+            // session's claim stays in the log even on a node without
+            // peers: it registers the will (fired at restart if this node
+            // dies, `follow.rs`), and the owner's identity, which a claim
+            // of the same id through a node that joins later is checked
+            // against (issue 15); that node would not know of a live
+            // connection never logged. It costs no wait, and shares its
+            // entry (lazily) with the other connections' comings and goings.
+            let ticket = self.cluster.seam.submit_lazy(vec![command]);
+            let broker = Arc::clone(self);
+            tokio::spawn(async move {
+                if ticket.wait().await.is_err() {
+                    broker.forget_claim(&client_id, nonce);
+                }
+            });
+            return Ok(());
         }
         if !wait_state {
             let ticket = self.cluster.seam.submit(vec![command]);
-            if !claim.persistent {
-                // The client goes on at once; a claim that never commits
-                // must not keep shielding it from later takeovers.
-                let broker = Arc::clone(self);
-                tokio::spawn(async move {
-                    if ticket.wait().await.is_err() {
-                        broker.forget_claim(&client_id, claim.nonce);
-                    }
-                });
-                return Ok(());
-            }
             let r = match tokio::time::timeout(self.commit_wait(), ticket.wait()).await {
                 Ok(r) => r,
                 Err(_) => Err(StateError::Unavailable(
@@ -78,15 +98,63 @@ impl Broker {
                 )),
             };
             if r.is_err() {
-                self.forget_claim(&client_id, claim.nonce);
+                self.forget_claim(&client_id, nonce);
             }
             return r.map_err(ClaimError::Unavailable);
         }
+        self.claim_applied(client_id, nonce, command).await
+    }
+
+    /// Whether, on a node without peers, a session `client_id` can be
+    /// nowhere but here (or nowhere yet): nobody owns the id, or this node
+    /// does. Then a claim need not be waited for, persistent or not: no
+    /// other member can claim the id before it commits (a node that joins
+    /// later reads the log in order, so its claims come after this one),
+    /// no session state has to move here, and what the client is promised
+    /// later waits for its own commit, which comes after the claim's in
+    /// the log (a persistent subscription's SUBACK, a QoS 1/2 PUBACK).
+    /// Until then a crash loses only what was never acknowledged. An owner
+    /// that is another node (one that left the cluster) keeps the wait.
+    fn settled_here(&self, client_id: &ByteStr) -> bool {
+        let owner = self.cluster.view.read().owner(client_id);
+        owner.is_none_or(|n| n == self.node_id)
+    }
+
+    /// Whether `claim`, on a node without peers and for a session that is
+    /// here, would change nothing in the replicated state: this node owns
+    /// the id as the same identity with no will registered, the client
+    /// brings no will and resumes its session, and no claim of ours is
+    /// still on its way. A gateway that reconnects is this case: its
+    /// CONNECT then costs no log entry. (With peers the claim is made
+    /// anyway: it must take the id back from a claim of another node that
+    /// may be on its way.)
+    fn claim_is_moot(&self, claim: &Claim) -> bool {
+        if claim.clean_start || claim.will.is_some() {
+            return false;
+        }
+        let id = &claim.client_id;
+        if self.cluster.unapplied_claims.lock().contains_key(id) {
+            return false;
+        }
+        let view = self.cluster.view.read();
+        view.owner(id) == Some(self.node_id)
+            && view.owner_identity(id) == Some(claim.username.as_ref())
+            && !view.wills.contains_key(id)
+    }
+
+    /// Submits the claim of a session that may live on another node and
+    /// waits until it is applied here (the session's state moved here).
+    async fn claim_applied(
+        self: &Arc<Self>,
+        client_id: ByteStr,
+        nonce: u64,
+        command: Command,
+    ) -> Result<(), ClaimError> {
         let (tx, rx) = oneshot::channel();
         self.cluster
             .claims
             .lock()
-            .insert((client_id.clone(), claim.nonce), tx);
+            .insert((client_id.clone(), nonce), tx);
         let ticket = self.cluster.seam.submit(vec![command]);
         let superseded =
             || ClaimError::Unavailable(StateError::Unavailable("claim superseded".into()));
@@ -116,8 +184,8 @@ impl Broker {
             ))),
         };
         if state.is_err() {
-            self.forget_claim(&client_id, claim.nonce);
-            self.cluster.claims.lock().remove(&(client_id, claim.nonce));
+            self.forget_claim(&client_id, nonce);
+            self.cluster.claims.lock().remove(&(client_id, nonce));
         }
         state
     }

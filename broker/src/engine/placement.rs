@@ -70,10 +70,19 @@ impl Broker {
         self.cluster.placement.subscribe()
     }
 
-    /// Members the leader's liveness probe finds unreachable (empty on
-    /// the other nodes).
-    pub fn down_nodes(&self) -> BTreeSet<u64> {
-        self.cluster.down_nodes.lock().iter().copied().collect()
+    /// Members whose bridges the leader's liveness probe says may move:
+    /// cut off long enough to have stopped them (`cluster/liveness.rs`;
+    /// empty on the other nodes).
+    pub fn unreachable_nodes(&self) -> watch::Receiver<BTreeSet<u64>> {
+        self.cluster.unreachable.subscribe()
+    }
+
+    pub(crate) fn set_unreachable(&self, nodes: BTreeSet<u64>) {
+        self.cluster.unreachable.send_if_modified(|n| {
+            let changed = *n != nodes;
+            *n = nodes;
+            changed
+        });
     }
 
     pub(super) fn rebuild_placement(&self, state: &ReplicatedState) {

@@ -74,6 +74,11 @@ impl ClusterView {
             || self.owners.values().any(|n| *n != self.me)
     }
 
+    /// The node that owns `client_id`, if any.
+    pub fn owner(&self, client_id: &str) -> Option<u64> {
+        self.owners.get(client_id).copied()
+    }
+
     /// The identity that owns `client_id`: `None` if nobody does,
     /// `Some(None)` if an anonymous client does.
     pub fn owner_identity(&self, client_id: &str) -> Option<Option<&ByteStr>> {

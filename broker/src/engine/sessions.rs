@@ -194,7 +194,7 @@ impl Broker {
         }
         cell.connected.store(true, Ordering::Release);
         drop(sessions);
-        self.submit(commands);
+        self.submit_lazy(commands);
         OpenedSession {
             cell,
             conn_id,
@@ -309,7 +309,7 @@ impl Broker {
             let mut sessions = self.local.sessions.lock();
             self.end_session_locked(&mut sessions, cell, &mut commands);
             drop(sessions);
-            self.submit(commands);
+            self.submit_lazy(commands);
         } else {
             self.arm_session_expiry(cell, expiry, generation);
         }

@@ -156,6 +156,31 @@ impl Broker {
         existed || removed_from_tree
     }
 
+    /// Unsubscribes the session `client_id` from each filter it holds that
+    /// `keep` refuses, as its client's UNSUBSCRIBE would (so the cluster
+    /// learns it through the log); returns those filters. Only the node
+    /// that holds the session can (the state machine takes a session's
+    /// commands from its owner): elsewhere nothing happens.
+    pub fn unsubscribe_unless(&self, client_id: &str, keep: impl Fn(&str) -> bool) -> Vec<ByteStr> {
+        let Some(cell) = self.session(client_id) else {
+            return Vec::new();
+        };
+        let stale: Vec<ByteStr> = cell
+            .session
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|f| !keep(f))
+            .cloned()
+            .collect();
+        for raw in &stale {
+            let (group, filter) = split_share(raw);
+            cell.session.lock().stop_cursor(raw);
+            self.unsubscribe(&cell, raw, &ParsedFilter { group, filter });
+        }
+        stale
+    }
+
     /// Removes `client_id`'s subscriptions on `filters` (as written);
     /// returns the routes this withdraws.
     pub(crate) fn remove_from_tree(

@@ -77,12 +77,16 @@ impl Broker {
     /// registered by a newly down node's connections are fired after their
     /// delays, unless the node is back by then.
     pub(crate) fn set_down_nodes(self: &Arc<Self>, down: Vec<u64>) {
+        let down: std::collections::BTreeSet<u64> = down.into_iter().collect();
         let newly: Vec<u64> = {
-            let mut set = self.cluster.down_nodes.lock();
-            let newly = down.iter().copied().filter(|n| !set.contains(n)).collect();
-            *set = down.into_iter().collect();
-            newly
+            let set = self.cluster.down_nodes.borrow();
+            down.iter().copied().filter(|n| !set.contains(n)).collect()
         };
+        self.cluster.down_nodes.send_if_modified(|set| {
+            let changed = *set != down;
+            *set = down;
+            changed
+        });
         for node in newly {
             tracing::warn!(
                 node,
@@ -98,7 +102,7 @@ impl Broker {
                 .map(|(c, w)| (c.clone(), w.clone()))
                 .collect();
             for (client_id, w) in wills {
-                let still_down = move |b: &Broker| b.cluster.down_nodes.lock().contains(&node);
+                let still_down = move |b: &Broker| b.cluster.down_nodes.borrow().contains(&node);
                 let delay = w.will.delay;
                 let will = w.will;
                 self.arm_will(client_id, w.nonce, delay, still_down, move || will);

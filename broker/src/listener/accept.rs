@@ -136,6 +136,7 @@ async fn handle(
 /// holding no read buffer.
 impl crate::connection::Transport for TcpStream {
     const KNOWS_READINESS: bool = true;
+    const CLOSES_ON_DROP: bool = true;
 
     fn poll_readable(
         &self,

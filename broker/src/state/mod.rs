@@ -304,6 +304,15 @@ pub enum Committed {
 pub trait StateSeam: Send + Sync + 'static {
     fn submit(&self, commands: Vec<Command>) -> Ticket;
 
+    /// [`StateSeam::submit`] for commands that nobody waits for and that
+    /// gain nothing from being flushed early (a connection's claim, its
+    /// session's start and end): they may wait a moment for commands
+    /// submitted after them to share their log entry and its flush. Order
+    /// with everything submitted is kept.
+    fn submit_lazy(&self, commands: Vec<Command>) -> Ticket {
+        self.submit(commands)
+    }
+
     /// A copy of the replicated state, for restore and inspection.
     fn snapshot(&self) -> ReplicatedState;
 

@@ -2,7 +2,8 @@
 //! StatefulSet controller decides which pods exist and at which revision
 //! (partition, current revision below it, claims per the retention
 //! policy); this starts a real `raftmq serve` for every pod object, from
-//! that pod's own spec (its ConfigMaps, env and Secrets written to files,
+//! that pod's own spec (its ConfigMaps, env and Secrets written to files
+//! and, while it runs, updated in place as the kubelet does: volumes.rs;
 //! listen addresses moved to loopback ports, one data directory per claim),
 //! stops it (SIGTERM, then SIGKILL after the grace period) when its pod
 //! object goes or is replaced, restarts a container that died after a
@@ -21,6 +22,7 @@ use base64::Engine as _;
 use raftmq_operator::render::{CLUSTER_PORT, HTTP_PORT};
 use serde_json::{json, Value};
 
+use super::volumes::{Mounts, Projected};
 use super::{lock, pod_name, PortMap, MAX_PODS, MQTT_PORT, NAME, NS};
 use crate::api_double::ApiDouble;
 use crate::{broker_bin, free_port};
@@ -39,6 +41,17 @@ struct Running {
     /// The pod it was started from (a restart after a crash uses it again,
     /// as the kubelet would).
     pod: Value,
+    mounts: Mounts,
+    /// Its ConfigMap and Secret volumes, kept up to date while it runs.
+    volumes: Vec<Projected>,
+}
+
+/// How to start a pod's broker.
+struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Mounts,
+    volumes: Vec<Projected>,
 }
 
 struct Kubelet {
@@ -53,6 +66,8 @@ struct Kubelet {
     endpoints: Arc<Mutex<Vec<u16>>>,
     /// What it did, for a failing test's output.
     log: Arc<Mutex<Vec<String>>>,
+    /// The process id of each running container, by ordinal.
+    pids: Arc<Mutex<BTreeMap<i32, u32>>>,
     started: Instant,
 }
 
@@ -102,9 +117,9 @@ impl Kubelet {
             .collect()
     }
 
-    /// Writes the pod's volumes to files and returns (mount path, local
-    /// directory) pairs.
-    fn materialise(&self, o: i32, pod: &Value) -> Vec<(String, PathBuf)> {
+    /// Writes the pod's volumes to files: its mounts, and the ConfigMap and
+    /// Secret volumes that [`Kubelet::refresh_volumes`] keeps up to date.
+    fn materialise(&self, o: i32, pod: &Value) -> (Mounts, Vec<Projected>) {
         let dir = self.pod_dir(o);
         let _ = std::fs::remove_dir_all(&dir);
         let spec = &pod["spec"];
@@ -115,6 +130,7 @@ impl Kubelet {
             .filter_map(|v| Some((v["name"].as_str()?.to_string(), v.clone())))
             .collect();
         let mut mounts = Vec::new();
+        let mut projected = Vec::new();
         for m in spec["containers"][0]["volumeMounts"]
             .as_array()
             .into_iter()
@@ -123,81 +139,63 @@ impl Kubelet {
             let (Some(name), Some(path)) = (m["name"].as_str(), m["mountPath"].as_str()) else {
                 continue;
             };
-            if name == "data" {
-                let d = self.pvc_dir(o);
-                std::fs::create_dir_all(&d).expect("pvc dir");
-                mounts.push((path.to_string(), d));
-                continue;
-            }
-            let d = dir.join(name);
+            let d = if name == "data" {
+                self.pvc_dir(o)
+            } else {
+                dir.join(name)
+            };
             std::fs::create_dir_all(&d).expect("volume dir");
-            let v = volumes.get(name).cloned().unwrap_or(Value::Null);
-            if let Some(cm) = v["configMap"]["name"].as_str() {
-                let obj = self.api.get("v1", "configmaps", NS, cm).unwrap_or_default();
-                for (k, text) in obj["data"].as_object().into_iter().flatten() {
-                    std::fs::write(d.join(k), text.as_str().unwrap_or_default())
-                        .expect("write config");
-                }
-            } else if let Some(sec) = v["secret"]["secretName"].as_str() {
-                let obj = self.api.get("v1", "secrets", NS, sec).unwrap_or_default();
-                let items: Option<Vec<(String, String)>> =
-                    v["secret"]["items"].as_array().map(|a| {
-                        a.iter()
-                            .filter_map(|i| {
-                                Some((
-                                    i["key"].as_str()?.to_string(),
-                                    i["path"].as_str()?.to_string(),
-                                ))
-                            })
-                            .collect()
-                    });
-                for (k, data) in obj["data"].as_object().into_iter().flatten() {
-                    let file = match &items {
-                        Some(items) => match items.iter().find(|(key, _)| key == k) {
-                            Some((_, p)) => p.clone(),
-                            None => continue,
-                        },
-                        None => k.clone(),
-                    };
-                    std::fs::write(d.join(file), b64(data.as_str().unwrap_or_default()))
-                        .expect("write secret");
-                }
+            if let Some(v) = volumes.get(name) {
+                projected.extend(Projected::new(v, d.clone()));
             }
             mounts.push((path.to_string(), d));
         }
         // Longest first: /etc/raftmq/config before /etc/raftmq.
         mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        mounts
+        let mounts = Mounts(mounts);
+        for p in &mut projected {
+            p.sync(&self.api, &mounts);
+        }
+        (mounts, projected)
+    }
+
+    /// Running pods' ConfigMap and Secret volumes follow their objects,
+    /// as the kubelet's periodic sync does.
+    fn refresh_volumes(&mut self) {
+        let mut updated = Vec::new();
+        for (o, r) in &mut self.procs {
+            for p in &mut r.volumes {
+                if p.sync(&self.api, &r.mounts) {
+                    updated.push(format!(
+                        "updated volume {} of {} in place",
+                        p.name,
+                        pod_name(*o)
+                    ));
+                }
+            }
+        }
+        for u in updated {
+            self.note(u);
+        }
     }
 
     /// The broker's arguments and environment for pod `o`, its config
-    /// file rewritten for loopback ports.
-    fn command(&self, o: i32, pod: &Value) -> (Vec<String>, Vec<(String, String)>) {
+    /// file rewritten for loopback ports, and its volumes.
+    fn command(&self, o: i32, pod: &Value) -> Launch {
         let ports = self.ports[&o];
-        let mounts = self.materialise(o, pod);
-        // Through placeholders: a local directory may itself contain a
-        // mount path (`/tmp`).
-        let local = |s: &str| {
-            let mut s = s.to_string();
-            for (i, (path, _)) in mounts.iter().enumerate() {
-                s = s.replace(path.as_str(), &format!("\u{1}{i}\u{1}"));
-            }
-            for (i, (_, dir)) in mounts.iter().enumerate() {
-                s = s.replace(&format!("\u{1}{i}\u{1}"), &dir.display().to_string());
-            }
-            s
-        };
+        let (mounts, volumes) = self.materialise(o, pod);
         let container = &pod["spec"]["containers"][0];
         let mut args: Vec<String> = container["args"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|a| a.as_str().map(&local))
+            .filter_map(|a| a.as_str().map(|a| mounts.local(a)))
             .collect();
         if let Some(i) = args.iter().position(|a| a == "--config") {
             if let Some(path) = args.get(i + 1).cloned() {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let text = local(&text)
+                // Mount paths in it are local already (volumes.rs).
+                let text = text
                     .replace(
                         &format!("0.0.0.0:{MQTT_PORT}"),
                         &format!("127.0.0.1:{}", ports.tcp),
@@ -240,11 +238,21 @@ impl Kubelet {
             format!("127.0.0.1:{}", ports.grpc),
         ));
         env.push(("HOSTNAME".into(), name));
-        (args, env)
+        Launch {
+            args,
+            env,
+            mounts,
+            volumes,
+        }
     }
 
     fn spawn(&mut self, o: i32, pod: Value) {
-        let (args, env) = self.command(o, &pod);
+        let Launch {
+            args,
+            env,
+            mounts,
+            volumes,
+        } = self.command(o, &pod);
         let name = pod_name(o);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -275,6 +283,8 @@ impl Kubelet {
                 child,
                 uid: uid_of(&pod),
                 pod,
+                mounts,
+                volumes,
             },
         );
     }
@@ -420,7 +430,9 @@ impl Kubelet {
                 self.spawn(*o, p.clone());
             }
         }
+        self.refresh_volumes();
         self.report_readiness(&pods);
+        *lock(&self.pids) = self.procs.iter().map(|(o, r)| (*o, r.child.id())).collect();
     }
 
     /// Readiness from /readyz and the container's state (running, backing
@@ -488,6 +500,9 @@ pub struct Cluster {
     pub ports: PortMap,
     pub endpoints: Arc<Mutex<Vec<u16>>>,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The process id of each running broker, by ordinal (a container
+    /// restarted or a pod replaced has a new one).
+    pub pids: Arc<Mutex<BTreeMap<i32, u32>>>,
     stop: Arc<AtomicBool>,
     pub kill: Arc<Mutex<Vec<(i32, bool)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -513,6 +528,7 @@ impl Cluster {
         );
         let endpoints = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let pids = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let kill: Arc<Mutex<Vec<(i32, bool)>>> = Arc::new(Mutex::new(Vec::new()));
         let mut k = Kubelet {
@@ -524,6 +540,7 @@ impl Cluster {
             ready: BTreeMap::new(),
             endpoints: endpoints.clone(),
             log: log.clone(),
+            pids: pids.clone(),
             started: Instant::now(),
         };
         let (s, kl) = (stop.clone(), kill.clone());
@@ -548,6 +565,7 @@ impl Cluster {
             ports,
             endpoints,
             log,
+            pids,
             stop,
             kill,
             thread: Some(thread),

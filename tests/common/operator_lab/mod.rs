@@ -6,6 +6,7 @@
 
 pub mod kubelet;
 pub mod mqtt_load;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
