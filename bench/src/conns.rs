@@ -151,6 +151,60 @@ pub async fn idle(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// N persistent sessions (clean session off), each with one QoS 1
+/// subscription of its own, then disconnected: the broker's RSS per idle
+/// persistent session.
+pub async fn idle_persistent(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
+    let before = rss_kib(s.broker_pid)?;
+    let run_id = std::process::id();
+    let gate = Arc::new(Semaphore::new(s.concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(s.connections);
+    for i in 0..s.connections {
+        let gate = gate.clone();
+        let from = source(i, s.sources);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let id = format!("persist-{run_id}-{i}");
+            let mut stream = mqtt_connect(addr, from, &id, 600, false).await?;
+            let filter = format!("idle/{run_id}/{i}");
+            let sub = wire::subscribe_frame(1, &filter, raftmq::codec::QoS::AtLeastOnce)?;
+            stream.write_all(&sub).await?;
+            let mut suback = [0u8; 5];
+            stream.read_exact(&mut suback).await?;
+            anyhow::ensure!(
+                suback[0] == 0x90 && suback[4] <= 2,
+                "SUBSCRIBE refused: {suback:?}"
+            );
+            stream.write_all(&wire::DISCONNECT).await?;
+            broker_closes(&mut stream).await;
+            anyhow::Ok(())
+        }));
+    }
+    let (mut done, mut failed, mut first_error) = (0usize, 0usize, None);
+    for t in tasks {
+        match t.await? {
+            Ok(()) => done += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let setup_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(s.settle)).await;
+    let after = rss_kib(s.broker_pid)?;
+    let per_session = (after.saturating_sub(before)) as f64 / done.max(1) as f64;
+    println!(
+        "{{\"scenario\":\"idle persistent sessions={}\",\"sessions\":{done},\"failed\":{failed},\"setup_seconds\":{setup_secs:.2},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"kib_per_session\":{per_session:.2}}}",
+        s.connections,
+    );
+    if let Some(e) = first_error {
+        eprintln!("first session failure: {e:#}");
+    }
+    Ok(())
+}
+
 pub struct StormSettings {
     pub workers: usize,
     pub seconds: u64,

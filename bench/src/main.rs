@@ -122,6 +122,22 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         settle: u64,
     },
+    /// N persistent sessions with one subscription each, disconnected:
+    /// the broker's RSS per idle persistent session.
+    IdlePersistent {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// The broker's process id (its /proc/PID/status is read).
+        #[arg(long)]
+        broker_pid: u32,
+        /// Source addresses 127.0.0.10.. to spread the sockets over.
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2)]
+        settle: u64,
+    },
     /// (f) Connect storm: CONNECT/CONNACK per second.
     Storm {
         /// Handshakes in flight (one loop each).
@@ -284,6 +300,25 @@ fn main() -> anyhow::Result<()> {
                     addr,
                     conns::IdleSettings {
                         connections,
+                        sources,
+                        broker_pid,
+                        concurrency,
+                        settle,
+                    },
+                )
+                .await
+            }
+            Scenario::IdlePersistent {
+                sessions,
+                broker_pid,
+                sources,
+                concurrency,
+                settle,
+            } => {
+                return conns::idle_persistent(
+                    addr,
+                    conns::IdleSettings {
+                        connections: sessions,
                         sources,
                         broker_pid,
                         concurrency,

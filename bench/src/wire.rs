@@ -193,6 +193,27 @@ pub fn connect_frame_with(
     Ok(buf)
 }
 
+/// A 3.1.1 SUBSCRIBE to one filter.
+pub fn subscribe_frame(packet_id: u16, filter: &str, qos: QoS) -> anyhow::Result<BytesMut> {
+    let mut buf = BytesMut::new();
+    codec::encode(
+        &Packet::Subscribe(codec::Subscribe {
+            packet_id,
+            filters: vec![(
+                ByteStr::from(filter),
+                codec::SubOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+            properties: Properties::default(),
+        }),
+        PROTOCOL,
+        &mut buf,
+    )?;
+    Ok(buf)
+}
+
 /// 3.1.1 DISCONNECT.
 pub const DISCONNECT: [u8; 2] = [0xE0, 0x00];
 

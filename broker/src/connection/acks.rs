@@ -21,7 +21,7 @@ impl Connection {
         };
         if persistent {
             self.broker
-                .record_acks(&self.client_id, acked.into_iter().chain(expired));
+                .record_acks(&self.cell.client_id, acked.into_iter().chain(expired));
         }
         if wake {
             self.cell.drained.notify_waiters();
@@ -46,7 +46,7 @@ impl Connection {
             PubRecOutcome::Released { seq } => {
                 if self.cell.session.lock().is_persistent() {
                     // PUBREL waits for this (see `handle_input`).
-                    let ticket = self.broker.record_release(&self.client_id, seq);
+                    let ticket = self.broker.record_release(&self.cell.client_id, seq);
                     self.releases.push(ticket);
                 }
             }
@@ -99,7 +99,7 @@ impl Connection {
 
     pub(super) fn persist_acks(&self, seqs: impl Iterator<Item = u64>) {
         if self.cell.session.lock().is_persistent() {
-            self.broker.record_acks(&self.client_id, seqs);
+            self.broker.record_acks(&self.cell.client_id, seqs);
         }
     }
 }

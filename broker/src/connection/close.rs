@@ -30,7 +30,7 @@ impl Connection {
     }
 
     /// Says goodbye as `exit` requires, handles the will, frees the session.
-    pub(super) async fn finish<S>(mut self, stream: &mut S, wbuf: &mut BytesMut, exit: Exit)
+    pub(super) async fn finish<S>(&mut self, stream: &mut S, wbuf: &mut BytesMut, exit: Exit)
     where
         S: Transport,
     {

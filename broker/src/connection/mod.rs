@@ -22,22 +22,23 @@ mod publish;
 mod subscribe;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::backpressure::{self, Pressure};
 use crate::codec::{self, reason, ByteStr, Packet, Protocol};
-use crate::engine::{Broker, LiveConnection, SessionCell, WillHandle};
+use crate::engine::{Broker, KeepAliveWheel, LiveConnection, SessionCell, Signal, WillHandle};
 use crate::session::Outgoing;
 use connect::{decode_reason, read_connect};
-use publish::{first_ack_ready, AckQueue};
+use publish::{poll_first_ack, AckQueue};
 
 /// What a listener tells each of its connections.
 #[derive(Debug, Clone)]
@@ -76,7 +77,7 @@ const READ_SIZE_BUSY: usize = 16 * 1024;
 /// (idle connections are most connections). TLS and WebSocket streams keep
 /// buffers of their own anyway: for them the read itself waits.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Whether [`Transport::readable`] really waits for input.
+    /// Whether [`Transport::poll_readable`] really waits for input.
     const KNOWS_READINESS: bool = false;
 
     /// Whether dropping the stream ends the connection as well as
@@ -87,24 +88,36 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
     /// frame): they shut down.
     const CLOSES_ON_DROP: bool = false;
 
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 /// Reads once into `rbuf`, which gets its capacity only once the stream
-/// is readable (see [`Transport`]). Returns the bytes read (0: closed).
-async fn read_some<S: Transport>(
+/// is readable (see [`Transport`]). Ready with the bytes read (0: closed).
+/// Polled afresh each time, never held across a wait: nothing of it is
+/// stored in an idle connection's task.
+fn poll_read_some<S: Transport>(
+    cx: &mut Context<'_>,
     stream: &mut S,
     rbuf: &mut BytesMut,
     busy: bool,
-) -> std::io::Result<usize> {
-    stream.readable().await?;
+) -> Poll<std::io::Result<usize>> {
+    std::task::ready!(stream.poll_readable(cx))?;
     let want = if busy { READ_SIZE_BUSY } else { READ_SIZE };
     if rbuf.capacity() - rbuf.len() < want / 4 {
         rbuf.reserve(want);
     }
-    stream.read_buf(rbuf).await
+    std::pin::pin!(stream.read_buf(rbuf)).poll(cx)
+}
+
+/// What the main loop woke for, most urgent first.
+enum Event {
+    Signal(Signal),
+    AckReady,
+    Read(std::io::Result<usize>),
+    /// A retained stream may go on.
+    Stream,
 }
 
 /// Serves one accepted socket until it closes. `identity` is what the
@@ -116,21 +129,78 @@ pub async fn serve<S: Transport>(
     peer: SocketAddr,
     identity: Option<String>,
 ) {
+    if let Some(mut live) = Box::pin(open(broker, listener, stream, peer, identity)).await {
+        live.run().await;
+    }
+}
+
+/// A connection past CONNACK: everything it holds for its life, kept in
+/// one place so that the task serving it is no larger than this and its
+/// main loop (see [`Live::run`]; `open` is boxed and gone by then).
+pub struct Live<S> {
+    conn: Connection,
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    span: tracing::Span,
+    _live: LiveConnection,
+}
+
+impl<S: Transport> Live<S> {
+    /// The main loop until the connection ends, then the goodbye.
+    pub async fn run(&mut self) {
+        let exit = match self.conn.broker.drain_mode() {
+            // A drain began while this CONNECT waited for its claim: it
+            // has its CONNACK, and leaves like the others.
+            Some(d) => Exit::Kicked(d.code),
+            None => {
+                let main = self
+                    .conn
+                    .run(&mut self.stream, &mut self.rbuf, &mut self.wbuf);
+                main.instrument(self.span.clone()).await
+            }
+        };
+        let finish = self.conn.finish(&mut self.stream, &mut self.wbuf, exit);
+        Box::pin(finish).instrument(self.span.clone()).await;
+    }
+}
+
+/// CONNECT on an accepted socket, up to CONNACK: the connection to serve,
+/// or `None` once it was refused (and told so) or the socket went away.
+pub async fn open<S: Transport>(
+    broker: Arc<Broker>,
+    listener: Arc<ListenerInfo>,
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+) -> Option<Live<S>> {
     // Info level, so that every event of the connection at the default
     // level (authentication failures, refusals) carries who and where.
     let span = tracing::info_span!("conn", %peer, listener = %listener.label, client_id = tracing::field::Empty);
-    run(broker, listener, stream, peer, identity)
-        .instrument(span)
-        .await
+    let opened = accept(broker.clone(), listener, stream, peer, identity)
+        .instrument(span.clone())
+        .await;
+    let (conn, stream, rbuf, wbuf) = opened?;
+    span.record("client_id", tracing::field::display(&conn.cell.client_id));
+    Some(Live {
+        conn,
+        stream,
+        rbuf,
+        wbuf,
+        span,
+        _live: LiveConnection::new(&broker),
+    })
 }
 
-async fn run<S: Transport>(
+/// Reads CONNECT and answers it: the connection and its buffers if it was
+/// let in.
+async fn accept<S: Transport>(
     broker: Arc<Broker>,
     listener: Arc<ListenerInfo>,
     mut stream: S,
     peer: SocketAddr,
     identity: Option<String>,
-) {
+) -> Option<(Connection, S, BytesMut, BytesMut)> {
     let mut rbuf = BytesMut::new();
     let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout);
     let connect = match tokio::time::timeout(
@@ -156,15 +226,15 @@ async fn run<S: Transport>(
                 }
                 let _ = stream.shutdown().await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within {timeout:?}");
-            return;
+            return None;
         }
     };
     let mut wbuf = BytesMut::new();
-    let Some(mut conn) = Box::pin(Connection::accept(
+    let Some(conn) = Box::pin(Connection::accept(
         broker.clone(),
         listener,
         connect,
@@ -179,17 +249,9 @@ async fn run<S: Transport>(
         }
         let _ = stream.flush().await;
         let _ = stream.shutdown().await;
-        return;
+        return None;
     };
-    tracing::Span::current().record("client_id", tracing::field::display(&conn.client_id));
-    let _live = LiveConnection::new(&broker);
-    let exit = match broker.drain_mode() {
-        // A drain began while this CONNECT waited for its claim: it has
-        // its CONNACK, and leaves like the others.
-        Some(d) => Exit::Kicked(d.code),
-        None => conn.run(&mut stream, &mut rbuf, &mut wbuf).await,
-    };
-    Box::pin(conn.finish(&mut stream, &mut wbuf, exit)).await;
+    Some((conn, stream, rbuf, wbuf))
 }
 
 struct Connection {
@@ -197,9 +259,8 @@ struct Connection {
     listener: Arc<ListenerInfo>,
     cell: Arc<SessionCell>,
     conn_id: u64,
-    kicked: oneshot::Receiver<u8>,
     protocol: Protocol,
-    client_id: ByteStr,
+    /// The client id is the session's (`cell.client_id`), not kept twice.
     username: Option<ByteStr>,
     /// 1.5 x keep alive; zero = no timeout.
     keepalive: Duration,
@@ -249,10 +310,12 @@ impl Connection {
         rbuf: &mut BytesMut,
         wbuf: &mut BytesMut,
     ) -> Exit {
-        let mut last_heard = Instant::now();
         let mut busy = false;
-        let keepalive = tokio::time::sleep(self.keepalive.max(Duration::from_secs(1)));
-        tokio::pin!(keepalive);
+        if !self.keepalive.is_zero() {
+            let wheel = &self.broker.keepalive;
+            self.cell.signal.heard(wheel.now());
+            wheel.arm(&self.cell, self.conn_id, self.keepalive);
+        }
         // A client may send before CONNACK (async libraries do): what came
         // in the same reads as CONNECT is handled now, not when the socket
         // next has something, which may be never (keep alive 0).
@@ -297,61 +360,32 @@ impl Connection {
                 }
                 continue;
             }
-            let wake = self.cell.wake.notified();
             let room = !self.acks_full();
-            tokio::select! {
-                biased;
-                code = &mut self.kicked => {
-                    return Exit::Kicked(code.unwrap_or(reason::SESSION_TAKEN_OVER));
+            // One hand-written wait instead of a select over futures: an
+            // idle connection's task stores no readiness, sleep or
+            // notification future, only these references.
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(s) = self.cell.signal.poll(self.conn_id, cx) {
+                    return Poll::Ready(Event::Signal(s));
                 }
-                () = first_ack_ready(&mut self.acks) => {
-                    if let Err(exit) = self.write_ready_acks(wbuf) {
-                        return exit;
-                    }
-                    // Input held back by a full window goes on now.
-                    if !room && !rbuf.is_empty() {
-                        if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
-                            return exit;
-                        }
-                    }
+                if poll_first_ack(&mut self.acks, cx).is_ready() {
+                    return Poll::Ready(Event::AckReady);
                 }
-                read = read_some(stream, rbuf, busy), if room => {
-                    match read {
-                        Ok(0) => return Exit::SocketLost,
-                        Err(e) => {
-                            tracing::debug!("read failed: {e}");
-                            return Exit::SocketLost;
-                        }
-                        Ok(n) => {
-                            self.broker.stats.bytes_received.inc_by(n as u64);
-                            last_heard = Instant::now();
-                            // A read that filled the buffer: more is waiting.
-                            busy = rbuf.capacity() == rbuf.len();
-                        }
+                if room {
+                    if let Poll::Ready(r) = poll_read_some(cx, stream, rbuf, busy) {
+                        return Poll::Ready(Event::Read(r));
                     }
-                    // Boxed: the handlers' state is large, and an idle
-                    // connection (most of them) should not carry it.
-                    if let Err(exit) = Box::pin(self.handle_input(rbuf, wbuf)).await {
-                        return exit;
-                    }
-                }
-                () = wake => {}
-                () = &mut keepalive, if !self.keepalive.is_zero() => {
-                    if !room {
-                        // Not reading because of us (a full window): the
-                        // client is not silent.
-                        last_heard = Instant::now();
-                    }
-                    let deadline = last_heard + self.keepalive;
-                    if Instant::now() >= deadline {
-                        self.broker.stats.keepalive_timeouts.inc();
-                        return Exit::Close(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
-                    }
-                    keepalive.as_mut().reset(tokio::time::Instant::from_std(deadline));
                 }
                 // Last: a retained stream goes on only while nothing else
                 // is waiting (the socket paced it in the write above).
-                () = std::future::ready(()), if stream_on => {}
+                if stream_on {
+                    return Poll::Ready(Event::Stream);
+                }
+                Poll::Pending
+            })
+            .await;
+            if let Err(exit) = Box::pin(self.on_event(event, room, &mut busy, rbuf, wbuf)).await {
+                return exit;
             }
             // Drop a large buffer once it is empty (other transports keep
             // theirs between reads).
@@ -359,6 +393,62 @@ impl Connection {
                 *rbuf = BytesMut::new();
             }
         }
+    }
+
+    /// What the main loop does for what woke it.
+    async fn on_event(
+        &mut self,
+        event: Event,
+        room: bool,
+        busy: &mut bool,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+    ) -> Flow {
+        match event {
+            Event::Signal(Signal::Kicked(code)) => Err(Exit::Kicked(code)),
+            Event::Signal(Signal::KeepAlive) => self.on_keepalive_due(room),
+            Event::Signal(Signal::Woken) | Event::Stream => Ok(()),
+            Event::AckReady => {
+                self.write_ready_acks(wbuf)?;
+                // Input held back by a full window goes on now.
+                if !room && !rbuf.is_empty() {
+                    self.handle_input(rbuf, wbuf).await?;
+                }
+                Ok(())
+            }
+            Event::Read(Ok(0)) => Err(Exit::SocketLost),
+            Event::Read(Err(e)) => {
+                tracing::debug!("read failed: {e}");
+                Err(Exit::SocketLost)
+            }
+            Event::Read(Ok(n)) => {
+                self.broker.stats.bytes_received.inc_by(n as u64);
+                self.cell.signal.heard(self.broker.keepalive.now());
+                // A read that filled the buffer: more is waiting.
+                *busy = rbuf.capacity() == rbuf.len();
+                self.handle_input(rbuf, wbuf).await
+            }
+        }
+    }
+
+    /// The keep-alive wheel found the client silent for 1.5 x its keep
+    /// alive: closes, unless a packet came meanwhile or we were the ones
+    /// not reading (a full window), and then watches on.
+    fn on_keepalive_due(&mut self, room: bool) -> Flow {
+        let wheel = &self.broker.keepalive;
+        let now = wheel.now();
+        if !room {
+            // Not reading because of us: the client is not silent.
+            self.cell.signal.heard(now);
+        } else if KeepAliveWheel::silent(self.cell.signal.last_heard(), self.keepalive, now) {
+            self.broker.stats.keepalive_timeouts.inc();
+            return Err(Exit::Close(
+                reason::KEEP_ALIVE_TIMEOUT,
+                "keep alive timeout",
+            ));
+        }
+        wheel.arm(&self.cell, self.conn_id, self.keepalive);
+        Ok(())
     }
 
     /// Decodes and handles every whole packet in `rbuf`.
@@ -457,5 +547,34 @@ impl Connection {
             return;
         }
         self.broker.stats.messages_sent.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The future type `f` returns for a connection over `S`.
+    fn run_future_size<S: 'static, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(&'static mut Live<S>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// What an idle TCP client's task holds: its connection, buffers and
+    /// main loop, waiting. Nothing of CONNECT, no timer, no readiness or
+    /// notification future (a wait is polled by hand): the idle memory
+    /// target (issue 21) is 1.5 KiB a connection, this was ~1.5 KiB alone.
+    #[test]
+    fn an_idle_tcp_connection_task_stays_small() {
+        let live = std::mem::size_of::<Live<tokio::net::TcpStream>>();
+        let run = run_future_size(Live::<tokio::net::TcpStream>::run);
+        let main = std::mem::size_of::<Connection>();
+        assert!(main <= 256, "Connection is {main} bytes");
+        assert!(
+            live + run <= 768,
+            "Live {live} + its run future {run} bytes"
+        );
     }
 }

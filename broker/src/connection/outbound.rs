@@ -64,7 +64,7 @@ impl Connection {
                     dup,
                     delivery: d,
                 } => {
-                    let (username, client_id) = (self.username.as_deref(), &self.client_id);
+                    let (username, client_id) = (self.username.as_deref(), &self.cell.client_id);
                     let readable = may_read(acl, username, client_id, &d.message.topic);
                     if !readable {
                         tracing::debug!(topic = %d.message.topic, "copy not sent: the ACL denies reading it");
@@ -125,7 +125,7 @@ impl Connection {
             self.persist_acks(acks.into_iter());
             // Discarding may have released queued copies into the window.
             if self.cell.session.lock().has_outbox() {
-                self.cell.wake.notify_one();
+                self.cell.signal.wake();
             }
         }
         stream_on

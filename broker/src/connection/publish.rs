@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -74,18 +75,19 @@ impl PendingAck {
 #[allow(clippy::box_collection)]
 pub(super) type AckQueue = Option<Box<VecDeque<PendingAck>>>;
 
-/// Resolves once the oldest pending answer can be written; never while
+/// Ready once the oldest pending answer can be written; never while
 /// there is none.
-pub(super) async fn first_ack_ready(acks: &mut AckQueue) {
+pub(super) fn poll_first_ack(acks: &mut AckQueue, cx: &mut Context<'_>) -> Poll<()> {
     match acks.as_mut().and_then(|q| q.front_mut()) {
         Some(PendingAck::Commit { commit, .. }) => {
             if let Ticket::Pending(f) = commit {
-                let r = f.as_mut().await;
+                let r = std::task::ready!(f.as_mut().poll(cx));
                 *commit = Ticket::Done(r);
             }
+            Poll::Ready(())
         }
-        Some(PendingAck::Ready { .. }) => {}
-        None => std::future::pending().await,
+        Some(PendingAck::Ready { .. }) => Poll::Ready(()),
+        None => Poll::Pending,
     }
 }
 
@@ -99,7 +101,7 @@ impl Connection {
         self.check_publish(&p)?;
         let who = Publisher::Client(Principal {
             username: self.username.as_deref(),
-            client_id: &self.client_id,
+            client_id: &self.cell.client_id,
         });
         let Ok(allowed) = self.broker.authorize(who, &p.topic) else {
             // 3.x has no way to say no: acknowledge and drop, as mosquitto.
@@ -116,7 +118,7 @@ impl Connection {
         }
         let message = Arc::new(Message::from_publish(
             &p,
-            self.client_id.clone(),
+            self.cell.client_id.clone(),
             Instant::now(),
         ));
         let routed = self.broker.publish(message, allowed);
@@ -340,7 +342,7 @@ impl Connection {
     pub(super) async fn settle_acks(&mut self, wbuf: &mut BytesMut) -> Flow {
         let deadline = tokio::time::Instant::now() + self.broker.commit_wait();
         while self.acks.as_ref().is_some_and(|q| !q.is_empty()) {
-            let ready = first_ack_ready(&mut self.acks);
+            let ready = std::future::poll_fn(|cx| poll_first_ack(&mut self.acks, cx));
             if tokio::time::timeout_at(deadline, ready).await.is_err() {
                 self.acks = None;
                 return Ok(());

@@ -27,6 +27,12 @@ impl Connection {
         let mut cursors = Vec::new();
         let mut tickets = Vec::new();
         for (raw, mut options) in s.filters {
+            // Its own copy: the decoded filter is a slice of the read
+            // buffer, and kept in the session, the tree and the replicated
+            // state it would hold the whole buffer (4 KiB or more) for as
+            // long as the subscription lives (most of each idle persistent
+            // session's memory).
+            let raw = ByteStr::from(raw.as_str());
             let parsed = match parse_filter(&raw, self.broker.topic_limits) {
                 Ok(p) => p,
                 Err(e) => {
@@ -47,7 +53,7 @@ impl Connection {
             }
             let who = Principal {
                 username: self.username.as_deref(),
-                client_id: &self.client_id,
+                client_id: &self.cell.client_id,
             };
             if !self.broker.auth.policy().may_subscribe(who, parsed.filter) {
                 tracing::debug!(filter = %raw, "subscription denied by ACL");

@@ -184,8 +184,8 @@ impl Broker {
                 .cloned()
                 .collect();
             for cell in connected {
-                // A kick goes once per connection: it takes the
-                // connection's channel.
+                // A kick goes once per connection: it unbinds the
+                // connection from the session's signal.
                 if cell.kick(mode.code) {
                     outcome.disconnected += 1;
                 }

@@ -14,6 +14,8 @@
 //! | `follow.rs` | the replicated state restored, and the committed log followed |
 //! | `wills.rs` | wills, published once cluster-wide |
 //! | `timers.rs` | session-expiry and will-delay timers |
+//! | `keepalive.rs` | one wheel for every connection's keep alive |
+//! | `signal.rs` | a session's connection woken, kicked, told its keep alive is over |
 //! | `drain.rs` | handing this node's clients to other nodes |
 //! | `placement.rs` | which node runs each bridge, as committed |
 //!
@@ -34,8 +36,10 @@
 //! 4. `cluster.local_routes`: counted under the tree's write lock.
 //! 5. One `SessionCell::session` (never two at once): under any of the
 //!    above, or alone.
-//! 6. `SessionCell::kick`: alone, or under the session map or the session
-//!    (a connection closing forgets its channel).
+//! 6. `SessionCell::signal`'s slot: alone, or under the session map or
+//!    the session (a connection closing unbinds).
+//! 7. The keep-alive wheel's map: alone (its sweep lets go of it before
+//!    it signals a connection).
 //!
 //! Leaves, each held alone and never while calling out: `cluster.view`,
 //! `cluster.claims`, `cluster.unapplied_claims`, `cluster.down_nodes`,
@@ -49,6 +53,7 @@
 
 mod drain;
 mod follow;
+mod keepalive;
 mod ownership;
 mod placement;
 mod publish;
@@ -56,6 +61,7 @@ mod remote;
 mod retain;
 mod sessions;
 mod settle;
+mod signal;
 mod subscriptions;
 mod timers;
 mod wills;
@@ -68,6 +74,7 @@ pub use ownership::ClaimError;
 pub use placement::Placement;
 pub use publish::{may_read, Allowed, Denied, Forward, Publisher, Routed};
 pub use sessions::{Claim, Departure, OpenedSession, SessionCell, SessionRequest, WillHandle};
+pub use signal::{ConnSignal, Signal};
 pub use subscriptions::Subscriptions;
 
 use std::collections::{BTreeSet, HashMap};
@@ -87,6 +94,7 @@ use crate::session::SessionLimits;
 use crate::state::{Command, StateSeam};
 use crate::stats::Stats;
 use crate::topic_tree::{TopicLimits, TopicTree};
+pub(crate) use keepalive::KeepAliveWheel;
 use remote::ClusterView;
 
 pub struct Broker {
@@ -108,6 +116,8 @@ pub struct Broker {
     /// bridge's `max_queued_messages`, as in mosquitto); set by whoever
     /// makes such sessions, read when the session is made.
     queue_bounds: RwLock<HashMap<ByteStr, usize>>,
+    /// Every connection's keep alive (see `keepalive.rs`).
+    pub(crate) keepalive: Arc<KeepAliveWheel>,
 }
 
 /// The indexes this node serves its clients from.
@@ -235,6 +245,7 @@ impl Broker {
             auth,
             stats,
             queue_bounds: RwLock::new(queue_bounds),
+            keepalive: KeepAliveWheel::new(),
             memory,
             local: Local {
                 sessions: Mutex::new(HashMap::new()),

@@ -547,7 +547,7 @@ impl Broker {
         let congested = s.congested();
         drop(s);
         match disposition {
-            Disposition::Sent => cell.wake.notify_one(),
+            Disposition::Sent => cell.signal.wake(),
             Disposition::Dropped => self.stats.publish_dropped.inc(),
             Disposition::Queued | Disposition::Discarded => {}
         }
@@ -588,7 +588,7 @@ impl Broker {
         let (disposition, _) = s.deliver(d);
         drop(s);
         match disposition {
-            Disposition::Sent => cell.wake.notify_one(),
+            Disposition::Sent => cell.signal.wake(),
             Disposition::Queued => {}
             Disposition::Dropped | Disposition::Discarded => {
                 self.stats.publish_dropped.inc();

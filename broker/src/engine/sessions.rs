@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
-use super::Broker;
+use super::{Broker, ConnSignal};
 use crate::backpressure::Drain;
 use crate::codec::{reason, ByteStr, LastWill};
 use crate::session::Session;
@@ -21,16 +21,14 @@ use crate::state::{Command, Ticket, Will};
 pub struct SessionCell {
     pub client_id: ByteStr,
     pub session: Mutex<Session>,
-    /// Wakes the connection task when the session's outbox has something.
-    pub wake: Notify,
+    /// Wakes the bound connection when the session's outbox has
+    /// something, or kicks it (takeover, admin kick, drain).
+    pub signal: ConnSignal,
     /// Wakes publishers waiting for this session to drain (backpressure).
     pub drained: Notify,
     /// Mirrors `session.is_connected()` so a publish can pick a live
     /// shared-subscription member without taking the lock.
     pub connected: AtomicBool,
-    /// Tells the bound connection to leave (takeover, admin kick), with the
-    /// MQTT 5 reason code to send.
-    kick: Mutex<Option<(u64, oneshot::Sender<u8>)>>,
 }
 
 /// A connected session holds its publishers back while half its queue
@@ -59,20 +57,16 @@ impl SessionCell {
         Arc::new(SessionCell {
             client_id: session.client_id.clone(),
             session: Mutex::new(session),
-            wake: Notify::new(),
+            signal: ConnSignal::default(),
             drained: Notify::new(),
             connected: AtomicBool::new(false),
-            kick: Mutex::new(None),
         })
     }
 
     /// Asks the bound connection, if any, to close with `reason_code`;
     /// whether one was there to ask (a kick goes once per connection).
     pub fn kick(&self, reason_code: u8) -> bool {
-        match self.kick.lock().take() {
-            Some((_, tx)) => tx.send(reason_code).is_ok(),
-            None => false,
-        }
+        self.signal.kick(reason_code)
     }
 
     /// Whether a connection is bound (without taking the session's lock).
@@ -86,7 +80,6 @@ pub struct OpenedSession {
     pub cell: Arc<SessionCell>,
     pub conn_id: u64,
     pub session_present: bool,
-    pub kicked: oneshot::Receiver<u8>,
 }
 
 /// Parameters of a CONNECT that shape the session.
@@ -192,8 +185,7 @@ impl Broker {
                 (cell, false)
             }
         };
-        let (tx, kicked) = oneshot::channel();
-        *cell.kick.lock() = Some((conn_id, tx));
+        cell.signal.bind(conn_id, self.keepalive.now());
         {
             let mut s = cell.session.lock();
             s.username = req.username;
@@ -207,7 +199,6 @@ impl Broker {
             cell,
             conn_id,
             session_present,
-            kicked,
         }
     }
 
@@ -278,11 +269,8 @@ impl Broker {
             let handed = s.detach(conn_id);
             if ours {
                 cell.connected.store(false, Ordering::Release);
-                let mut k = cell.kick.lock();
-                if k.as_ref().is_some_and(|(id, _)| *id == conn_id) {
-                    *k = None;
-                }
             }
+            cell.signal.unbind(conn_id);
             (handed, s.expiry, s.generation, ours)
         };
         self.hand_over(handed_over, &cell.client_id, now);

@@ -365,7 +365,7 @@ async fn takeover_kicks_the_old_connection_and_keeps_the_session() {
     let second = open(&b, "dup", false, 60);
     assert!(second.session_present);
     assert_eq!(
-        first.kicked.await.ok(),
+        first.cell.signal.kicked(first.conn_id),
         Some(crate::codec::reason::SESSION_TAKEN_OVER)
     );
     // The old connection's close must not tear down the session it lost.
@@ -391,8 +391,8 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
     use crate::codec::reason;
     use std::time::Duration;
     let (b, _) = broker();
-    let mut a = open(&b, "a", false, 3600);
-    let mut c = open(&b, "c", true, 0);
+    let a = open(&b, "a", false, 3600);
+    let c = open(&b, "c", true, 0);
     let offline = open(&b, "o", false, 3600);
     b.close_session(&offline.cell, offline.conn_id, Departure::Clean, None);
     b.health
@@ -406,8 +406,14 @@ async fn a_drain_kicks_every_connected_client_once_and_marks_the_node() {
         )
         .await;
     assert_eq!((out.disconnected, out.remaining), (2, 0));
-    assert_eq!(a.kicked.try_recv(), Ok(reason::USE_ANOTHER_SERVER));
-    assert_eq!(c.kicked.try_recv(), Ok(reason::USE_ANOTHER_SERVER));
+    assert_eq!(
+        a.cell.signal.kicked(a.conn_id),
+        Some(reason::USE_ANOTHER_SERVER)
+    );
+    assert_eq!(
+        c.cell.signal.kicked(c.conn_id),
+        Some(reason::USE_ANOTHER_SERVER)
+    );
     assert!(b.readiness().is_err_and(|why| why.contains("draining")));
     // Again: nothing left to kick; a shutdown then overrides the reason,
     // and a later hand-over does not turn it back.

@@ -45,6 +45,20 @@ pub fn spawn(
             let _ = socket.set_nodelay(true);
             let broker = Arc::clone(&broker);
             let info = Arc::clone(&info);
+            if let Transport::Tcp = *transport {
+                // Plain TCP, most connections: CONNECT in a boxed future
+                // gone once it is answered, so that the task an idle
+                // client keeps is its connection and main loop only, not
+                // the arguments of every layer that led there.
+                let opening = Box::pin(connection::open(broker, info, socket, peer, None));
+                tokio::spawn(async move {
+                    if let Some(mut live) = opening.await {
+                        live.run().await;
+                    }
+                    drop((g, l));
+                });
+                continue;
+            }
             let transport = Arc::clone(&transport);
             tokio::spawn(async move {
                 handle(broker, info, &transport, socket, peer).await;
@@ -80,9 +94,9 @@ async fn handle(
             }
         };
     }
-    // Plain TCP is served in the task's own future. The other transports'
+    // Plain TCP never comes here (see `spawn`). The other transports'
     // handshakes and stream types make far larger futures; boxed, they cost
-    // only their own connections, not every idle TCP client.
+    // only their own connections.
     match transport {
         Transport::Tcp => connection::serve(broker, info, socket, peer, None).await,
         Transport::Tls(tls) => {
@@ -124,7 +138,10 @@ impl crate::connection::Transport for TcpStream {
     const KNOWS_READINESS: bool = true;
     const CLOSES_ON_DROP: bool = true;
 
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
