@@ -131,7 +131,7 @@ fn an_eio_on_a_log_write_is_survived_in_process() {
 
 #[test]
 fn an_eio_on_the_vote_or_committed_file_is_survived_in_process() {
-    single_node_fault("meta-sync@25+2", &[]);
+    single_node_fault("meta-write@25+2", &[]);
 }
 
 #[test]

@@ -496,7 +496,7 @@ impl LogFile {
         self.writable()?;
         // The purge point first: after a crash the reopened log hides what
         // is at or below it even if its segment still exists.
-        self.write_meta("purge_point", &index.to_le_bytes())?;
+        self.write_meta("purge_point", &index.to_le_bytes(), true)?;
         let keep = self.index.split_off(&(index + 1));
         self.index = keep;
         // Delete every segment whose records are all purged.
@@ -524,17 +524,25 @@ impl LogFile {
     }
 
     /// Replaces a small metadata file atomically: write a temporary file,
-    /// fsync it, rename it over the old one, fsync the directory.
-    pub fn write_meta(&self, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+    /// fsync it, rename it over the old one, fsync the directory. Without
+    /// `durable` there is no fsync: atomic against a process crash (the
+    /// page cache survives it), not against a power loss, after which the
+    /// file may be older, empty or garbage (see `log_store`, committed).
+    pub fn write_meta(&self, name: &str, bytes: &[u8], durable: bool) -> Result<(), LogError> {
         let path = self.dir.join(format!("{name}.meta"));
         let tmp = self.dir.join(format!("{name}.meta.tmp"));
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         fault::hit(Point::MetaWrite).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
-        fault::hit(Point::MetaSync).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        if durable {
+            fault::hit(Point::MetaSync).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir)
+        if durable {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
@@ -781,8 +789,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (log, _) = LogFile::open(d.path(), 1024).unwrap();
         assert_eq!(log.read_meta("vote").unwrap(), None);
-        log.write_meta("vote", b"one").unwrap();
-        log.write_meta("vote", b"two").unwrap();
+        log.write_meta("vote", b"one", true).unwrap();
+        log.write_meta("vote", b"two", false).unwrap();
         drop(log);
         let (log, _) = LogFile::open(d.path(), 1024).unwrap();
         assert_eq!(log.read_meta("vote").unwrap().as_deref(), Some(&b"two"[..]));

@@ -5,7 +5,8 @@
 //!
 //! The rule: an entry this node knows as committed is never cut silently.
 //! A single node's acknowledged writes are all committed before they are
-//! acknowledged (openraft saves the committed index before it applies), so
+//! acknowledged (openraft saves the committed index before it applies; see
+//! `log_store::save_committed` for what a power loss may leave of it), so
 //! a single node never starts with acknowledged data missing. A member may
 //! be repaired because the other members hold its committed entries; when
 //! the cut reaches below its committed index it is treated like a member

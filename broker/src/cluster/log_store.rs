@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -27,7 +28,14 @@ pub struct LogStore {
     segment_bytes: u64,
     /// Told of every failed write, fsync or delete.
     health: Arc<StorageHealth>,
+    /// When the committed index was last written durably (see
+    /// `save_committed`).
+    committed_synced: Option<Instant>,
 }
+
+/// How stale the committed index on disk may be after a power loss (it is
+/// never stale after a process crash), see `save_committed`.
+const COMMITTED_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &dyn std::error::Error) -> StorageError {
     StorageError::IO {
@@ -54,6 +62,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             segment_bytes,
             health,
+            committed_synced: None,
         };
         Ok((store, damage))
     }
@@ -83,7 +92,7 @@ impl LogStore {
         let f = self.file.lock();
         for name in ["vote", "committed", "purged", "purge_point"] {
             if let Some(bytes) = f.read_meta(name)? {
-                f.write_meta(name, &bytes)?;
+                f.write_meta(name, &bytes, true)?;
             }
         }
         Ok(())
@@ -108,7 +117,33 @@ impl LogStore {
 
     /// The committed index saved beside the log.
     pub fn saved_committed(&self) -> Result<Option<u64>, StorageError> {
-        Ok(self.meta::<pb::LogId>("committed")?.map(|l| l.index))
+        Ok(self.committed_meta()?.map(|l| l.index))
+    }
+
+    /// The committed id as saved. It is written without fsync most of the
+    /// time, so after a power loss the file may be empty or garbage: that
+    /// reads as no committed index (a lower one is always safe, see
+    /// `save_committed`), with a warning, and never stops the node.
+    fn committed_meta(&self) -> Result<Option<pb::LogId>, StorageError> {
+        let raw = self
+            .file
+            .lock()
+            .read_meta("committed")
+            .map_err(|e| log_err(ErrorVerb::Read, &e))?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        match pb::LogId::decode(&raw[..]) {
+            Ok(id) if !raw.is_empty() => Ok(Some(id)),
+            Ok(_) => {
+                tracing::warn!("raft committed.meta is empty (power loss?): read as none");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!("raft committed.meta does not read back ({e}): read as none");
+                Ok(None)
+            }
+        }
     }
 
     /// The last purged index (entries in the snapshot).
@@ -147,7 +182,19 @@ impl LogStore {
     }
 
     fn set_meta(&self, name: &str, value: &impl prost::Message) -> Result<(), StorageError> {
-        let written = self.file.lock().write_meta(name, &value.encode_to_vec());
+        self.set_meta_with(name, value, true)
+    }
+
+    fn set_meta_with(
+        &self,
+        name: &str,
+        value: &impl prost::Message,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let written = self
+            .file
+            .lock()
+            .write_meta(name, &value.encode_to_vec(), durable);
         self.failed(&format!("raft {name} file"), written)
             .map_err(|e| log_err(ErrorVerb::Write, &e))
     }
@@ -239,17 +286,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
     }
 
+    /// Called by the Raft core on every commit, before the entries are
+    /// applied (so before any of them is acknowledged). Fsyncing it each
+    /// time tripled the flushes per commit, so it is written to the page
+    /// cache only (atomically, by rename), and durably at most once per
+    /// [`COMMITTED_SYNC_EVERY`]. Its uses, and why that staleness is safe:
+    /// - a process crash (kill, panic, OOM) keeps the page cache: every use
+    ///   below reads the last value written, exactly as with an fsync;
+    /// - after a power loss it may be older (by up to a second of commits),
+    ///   empty or garbage (read as none, see `committed_meta`). A lower
+    ///   value is what openraft allows: `read_committed` replays less at
+    ///   start and the leader (a single node: itself, once elected)
+    ///   commits the rest again; wills and sessions are restored from what
+    ///   is applied, not from this index;
+    /// - `log_repair` (start, supervisor reopen) counts entries at or
+    ///   below it as committed. Entries are committed only after their
+    ///   log fdatasync, so a write torn by the power loss lies above the
+    ///   true committed index whatever the file says: the decision for a
+    ///   torn tail is unchanged. Only the medium damaging the records of
+    ///   the last second's commits in the same power loss would now be cut
+    ///   as a torn tail rather than refused: that double fault is accepted.
+    ///
+    /// The vote, the purge point and the supervisor's rewrite stay fsynced.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        match committed {
-            Some(c) => self.set_meta("committed", &convert::log_id_to(&c)),
-            None => Ok(()),
+        let Some(c) = committed else {
+            return Ok(());
+        };
+        let durable = self
+            .committed_synced
+            .is_none_or(|t| t.elapsed() >= COMMITTED_SYNC_EVERY);
+        self.set_meta_with("committed", &convert::log_id_to(&c), durable)?;
+        if durable {
+            self.committed_synced = Some(Instant::now());
         }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self
-            .meta::<pb::LogId>("committed")?
-            .map(convert::log_id_from);
+        let committed = self.committed_meta()?.map(convert::log_id_from);
         let purged = self.meta::<pb::LogId>("purged")?.map(convert::log_id_from);
         let last = self.last_entry_id()?.or(purged);
         // Only a member repaired by the operator (`--repair-log`) gets
@@ -315,5 +389,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = self.file.lock().purge_to(log_id.index);
         self.failed("raft log purge", purged)
             .map_err(|e| log_err(ErrorVerb::Delete, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_committed_index_is_saved_and_a_garbled_file_reads_as_none() {
+        let d = tempfile::tempdir().unwrap();
+        let log_dir = d.path().join("log");
+        let health = Arc::new(StorageHealth::new(d.path()));
+        let (mut store, _) = LogStore::open(&log_dir, 1 << 20, health).unwrap();
+        let id = |i| LogId::new(openraft::CommittedLeaderId::new(2, 1), i);
+        // The first save is fsynced, the next ones within a second are not:
+        // each is read back all the same (the page cache).
+        for i in [3, 4, 9] {
+            block_on(store.save_committed(Some(id(i)))).unwrap();
+            assert_eq!(store.saved_committed().unwrap(), Some(i));
+        }
+        // What a power loss may leave of an unsynced rename: nothing,
+        // zeros, garbage. The node starts as if nothing were committed.
+        let file = log_dir.join("committed.meta");
+        for junk in [&b""[..], &[0u8; 12][..], &[0xff, 0x07, 0x01][..]] {
+            std::fs::write(&file, junk).unwrap();
+            assert_eq!(store.saved_committed().unwrap(), None, "{junk:?}");
+            assert_eq!(block_on(store.read_committed()).unwrap(), None);
+        }
     }
 }
