@@ -45,7 +45,10 @@ impl Broker {
     pub async fn claim(self: &Arc<Self>, claim: Claim) -> Result<(), ClaimError> {
         let client_id = claim.client_id.clone();
         let local = self.local.sessions.lock().contains_key(&client_id);
-        let alone = !self.cluster.seam.has_peers();
+        // While storage fails, nothing goes on at once: a persistent
+        // session is refused (its claim cannot commit) rather than
+        // promised a durability this node cannot give now.
+        let alone = !self.cluster.seam.has_peers() && self.storage_takes_writes();
         if alone && local && self.claim_is_moot(&claim) {
             return Ok(());
         }
@@ -118,6 +121,15 @@ impl Broker {
     fn settled_here(&self, client_id: &ByteStr) -> bool {
         let owner = self.cluster.view.read().owner(client_id);
         owner.is_none_or(|n| n == self.node_id)
+    }
+
+    /// Whether this node's Raft storage takes writes (no failed write or
+    /// fsync since it last recovered).
+    fn storage_takes_writes(&self) -> bool {
+        self.health
+            .storage
+            .get()
+            .is_none_or(|h| h.fault().is_none())
     }
 
     /// Whether `claim`, on a node without peers and for a session that is
