@@ -151,6 +151,20 @@ pub async fn idle(addr: SocketAddr, s: IdleSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SUBSCRIBE to one filter at QoS 1; waits for a SUBACK that grants it.
+pub async fn subscribe_qos1(stream: &mut TcpStream, filter: &str) -> anyhow::Result<()> {
+    let sub = wire::subscribe_frame(1, filter, raftmq::codec::QoS::AtLeastOnce)?;
+    stream.write_all(&sub).await?;
+    // 3.1.1 SUBACK for one filter: 0x90, 3, packet id, granted QoS.
+    let mut suback = [0u8; 5];
+    stream.read_exact(&mut suback).await?;
+    anyhow::ensure!(
+        suback[0] == 0x90 && suback[4] <= 2,
+        "SUBSCRIBE refused: {suback:?}"
+    );
+    Ok(())
+}
+
 /// N persistent sessions (clean session off), each with one QoS 1
 /// subscription of its own, then disconnected: the broker's RSS per idle
 /// persistent session.
@@ -168,14 +182,7 @@ pub async fn idle_persistent(addr: SocketAddr, s: IdleSettings) -> anyhow::Resul
             let id = format!("persist-{run_id}-{i}");
             let mut stream = mqtt_connect(addr, from, &id, 600, false).await?;
             let filter = format!("idle/{run_id}/{i}");
-            let sub = wire::subscribe_frame(1, &filter, raftmq::codec::QoS::AtLeastOnce)?;
-            stream.write_all(&sub).await?;
-            let mut suback = [0u8; 5];
-            stream.read_exact(&mut suback).await?;
-            anyhow::ensure!(
-                suback[0] == 0x90 && suback[4] <= 2,
-                "SUBSCRIBE refused: {suback:?}"
-            );
+            subscribe_qos1(&mut stream, &filter).await?;
             stream.write_all(&wire::DISCONNECT).await?;
             broker_closes(&mut stream).await;
             anyhow::Ok(())

@@ -9,43 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use raftmq::codec::{self, ByteStr, Packet, Properties, QoS, SubOptions, Subscribe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::conns::{broker_closes, mqtt_connect_present, storm_source};
-use crate::wire::{self, PROTOCOL};
-
-/// SUBSCRIBE to one filter at QoS 1; waits for a SUBACK that grants it.
-async fn subscribe(stream: &mut TcpStream, filter: &str) -> anyhow::Result<()> {
-    let mut frame = BytesMut::new();
-    codec::encode(
-        &Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![(
-                ByteStr::from(filter),
-                SubOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            )],
-            properties: Properties::default(),
-        }),
-        PROTOCOL,
-        &mut frame,
-    )?;
-    stream.write_all(&frame).await?;
-    // 3.1.1 SUBACK for one filter: 0x90, 3, packet id, granted QoS.
-    let mut suback = [0u8; 5];
-    stream.read_exact(&mut suback).await?;
-    anyhow::ensure!(
-        suback[0] == 0x90 && suback[4] < 0x80,
-        "SUBSCRIBE refused: {suback:?}"
-    );
-    Ok(())
-}
+use crate::conns::{broker_closes, mqtt_connect_present, storm_source, subscribe_qos1};
+use crate::wire;
 
 pub struct LifecycleSettings {
     pub workers: usize,
@@ -74,7 +43,7 @@ pub async fn lifecycle(addr: SocketAddr, s: LifecycleSettings) -> anyhow::Result
                 i += 1;
                 let once = async {
                     let (mut stream, _) = mqtt_connect_present(addr, from, &id, 60, false).await?;
-                    subscribe(&mut stream, &format!("life/{id}/cmd")).await?;
+                    subscribe_qos1(&mut stream, &format!("life/{id}/cmd")).await?;
                     stream.write_all(&wire::DISCONNECT).await?;
                     broker_closes(&mut stream).await;
                     anyhow::Ok(())
@@ -173,7 +142,7 @@ async fn connect_all(
             let id = &ids[i];
             let (mut stream, present) = mqtt_connect_present(addr, from, id, 600, false).await?;
             if subscribe_too {
-                subscribe(&mut stream, &format!("recon/{id}/cmd")).await?;
+                subscribe_qos1(&mut stream, &format!("recon/{id}/cmd")).await?;
             }
             anyhow::Ok((stream, present))
         }));
