@@ -27,14 +27,7 @@ fn write(path: &Path, text: &str) {
 /// reconnecting with new settings meanwhile).
 fn arrives(b: &Broker, at_remote: &mut Sub, topic: &str) -> bool {
     raftmq_e2e::eventually(T, || {
-        publish_one(
-            b.tcp_addr(),
-            Protocol::V5,
-            topic,
-            b"x",
-            QoS::AtLeastOnce,
-            false,
-        );
+        publish(b, topic);
         at_remote
             .take(1, Duration::from_secs(1))
             .iter()
