@@ -311,11 +311,17 @@ impl Broker {
         self.local.retained.read().len()
     }
 
+    /// Why this node's Raft storage does not take writes now (a failed
+    /// write or fsync since it last recovered), if it does not.
+    pub(crate) fn storage_fault(&self) -> Option<String> {
+        self.health.storage.get().and_then(|h| h.fault())
+    }
+
     /// Whether this node should receive traffic, and if not why.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.health.ready.load(Ordering::Acquire) {
             Err("listeners are not bound yet".into())
-        } else if let Some(fault) = self.health.storage.get().and_then(|h| h.fault()) {
+        } else if let Some(fault) = self.storage_fault() {
             Err(fault)
         } else if self.is_draining() {
             Err("draining: clients are handed to other nodes".into())

@@ -48,7 +48,7 @@ impl Broker {
         // While storage fails, nothing goes on at once: a persistent
         // session is refused (its claim cannot commit) rather than
         // promised a durability this node cannot give now.
-        let alone = !self.cluster.seam.has_peers() && self.storage_takes_writes();
+        let alone = !self.cluster.seam.has_peers() && self.storage_fault().is_none();
         if alone && local && self.claim_is_moot(&claim) {
             return Ok(());
         }
@@ -121,15 +121,6 @@ impl Broker {
     fn settled_here(&self, client_id: &ByteStr) -> bool {
         let owner = self.cluster.view.read().owner(client_id);
         owner.is_none_or(|n| n == self.node_id)
-    }
-
-    /// Whether this node's Raft storage takes writes (no failed write or
-    /// fsync since it last recovered).
-    fn storage_takes_writes(&self) -> bool {
-        self.health
-            .storage
-            .get()
-            .is_none_or(|h| h.fault().is_none())
     }
 
     /// Whether `claim`, on a node without peers and for a session that is
