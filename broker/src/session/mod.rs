@@ -147,13 +147,11 @@ pub struct Session {
     pub expiry: u32,
     pub subscriptions: HashMap<ByteStr, SubscriptionRecord>,
     limits: SessionLimits,
-    inflight: VecDeque<Inflight>,
-    /// The packet ids of `inflight`, in the same order: the scans for a
-    /// free or acknowledged id read 2 bytes per copy in flight instead of a
-    /// whole `Inflight` (they were the largest cost of QoS 1 fan-out).
-    inflight_ids: VecDeque<u16>,
-    queue: VecDeque<Delivery>,
-    queued_bytes: usize,
+    /// The copies in flight, queued or streaming and the inbound QoS 2
+    /// ids: made when the first one is (most sessions of idle clients
+    /// never have any, and empty collections inline were ~180 bytes of
+    /// every session). Kept once made, with their capacity.
+    pending: Option<Box<Pending>>,
     /// The sequence number of the next copy without one. Packet ids are
     /// derived from sequence numbers ([`Session::derived_packet_id`]),
     /// never counted: a node that resumes the session after another one
@@ -161,11 +159,6 @@ pub struct Session {
     /// seen, which is what keeps QoS 2 exactly-once across nodes. Every
     /// session is made so, a single node's too: any session may move.
     next_seq: u64,
-    /// Inbound QoS 2 packet ids between PUBREC and PUBREL; made on first
-    /// use (most sessions never receive QoS 2: an empty set inline is 48
-    /// bytes in every session).
-    #[allow(clippy::box_collection)] // the point: 8 bytes inline, not 48
-    inbound_qos2: Option<Box<HashSet<u16>>>,
     binding: Option<Binding>,
     /// Increases on every attach, so that timers armed at a disconnect can
     /// tell whether the client has been back since.
@@ -174,10 +167,27 @@ pub struct Session {
     pub dropped: u64,
     /// Copies that expired before delivery.
     pub expired: u64,
+}
+
+/// The rarely used part of a [`Session`] (see `Session::pending`).
+#[derive(Debug, Default)]
+struct Pending {
+    inflight: VecDeque<Inflight>,
+    /// The packet ids of `inflight`, in the same order: the scans for a
+    /// free or acknowledged id read 2 bytes per copy in flight instead of a
+    /// whole `Inflight` (they were the largest cost of QoS 1 fan-out).
+    inflight_ids: VecDeque<u16>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL.
+    inbound_qos2: HashSet<u16>,
     /// Retained messages still to stream to new subscriptions, oldest
     /// subscription first.
     cursors: Vec<RetainedCursor>,
 }
+
+/// What a session without [`Pending`] reads as.
+static NO_PENDING: std::sync::LazyLock<Pending> = std::sync::LazyLock::new(Pending::default);
 
 impl Session {
     pub fn new(client_id: ByteStr, expiry: u32, limits: SessionLimits) -> Self {
@@ -188,18 +198,23 @@ impl Session {
             expiry,
             subscriptions: HashMap::new(),
             limits,
-            inflight: VecDeque::new(),
-            inflight_ids: VecDeque::new(),
-            queue: VecDeque::new(),
-            queued_bytes: 0,
+            pending: None,
             next_seq: 1,
-            inbound_qos2: None,
             binding: None,
             generation: 0,
             dropped: 0,
             expired: 0,
-            cursors: Vec::new(),
         }
+    }
+
+    /// The copies waiting and the like, read (empty if never made).
+    fn p(&self) -> &Pending {
+        self.pending.as_deref().unwrap_or(&NO_PENDING)
+    }
+
+    /// The same, to change: made on first use.
+    fn p_mut(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(Box::default)
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -215,11 +230,11 @@ impl Session {
     }
 
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.p().queue.len()
     }
 
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.p().inflight.len()
     }
 
     /// Binds a connection. Unacknowledged copies are resent (PUBLISH with
@@ -228,8 +243,9 @@ impl Session {
     pub fn attach(&mut self, conn_id: u64, receive_maximum: u16, now: Instant) {
         self.generation += 1;
         let window = usize::from(self.limits.max_inflight.min(receive_maximum)).max(1);
-        let mut outbox = Vec::with_capacity(self.inflight.len());
-        for f in &self.inflight {
+        let inflight = &self.p().inflight;
+        let mut outbox = Vec::with_capacity(inflight.len());
+        for f in inflight {
             outbox.push(match f.stage {
                 Stage::AwaitAck => Outgoing::Publish {
                     packet_id: f.packet_id,
@@ -261,9 +277,12 @@ impl Session {
         }
         self.binding = None;
         let mut handed_over = Vec::new();
+        let Some(p) = self.pending.as_deref_mut() else {
+            return handed_over;
+        };
         // Copies still awaiting their first ack (not PUBREL: a QoS 2
         // message past PUBREC has been received by this member).
-        self.inflight.retain(|f| {
+        p.inflight.retain(|f| {
             if f.delivery.share.is_some() && f.stage == Stage::AwaitAck {
                 handed_over.push(f.delivery.clone());
                 false
@@ -271,17 +290,17 @@ impl Session {
                 true
             }
         });
-        self.inflight_ids = self.inflight.iter().map(|f| f.packet_id).collect();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
+        p.inflight_ids = p.inflight.iter().map(|f| f.packet_id).collect();
+        let mut kept = VecDeque::with_capacity(p.queue.len());
+        for d in p.queue.drain(..) {
             if d.share.is_some() {
-                self.queued_bytes -= d.message.body_len();
+                p.queued_bytes -= d.message.body_len();
                 handed_over.push(d);
             } else {
                 kept.push_back(d);
             }
         }
-        self.queue = kept;
+        p.queue = kept;
         handed_over
     }
 
@@ -312,7 +331,9 @@ impl Session {
             });
             return (Disposition::Sent, seq);
         }
-        if self.queue.is_empty() && self.inflight.len() < b.window && self.id_free(seq) {
+        let window = b.window;
+        let p = self.p();
+        if p.queue.is_empty() && p.inflight.len() < window && self.id_free(seq) {
             self.send_inflight(d);
             return (Disposition::Sent, seq);
         }
@@ -336,37 +357,38 @@ impl Session {
     /// node, so it cannot be swapped for a free one.
     fn id_free(&self, seq: u64) -> bool {
         let id = Self::derived_packet_id(seq);
-        !self.inflight_ids.contains(&id)
+        !self.p().inflight_ids.contains(&id)
     }
 
     fn enqueue(&mut self, d: Delivery) -> Disposition {
         let size = d.message.body_len();
-        let over = |s: &Self| {
-            s.queue.len() >= s.limits.max_queued_messages
-                || (s.limits.max_queued_bytes > 0
-                    && s.queued_bytes + size > s.limits.max_queued_bytes)
+        let limits = self.limits;
+        let over = |p: &Pending| {
+            p.queue.len() >= limits.max_queued_messages
+                || (limits.max_queued_bytes > 0 && p.queued_bytes + size > limits.max_queued_bytes)
         };
-        if over(self) {
-            match self.limits.overflow {
+        let p = self.pending.get_or_insert_with(Box::default);
+        if over(p) {
+            match limits.overflow {
                 QueueOverflow::DropNew => {
                     self.dropped += 1;
                     return Disposition::Dropped;
                 }
                 QueueOverflow::DropOldest => {
-                    while over(self) {
-                        let Some(old) = self.queue.pop_front() else {
+                    while over(p) {
+                        let Some(old) = p.queue.pop_front() else {
                             // Larger than the whole byte budget on its own.
                             self.dropped += 1;
                             return Disposition::Dropped;
                         };
-                        self.queued_bytes -= old.message.body_len();
+                        p.queued_bytes -= old.message.body_len();
                         self.dropped += 1;
                     }
                 }
             }
         }
-        self.queued_bytes += size;
-        self.queue.push_back(d);
+        p.queued_bytes += size;
+        p.queue.push_back(d);
         Disposition::Queued
     }
 
@@ -394,23 +416,28 @@ impl Session {
             return expired;
         };
         let window = b.window;
-        if !self.queue.is_empty() && self.inflight.len() < window {
+        let Some(p) = self.pending.as_deref() else {
+            // Nothing queued.
+            return expired;
+        };
+        if !p.queue.is_empty() && p.inflight.len() < window {
             // An ack made room: the client is moving.
             b.stalled = false;
         }
-        while let Some(front) = self.queue.front() {
+        while let Some(front) = self.p().queue.front() {
             let dead = front.message.is_expired(now);
             // Queued QoS 0 (queue_qos0_messages) takes no window slot.
             if !dead
                 && front.qos != QoS::AtMostOnce
-                && (self.inflight.len() >= window || !self.id_free(front.seq))
+                && (self.p().inflight.len() >= window || !self.id_free(front.seq))
             {
                 break;
             }
-            let Some(d) = self.queue.pop_front() else {
+            let p = self.p_mut();
+            let Some(d) = p.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= d.message.body_len();
+            p.queued_bytes -= d.message.body_len();
             if dead {
                 expired.push(d.seq);
                 self.expired += 1;
@@ -430,29 +457,32 @@ impl Session {
     }
 
     fn push_inflight(&mut self, f: Inflight) {
-        self.inflight_ids.push_back(f.packet_id);
-        self.inflight.push_back(f);
+        let p = self.p_mut();
+        p.inflight_ids.push_back(f.packet_id);
+        p.inflight.push_back(f);
     }
 
     fn remove_inflight(&mut self, i: usize) -> Option<Inflight> {
-        self.inflight_ids.remove(i);
-        let f = self.inflight.remove(i);
-        debug_assert!(self
+        let p = self.pending.as_deref_mut()?;
+        p.inflight_ids.remove(i);
+        let f = p.inflight.remove(i);
+        debug_assert!(p
             .inflight
             .iter()
             .map(|f| f.packet_id)
-            .eq(self.inflight_ids.iter().copied()));
+            .eq(p.inflight_ids.iter().copied()));
         f
     }
 
     fn position(&self, packet_id: u16, stage: Stage) -> Option<usize> {
         // Acks mostly arrive in order: the front is the usual answer.
-        self.inflight_ids
+        let p = self.p();
+        p.inflight_ids
             .iter()
             .enumerate()
             .filter(|(_, id)| **id == packet_id)
             .map(|(i, _)| i)
-            .find(|&i| self.inflight[i].stage == stage)
+            .find(|&i| p.inflight[i].stage == stage)
     }
 
     /// PUBACK from the client. Returns the acknowledged copy's sequence
@@ -461,7 +491,7 @@ impl Session {
     pub fn on_puback(&mut self, packet_id: u16, now: Instant) -> (Option<u64>, Vec<u64>) {
         let acked = self
             .position(packet_id, Stage::AwaitAck)
-            .filter(|&i| self.inflight[i].delivery.qos == QoS::AtLeastOnce)
+            .filter(|&i| self.p().inflight[i].delivery.qos == QoS::AtLeastOnce)
             .and_then(|i| self.remove_inflight(i))
             .map(|f| f.delivery.seq);
         (acked, self.fill_window(now))
@@ -473,7 +503,7 @@ impl Session {
     pub fn on_pubrec(&mut self, packet_id: u16, failed: bool, now: Instant) -> PubRecOutcome {
         let Some(i) = self
             .position(packet_id, Stage::AwaitAck)
-            .filter(|&i| self.inflight[i].delivery.qos == QoS::ExactlyOnce)
+            .filter(|&i| self.p().inflight[i].delivery.qos == QoS::ExactlyOnce)
         else {
             return PubRecOutcome::Unknown;
         };
@@ -482,8 +512,9 @@ impl Session {
             let expired = self.fill_window(now);
             return PubRecOutcome::Ended { seq, expired };
         }
-        self.inflight[i].stage = Stage::AwaitComp;
-        let seq = self.inflight[i].delivery.seq;
+        let f = &mut self.p_mut().inflight[i];
+        f.stage = Stage::AwaitComp;
+        let seq = f.delivery.seq;
         if let Some(b) = self.binding.as_mut() {
             b.outbox.push(Outgoing::PubRel { packet_id });
         }
@@ -503,6 +534,7 @@ impl Session {
     /// the client's Maximum Packet Size).
     pub fn discard(&mut self, packet_id: u16, now: Instant) -> (Option<u64>, Vec<u64>) {
         let gone = self
+            .p()
             .inflight_ids
             .iter()
             .position(|id| *id == packet_id)
@@ -547,11 +579,12 @@ impl Session {
             return false;
         };
         let high = (self.limits.max_queued_messages / 2).max(1);
+        let p = self.p();
         !b.stalled
             && (b.outbox_qos0 >= high
-                || self.queue.len() >= high
+                || p.queue.len() >= high
                 || (self.limits.max_queued_bytes > 0
-                    && self.queued_bytes >= self.limits.max_queued_bytes / 2))
+                    && p.queued_bytes >= self.limits.max_queued_bytes / 2))
     }
 
     /// A publisher is about to wait for this session: true if it still must
@@ -593,31 +626,37 @@ impl Session {
     /// replaces an unfinished cursor of the same subscription (subscribing
     /// again sends them again).
     pub fn start_cursor(&mut self, cursor: RetainedCursor) {
-        self.cursors.retain(|c| c.key != cursor.key);
-        self.cursors.push(cursor);
+        let cursors = &mut self.p_mut().cursors;
+        cursors.retain(|c| c.key != cursor.key);
+        cursors.push(cursor);
     }
 
     /// The subscription `key` is gone: so is what it had still to get.
     pub fn stop_cursor(&mut self, key: &str) {
-        self.cursors.retain(|c| &*c.key != key);
+        if let Some(p) = self.pending.as_deref_mut() {
+            p.cursors.retain(|c| &*c.key != key);
+        }
     }
 
     pub fn has_cursors(&self) -> bool {
-        !self.cursors.is_empty()
+        !self.p().cursors.is_empty()
     }
 
     /// The cursor to take the next step of.
     pub fn cursor(&self) -> Option<&RetainedCursor> {
-        self.cursors.first()
+        self.p().cursors.first()
     }
 
     /// The first cursor's step ended on `last`; `done`: it is finished.
     pub fn advance_cursor(&mut self, last: Option<ByteStr>, done: bool) {
+        let Some(p) = self.pending.as_deref_mut() else {
+            return;
+        };
         if done {
-            if !self.cursors.is_empty() {
-                self.cursors.remove(0);
+            if !p.cursors.is_empty() {
+                p.cursors.remove(0);
             }
-        } else if let Some(c) = self.cursors.first_mut() {
+        } else if let Some(c) = p.cursors.first_mut() {
             if last.is_some() {
                 c.after = last;
             }
@@ -626,7 +665,10 @@ impl Session {
 
     /// Takes every cursor away (the session leaves this node).
     pub fn take_cursors(&mut self) -> Vec<RetainedCursor> {
-        std::mem::take(&mut self.cursors)
+        self.pending
+            .as_deref_mut()
+            .map(|p| std::mem::take(&mut p.cursors))
+            .unwrap_or_default()
     }
 
     /// How many retained copies the first cursor may hand over now: none
@@ -634,10 +676,11 @@ impl Session {
     /// window has free; at most one step of the outbox. A client that
     /// reads nothing so holds at most a window or a step of them.
     pub fn cursor_room(&self) -> usize {
-        let (Some(b), Some(c)) = (self.binding.as_ref(), self.cursors.first()) else {
+        let p = self.p();
+        let (Some(b), Some(c)) = (self.binding.as_ref(), p.cursors.first()) else {
             return 0;
         };
-        if !self.queue.is_empty() {
+        if !p.queue.is_empty() {
             return 0;
         }
         let step = CURSOR_STEP.min(self.limits.max_queued_messages.max(1));
@@ -645,14 +688,14 @@ impl Session {
         if c.qos == QoS::AtMostOnce {
             outbox
         } else {
-            outbox.min(b.window.saturating_sub(self.inflight.len()))
+            outbox.min(b.window.saturating_sub(p.inflight.len()))
         }
     }
 
     /// Inbound QoS 2: records `packet_id` between PUBREC and PUBREL, at
     /// most `limit` at a time (our Receive Maximum).
     pub fn begin_inbound_qos2(&mut self, packet_id: u16, limit: usize) -> InboundQos2 {
-        let ids = self.inbound_qos2.get_or_insert_with(Box::default);
+        let ids = &mut self.p_mut().inbound_qos2;
         if ids.contains(&packet_id) {
             return InboundQos2::Duplicate;
         }
@@ -665,16 +708,14 @@ impl Session {
 
     /// True while `packet_id` names an inbound QoS 2 publish awaiting PUBREL.
     pub fn inbound_qos2_pending(&self, packet_id: u16) -> bool {
-        self.inbound_qos2
-            .as_ref()
-            .is_some_and(|ids| ids.contains(&packet_id))
+        self.p().inbound_qos2.contains(&packet_id)
     }
 
     /// Inbound PUBREL: true if the id was open.
     pub fn end_inbound_qos2(&mut self, packet_id: u16) -> bool {
-        self.inbound_qos2
-            .as_mut()
-            .is_some_and(|ids| ids.remove(&packet_id))
+        self.pending
+            .as_deref_mut()
+            .is_some_and(|p| p.inbound_qos2.remove(&packet_id))
     }
 
     /// Restores an owed copy from persisted state (after a restart, or on
@@ -691,8 +732,9 @@ impl Session {
             });
         } else {
             d.redelivery = d.qos != QoS::AtMostOnce;
-            self.queued_bytes += d.message.body_len();
-            self.queue.push_back(d);
+            let p = self.p_mut();
+            p.queued_bytes += d.message.body_len();
+            p.queue.push_back(d);
         }
     }
 }

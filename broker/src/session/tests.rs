@@ -338,3 +338,17 @@ fn offline_sessions_never_push_back() {
     assert!(!s.congested());
     assert!(!s.register_waiting_publisher());
 }
+
+/// Every idle client's session is this size (issue 21: 1.5 KiB a
+/// connection in all): what waits, streams or is in flight is boxed,
+/// made when it first is (it was 376 bytes with those inline).
+#[test]
+fn an_idle_session_stays_small() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 256, "Session is {size} bytes");
+    let mut s = Session::new(ByteStr::from("c"), 0, limits(20, 1000));
+    s.attach(1, 20, Instant::now());
+    assert!(!s.congested() && s.cursor_room() == 0 && !s.end_inbound_qos2(1));
+    assert!(s.detach(1).is_empty());
+    assert!(s.pending.is_none(), "nothing waited, yet the box was made");
+}
