@@ -53,10 +53,23 @@ impl Broker {
             return Ok(());
         }
         let (nonce, persistent) = (claim.nonce, claim.persistent);
+        let follows_log = self.cluster.seam.follows_log();
+        // Another claim of ours for this id not yet applied (two CONNECTs
+        // racing, say under two identities): only the log can say which
+        // wins, so this one waits until it is applied or refused. Checked
+        // and recorded under one lock, so that of two racers one sees the
+        // other.
+        let raced = follows_log
+            && self
+                .cluster
+                .unapplied_claims
+                .lock()
+                .insert(client_id.clone(), nonce)
+                .is_some();
         // A persistent session's will is registered before CONNACK, as
         // ever: a crash right after it still publishes it at restart.
-        let at_once = alone && claim.will.is_none() && self.settled_here(&client_id);
-        let wait_state = self.cluster.seam.follows_log() && !claim.clean_start && !local;
+        let at_once = alone && !raced && claim.will.is_none() && self.settled_here(&client_id);
+        let wait_state = follows_log && ((!claim.clean_start && !local) || raced);
         let command = Command::ClaimClient {
             client_id: client_id.clone(),
             node: self.node_id,
@@ -67,12 +80,6 @@ impl Broker {
             same_identity_only: self.config.auth.allow_session_takeover
                 == SessionTakeover::SameIdentity,
         };
-        if self.cluster.seam.follows_log() {
-            self.cluster
-                .unapplied_claims
-                .lock()
-                .insert(client_id.clone(), nonce);
-        }
         if at_once || (!persistent && !wait_state) {
             // The client goes on at once; a claim that never commits
             // must not keep shielding it from later takeovers. A clean
