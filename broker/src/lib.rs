@@ -40,6 +40,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod engine;
+pub mod filter_map;
 pub mod http;
 pub mod listener;
 pub mod memory_budget;

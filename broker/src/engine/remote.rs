@@ -8,22 +8,29 @@
 //! derived from [`ReplicatedState`]: rebuilt from it whole, then kept in
 //! step by the changes the state machine notes as it applies each command
 //! ([`Change`]); what a command means is decided there alone.
+//!
+//! It holds only what a publish here cannot learn from the local topic
+//! tree: other nodes' routes (and shared groups, this node's members
+//! included, which rotate over nodes) and the subscriptions of persistent
+//! sessions other nodes own. This node's own plain routes and sessions are
+//! in the tree already; indexing them twice cost ~1 KiB per idle session.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::codec::{ByteStr, SubOptions};
-use crate::state::{Change, ReplicatedState, WillRecord};
+use crate::state::{Change, ReplicatedState, SubscriptionMap, WillRecord};
 use crate::topic_tree::{split_share, Hit, Subscriber, TopicTree};
 
 #[derive(Default)]
 pub struct ClusterView {
     me: u64,
-    /// Routes as a tree whose subscribers are node ids.
+    /// Routes as a tree whose subscribers are node ids: other nodes'
+    /// plain routes, and every node's shared ones.
     routes: TopicTree<u64, ()>,
     route_nodes: BTreeMap<ByteStr, BTreeSet<u64>>,
-    /// Non-shared subscriptions of persistent sessions (keyed by client).
+    /// Non-shared subscriptions of persistent sessions another node owns
+    /// (keyed by client).
     persistent: TopicTree<ByteStr, ()>,
-    subscriptions: HashMap<ByteStr, BTreeMap<ByteStr, SubOptions>>,
     owners: HashMap<ByteStr, u64>,
     /// The username that owns each owned client id (absent: anonymous).
     identities: HashMap<ByteStr, ByteStr>,
@@ -59,15 +66,13 @@ impl ClusterView {
                 self.add_route(*node, filter);
             }
         }
-        for (client_id, session) in &state.sessions {
-            self.subscriptions
-                .insert(client_id.clone(), BTreeMap::new());
-            for (filter, (options, identifier)) in &session.subscriptions {
-                self.subscribe(client_id, filter, *options, *identifier);
-            }
-        }
         self.owners = state.owners.clone();
         self.remote_owners = self.owners.values().filter(|n| **n != self.me).count();
+        for (client_id, session) in &state.sessions {
+            if self.owned_elsewhere(client_id) {
+                self.index_session(client_id, &session.subscriptions);
+            }
+        }
         self.identities = state.usernames.clone();
         self.wills = state.wills.clone();
     }
@@ -83,6 +88,11 @@ impl ClusterView {
         if node.is_some_and(|n| n != self.me) {
             self.remote_owners = self.remote_owners.saturating_add_signed(delta);
         }
+    }
+
+    /// Whether another node owns `client_id`.
+    fn owned_elsewhere(&self, client_id: &str) -> bool {
+        self.owners.get(client_id).is_some_and(|n| *n != self.me)
     }
 
     /// The node that owns `client_id`, if any.
@@ -106,11 +116,17 @@ impl ClusterView {
                 client_id,
                 node,
                 username,
+                subscriptions,
                 ..
             } => {
                 let old = self.owners.insert(client_id.clone(), *node);
                 self.count_owner(old, -1);
                 self.count_owner(Some(*node), 1);
+                match (old.is_some_and(|n| n != self.me), *node != self.me) {
+                    (false, true) => self.index_session(client_id, subscriptions),
+                    (true, false) => self.unindex_session(client_id, subscriptions),
+                    _ => {}
+                }
                 match username {
                     Some(u) => self.identities.insert(client_id.clone(), u.clone()),
                     None => self.identities.remove(client_id),
@@ -121,26 +137,24 @@ impl ClusterView {
                 self.count_owner(old, -1);
                 self.identities.remove(client_id);
             }
-            Change::SessionStarted { client_id } => {
-                self.subscriptions
-                    .insert(client_id.clone(), BTreeMap::new());
-            }
-            Change::SessionEnded { client_id } => self.end_session(client_id),
+            // Nothing to index until it subscribes.
+            Change::SessionStarted { .. } => {}
+            Change::SessionEnded {
+                client_id,
+                subscriptions,
+            } => self.unindex_session(client_id, subscriptions),
             Change::Subscribed {
                 client_id,
                 filter,
                 options,
                 identifier,
-            } => self.subscribe(client_id, filter, *options, *identifier),
-            Change::Unsubscribed { client_id, filter } => {
-                if let Some(subs) = self.subscriptions.get_mut(client_id) {
-                    if subs.remove(filter).is_some() {
-                        let (group, f) = split_share(filter);
-                        if group.is_none() {
-                            self.persistent.remove(None, f, client_id);
-                        }
-                    }
+            } => {
+                if self.owned_elsewhere(client_id) {
+                    self.subscribe(client_id, filter, *options, *identifier);
                 }
+            }
+            Change::Unsubscribed { client_id, filter } => {
+                self.unsubscribe(client_id, filter);
             }
             Change::RouteAdded { node, filter } => self.add_route(*node, filter),
             Change::RouteRemoved { node, filter } => self.remove_route(*node, filter),
@@ -157,6 +171,20 @@ impl ClusterView {
         }
     }
 
+    fn index_session(&mut self, client_id: &ByteStr, subscriptions: &SubscriptionMap) {
+        for (filter, (options, identifier)) in subscriptions {
+            self.subscribe(client_id, filter, *options, *identifier);
+        }
+    }
+
+    /// Removes what the session has in the index (nothing if this node
+    /// owned it).
+    fn unindex_session(&mut self, client_id: &ByteStr, subscriptions: &SubscriptionMap) {
+        for filter in subscriptions.keys() {
+            self.unsubscribe(client_id, filter);
+        }
+    }
+
     fn subscribe(
         &mut self,
         client_id: &ByteStr,
@@ -164,10 +192,6 @@ impl ClusterView {
         options: SubOptions,
         identifier: Option<u32>,
     ) {
-        let Some(subs) = self.subscriptions.get_mut(client_id) else {
-            return;
-        };
-        subs.insert(filter.clone(), options);
         let (group, f) = split_share(filter);
         // Shared members are served by the node a publish is forwarded to.
         if group.is_none() {
@@ -184,18 +208,19 @@ impl ClusterView {
         }
     }
 
-    fn end_session(&mut self, client_id: &ByteStr) {
-        if let Some(subs) = self.subscriptions.remove(client_id) {
-            for filter in subs.keys() {
-                let (group, f) = split_share(filter);
-                if group.is_none() {
-                    self.persistent.remove(None, f, client_id);
-                }
-            }
+    fn unsubscribe(&mut self, client_id: &ByteStr, filter: &str) {
+        let (group, f) = split_share(filter);
+        if group.is_none() {
+            self.persistent.remove(None, f, client_id);
         }
     }
 
     fn add_route(&mut self, node: u64, filter: &ByteStr) {
+        // This node's own plain route: a publish here matches the local
+        // tree, and is never forwarded to itself.
+        if node == self.me && split_share(filter).0.is_none() {
+            return;
+        }
         if self
             .route_nodes
             .entry(filter.clone())
@@ -240,7 +265,7 @@ impl ClusterView {
     pub fn remote_sessions<'a>(&'a self, topic: &str, mut visit: impl FnMut(RemoteSession<'a>)) {
         self.persistent.for_each_match(topic, |hit| {
             if let Hit::Subscriber(s) = hit {
-                if self.owners.get(&s.key).is_some_and(|n| *n != self.me) {
+                if self.owned_elsewhere(&s.key) {
                     visit(RemoteSession {
                         client_id: &s.key,
                         options: s.options,
@@ -408,6 +433,33 @@ mod tests {
         let mut n = 0;
         v.remote_sessions("x/y", |_| n += 1);
         assert_eq!(n, 0);
+        // Taken back by node 3, it is remote again with its subscription.
+        let claim_back = Command::ClaimClient {
+            client_id: c.clone(),
+            node: 3,
+            nonce: 3,
+            clean_start: false,
+            will: None,
+            username: None,
+            same_identity_only: false,
+        };
+        apply(&mut v, &mut s, 3, &claim_back);
+        let mut hits = Vec::new();
+        v.remote_sessions("x/y", |s| hits.push((s.client_id.clone(), s.identifier)));
+        assert_eq!(hits, vec![(c.clone(), Some(4))]);
+        // Ended there, it is gone from the view.
+        apply(
+            &mut v,
+            &mut s,
+            3,
+            &Command::SessionEnd {
+                client_id: c.clone(),
+            },
+        );
+        let mut n = 0;
+        v.remote_sessions("x/y", |_| n += 1);
+        assert_eq!(n, 0);
+        assert!(v.persistent.is_empty(), "nothing left indexed");
         // Node 3's shared route is left: a view rebuilt whole says so too.
         assert!(v.has_remote());
         let mut rebuilt = ClusterView::new(1);

@@ -3,13 +3,14 @@
 //! task drains [`Session::swap_outbox`] into its socket, the engine feeds
 //! [`Session::deliver`]. Everything here is bounded by configuration.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use smallvec::SmallVec;
 
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::config::QueueOverflow;
+use crate::filter_map::FilterMap;
 use crate::message::SharedMessage;
 
 #[cfg(test)]
@@ -145,7 +146,7 @@ pub struct Session {
     /// Seconds the session outlives its connection; 0 = it ends with it,
     /// `u32::MAX` = never expires.
     pub expiry: u32,
-    pub subscriptions: HashMap<ByteStr, SubscriptionRecord>,
+    pub subscriptions: FilterMap<SubscriptionRecord>,
     limits: SessionLimits,
     /// The copies in flight, queued or streaming and the inbound QoS 2
     /// ids: made when the first one is (most sessions of idle clients
@@ -186,6 +187,23 @@ struct Pending {
     cursors: Vec<RetainedCursor>,
 }
 
+impl Pending {
+    /// An idle session keeps no room for cursors (four of them, ~480
+    /// bytes, stayed from each session's last SUBSCRIBE).
+    fn release_cursors(&mut self) {
+        if self.cursors.is_empty() {
+            self.cursors = Vec::new();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.inbound_qos2.is_empty()
+            && self.cursors.is_empty()
+    }
+}
+
 /// What a session without [`Pending`] reads as.
 static NO_PENDING: std::sync::LazyLock<Pending> = std::sync::LazyLock::new(Pending::default);
 
@@ -196,7 +214,7 @@ impl Session {
             username: None,
             claim_nonce: 0,
             expiry,
-            subscriptions: HashMap::new(),
+            subscriptions: FilterMap::default(),
             limits,
             pending: None,
             next_seq: 1,
@@ -301,6 +319,8 @@ impl Session {
             }
         }
         p.queue = kept;
+        // Offline with nothing owed: the box goes too.
+        self.release_idle();
         handed_over
     }
 
@@ -628,6 +648,9 @@ impl Session {
     pub fn start_cursor(&mut self, cursor: RetainedCursor) {
         let cursors = &mut self.p_mut().cursors;
         cursors.retain(|c| c.key != cursor.key);
+        if cursors.capacity() == 0 {
+            cursors.reserve_exact(1);
+        }
         cursors.push(cursor);
     }
 
@@ -635,6 +658,21 @@ impl Session {
     pub fn stop_cursor(&mut self, key: &str) {
         if let Some(p) = self.pending.as_deref_mut() {
             p.cursors.retain(|c| &*c.key != key);
+        }
+        self.release_idle();
+    }
+
+    /// A session whose streams are done and with nothing waiting gives
+    /// its box back (a persistent session streams its retained messages
+    /// once per SUBSCRIBE, then sits idle for long). Not on acks: steady
+    /// QoS 1 traffic keeps the box and its capacity.
+    fn release_idle(&mut self) {
+        let Some(p) = self.pending.as_deref_mut() else {
+            return;
+        };
+        p.release_cursors();
+        if p.is_empty() {
+            self.pending = None;
         }
     }
 
@@ -656,6 +694,7 @@ impl Session {
             if !p.cursors.is_empty() {
                 p.cursors.remove(0);
             }
+            self.release_idle();
         } else if let Some(c) = p.cursors.first_mut() {
             if last.is_some() {
                 c.after = last;
@@ -665,10 +704,13 @@ impl Session {
 
     /// Takes every cursor away (the session leaves this node).
     pub fn take_cursors(&mut self) -> Vec<RetainedCursor> {
-        self.pending
+        let cursors = self
+            .pending
             .as_deref_mut()
             .map(|p| std::mem::take(&mut p.cursors))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.release_idle();
+        cursors
     }
 
     /// How many retained copies the first cursor may hand over now: none

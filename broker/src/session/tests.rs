@@ -352,3 +352,21 @@ fn an_idle_session_stays_small() {
     assert!(s.detach(1).is_empty());
     assert!(s.pending.is_none(), "nothing waited, yet the box was made");
 }
+
+/// A persistent session that streamed its retained messages, or had its
+/// copies acknowledged, gives the box back once offline and owed nothing.
+#[test]
+fn a_session_done_with_its_copies_gives_the_box_back() {
+    let mut s = Session::new(ByteStr::from("c"), 600, limits(20, 1000));
+    s.attach(1, 20, Instant::now());
+    s.deliver(delivery(1, QoS::AtLeastOnce));
+    assert!(s.pending.is_some());
+    let sent = s.take_outbox();
+    let Some(Outgoing::Publish { packet_id, .. }) = sent.first() else {
+        panic!("nothing sent: {sent:?}");
+    };
+    let (acked, _) = s.on_puback(*packet_id, Instant::now());
+    assert!(acked.is_some());
+    assert!(s.detach(1).is_empty());
+    assert!(s.pending.is_none(), "an idle offline session kept its box");
+}

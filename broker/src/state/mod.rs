@@ -13,12 +13,14 @@
 mod machine;
 #[cfg(test)]
 mod memory;
+mod node_set;
 
 pub use machine::{
     Effect, Ignored, PersistedMessage, PersistedSession, ReplicatedState, WillRecord,
 };
 #[cfg(test)]
 pub use memory::MemoryState;
+pub use node_set::NodeSet;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +29,12 @@ use smallvec::SmallVec;
 
 use crate::codec::{ByteStr, QoS, SubOptions};
 use crate::message::SharedMessage;
+
+/// Options and subscription identifier of one subscription.
+pub type SubscriptionEntry = (SubOptions, Option<u32>);
+
+/// A persistent session's subscriptions in the replicated state.
+pub type SubscriptionMap = crate::filter_map::FilterMap<SubscriptionEntry>;
 
 /// A client's will as the cluster keeps it, so that another node can
 /// publish it when the client's own node dies.
@@ -230,6 +238,10 @@ pub enum Change {
         node: u64,
         nonce: u64,
         username: Option<ByteStr>,
+        /// The subscriptions of the persistent session the new owner
+        /// resumes (empty: none, or a clean start): the view indexes only
+        /// other nodes' sessions, and keeps no list of its own.
+        subscriptions: SubscriptionMap,
     },
     /// Nobody owns `client_id` any more.
     Disowned {
@@ -242,6 +254,7 @@ pub enum Change {
     /// A persistent session ended, its subscriptions with it.
     SessionEnded {
         client_id: ByteStr,
+        subscriptions: SubscriptionMap,
     },
     Subscribed {
         client_id: ByteStr,

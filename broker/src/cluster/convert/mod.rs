@@ -14,7 +14,7 @@ use raftmq_proto::v1 as pb;
 use super::types::{Batch, Entry, LogId, Membership, Node, SnapshotMeta, StoredMembership, Vote};
 use crate::codec::{ByteStr, Properties, QoS, SubOptions, UserProperties};
 use crate::message::{ForwardedProperties, Message, MessageParts, SharedMessage};
-use crate::state::{Command, PersistedMessage, ReplicatedState, Will, WillRecord};
+use crate::state::{Command, NodeSet, PersistedMessage, ReplicatedState, Will, WillRecord};
 
 /// A protobuf message from a peer that is not a valid value.
 #[derive(Debug, thiserror::Error)]
@@ -626,14 +626,14 @@ pub fn will_entry_from(w: pb::WillEntry) -> Result<(ByteStr, WillRecord), Invali
     ))
 }
 
-pub fn route_to(filter: &ByteStr, nodes: &BTreeSet<u64>) -> pb::Route {
+pub fn route_to(filter: &ByteStr, nodes: &NodeSet) -> pb::Route {
     pb::Route {
         filter: filter.to_string(),
         nodes: nodes.iter().copied().collect(),
     }
 }
 
-pub fn route_from(r: pb::Route) -> (ByteStr, BTreeSet<u64>) {
+pub fn route_from(r: pb::Route) -> (ByteStr, NodeSet) {
     (r.filter.into(), r.nodes.into_iter().collect())
 }
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use smallvec::SmallVec;
 
-use super::{Change, Command, Will};
-use crate::codec::{ByteStr, QoS, SubOptions};
+use super::{Change, Command, NodeSet, SubscriptionMap, Will};
+use crate::codec::{ByteStr, QoS};
 use crate::message::SharedMessage;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,7 @@ pub struct PersistedMessage {
 pub struct PersistedSession {
     pub expiry: u32,
     /// Filter as written (with `$share/`), options, subscription identifier.
-    pub subscriptions: BTreeMap<ByteStr, (SubOptions, Option<u32>)>,
+    pub subscriptions: SubscriptionMap,
     /// Owed messages by sequence number.
     pub messages: BTreeMap<u64, PersistedMessage>,
 }
@@ -49,7 +49,7 @@ pub struct ReplicatedState {
     pub usernames: HashMap<ByteStr, ByteStr>,
     pub wills: HashMap<ByteStr, WillRecord>,
     /// Filter as written -> the nodes with local subscribers on it.
-    pub routes: BTreeMap<ByteStr, BTreeSet<u64>>,
+    pub routes: BTreeMap<ByteStr, NodeSet>,
     /// Bridge name -> the node that runs it (the bridge's claim).
     pub bridges: BTreeMap<ByteStr, u64>,
     /// Nodes draining: they hold no bridge until they start again.
@@ -209,10 +209,20 @@ impl ReplicatedState {
                     node: *node,
                     nonce: *nonce,
                     username: username.clone(),
+                    subscriptions: match self.sessions.get(client_id) {
+                        Some(s) if !*clean_start => s.subscriptions.clone(),
+                        _ => SubscriptionMap::default(),
+                    },
                 });
-                if *clean_start && self.sessions.remove(client_id).is_some() {
+                let ended = if *clean_start {
+                    self.sessions.remove(client_id)
+                } else {
+                    None
+                };
+                if let Some(old) = ended {
                     notes.note(|| Change::SessionEnded {
                         client_id: client_id.clone(),
+                        subscriptions: old.subscriptions,
                     });
                 }
                 let record = will.as_ref().map(|w| WillRecord {
@@ -382,11 +392,12 @@ impl ReplicatedState {
                 }
             }
             Command::SessionEnd { client_id } => {
-                self.sessions.remove(client_id);
+                let ended = self.sessions.remove(client_id);
                 self.owners.remove(client_id);
                 self.usernames.remove(client_id);
                 notes.note(|| Change::SessionEnded {
                     client_id: client_id.clone(),
+                    subscriptions: ended.map(|s| s.subscriptions).unwrap_or_default(),
                 });
                 notes.disowned(client_id);
             }

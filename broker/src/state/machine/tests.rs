@@ -1,6 +1,7 @@
 //! The state machine, command by command.
 
 use super::*;
+use crate::codec::SubOptions;
 use crate::message::{Message, MessageParts};
 use std::sync::Arc;
 
@@ -304,7 +305,7 @@ fn routes_follow_nodes() {
             filter: "b".into(),
         },
     );
-    assert_eq!(s.routes[&f], BTreeSet::from([1, 2]));
+    assert_eq!(s.routes[&f], NodeSet::from([1, 2]));
     let _ = s.apply(
         1,
         &Command::RouteRemove {
@@ -312,7 +313,7 @@ fn routes_follow_nodes() {
             filter: f.clone(),
         },
     );
-    assert_eq!(s.routes[&f], BTreeSet::from([2]));
+    assert_eq!(s.routes[&f], NodeSet::from([2]));
     // A restarted node states its routes afresh; its clean sessions go.
     let _ = s.apply(2, &claim(&"clean".into(), 2, true, None));
     let _ = s.apply(
@@ -377,6 +378,7 @@ fn noted_changes_mirror_the_state() {
                 node: 2,
                 nonce: 7,
                 username: Some("u".into()),
+                subscriptions: SubscriptionMap::default(),
             },
             Change::Will {
                 client_id: c.clone(),
@@ -411,7 +413,10 @@ fn noted_changes_mirror_the_state() {
     // A clean start ends the session it finds.
     let changes = noted(&mut s, 2, &claim(&c, 2, true, None));
     assert!(changes.contains(&Change::SessionEnded {
-        client_id: c.clone()
+        client_id: c.clone(),
+        subscriptions: [("x".into(), (SubOptions::default(), None))]
+            .into_iter()
+            .collect(),
     }));
     // A restart frees its clean sessions' ids and restates its routes.
     let changes = noted(
