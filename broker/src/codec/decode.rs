@@ -47,6 +47,19 @@ impl DecodeError {
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
+/// The packet identifier of a PUBACK in its bare form (`40 02`, then the
+/// id: success, no properties, the form nearly every PUBACK takes in every
+/// protocol version) at the front of `buf`; `None` for anything else,
+/// which [`decode`] then reads. QoS 1 fan-out reads one PUBACK per copy:
+/// taken this way they are neither split off the buffer nor built into a
+/// [`Packet`] (moving that was the largest cost of reading them).
+pub fn bare_puback(buf: &[u8]) -> Option<u16> {
+    match *buf {
+        [0x40, 0x02, hi, lo, ..] if [hi, lo] != [0, 0] => Some(u16::from_be_bytes([hi, lo])),
+        _ => None,
+    }
+}
+
 /// Decodes one packet from the front of `buf`, removing its bytes.
 ///
 /// `Ok(None)` means more bytes are needed. `protocol` is the connection's

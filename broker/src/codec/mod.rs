@@ -15,7 +15,7 @@ mod tests;
 mod user_props;
 
 pub use bytestr::ByteStr;
-pub use decode::{connect_protocol, decode, decode_publish_properties, DecodeError};
+pub use decode::{bare_puback, connect_protocol, decode, decode_publish_properties, DecodeError};
 pub use encode::{
     encode, encode_publish, encoded_len, encoded_publish_len, EncodeError, PublishRef,
 };

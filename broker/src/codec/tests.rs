@@ -245,6 +245,25 @@ fn v5_short_forms() {
     assert_eq!(&buf[..], &[0x40, 0x02, 0x00, 0x05]);
 }
 
+/// The bare PUBACK read on its own is what `decode` makes of the same
+/// bytes, in every version; any other form (or id 0) is left to `decode`.
+#[test]
+fn bare_puback_reads_as_decode_does() {
+    for protocol in [Protocol::V31, Protocol::V311, Protocol::V5] {
+        let bytes = [0x40, 0x02, 0x01, 0x05, 0x40];
+        let Ok(Some(Packet::PubAck(a))) = decode_all(&bytes[..4], Some(protocol)) else {
+            panic!()
+        };
+        assert_eq!(bare_puback(&bytes), Some(a.packet_id));
+        assert_eq!(a.packet_id, 0x0105);
+    }
+    assert_eq!(bare_puback(&[0x40, 0x02, 0x00, 0x00]), None);
+    assert_eq!(bare_puback(&[0x40, 0x02, 0x00]), None);
+    assert_eq!(bare_puback(&[0x40, 0x03, 0x00, 0x05, 0x10]), None);
+    assert_eq!(bare_puback(&[0x41, 0x02, 0x00, 0x05]), None);
+    assert_eq!(bare_puback(&[0x50, 0x02, 0x00, 0x05]), None);
+}
+
 #[test]
 fn v3_drops_what_it_cannot_say() {
     let mut buf = BytesMut::new();

@@ -458,6 +458,9 @@ impl Connection {
                 // The rest waits in `rbuf` until the oldest commit is in.
                 return Ok(());
             }
+            if self.take_pubacks(rbuf) {
+                continue;
+            }
             let before = rbuf.len();
             let packet =
                 match codec::decode(rbuf, Some(self.protocol), self.listener.max_packet_size) {

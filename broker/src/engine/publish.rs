@@ -162,7 +162,7 @@ impl<'a> Target<'a> {
             message: message.clone(),
             qos: self.qos,
             subscription_ids: self.ids,
-            share: self.share,
+            share: self.share.map(Box::new),
             seq: 0,
             redelivery: false,
         };
