@@ -122,9 +122,11 @@ fn delivery(
         qos,
         retain,
         subscription_ids: SmallVec::new(),
-        share: shared.then(|| ShareRef {
-            group: ByteStr::from_static("g"),
-            filter: ByteStr::from_static("t"),
+        share: shared.then(|| {
+            Box::new(ShareRef {
+                group: ByteStr::from_static("g"),
+                filter: ByteStr::from_static("t"),
+            })
         }),
         seq: 0,
         redelivery: false,

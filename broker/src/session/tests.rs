@@ -97,7 +97,13 @@ fn a_batch_of_acks_is_the_acks_one_by_one() {
                 done.extend(acked.into_iter().chain(expired));
             }
         }
-        (first, done, sent(&s.take_outbox()), s.inflight_len(), s.queued_len())
+        (
+            first,
+            done,
+            sent(&s.take_outbox()),
+            s.inflight_len(),
+            s.queued_len(),
+        )
     };
     let batch = run(true);
     assert_eq!(batch, run(false));
