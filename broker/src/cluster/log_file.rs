@@ -853,7 +853,8 @@ mod tests {
         // None open yet: the first write replaces (creates) the file.
         log.write_meta_record("committed", b"one", false).unwrap();
         let first = inode();
-        log.write_meta_record("committed", b"second", false).unwrap();
+        log.write_meta_record("committed", b"second", false)
+            .unwrap();
         log.write_meta_record("committed", b"two", false).unwrap();
         assert_eq!((read(&log), inode()), (b"two".to_vec(), first));
         log.write_meta_record("committed", b"three", true).unwrap();

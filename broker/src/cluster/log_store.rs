@@ -502,7 +502,10 @@ mod tests {
         std::fs::write(&file, &plain).unwrap();
         assert_eq!(store.saved_committed().unwrap(), Some(7));
         // Damaged, or followed by anything, it is not read.
-        for bad in [plain[..plain.len() - 1].to_vec(), [&plain[..], &[0u8; 2]].concat()] {
+        for bad in [
+            plain[..plain.len() - 1].to_vec(),
+            [&plain[..], &[0u8; 2]].concat(),
+        ] {
             std::fs::write(&file, &bad).unwrap();
             assert_eq!(store.saved_committed().unwrap(), None, "{bad:?}");
         }
