@@ -52,10 +52,21 @@ pub fn segments(data_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The committed index a node saved beside its log (`committed.meta`, a
-/// protobuf `LogId`: term 1, node_id 2, index 3, all varints).
+/// The committed index a node saved beside its log (`committed.meta`: a
+/// record `["RMQm"][len u32 LE][crc32 u32 LE][payload][zero padding]`, or
+/// from older builds a plain payload; the payload a protobuf `LogId`: term
+/// 1, node_id 2, index 3, all varints). The checksum is not checked: the
+/// tests read what a live or killed node wrote (the page cache holds it
+/// whole).
 pub fn saved_committed(data_dir: &Path) -> Option<u64> {
-    let bytes = std::fs::read(data_dir.join("raft/log/committed.meta")).ok()?;
+    let file = std::fs::read(data_dir.join("raft/log/committed.meta")).ok()?;
+    let bytes = match file.strip_prefix(b"RMQm") {
+        Some(rest) => {
+            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            rest.get(8..8 + len)?.to_vec()
+        }
+        None => file,
+    };
     let mut at = 0;
     let mut varint = || {
         let mut v = 0u64;

@@ -19,7 +19,7 @@
 //! the tail is cut back to the length of the last successful fsync (which
 //! drops the cached pages past it), so that what follows is written afresh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -29,6 +29,7 @@ use bytes::Bytes;
 
 use super::fault::{self, Point};
 use super::log_scan::{self, crc, MIN_RECORD};
+use super::meta_record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -122,6 +123,9 @@ pub struct LogFile {
     /// Damage found at open and not cut yet: nothing may be written.
     damage: Option<Damage>,
     poisoned: bool,
+    /// Metadata files written as records, each open since its last
+    /// durable write, to be overwritten in place (`write_meta_record`).
+    open_meta: HashMap<String, File>,
 }
 
 fn segment_name(first: u64) -> String {
@@ -162,6 +166,7 @@ impl LogFile {
             index: BTreeMap::new(),
             damage: None,
             poisoned: false,
+            open_meta: HashMap::new(),
         };
         let purged = log.purge_point()?;
         let mut recovery = Recovery::default();
@@ -496,7 +501,7 @@ impl LogFile {
         self.writable()?;
         // The purge point first: after a crash the reopened log hides what
         // is at or below it even if its segment still exists.
-        self.write_meta("purge_point", &index.to_le_bytes(), true)?;
+        self.write_meta("purge_point", &index.to_le_bytes())?;
         let keep = self.index.split_off(&(index + 1));
         self.index = keep;
         // Delete every segment whose records are all purged.
@@ -523,30 +528,67 @@ impl LogFile {
             .map(u64::from_le_bytes))
     }
 
-    /// Replaces a small metadata file atomically: write a temporary file,
-    /// fsync it, rename it over the old one, fsync the directory. Without
-    /// `durable` there is no fsync: atomic against a process crash (the
-    /// page cache survives it), not against a power loss, after which the
-    /// file may be older, empty or garbage (see `log_store`, committed).
-    pub fn write_meta(&self, name: &str, bytes: &[u8], durable: bool) -> Result<(), LogError> {
-        let path = self.dir.join(format!("{name}.meta"));
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.meta"))
+    }
+
+    /// Replaces a small metadata file atomically and durably: write a
+    /// temporary file, fsync it, rename it over the old one, fsync the
+    /// directory.
+    pub fn write_meta(&mut self, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+        self.replace_meta(name, bytes).map(drop)
+    }
+
+    /// [`LogFile::write_meta`], returning the new file (open for writing).
+    fn replace_meta(&mut self, name: &str, bytes: &[u8]) -> Result<File, LogError> {
+        // A file kept open is the one replaced: never to be written again.
+        self.open_meta.remove(name);
+        let path = self.meta_path(name);
         let tmp = self.dir.join(format!("{name}.meta.tmp"));
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         fault::hit(Point::MetaWrite).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
-        if durable {
-            fault::hit(Point::MetaSync).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
+        fault::hit(Point::MetaSync).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        if durable {
-            sync_dir(&self.dir)?;
+        sync_dir(&self.dir)?;
+        Ok(f)
+    }
+
+    /// Writes a metadata file that changes often (the committed index) as a
+    /// self-checking record ([`meta_record`]). Durably: replaced as by
+    /// [`LogFile::write_meta`], and kept open. Otherwise overwritten in
+    /// place, one write without fsync and nothing else (a rename per write
+    /// cost more than the log's own flush: ext4 writes a file renamed over
+    /// another out at once); replaced when no file is open (the first
+    /// write, or the one after a failed write). An overwrite is whole
+    /// after a process crash (the page cache keeps it); after a power loss
+    /// the file may hold an older record or a torn one, which does not
+    /// read back (see `log_store`, committed).
+    pub fn write_meta_record(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        durable: bool,
+    ) -> Result<(), LogError> {
+        let record = meta_record::encode(payload);
+        if let Some(f) = self.open_meta.get(name).filter(|_| !durable) {
+            let written = fault::hit(Point::MetaWrite).and_then(|()| f.write_all_at(&record, 0));
+            if let Err(e) = written {
+                // What the file now holds is unknown: the next write
+                // replaces it.
+                self.open_meta.remove(name);
+                return Err(io(&self.meta_path(name))(e));
+            }
+            return Ok(());
         }
+        let f = self.replace_meta(name, &record)?;
+        self.open_meta.insert(name.to_string(), f);
         Ok(())
     }
 
     pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
-        let path = self.dir.join(format!("{name}.meta"));
+        let path = self.meta_path(name);
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -787,12 +829,49 @@ mod tests {
     #[test]
     fn meta_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        let (log, _) = LogFile::open(d.path(), 1024).unwrap();
+        let (mut log, _) = LogFile::open(d.path(), 1024).unwrap();
         assert_eq!(log.read_meta("vote").unwrap(), None);
-        log.write_meta("vote", b"one", true).unwrap();
-        log.write_meta("vote", b"two", false).unwrap();
+        log.write_meta("vote", b"one").unwrap();
+        log.write_meta("vote", b"two").unwrap();
         drop(log);
         let (log, _) = LogFile::open(d.path(), 1024).unwrap();
         assert_eq!(log.read_meta("vote").unwrap().as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn a_meta_record_is_overwritten_in_place_and_replaced_when_durable() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("committed.meta");
+        let inode = || fs::metadata(&path).unwrap().ino();
+        let read = |log: &LogFile| {
+            let raw = log.read_meta("committed").unwrap().unwrap();
+            assert_eq!(raw.len(), meta_record::RECORD_BYTES, "{raw:?}");
+            meta_record::decode(&raw).unwrap().unwrap().to_vec()
+        };
+        let (mut log, _) = LogFile::open(d.path(), 1024).unwrap();
+        // None open yet: the first write replaces (creates) the file.
+        log.write_meta_record("committed", b"one", false).unwrap();
+        let first = inode();
+        log.write_meta_record("committed", b"second", false)
+            .unwrap();
+        log.write_meta_record("committed", b"two", false).unwrap();
+        assert_eq!((read(&log), inode()), (b"two".to_vec(), first));
+        log.write_meta_record("committed", b"three", true).unwrap();
+        let replaced = inode();
+        assert_ne!(replaced, first);
+        log.write_meta_record("committed", b"four", false).unwrap();
+        assert_eq!((read(&log), inode()), (b"four".to_vec(), replaced));
+        // The supervisor's rewrite replaces the file: later overwrites go
+        // to the new one, not to the one it replaced.
+        let raw = log.read_meta("committed").unwrap().unwrap();
+        log.write_meta("committed", &raw).unwrap();
+        assert_eq!(read(&log), b"four".to_vec());
+        log.write_meta_record("committed", b"five", false).unwrap();
+        assert_eq!(read(&log), b"five".to_vec());
+        drop(log);
+        let (log, _) = LogFile::open(d.path(), 1024).unwrap();
+        assert_eq!(read(&log), b"five".to_vec());
+        assert!(!d.path().join("committed.meta.tmp").exists());
     }
 }

@@ -18,6 +18,7 @@ use raftmq_proto::v1 as pb;
 use super::convert;
 use super::health::StorageHealth;
 use super::log_file::{Damage, LogError, LogFile};
+use super::meta_record;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Clones share one [`LogFile`]; [`LogStore::reopen`] replaces it for all.
@@ -88,11 +89,12 @@ impl LogStore {
 
     /// Writes every metadata file again, fsynced: after a failed fsync
     /// what the page cache shows of them is not trusted to be on disk.
+    /// The committed file's record is copied as it is.
     pub fn rewrite_meta(&self) -> Result<(), LogError> {
-        let f = self.file.lock();
+        let mut f = self.file.lock();
         for name in ["vote", "committed", "purged", "purge_point"] {
             if let Some(bytes) = f.read_meta(name)? {
-                f.write_meta(name, &bytes, true)?;
+                f.write_meta(name, &bytes)?;
             }
         }
         Ok(())
@@ -121,8 +123,8 @@ impl LogStore {
     }
 
     /// The committed id as saved. It is written without fsync most of the
-    /// time, so after a power loss the file may be empty or garbage: that
-    /// reads as no committed index (a lower one is always safe, see
+    /// time, so after a power loss the file may be torn, empty or garbage:
+    /// that reads as no committed index (a lower one is always safe, see
     /// `save_committed`), with a warning, and never stops the node.
     fn committed_meta(&self) -> Result<Option<pb::LogId>, StorageError> {
         let raw = self
@@ -133,14 +135,10 @@ impl LogStore {
         let Some(raw) = raw else {
             return Ok(None);
         };
-        match pb::LogId::decode(&raw[..]) {
-            Ok(id) if !raw.is_empty() => Ok(Some(id)),
-            Ok(_) => {
-                tracing::warn!("raft committed.meta is empty (power loss?): read as none");
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::warn!("raft committed.meta does not read back ({e}): read as none");
+        match decode_committed(&raw) {
+            Ok(id) => Ok(Some(id)),
+            Err(why) => {
+                tracing::warn!("raft committed.meta {why} (power loss?): read as none");
                 Ok(None)
             }
         }
@@ -182,19 +180,7 @@ impl LogStore {
     }
 
     fn set_meta(&self, name: &str, value: &impl prost::Message) -> Result<(), StorageError> {
-        self.set_meta_with(name, value, true)
-    }
-
-    fn set_meta_with(
-        &self,
-        name: &str,
-        value: &impl prost::Message,
-        durable: bool,
-    ) -> Result<(), StorageError> {
-        let written = self
-            .file
-            .lock()
-            .write_meta(name, &value.encode_to_vec(), durable);
+        let written = self.file.lock().write_meta(name, &value.encode_to_vec());
         self.failed(&format!("raft {name} file"), written)
             .map_err(|e| log_err(ErrorVerb::Write, &e))
     }
@@ -289,12 +275,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Called by the Raft core on every commit, before the entries are
     /// applied (so before any of them is acknowledged). Fsyncing it each
     /// time tripled the flushes per commit, so it is written to the page
-    /// cache only (atomically, by rename), and durably at most once per
-    /// [`COMMITTED_SYNC_EVERY`]. Its uses, and why that staleness is safe:
+    /// cache only (a checksummed record overwritten in place, one write:
+    /// `LogFile::write_meta_record`), and durably (replaced by rename) at
+    /// most once per [`COMMITTED_SYNC_EVERY`]. Its uses, and why that
+    /// staleness is safe:
     /// - a process crash (kill, panic, OOM) keeps the page cache: every use
     ///   below reads the last value written, exactly as with an fsync;
     /// - after a power loss it may be older (by up to a second of commits),
-    ///   empty or garbage (read as none, see `committed_meta`). A lower
+    ///   torn, empty or garbage (read as none, see `committed_meta`). A lower
     ///   value is what openraft allows: `read_committed` replays less at
     ///   start and the leader (a single node: itself, once elected)
     ///   commits the rest again; wills and sessions are restored from what
@@ -315,7 +303,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let durable = self
             .committed_synced
             .is_none_or(|t| t.elapsed() >= COMMITTED_SYNC_EVERY);
-        self.set_meta_with("committed", &convert::log_id_to(&c), durable)?;
+        let payload = convert::log_id_to(&c).encode_to_vec();
+        let written = self
+            .file
+            .lock()
+            .write_meta_record("committed", &payload, durable);
+        self.failed("raft committed file", written)
+            .map_err(|e| log_err(ErrorVerb::Write, &e))?;
         if durable {
             self.committed_synced = Some(Instant::now());
         }
@@ -392,6 +386,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// `committed.meta`: a record (`meta_record`) holding a `LogId`, or from
+/// before records a plain `LogId` (replaced by the first durable write).
+fn decode_committed(raw: &[u8]) -> Result<pb::LogId, String> {
+    let payload = match meta_record::decode(raw) {
+        Ok(Some(payload)) => payload,
+        Ok(None) => return decode_plain_committed(raw),
+        Err(e) => return Err(e.to_string()),
+    };
+    pb::LogId::decode(payload).map_err(|e| format!("holds no committed id ({e})"))
+}
+
+fn decode_plain_committed(raw: &[u8]) -> Result<pb::LogId, String> {
+    if raw.is_empty() {
+        return Err("is empty".into());
+    }
+    let id = pb::LogId::decode(raw).map_err(|e| format!("does not read back ({e})"))?;
+    // Garbage can parse (prost skips unknown fields), a record whose magic
+    // was damaged too; neither is how the old writer encoded an id.
+    if id.encode_to_vec() != raw {
+        return Err("is not a committed id".into());
+    }
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +442,76 @@ mod tests {
             assert_eq!(store.saved_committed().unwrap(), None, "{junk:?}");
             assert_eq!(block_on(store.read_committed()).unwrap(), None);
         }
+    }
+
+    fn store(dir: &Path) -> LogStore {
+        let health = Arc::new(StorageHealth::new(dir));
+        LogStore::open(&dir.join("log"), 1 << 20, health).unwrap().0
+    }
+
+    fn id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(2, 1), index)
+    }
+
+    #[test]
+    fn a_torn_or_flipped_committed_record_reads_as_none() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = store(d.path());
+        let file = d.path().join("log/committed.meta");
+        block_on(store.save_committed(Some(id(9)))).unwrap();
+        let old = std::fs::read(&file).unwrap();
+        // Within the second: overwritten in place.
+        block_on(store.save_committed(Some(id(300)))).unwrap();
+        let new = std::fs::read(&file).unwrap();
+        assert_eq!(store.saved_committed().unwrap(), Some(300));
+        // What a power loss may leave of an overwrite: a prefix of the new
+        // record over the old one. Either whole record, or nothing.
+        for cut in 0..=new.len() {
+            let mut torn = new[..cut].to_vec();
+            torn.extend_from_slice(&old[cut.min(old.len())..]);
+            std::fs::write(&file, &torn).unwrap();
+            let want = if torn == old {
+                Some(9)
+            } else if torn == new {
+                Some(300)
+            } else {
+                None
+            };
+            assert_eq!(store.saved_committed().unwrap(), want, "cut at {cut}");
+        }
+        // A flipped bit anywhere in the record is refused; the padding
+        // after it is not part of it.
+        let used = 12 + convert::log_id_to(&id(300)).encoded_len();
+        for at in 0..new.len() {
+            for mask in [0x01, 0x10, 0x80, 0xff] {
+                let mut bad = new.clone();
+                bad[at] ^= mask;
+                std::fs::write(&file, &bad).unwrap();
+                let want = (at >= used).then_some(300);
+                assert_eq!(store.saved_committed().unwrap(), want, "{at} ^ {mask:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_committed_file_from_before_records_is_read_and_then_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = store(d.path());
+        let file = d.path().join("log/committed.meta");
+        let plain = convert::log_id_to(&id(7)).encode_to_vec();
+        std::fs::write(&file, &plain).unwrap();
+        assert_eq!(store.saved_committed().unwrap(), Some(7));
+        // Damaged, or followed by anything, it is not read.
+        for bad in [
+            plain[..plain.len() - 1].to_vec(),
+            [&plain[..], &[0u8; 2]].concat(),
+        ] {
+            std::fs::write(&file, &bad).unwrap();
+            assert_eq!(store.saved_committed().unwrap(), None, "{bad:?}");
+        }
+        std::fs::write(&file, &plain).unwrap();
+        block_on(store.save_committed(Some(id(8)))).unwrap();
+        assert_eq!(store.saved_committed().unwrap(), Some(8));
+        assert!(std::fs::read(&file).unwrap().starts_with(b"RMQm"));
     }
 }

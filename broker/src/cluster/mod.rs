@@ -23,6 +23,7 @@ pub mod log_file;
 mod log_repair;
 mod log_scan;
 mod log_store;
+mod meta_record;
 pub mod metrics;
 mod network;
 mod peer;
