@@ -149,3 +149,61 @@ fn persistent_sessions_made_and_resumed_keep_what_was_acknowledged_across_kill_9
         c.disconnect();
     }
 }
+
+/// Many new persistent sessions at once, each claimed lazily and then
+/// subscribed, the claim and the SUBSCRIBE often in different group
+/// commits: a session's SUBSCRIBE must reach the log after its claim
+/// (applied before it, the subscription would be refused for a session the
+/// state does not know, and lost at the restart), however many batches the
+/// node's writer keeps in flight. Every SUBACK'd subscription must be there
+/// after kill -9.
+#[test]
+fn sessions_made_at_once_keep_each_subscription_after_kill_9() {
+    const CLIENTS: usize = 40;
+    const ROUNDS: usize = 8;
+    let t = Duration::from_secs(5);
+    let mut b = Broker::start(BrokerConfig::new());
+    let addr = b.tcp_addr();
+    let makers: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    let id = format!("pipe-{c}-{r}");
+                    let (mut s, ack) =
+                        RawClient::open(addr, raw::connect(Protocol::V311, &id, false));
+                    assert!(!ack.session_present, "{id} is new");
+                    // Half of them pause past the claim's lazy window (5
+                    // ms), so that claim and SUBSCRIBE go in different
+                    // batches, often in flight together.
+                    if (c + r) % 2 == 1 {
+                        std::thread::sleep(Duration::from_millis(8));
+                    }
+                    let codes = s.subscribe(1, &format!("pipe/{id}"), QoS::AtLeastOnce);
+                    assert_eq!(codes, vec![1], "{id} subscribed");
+                    s.disconnect();
+                }
+            })
+        })
+        .collect();
+    for m in makers {
+        m.join().expect("session maker");
+    }
+    b.restart();
+
+    let (mut p, _) = RawClient::open(b.tcp_addr(), raw::connect(Protocol::V311, "pipe-pub", true));
+    for c in 0..CLIENTS {
+        for r in 0..ROUNDS {
+            let id = format!("pipe-{c}-{r}");
+            let (mut s, ack) =
+                RawClient::open(b.tcp_addr(), raw::connect(Protocol::V311, &id, false));
+            assert!(ack.session_present, "{id}'s session survived the kill");
+            assert!(p.publish_qos1(&format!("pipe/{id}"), b"x", false, 1) < 0x80);
+            let m = s
+                .next_publish(t)
+                .unwrap_or_else(|| panic!("{id}'s subscription survived the kill"));
+            assert_eq!(&*m.topic, format!("pipe/{id}"));
+            s.ack(&m);
+            s.disconnect();
+        }
+    }
+}
